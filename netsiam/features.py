@@ -1,0 +1,106 @@
+"""Raw metric vocabulary and the derived, load-invariant features the encoder sees.
+
+Raw metrics use SIPp's statistic names (per-period ``(P)`` values, suffix dropped), so SIPp
+imports, pcap imports and the simulator all speak one vocabulary:
+
+==========================  ==========================================================
+``OutgoingCall``            calls offered in the interval (new INVITEs)
+``SuccessfulCall``          calls completed successfully in the interval
+``FailedCall``              calls that failed in the interval (any cause)
+``Retransmissions``         SIP message retransmissions in the interval
+``CurrentCall``             calls in progress at the end of the interval (gauge)
+``ResponseTime1``           mean INVITE->final response time in the interval, milliseconds
+==========================  ==========================================================
+
+Testbeds run at very different offered loads, so a model trained at one load must work at
+another. Every derived feature is therefore a ratio to the window's own mean offered load (or a
+log of a time), never a raw count: the same fault at 5 or 500 calls/s gives the same shape.
+Derivation works on whole windows, ``(N, T, R) -> (N, T, F)``, and is shared by trainer and
+daemon, so an offline window and an online window are bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_FEATURES",
+    "FEATURES",
+    "RAW_METRICS",
+    "derive",
+    "required_metrics",
+]
+
+RAW_METRICS: tuple[str, ...] = (
+    "OutgoingCall",
+    "SuccessfulCall",
+    "FailedCall",
+    "Retransmissions",
+    "CurrentCall",
+    "ResponseTime1",
+)
+_IDX = {name: i for i, name in enumerate(RAW_METRICS)}
+
+# Offered load below this many calls per interval is treated as this many, so ratios stay finite
+# and a near-idle window does not explode into huge values.
+MIN_LOAD = 1.0
+
+Deriver = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _col(raw: np.ndarray, name: str) -> np.ndarray:
+    return raw[..., _IDX[name]]
+
+
+def _per_load(name: str) -> Deriver:
+    def f(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
+        return _col(raw, name) / load
+
+    return f
+
+
+def _offered_rel(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
+    return _col(raw, "OutgoingCall") / load
+
+
+def _log_response_ms(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
+    return np.log1p(np.maximum(_col(raw, "ResponseTime1"), 0.0))
+
+
+# name -> (raw metrics it needs, function(raw (N,T,R), load (N,1)) -> (N,T))
+FEATURES: dict[str, tuple[tuple[str, ...], Deriver]] = {
+    "offered_rel": (("OutgoingCall",), _offered_rel),
+    "success_rel": (("OutgoingCall", "SuccessfulCall"), _per_load("SuccessfulCall")),
+    "failed_rel": (("OutgoingCall", "FailedCall"), _per_load("FailedCall")),
+    "retrans_rel": (("OutgoingCall", "Retransmissions"), _per_load("Retransmissions")),
+    "concurrency_rel": (("OutgoingCall", "CurrentCall"), _per_load("CurrentCall")),
+    "log_response_ms": (("ResponseTime1",), _log_response_ms),
+}
+DEFAULT_FEATURES: tuple[str, ...] = tuple(FEATURES)
+
+
+def required_metrics(features: Sequence[str] = DEFAULT_FEATURES) -> tuple[str, ...]:
+    """Raw metrics a record must carry for these features (always in RAW_METRICS order)."""
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        raise ValueError(f"unknown feature(s) {unknown}; known: {sorted(FEATURES)}")
+    needed = {m for f in features for m in FEATURES[f][0]}
+    return tuple(m for m in RAW_METRICS if m in needed)
+
+
+def derive(raw: np.ndarray, features: Sequence[str] = DEFAULT_FEATURES) -> np.ndarray:
+    """Raw windows in RAW_METRICS column order -> derived features.
+
+    (N, T, R) -> (N, T, F), float32. ``raw`` must hold all of RAW_METRICS (missing ones may be 0
+    when no selected feature needs them).
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    if raw.ndim != 3 or raw.shape[-1] != len(RAW_METRICS):
+        raise ValueError(f"raw windows must be (N, T, {len(RAW_METRICS)}), got {raw.shape}")
+    load = np.maximum(_col(raw, "OutgoingCall").mean(axis=1, keepdims=True), MIN_LOAD)  # (N, 1)
+    out = np.empty(raw.shape[:2] + (len(features),), dtype=np.float32)
+    for j, name in enumerate(features):
+        out[..., j] = FEATURES[name][1](raw, load)
+    return out

@@ -1,0 +1,117 @@
+"""Trace files (JSON Lines of signalling records) and label files (CSV), read and written.
+
+A record is ``{"source": str, "ts": float, "metrics": {name: number}}`` (schemas/record.schema.json).
+Labels are ``source,start,end,label`` rows; time not covered by a row is ``normal``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from netsiam.errors import NetsiamError
+
+__all__ = [
+    "LabelInterval",
+    "Record",
+    "atomic_write_bytes",
+    "read_labels",
+    "read_trace",
+    "write_labels",
+    "write_trace",
+]
+
+LABEL_FIELDS = ("source", "start", "end", "label")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    source: str
+    ts: float
+    metrics: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "ts": self.ts, "metrics": self.metrics}
+
+
+@dataclass(frozen=True, slots=True)
+class LabelInterval:
+    source: str
+    start: float
+    end: float
+    label: str
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write a file so readers see the old or the new content, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_trace(path: str | os.PathLike[str], records: Iterable[Record | dict[str, Any]]) -> int:
+    """Write records as JSON Lines; returns the number written."""
+    n = 0
+    buf = io.BytesIO()
+    for r in records:
+        obj = r.to_json() if isinstance(r, Record) else r
+        buf.write(orjson.dumps(obj))
+        buf.write(b"\n")
+        n += 1
+    atomic_write_bytes(path, buf.getvalue())
+    return n
+
+
+def read_trace(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
+    """Yield (line number, raw bytes) of each non-empty line; decoding is the schema module's job."""
+    p = Path(path)
+    if not p.is_file():
+        raise NetsiamError(f"trace file not found: {p}")
+    with p.open("rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if line:
+                yield lineno, line
+
+
+def write_labels(path: str | os.PathLike[str], intervals: Iterable[LabelInterval]) -> int:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(LABEL_FIELDS)
+    n = 0
+    for iv in intervals:
+        w.writerow([iv.source, f"{iv.start:.3f}", f"{iv.end:.3f}", iv.label])
+        n += 1
+    atomic_write_bytes(path, out.getvalue().encode())
+    return n
+
+
+def read_labels(path: str | os.PathLike[str]) -> list[LabelInterval]:
+    """Read and validate a labels CSV (see schemas.labels for the row rules)."""
+    from netsiam.schemas.labels import parse_label_row
+
+    p = Path(path)
+    if not p.is_file():
+        raise NetsiamError(f"labels file not found: {p}")
+    with p.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or [h.strip() for h in reader.fieldnames] != list(LABEL_FIELDS):
+            raise NetsiamError(f"{p}: not a labels CSV (header must be {','.join(LABEL_FIELDS)})")
+        return [parse_label_row(row, where=f"{p}:{i}") for i, row in enumerate(reader, start=2)]
