@@ -1,0 +1,5 @@
+import sys
+
+from netsiam.cli import main
+
+sys.exit(main())

@@ -1,0 +1,283 @@
+"""Frozen, validated configuration loaded from ``config.yaml``.
+
+Every section is a frozen dataclass; loading rejects unknown keys and wrong types with a message
+that names the key (``detector.debounce.raise_k: expected int, got str``). CLI flags override
+values through :func:`override`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from netsiam.errors import NetsiamError
+from netsiam.features import DEFAULT_FEATURES, FEATURES
+
+__all__ = [
+    "Config",
+    "DebounceConfig",
+    "DetectorConfig",
+    "KafkaConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "PrototypeConfig",
+    "TopicsConfig",
+    "TrainingConfig",
+    "WindowConfig",
+    "from_dict",
+    "load_config",
+    "override",
+]
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    interval_s: float = 1.0
+    length: int = 30
+    stride: int = 5
+    max_gap: int = 5
+
+    def __post_init__(self) -> None:
+        _check(self.interval_s > 0, "window.interval_s", "must be > 0")
+        _check(self.length >= 2, "window.length", "must be >= 2")
+        _check(1 <= self.stride <= self.length, "window.stride", "must be in 1..length")
+        _check(self.max_gap >= 0, "window.max_gap", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    lstm_units: int = 64
+    dense_units: int = 32
+    embedding_dim: int = 3
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.lstm_units > 0 and self.dense_units > 0, "model", "units must be > 0")
+        _check(self.embedding_dim >= 2, "model.embedding_dim", "must be >= 2")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    loss: str = "triplet"
+    margin: float = 0.2
+    epochs: int = 40
+    steps_per_epoch: int = 60
+    batch_per_class: int = 24
+    semi_hard_fraction: float = 0.75
+    learning_rate: float = 0.002
+    val_fraction: float = 0.2
+    patience: int = 8
+    seed: int = 0
+    snapshot_points: int = 400
+
+    def __post_init__(self) -> None:
+        _check(self.loss in ("triplet", "lossless"), "training.loss", "must be 'triplet' or 'lossless'")
+        _check(self.margin > 0, "training.margin", "must be > 0")
+        _check(self.epochs >= 1 and self.steps_per_epoch >= 1, "training", "epochs and steps must be >= 1")
+        _check(self.batch_per_class >= 2, "training.batch_per_class", "must be >= 2")
+        _check(0.0 <= self.semi_hard_fraction <= 1.0, "training.semi_hard_fraction", "must be in [0, 1]")
+        _check(0.0 < self.val_fraction < 0.9, "training.val_fraction", "must be in (0, 0.9)")
+
+
+@dataclass(frozen=True)
+class PrototypeConfig:
+    method: str = "median"
+    per_class: int = 1
+    threshold_quantile: float = 0.99
+    threshold_scale: float = 1.25
+    min_support: int = 5
+
+    def __post_init__(self) -> None:
+        _check(self.method in ("median", "mean", "medoid", "kmeans"), "prototypes.method",
+               "must be median, mean, medoid or kmeans")
+        _check(self.per_class >= 1, "prototypes.per_class", "must be >= 1")
+        _check(0.5 <= self.threshold_quantile <= 1.0, "prototypes.threshold_quantile", "must be in [0.5, 1]")
+        _check(self.threshold_scale > 0, "prototypes.threshold_scale", "must be > 0")
+        _check(self.min_support >= 1, "prototypes.min_support", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class DebounceConfig:
+    raise_k: int = 2
+    raise_n: int = 3
+    clear_m: int = 2
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.raise_k <= self.raise_n, "detector.debounce.raise_k", "must be in 1..raise_n")
+        _check(self.clear_m >= 1, "detector.debounce.clear_m", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    model: str = ""
+    debounce: DebounceConfig = field(default_factory=DebounceConfig)
+    batch_max: int = 1024
+    batch_wait_ms: int = 50
+    idle_evict_s: float = 900.0
+    max_sources: int = 100_000
+    max_record_bytes: int = 65_536
+    max_clock_skew_s: float = 86_400.0
+    reload_poll_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check(self.batch_max >= 1, "detector.batch_max", "must be >= 1")
+        _check(self.batch_wait_ms >= 0, "detector.batch_wait_ms", "must be >= 0")
+        _check(self.max_sources >= 1, "detector.max_sources", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    samples: str = "netsiam.samples"
+    faults: str = "netsiam.faults"
+    deadletter: str = "netsiam.deadletter"
+    samples_partitions: int = 4
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "netsiam-detector"
+    client_id: str = "netsiam"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    max_poll_records: int = 2000
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.security_protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+               "kafka.security_protocol", "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+
+    def __repr__(self) -> str:  # never print the password
+        return f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, group_id={self.group_id!r}, ...)"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(frozen=True)
+class Config:
+    window: WindowConfig = field(default_factory=WindowConfig)
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.features if f not in FEATURES]
+        _check(not unknown, "features", f"unknown feature(s) {unknown}; known: {sorted(FEATURES)}")
+        _check(len(self.features) > 0, "features", "must not be empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["kafka"]["sasl_password"] = "***" if self.kafka.sasl_password else ""
+        return _lists(d)
+
+
+def _lists(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _lists(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return [_lists(v) for v in obj]
+    return obj
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise NetsiamError(f"config {key}: {why}")
+
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise NetsiamError(f"config {key}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=key + ".")  # type: ignore[arg-type]
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise NetsiamError(f"config {key}: expected a list, got {type(value).__name__}")
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        for alt in typing.get_args(tp):
+            try:
+                return _coerce(value, alt, key)
+            except NetsiamError:
+                continue
+        raise NetsiamError(f"config {key}: {value!r} does not match {tp}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise NetsiamError(f"config {key}: expected null")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise NetsiamError(f"config {key}: expected {tp.__name__}, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build a frozen config dataclass from a mapping, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise NetsiamError(f"config: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load ``config.yaml``; ``None`` gives the built-in defaults (the same values config.yaml lists)."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    if not p.is_file():
+        raise NetsiamError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise NetsiamError(f"config {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise NetsiamError(f"config {p}: top level must be a mapping")
+    return from_dict(Config, data)
+
+
+def override(cfg: T, dotted: dict[str, Any]) -> T:
+    """Return a copy with dotted keys replaced, e.g. ``{"kafka.bootstrap_servers": "h:9092"}``."""
+    groups: dict[str, dict[str, Any]] = {}
+    direct: dict[str, Any] = {}
+    for key, value in dotted.items():
+        if value is None:
+            continue
+        head, _, rest = key.partition(".")
+        if rest:
+            groups.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    for head, sub in groups.items():
+        direct[head] = override(getattr(cfg, head), sub)
+    return dataclasses.replace(cfg, **direct)  # type: ignore[type-var]

@@ -1,0 +1,48 @@
+"""Fault events (schemas/event.schema.json) and their deterministic ids."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = ["FaultEvent", "event_id"]
+
+_NS = uuid.UUID("5b0f6c1e-8a0e-4f57-9d7e-6e657473696d")
+
+
+def event_id(source: str, fault: str, started_at: float, state: str) -> str:
+    """Same episode, same id: a replay after a crash re-publishes identical ids (consumers dedupe).
+
+    The state is part of the id so that ``raised`` and ``cleared`` of one episode are distinct
+    messages yet both derive from (source, fault, start) alone.
+    """
+    return str(uuid.uuid5(_NS, f"{source}|{fault}|{started_at:.3f}|{state}"))
+
+
+@dataclass(frozen=True)
+class FaultEvent:
+    source: str
+    state: str  # "raised" | "cleared"
+    fault: str
+    window_end: float
+    detected_at: float
+    started_at: float
+    distance: float
+    distances: dict[str, float] = field(default_factory=dict)
+    embedding: tuple[float, ...] = ()
+    model_version: str = ""
+
+    @property
+    def event_id(self) -> str:
+        return event_id(self.source, self.fault, self.started_at, self.state)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["embedding"] = list(self.embedding)
+        return {"event_id": self.event_id, **d}
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_json())
