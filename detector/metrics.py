@@ -1,0 +1,81 @@
+"""Every Prometheus metric the daemon exports, in one place, with help text.
+
+Names follow Prometheus rules (``_total`` counters, ``_seconds`` base units) under the
+``netsiam_`` prefix; the alert rules and the Grafana dashboard in deploy/ query exactly these.
+Metrics take a ``registry`` so tests use a fresh one.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from netsiam.schemas.record import REASONS
+
+__all__ = ["DetectorMetrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class DetectorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.records_consumed = Counter(
+            "netsiam_records_consumed_total", "Records read from the samples topic.", registry=r)
+        self.records_valid = Counter(
+            "netsiam_records_valid_total", "Records that passed validation and entered a window.", registry=r)
+        self.records_invalid = Counter(
+            "netsiam_records_invalid_total", "Records sent to the dead-letter topic, by reason.",
+            ["reason"], registry=r)
+        for reason in REASONS:  # export zeros so rate() works before the first bad record
+            self.records_invalid.labels(reason=reason)
+        self.windows_embedded = Counter(
+            "netsiam_windows_embedded_total", "Windows embedded by the encoder.", registry=r)
+        self.classifications = Counter(
+            "netsiam_classifications_total", "Windows classified, by class (unknown = beyond every threshold).",
+            ["class"], registry=r)
+        self.fault_events = Counter(
+            "netsiam_fault_events_total", "Fault events published and acknowledged, by fault and state.",
+            ["fault", "state"], registry=r)
+        self.fault_active = Gauge(
+            "netsiam_fault_active", "1 while a fault is raised on a source (series removed when it clears).",
+            ["source", "fault"], registry=r)
+        self.active_faults = Gauge(
+            "netsiam_active_faults", "Sources with a raised fault, by fault.", ["fault"], registry=r)
+        self.embed_batch_seconds = Histogram(
+            "netsiam_embed_batch_seconds", "Time to embed and classify one micro-batch of windows.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.embed_batch_size = Histogram(
+            "netsiam_embed_batch_size", "Windows per embedded micro-batch.", buckets=_BATCH_BUCKETS, registry=r)
+        self.record_to_event_seconds = Histogram(
+            "netsiam_record_to_event_seconds",
+            "From the triggering record's append to the broker to the event's acknowledgement.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.consumer_lag = Gauge(
+            "netsiam_consumer_lag", "Records behind the end of each assigned partition.",
+            ["topic", "partition"], registry=r)
+        self.sources_tracked = Gauge(
+            "netsiam_sources_tracked", "Sources with window state held in memory.", registry=r)
+        self.sources_evicted = Counter(
+            "netsiam_sources_evicted_total", "Sources whose state was dropped (idle or over the limit).",
+            registry=r)
+        self.model_info = Gauge(
+            "netsiam_model_info", "The model serving now (value 1), by version.", ["version"], registry=r)
+        self.model_loaded = Gauge(
+            "netsiam_model_loaded_timestamp_seconds", "When the serving model was loaded (Unix time).",
+            registry=r)
+        self.model_reloads = Counter(
+            "netsiam_model_reloads_total", "Successful model reloads.", registry=r)
+        self.model_reload_failures = Counter(
+            "netsiam_model_reload_failures_total", "Model reloads refused (the old model kept serving).",
+            registry=r)
+        self.broker_up = Gauge(
+            "netsiam_broker_up", "1 when the broker is reachable and the consumer is assigned, else 0.",
+            registry=r)
+        self.events_pending = Gauge(
+            "netsiam_events_pending", "Events and dead letters produced but not yet acknowledged.", registry=r)
+        self.commits = Counter(
+            "netsiam_commits_total", "Offset commits (only after every produce they cover was acked).",
+            registry=r)
+        self.last_commit = Gauge(
+            "netsiam_last_commit_timestamp_seconds", "Unix time of the last offset commit.", registry=r)
