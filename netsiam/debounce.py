@@ -2,7 +2,7 @@
 
 A fault is raised when at least ``raise_k`` of the last ``raise_n`` windows are anomalous (any
 class but ``normal``, ``unknown`` included); its name is the most frequent anomalous class among
-those windows (ties: the most recent). It clears after ``clear_m`` consecutive normal windows. If
+those windows (ties: a named class over ``unknown``, then the most recent). It clears after ``clear_m`` consecutive normal windows. If
 the windows settle on a different fault (``raise_k`` of the last ``raise_n``), the old one clears
 and the new one is raised. ``started_at`` is the end time of the first anomalous window of the
 run, so a replay of the same windows gives the same episode start and the same event ids.
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from netsiam.config import DebounceConfig
 
-__all__ = ["NORMAL", "FaultTracker", "Transition"]
+__all__ = ["NORMAL", "UNKNOWN", "FaultTracker", "Transition"]
 
 NORMAL = "normal"
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +52,9 @@ class FaultTracker:
             return None
         counts = Counter(c for c, _ in anomalous)
         best = max(counts.values())
-        # most frequent class; ties go to the one seen most recently
-        fault = next(c for c, _ in reversed(anomalous) if counts[c] == best)
+        # most frequent class; ties go to a named class over unknown, then to the most recent
+        tied = [c for c, _ in reversed(anomalous) if counts[c] == best]
+        fault = next((c for c in tied if c != UNKNOWN), tied[0])
         return fault, anomalous[0][1]
 
     def update(self, cls: str, window_end: float) -> list[Transition]:

@@ -1,0 +1,49 @@
+# netsiam: `make demo` runs the main job on the embedded defaults, `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install test test-fast demo lint model bench bench-quick soak clean
+
+install: $(STAMP)
+
+# Re-runs only when pyproject.toml changes: a second `make install` is instant.
+$(STAMP): pyproject.toml deploy/install-system-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	bash deploy/install-system-deps.sh
+	touch $(STAMP)
+
+test: install
+	$(VENV)/bin/pytest -q -ra
+
+test-fast: install
+	$(VENV)/bin/pytest -q -ra -m "not slow"
+
+demo: install
+	$(PY) -m netsiam.demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy netsiam detector trainer schemas
+
+# Regenerate the shipped default model reproducibly (fixed seeds, simulator defaults).
+model: install
+	$(PY) -m netsiam.trainer.default_model
+
+bench: install
+	$(PY) -m bench.run
+
+bench-quick: install
+	$(PY) -m bench.run --quick
+
+soak: install
+	$(PY) -m bench.soak --minutes 20
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache out runs
