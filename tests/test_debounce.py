@@ -6,7 +6,10 @@ from netsiam.debounce import FaultTracker
 M = {"n": "normal", "b": "blocked", "c": "capacity_limit", "u": "unknown"}
 
 
-def run(seq: str, cfg: DebounceConfig = DebounceConfig(raise_k=2, raise_n=3, clear_m=2)) -> list[tuple]:
+CFG = DebounceConfig(raise_k=2, raise_n=3, clear_m=2)
+
+
+def run(seq: str, cfg: DebounceConfig = CFG) -> list[tuple]:
     t = FaultTracker(cfg)
     out = []
     for i, s in enumerate(seq.split()):
