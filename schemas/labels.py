@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 
-from netsiam.schemas.timeparse import parse_ts
-
 from netsiam.errors import NetsiamError
+from netsiam.schemas.timeparse import parse_ts
 from netsiam.traceio import LabelInterval
 
 __all__ = ["KNOWN_LABELS", "NORMAL", "parse_label_row"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
 from netsiam.schemas.timeparse import parse_ts
 
 __all__ = ["REASONS", "DecodedRecord", "RecordError", "decode_record", "validate_record_obj"]

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from netsiam.schemas.labels import NORMAL
-from netsiam.schemas.record import RecordError, decode_record
 
 from netsiam.config import Config
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS, derive, required_metrics
+from netsiam.schemas.labels import NORMAL
+from netsiam.schemas.record import RecordError, decode_record
 from netsiam.traceio import LabelInterval, read_labels, read_trace
 from netsiam.windowing import Windows, windows_from_records
 
