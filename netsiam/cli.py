@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", action="append", default=[])
     p.add_argument("--animate", action="store_true", help="same as `plot animate`")
     p.add_argument("--prometheus", default="http://127.0.0.1:9090", help="for `plot dashboard`")
+    p.add_argument("--source", default=None, help="for `plot dashboard`: one source (default: all)")
+    p.add_argument("--range", default="1h", help="for `plot dashboard`: time range, e.g. 15m, 1h")
     p.add_argument("-o", "--output", required=True)
     return ap
 
