@@ -93,6 +93,7 @@ class PrototypeConfig:
     threshold_quantile: float = 0.99
     threshold_scale: float = 1.25
     min_support: int = 5
+    min_threshold: float = 0.05  # floor on every class threshold (embedding units; the cube's edge is 1)
 
     def __post_init__(self) -> None:
         _check(self.method in ("median", "mean", "medoid", "kmeans"), "prototypes.method",
@@ -101,6 +102,7 @@ class PrototypeConfig:
         _check(0.5 <= self.threshold_quantile <= 1.0, "prototypes.threshold_quantile", "must be in [0.5, 1]")
         _check(self.threshold_scale > 0, "prototypes.threshold_scale", "must be > 0")
         _check(self.min_support >= 1, "prototypes.min_support", "must be >= 1")
+        _check(self.min_threshold >= 0, "prototypes.min_threshold", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,11 @@ class DebounceConfig:
     raise_k: int = 2
     raise_n: int = 3
     clear_m: int = 2
+    unknown_after: int = 6
 
     def __post_init__(self) -> None:
         _check(1 <= self.raise_k <= self.raise_n, "detector.debounce.raise_k", "must be in 1..raise_n")
+        _check(self.unknown_after >= 1, "detector.debounce.unknown_after", "must be >= 1")
         _check(self.clear_m >= 1, "detector.debounce.clear_m", "must be >= 1")
 
 

@@ -1,11 +1,18 @@
 """The raise/clear state machine, one per source, shared by the daemon and ``evaluate``.
 
-A fault is raised when at least ``raise_k`` of the last ``raise_n`` windows are anomalous (any
-class but ``normal``, ``unknown`` included); its name is the most frequent anomalous class among
-those windows (ties: a named class over ``unknown``, then the most recent). It clears after ``clear_m`` consecutive normal windows. If
-the windows settle on a different fault (``raise_k`` of the last ``raise_n``), the old one clears
-and the new one is raised. ``started_at`` is the end time of the first anomalous window of the
-run, so a replay of the same windows gives the same episode start and the same event ids.
+Per-window classes go in; ``raised``/``cleared`` transitions come out.
+
+- A named fault (any class but ``normal`` and ``unknown``) is raised when at least ``raise_k``
+  of the last ``raise_n`` windows carry it.
+- ``unknown`` is a weaker claim: windows that straddle a fault's edges are often far from every
+  prototype, so ``unknown`` is raised only when a run of anomalous windows has lasted
+  ``unknown_after`` windows and no named class has reached ``raise_k`` of ``raise_n``.
+- An active fault clears after ``clear_m`` consecutive normal windows. An active fault switches
+  (clear the old, raise the new) only to a named class that holds ``raise_k`` of the last
+  ``raise_n`` windows while the active one holds none of them; a named fault never turns into
+  ``unknown``.
+- ``started_at`` is the end time of the first anomalous window of the run, so replaying the same
+  windows gives the same episode start, hence the same event ids.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ class Transition:
 class FaultTracker:
     """Debounce per-window classes of one source into raised/cleared transitions."""
 
-    __slots__ = ("_active", "_cfg", "_normal_streak", "_recent", "_started_at")
+    __slots__ = ("_active", "_cfg", "_normal_streak", "_recent", "_run_len", "_run_start", "_started_at")
 
     def __init__(self, cfg: DebounceConfig) -> None:
         self._cfg = cfg
@@ -40,47 +47,57 @@ class FaultTracker:
         self._active: str | None = None
         self._started_at = 0.0
         self._normal_streak = 0
+        self._run_start: float | None = None  # first anomalous window since clear_m normals in a row
+        self._run_len = 0                     # anomalous windows in that run
 
     @property
     def active(self) -> str | None:
         return self._active
 
-    def _candidate(self) -> tuple[str, float] | None:
-        """The fault that k of the last n windows agree is anomalous, with its run start."""
-        anomalous = [(c, t) for c, t in self._recent if c != NORMAL]
-        if len(anomalous) < self._cfg.raise_k:
+    def _named_majority(self) -> str | None:
+        """The named class holding raise_k of the last raise_n windows (ties: most recent)."""
+        counts = Counter(c for c, _ in self._recent if c not in (NORMAL, UNKNOWN))
+        if not counts:
             return None
-        counts = Counter(c for c, _ in anomalous)
         best = max(counts.values())
-        # most frequent class; ties go to a named class over unknown, then to the most recent
-        tied = [c for c, _ in reversed(anomalous) if counts[c] == best]
-        fault = next((c for c in tied if c != UNKNOWN), tied[0])
-        return fault, anomalous[0][1]
+        if best < self._cfg.raise_k:
+            return None
+        return next(c for c, _ in reversed(self._recent) if counts.get(c) == best)
+
+    def _raise(self, fault: str, window_end: float) -> Transition:
+        self._active = fault
+        self._started_at = self._run_start if self._run_start is not None else window_end
+        return Transition("raised", fault, self._started_at, window_end)
 
     def update(self, cls: str, window_end: float) -> list[Transition]:
         self._recent.append((cls, window_end))
-        out: list[Transition] = []
-        if self._active is None:
-            cand = self._candidate()
-            if cand is not None:
-                self._active, self._started_at = cand
-                self._normal_streak = 0
-                out.append(Transition("raised", self._active, self._started_at, window_end))
-            return out
         if cls == NORMAL:
             self._normal_streak += 1
+        else:
+            self._normal_streak = 0
+            if self._run_start is None:
+                self._run_start = window_end
+            self._run_len += 1
+        out: list[Transition] = []
+        if self._active is not None:
             if self._normal_streak >= self._cfg.clear_m:
                 out.append(Transition("cleared", self._active, self._started_at, window_end))
                 self._active = None
-                self._recent.clear()
-            return out
-        self._normal_streak = 0
-        cand = self._candidate()
-        if cand is not None and cand[0] != self._active:
-            faults = [c for c, _ in self._recent if c == cand[0]]
-            if len(faults) >= self._cfg.raise_k:
-                out.append(Transition("cleared", self._active, self._started_at, window_end))
-                start = next(t for c, t in self._recent if c == cand[0])
-                self._active, self._started_at = cand[0], start
-                out.append(Transition("raised", self._active, self._started_at, window_end))
+            elif cls != NORMAL:
+                named = self._named_majority()
+                if named is not None and named != self._active and \
+                        all(c != self._active for c, _ in self._recent):
+                    out.append(Transition("cleared", self._active, self._started_at, window_end))
+                    # the new fault starts at its first window among the recent ones
+                    self._run_start = next(t for c, t in self._recent if c == named)
+                    out.append(self._raise(named, window_end))
+        else:
+            named = self._named_majority()
+            if named is not None:
+                out.append(self._raise(named, window_end))
+            elif self._run_len >= self._cfg.unknown_after and cls != NORMAL:
+                out.append(self._raise(UNKNOWN, window_end))
+        if self._normal_streak >= self._cfg.clear_m:
+            self._run_start, self._run_len = None, 0
+            self._recent.clear()
         return out

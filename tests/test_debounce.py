@@ -4,9 +4,7 @@ from netsiam.config import DebounceConfig
 from netsiam.debounce import FaultTracker
 
 M = {"n": "normal", "b": "blocked", "c": "capacity_limit", "u": "unknown"}
-
-
-CFG = DebounceConfig(raise_k=2, raise_n=3, clear_m=2)
+CFG = DebounceConfig(raise_k=2, raise_n=3, clear_m=2, unknown_after=4)
 
 
 def run(seq: str, cfg: DebounceConfig = CFG) -> list[tuple]:
@@ -33,13 +31,34 @@ def test_one_normal_window_inside_an_episode_does_not_clear() -> None:
     assert run("b b b n b b n n") == [(1, "raised", "blocked", 0.0), (7, "cleared", "blocked", 0.0)]
 
 
+def test_unknown_edges_do_not_split_an_episode() -> None:
+    """Edge windows far from every prototype: one episode, named by the class that settles."""
+    out = run("n u u b b b b u u n n")
+    assert out == [(4, "raised", "blocked", 1.0), (10, "cleared", "blocked", 1.0)]
+
+
+def test_persistent_unknown_raises_unknown_after_delay() -> None:
+    assert run("n u u u u u n n") == [(4, "raised", "unknown", 1.0), (7, "cleared", "unknown", 1.0)]
+
+
+def test_unknown_upgrades_to_named_class_but_never_the_reverse() -> None:
+    out = run("u u u u b b b n n")
+    assert [o[1:3] for o in out] == [("raised", "unknown"), ("cleared", "unknown"), ("raised", "blocked"),
+                                     ("cleared", "blocked")]
+    assert out[2][3] == 4.0  # the named fault starts at its own first window
+    assert run("b b u u u u u u n n") == [(1, "raised", "blocked", 0.0), (9, "cleared", "blocked", 0.0)]
+
+
 def test_fault_change_clears_old_and_raises_new() -> None:
     out = run("b b b c c c n n")
-    assert out == [(1, "raised", "blocked", 0.0), (4, "cleared", "blocked", 0.0),
-                   (4, "raised", "capacity_limit", 3.0), (7, "cleared", "capacity_limit", 3.0)]
+    assert out == [(1, "raised", "blocked", 0.0), (5, "cleared", "blocked", 0.0),
+                   (5, "raised", "capacity_limit", 3.0), (7, "cleared", "capacity_limit", 3.0)]
 
 
-def test_unknown_counts_as_anomalous_and_majority_names_the_fault() -> None:
-    assert run("u u b n n")[0][:3] == (1, "raised", "unknown")
-    assert run("b u n n")[0][:3] == (1, "raised", "blocked")  # 1:1 tie -> the named class
-    assert run("c b n n")[0][:3] == (1, "raised", "blocked")  # 1:1 tie of named classes -> most recent
+def test_flapping_between_named_classes_does_not_switch() -> None:
+    assert run("b b c b c b n n") == [(1, "raised", "blocked", 0.0), (7, "cleared", "blocked", 0.0)]
+
+
+def test_same_windows_same_transitions() -> None:
+    seq = "n b u b b n c c c u n n n b"
+    assert run(seq) == run(seq)
