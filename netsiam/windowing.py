@@ -131,8 +131,8 @@ def windows_from_records(
 ) -> Windows:
     """Window a whole trace: group by source, sort by time, drop repeated slots (first wins)."""
     by_source: dict[str, list[tuple[float, tuple[float, ...] | np.ndarray]]] = {}
-    for source, ts, vals in records:
-        by_source.setdefault(source, []).append((ts, vals))
+    for source, t, vals in records:
+        by_source.setdefault(source, []).append((t, vals))
     raws, ends, srcs = [], [], []
     for source in sorted(by_source):
         rows = sorted(by_source[source], key=lambda r: r[0])

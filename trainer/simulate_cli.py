@@ -25,7 +25,7 @@ def cli_simulate(args: argparse.Namespace, cfg: Config) -> int:
         lo = args.min_load if args.min_load is not None else params.load_range[0]
         hi = args.max_load if args.max_load is not None else params.load_range[1]
         changes["load_range"] = (lo, max(lo, hi))
-    params = dataclasses.replace(params, **changes)  # type: ignore[arg-type]
+    params = dataclasses.replace(params, **changes)
     records, labels = simulate(args.sources, args.minutes, args.seed, params, progress=not args.quiet)
     n = write_trace(args.output, records)
     m = write_labels(args.labels, labels)

@@ -1,0 +1,131 @@
+"""Artifact save/load: identical embeddings in a fresh process, and clear errors for mismatches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from netsiam.errors import NetsiamError
+from netsiam.features import DEFAULT_FEATURES
+from netsiam.trainer.artifact import Artifact, Prototypes, load_artifact
+from netsiam.trainer.model import EncoderSpec, build_encoder
+
+T, F = 30, len(DEFAULT_FEATURES)
+
+
+def make_artifact(path: Path, seed: int = 3) -> tuple[Artifact, np.ndarray]:
+    """A small encoder with non-trivial normalisation and prototypes; returns it and probe windows."""
+    rng = np.random.default_rng(seed)
+    spec = EncoderSpec(T, F, lstm_units=16, dense_units=8)
+    mean, var = rng.normal(0, 1, F), rng.uniform(0.5, 2.0, F)
+    enc = build_encoder(spec, mean, var, seed=seed)
+    protos = Prototypes(method="kmeans")
+    protos.set("normal", rng.random((2, 3)), 0.12, 300)
+    protos.set("blocked", rng.random((1, 3)), 0.05, 40)
+    manifest = {"format": 1, "version": "20261123T000000Z-abcdef12", "features": list(DEFAULT_FEATURES),
+                "window": {"interval_s": 1.0, "length": T, "stride": 5, "max_gap": 5},
+                "normalisation": {"mean": mean.tolist(), "std": np.sqrt(var).tolist()},
+                "model": spec.to_dict()}
+    art = Artifact(enc, protos, manifest)
+    art.save(path)
+    x = rng.normal(0, 2, (37, T, F)).astype(np.float32)
+    return art, x
+
+
+def test_round_trip_in_a_fresh_process_gives_identical_embeddings(tmp_path: Path) -> None:
+    art, x = make_artifact(tmp_path / "m")
+    before = art.embed(x)
+    np.save(tmp_path / "x.npy", x)
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from netsiam.trainer.artifact import load_artifact
+        a = load_artifact({str(tmp_path / 'm')!r})
+        np.save({str(tmp_path / 'after.npy')!r}, a.embed(np.load({str(tmp_path / 'x.npy')!r})))
+        print(a.version)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = np.load(tmp_path / "after.npy")
+    assert after.shape == (37, 3)
+    np.testing.assert_array_equal(after, before)
+    assert proc.stdout.strip().splitlines()[-1] == art.version
+
+    loaded = load_artifact(tmp_path / "m")
+    assert loaded.prototypes.classes == ["normal", "blocked"]
+    for p, q in zip(loaded.prototypes.points, art.prototypes.points, strict=True):
+        np.testing.assert_array_equal(p, q)
+    assert loaded.prototypes.thresholds == [0.12, 0.05] and loaded.prototypes.support == [300, 40]
+    assert loaded.manifest["normalisation"] == art.manifest["normalisation"]
+
+
+def _edit_manifest(path: Path, **changes: object) -> None:
+    m = orjson.loads((path / "manifest.json").read_bytes())
+    m.update(changes)
+    (path / "manifest.json").write_bytes(orjson.dumps(m))
+
+
+def test_window_length_changed_in_the_manifest_is_refused(tmp_path: Path) -> None:
+    make_artifact(tmp_path / "m")
+    _edit_manifest(tmp_path / "m", window={"interval_s": 1.0, "length": 31, "stride": 5, "max_gap": 5})
+    with pytest.raises(NetsiamError, match=r"does not match the manifest \(window length 31, 6 features\)"):
+        load_artifact(tmp_path / "m")
+
+
+def test_feature_list_changed_in_the_manifest_is_refused(tmp_path: Path) -> None:
+    make_artifact(tmp_path / "m")
+    _edit_manifest(tmp_path / "m", features=list(DEFAULT_FEATURES[:4]))
+    with pytest.raises(NetsiamError, match="4 features"):
+        load_artifact(tmp_path / "m")
+
+
+def test_truncated_encoder_fails_the_hash_check(tmp_path: Path) -> None:
+    make_artifact(tmp_path / "m")
+    enc = tmp_path / "m" / "encoder.keras"
+    enc.write_bytes(enc.read_bytes()[: enc.stat().st_size // 2])
+    with pytest.raises(NetsiamError, match=r"encoder.keras does not match the manifest \(truncated or modified\)"):
+        load_artifact(tmp_path / "m")
+
+
+def test_prototypes_with_the_wrong_dimension_are_refused(tmp_path: Path) -> None:
+    make_artifact(tmp_path / "m")
+    p = tmp_path / "m" / "prototypes.json"
+    obj = orjson.loads(p.read_bytes())
+    obj["classes"]["blocked"]["points"] = [[0.1, 0.2]]
+    p.write_bytes(orjson.dumps(obj))
+    with pytest.raises(NetsiamError, match="prototypes.json does not match"):    # hash first ...
+        load_artifact(tmp_path / "m")
+    _rehash(tmp_path / "m")                                                       # ... then the shape
+    with pytest.raises(NetsiamError, match=r"class 'blocked': points must be finite \(k, 3\)"):
+        load_artifact(tmp_path / "m")
+
+
+def _rehash(path: Path) -> None:
+    import hashlib
+
+    m = orjson.loads((path / "manifest.json").read_bytes())
+    m["files"]["prototypes.json"] = hashlib.sha256((path / "prototypes.json").read_bytes()).hexdigest()
+    (path / "manifest.json").write_bytes(orjson.dumps(m))
+
+
+def test_missing_pieces_are_named(tmp_path: Path) -> None:
+    make_artifact(tmp_path / "m")
+    (tmp_path / "m" / "prototypes.json").unlink()
+    with pytest.raises(NetsiamError, match="prototypes.json is missing"):
+        load_artifact(tmp_path / "m")
+    with pytest.raises(NetsiamError, match="not found"):
+        load_artifact(tmp_path / "nothing")
+
+
+def test_saving_prototypes_again_updates_the_hash(tmp_path: Path) -> None:
+    art, _ = make_artifact(tmp_path / "m")
+    art.prototypes.set("capacity_limit", np.array([[0.5, 0.5, 0.9]]), 0.07, 12)
+    art.save_prototypes(tmp_path / "m")
+    assert load_artifact(tmp_path / "m").prototypes.classes == ["normal", "blocked", "capacity_limit"]

@@ -1,0 +1,169 @@
+"""Training: time split, data checks, a small end-to-end run, determinism, the CLI's failure mode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from netsiam.cli import main
+from netsiam.config import Config, override
+from netsiam.errors import NetsiamError
+from netsiam.traceio import write_labels, write_trace
+from netsiam.trainer.artifact import load_artifact
+from netsiam.trainer.dataset import build_windows
+from netsiam.trainer.simulate import SimParams, simulate
+from netsiam.trainer.train import load_windows, pair_auc, split_by_time, train
+
+
+def sim_files(tmp: Path, name: str, sources: int, minutes: float, seed: int,
+              params: SimParams | None = None) -> tuple[Path, Path]:
+    records, labels = simulate(sources, minutes, seed, params or SimParams())
+    trace, lab = tmp / f"{name}.jsonl", tmp / f"{name}.csv"
+    write_trace(trace, records)
+    write_labels(lab, labels)
+    return trace, lab
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    tmp = tmp_path_factory.mktemp("sim")
+    return {"train": sim_files(tmp, "train", 6, 20, seed=7), "test": sim_files(tmp, "test", 3, 15, seed=8)}
+
+
+# ------------------------------------------------------------------------------------ data preparation
+
+
+def test_time_split_holds_out_the_end_of_each_source_with_a_gap() -> None:
+    T = 30
+    end_ts = np.concatenate([np.arange(100.0, 1100.0, 5), np.arange(5000.0, 5600.0, 5)])   # two sources
+    groups = np.array(["0:a"] * 200 + ["0:b"] * 120, dtype=object)
+    train_m, val_m = split_by_time(end_ts, groups, 0.2, gap_s=T)
+    assert not np.any(train_m & val_m)
+    for g, (t0, t1) in {"0:a": (100.0, 1095.0), "0:b": (5000.0, 5595.0)}.items():
+        m = groups == g
+        val_start = t1 - 0.2 * (t1 - t0)
+        assert np.all(end_ts[m & val_m] >= val_start) and np.all(end_ts[m & ~val_m] < val_start)
+        # no sample shared: every training window ends before the first validation window starts
+        first_val_sample = end_ts[m & val_m].min() - (T - 1)
+        assert end_ts[m & train_m].max() < first_val_sample
+        assert (m & ~train_m & ~val_m).sum() == T // 5          # one window length of windows is dropped
+
+
+def test_load_windows_keeps_recordings_apart(data: dict[str, tuple[Path, Path]]) -> None:
+    (t1, l1), (t2, l2) = data["train"], data["test"]
+    lw, groups = load_windows(Config(), [t1, t2], [l1, l2])
+    one = build_windows([t1], [l1], Config())
+    assert len(lw) == len(one) + len(build_windows([t2], [l2], Config()))
+    assert set(groups[: len(one)]) == {f"0:{s}" for s in one.sources}
+    assert all(g.startswith("1:") for g in groups[len(one):])
+    np.testing.assert_array_equal(lw.labels[: len(one)], one.labels)   # labels paired by position
+
+
+def test_pair_auc_matches_the_definition() -> None:
+    emb = np.array([[0.0, 0, 0], [0.1, 0, 0], [1, 1, 1], [0.9, 1, 1]])
+    assert pair_auc(emb, np.array(["a", "a", "b", "b"])) == 1.0
+    # a pair at opposite corners (farther than every mixed pair) and a tight pair: AUC 1/2
+    corners = np.array([[0.0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5], [0.5, 0.5, 0.6]])
+    assert pair_auc(corners, np.array(["a", "a", "b", "b"])) == 0.5
+    assert pair_auc(emb, np.array(["a", "a", "a", "a"])) is None
+
+
+def test_training_needs_two_classes(tmp_path: Path) -> None:
+    trace, labels = sim_files(tmp_path, "calm", 2, 8, seed=1, params=SimParams(faults=()))
+    with pytest.raises(NetsiamError, match="at least two classes"):
+        train(Config(), [trace], [labels], tmp_path / "out", quiet=True)
+
+
+def test_excluding_every_fault_leaves_one_class(data: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    trace, labels = data["train"]
+    with pytest.raises(NetsiamError, match="at least two classes"):
+        train(Config(), [trace], [labels], tmp_path / "out", exclude_labels=["blocked", "capacity_limit"], quiet=True)
+
+
+def test_cli_train_missing_file_is_one_line_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "netsiam", "train", "--data", str(tmp_path / "missing.jsonl"),
+                           "--labels", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "missing.jsonl" in lines[0] and "not found" in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+def test_train_end_to_end_separates_faults_on_held_out_data(data: dict[str, tuple[Path, Path]], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    trace, labels = data["train"]
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("training:\n  steps_per_epoch: 15\n  batch_per_class: 12\n  patience: 3\n")
+    out = tmp_path / "model"
+    assert main(["train", "--config", str(cfg_file), "--data", str(trace), "--labels", str(labels), "-o", str(out),
+                 "--epochs", "3", "--seed", "5", "--exclude-label", "retrans_storm"]) == 0
+    captured = capsys.readouterr()
+    assert f"wrote {out}" in captured.out
+    assert sum(line.startswith("epoch ") for line in captured.err.splitlines()) >= 1
+
+    art = load_artifact(out)
+    m = art.manifest
+    assert art.prototypes.classes == ["normal", "blocked", "capacity_limit"] == m["classes"]
+    assert m["format"] == 1 and m["training"]["epochs"] == 3 and m["training"]["seed"] == 5
+    assert m["window"] == {"interval_s": 1.0, "length": 30, "stride": 5, "max_gap": 5}
+    assert m["model"]["window_length"] == 30 and m["model"]["n_features"] == 6
+    assert len(m["normalisation"]["mean"]) == len(m["normalisation"]["std"]) == 6
+    assert m["config"]["training"]["steps_per_epoch"] == 15 and m["excluded_labels"] == ["retrans_storm"]
+    assert len(m["history"]["loss"]) == len(m["history"]["val_loss"]) == m["metrics"]["epochs_run"]
+    assert orjson.loads((out / "history.json").read_bytes()) == m["history"]
+    assert m["metrics"]["val_n_way_accuracy"] > 0.9
+
+    with np.load(out / "snapshots.npz", allow_pickle=False) as z:
+        emb, lab, epochs = z["emb"], z["labels"], z["epochs"]
+    assert emb.shape[0] == m["metrics"]["epochs_run"] + 1 and emb.shape[2] == 3     # + the untrained encoder
+    assert lab.shape == (emb.shape[1],) and lab.dtype.kind == "U" and epochs.tolist() == list(range(emb.shape[0]))
+    assert set(lab.tolist()) == set(m["classes"])
+    events = list((out / "logs" / "validation").glob("events.out.tfevents.*"))
+    assert events and b"epoch_n_way_acc" in events[0].read_bytes()
+    assert (out / "checkpoint.weights.h5").is_file()
+
+    # held-out data from another seed: blocked vs normal must separate
+    test_trace, test_labels = data["test"]
+    lw = build_windows([test_trace], [test_labels], Config())
+    keep = ~lw.straddle & np.isin(lw.labels, ["normal", "blocked"])
+    emb_t = art.embed(lw.x[keep])
+    names, _, dist = art.prototypes.classify(emb_t)
+    nearest = np.asarray(art.prototypes.classes, dtype=object)[dist.argmin(axis=1)]
+    truth = lw.labels[keep]
+    assert (truth == "blocked").sum() >= 10
+    assert np.mean(nearest == truth) > 0.95
+    assert pair_auc(emb_t.astype(np.float64), truth) > 0.98
+    assert np.mean(names[truth == "blocked"] == "blocked") > 0.9
+
+
+def test_training_is_deterministic_given_a_seed(data: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    trace, labels = data["train"]
+    cfg = override(Config(), {"training.steps_per_epoch": 6, "training.batch_per_class": 8})
+    a = train(cfg, [trace], [labels], tmp_path / "a", epochs=2, seed=11, quiet=True)
+    b = train(cfg, [trace], [labels], tmp_path / "b", epochs=2, seed=11, quiet=True, exclude_labels=["retrans_storm"])
+    for wa, wb in zip(a.encoder.get_weights(), b.encoder.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    assert a.manifest["history"] == b.manifest["history"]
+    assert a.manifest["version"].split("-")[1] == b.manifest["version"].split("-")[1]   # same weights hash
+    assert a.prototypes.to_json() == b.prototypes.to_json()
+    c = train(cfg, [trace], [labels], tmp_path / "c", epochs=2, seed=12, quiet=True)
+    assert a.manifest["version"].split("-")[1] != c.manifest["version"].split("-")[1]
+
+
+def test_lossless_variant_trains_and_is_recorded(data: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    trace, labels = data["train"]
+    cfg = override(Config(), {"training.steps_per_epoch": 5, "training.batch_per_class": 8, "training.loss": "lossless"})
+    art = train(cfg, [trace], [labels], tmp_path / "m", epochs=1, quiet=True, logdir=tmp_path / "tb")
+    assert art.manifest["training"]["loss"] == "lossless" and art.manifest["history"]["loss"][0] > 0
+    assert list((tmp_path / "tb" / "train").glob("events.out.tfevents.*"))
+    assert load_artifact(tmp_path / "m").prototypes.classes == art.prototypes.classes

@@ -1,0 +1,348 @@
+"""``netsiam train``: traces + labels -> model artifact. Reads top to bottom:
+
+1. data: window every trace exactly as the daemon will; windows straddling a label change are
+   kept out of training and validation (their one label is half wrong); per source, the last
+   ``val_fraction`` of its time span is validation, and training windows end at least one window
+   length before it, so no sample is in both.
+2. normalisation: mean/variance of the training windows, baked into the encoder and the manifest.
+3. model + objective: the siamese encoder (one network embeds every window) trained on P x K
+   class-balanced batches with the mixed semi-hard/random triplet loss (trainer.losses).
+4. fit: per epoch the validation loss on fixed validation batches, the validation n-way accuracy
+   (nearest median prototype of training embeddings), an embedding snapshot of fixed validation
+   windows, TensorBoard logs; the best weights by validation loss are checkpointed and restored.
+5. prototypes on training windows, thresholds calibrated on validation windows, metrics.
+6. artifact: encoder.keras, prototypes.json, manifest.json (+ history.json, snapshots.npz).
+
+Keras/TensorFlow are imported only once the data has loaded, so a bad path fails fast with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from scipy.stats import rankdata
+
+from netsiam.config import Config, override
+from netsiam.errors import NetsiamError
+from netsiam.features import required_metrics
+from netsiam.schemas.labels import KNOWN_LABELS
+from netsiam.traceio import atomic_write_bytes
+from netsiam.trainer.artifact import FORMAT, Artifact, Prototypes
+from netsiam.trainer.dataset import LabelledWindows, build_windows
+from netsiam.trainer.mining import fixed_batches, triplet_batches
+from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
+
+__all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "load_windows", "pair_auc",
+           "split_by_time", "train"]
+
+SNAPSHOTS_FILE, HISTORY_FILE, CHECKPOINT_FILE = "snapshots.npz", "history.json", "checkpoint.weights.h5"
+VAR_FLOOR = 1e-6          # a feature constant in training must not divide by ~0 at inference
+MONITOR_PER_CLASS = 300   # training windows per class behind the per-epoch validation prototypes
+VAL_BATCHES = (4, 16)     # fixed validation batches: at least 4, at most 16, else ~one pass over val
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+def load_windows(cfg: Config, data_paths: Sequence[str | Path],
+                 label_paths: Sequence[str | Path]) -> tuple[LabelledWindows, np.ndarray]:
+    """Window each trace on its own -> (windows, group (N,): "file:source", what the time split runs on).
+
+    Labels pair with traces by position when the counts match, else every label file applies to
+    every trace (the rule of build_windows).
+    """
+    if not data_paths or not label_paths:
+        raise NetsiamError("need at least one --data trace and one --labels file")
+    paired = len(label_paths) == len(data_paths)
+    parts, groups = [], []
+    for i, path in enumerate(data_paths):
+        lw = build_windows([path], [label_paths[i]] if paired else list(label_paths), cfg)
+        parts.append(lw)
+        groups.append(np.array([f"{i}:{s}" for s in lw.sources], dtype=object))
+    cat = {f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(LabelledWindows)}
+    return LabelledWindows(**cat), np.concatenate(groups)
+
+
+def split_by_time(end_ts: np.ndarray, groups: np.ndarray, val_fraction: float,
+                  gap_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, validation = windows ending in the last ``val_fraction`` of its time span;
+    training = windows ending at least ``gap_s`` before the first validation window may start."""
+    train, val = np.zeros(len(end_ts), bool), np.zeros(len(end_ts), bool)
+    for g in np.unique(groups):
+        m = groups == g
+        t0, t1 = end_ts[m].min(), end_ts[m].max()
+        val_start = t1 - val_fraction * (t1 - t0)
+        val |= m & (end_ts >= val_start)
+        train |= m & (end_ts <= val_start - gap_s)
+    return train, val
+
+
+def class_order(labels: np.ndarray) -> list[str]:
+    """normal, the known faults, then any other label alphabetically."""
+    present = set(labels.tolist())
+    return [c for c in KNOWN_LABELS if c in present] + sorted(present - set(KNOWN_LABELS))
+
+
+def pair_auc(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0) -> float | None:
+    """ROC AUC of -distance for "same label" over window pairs (as ``netsiam evaluate`` reports it)."""
+    n = len(emb)
+    if n * (n - 1) // 2 <= max_pairs:
+        i, j = np.triu_indices(n, k=1)
+    else:
+        rng = np.random.default_rng(seed)
+        i, j = rng.integers(0, n, max_pairs), rng.integers(0, n - 1, max_pairs)
+        j = j + (j >= i)
+    pos = labels[i] == labels[j]
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(-np.sqrt(((emb[i] - emb[j]) ** 2).sum(axis=1)))
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _stratified(rng: np.random.Generator, labels: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` indices, as equal a share per label as the labels allow, sorted."""
+    pools = {c: rng.permutation(np.flatnonzero(labels == c)) for c in class_order(labels)}
+    take: list[int] = []
+    while len(take) < n and any(len(p) for p in pools.values()):
+        for c in list(pools):
+            if len(pools[c]) and len(take) < n:
+                take.append(int(pools[c][0]))
+                pools[c] = pools[c][1:]
+    return np.sort(np.asarray(take, dtype=np.int64))
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+class _Monitor:
+    """Per-epoch work the stock callbacks do not do: validation n-way accuracy, embedding
+    snapshots of fixed validation windows, one progress line. Adds ``val_n_way_acc`` to the logs
+    (so History, TensorBoard and the checkpoint see it)."""
+
+    def __init__(self, encoder: Any, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                 snap_x: np.ndarray, epochs: int, quiet: bool, classes: list[str], pcfg: Any) -> None:
+        self.encoder, self.fit_x, self.fit_y, self.val_x, self.val_y = encoder, fit_x, fit_y, val_x, val_y
+        self.snap_x, self.epochs, self.quiet, self.classes, self.pcfg = snap_x, epochs, quiet, classes, pcfg
+        self.snapshots: list[np.ndarray] = []
+        self.best = np.inf
+        self.t = time.perf_counter()
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.encoder.predict(x, batch_size=1024, verbose=0), np.float64)  # (N, T, F) -> (N, D)
+
+    def snapshot(self) -> None:
+        self.snapshots.append(self.embed(self.snap_x).astype(np.float32))                 # (P, D)
+
+    def n_way_accuracy(self) -> float:
+        protos = fit_prototypes(self.embed(self.fit_x), self.fit_y, self.pcfg, classes=self.classes)
+        nearest = np.asarray(protos.classes, dtype=object)[protos.distances(self.embed(self.val_x)).argmin(axis=1)]
+        return float(np.mean(nearest == self.val_y))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        logs["val_n_way_acc"] = self.n_way_accuracy()
+        self.snapshot()
+        mark = " *" if logs["val_loss"] < self.best else ""
+        self.best = min(self.best, logs["val_loss"])
+        if not self.quiet:
+            now = time.perf_counter()
+            print(f"epoch {epoch + 1:>3}/{self.epochs}  loss {logs['loss']:.4f}  val_loss {logs['val_loss']:.4f}  "
+                  f"val n-way acc {logs['val_n_way_acc']:.3f}  {now - self.t:4.1f}s{mark}", file=sys.stderr, flush=True)
+            self.t = now
+
+
+class _ScalarLog:
+    """TensorBoard scalars per epoch, laid out like ``keras.callbacks.TensorBoard`` (LOGDIR/train and
+    LOGDIR/validation, tags ``epoch_loss``, ``epoch_n_way_acc``...), written with TensorFlow's core
+    summary ops: the ``tensorboard`` package (which Keras' callback needs) is only needed to view them."""
+
+    def __init__(self, logdir: Path) -> None:
+        import tensorflow as tf
+
+        self.tf = tf
+        self.writers = {k: tf.summary.create_file_writer(str(logdir / k)) for k in ("train", "validation")}
+        self.meta = tf.compat.v1.SummaryMetadata(
+            plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        for key, value in logs.items():
+            which, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            with self.writers[which].as_default():
+                self.tf.summary.write(f"epoch_{name}", self.tf.constant(float(value)), step=epoch, metadata=self.meta)
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
+def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path], out_dir: str | Path, *,
+          epochs: int | None = None, seed: int | None = None, exclude_labels: Sequence[str] = (),
+          logdir: str | Path | None = None, quiet: bool = False) -> Artifact:
+    """Train an encoder, fit prototypes, write the artifact to ``out_dir`` and return it loaded."""
+    t_start = time.perf_counter()
+    cfg = override(cfg, {"training.epochs": epochs, "training.seed": seed})
+    tc, w = cfg.training, cfg.window
+    out = Path(out_dir)
+    say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
+
+    # 1. data ------------------------------------------------------------------------------------------
+    lw, groups = load_windows(cfg, data_paths, label_paths)                     # x: (N, T, F)
+    keep = ~np.isin(lw.labels, list(exclude_labels)) & ~lw.straddle
+    in_train, in_val = split_by_time(lw.end_ts, groups, tc.val_fraction, gap_s=w.length * w.interval_s)
+    tr, va = lw.subset(keep & in_train), lw.subset(keep & in_val)
+    classes = class_order(tr.labels)
+    if len(classes) < 2:
+        raise NetsiamError(f"training needs windows of at least two classes, found {classes or 'none'}")
+    counts = {c: int(np.sum(tr.labels == c)) for c in classes}
+    if min(counts.values()) < 2:
+        rare = [c for c, n in counts.items() if n < 2]
+        raise NetsiamError(f"class(es) {rare} have fewer than 2 training windows (label more data, or "
+                           f"--exclude-label them)")
+    va = va.subset(np.isin(va.labels, classes))               # a label seen only in validation has no prototype
+    if len(set(va.labels.tolist())) < 2:
+        raise NetsiamError(f"the validation split (last {tc.val_fraction:.0%} of each source's time) holds "
+                           f"{len(va)} windows of {len(set(va.labels.tolist()))} class(es); use longer traces or "
+                           "another training.val_fraction")
+    cls_id = {c: i for i, c in enumerate(classes)}
+    y_tr = np.array([cls_id[c] for c in tr.labels], np.int64)
+    y_va = np.array([cls_id[c] for c in va.labels], np.int64)
+    say(f"windows: {len(lw)} ({int(lw.straddle.sum())} straddle a label change), train {len(tr)} "
+        f"({', '.join(f'{c} {n}' for c, n in counts.items())}), validation {len(va)}")
+
+    # 2. normalisation (training windows only) ----------------------------------------------------------
+    flat = tr.x.reshape(-1, tr.x.shape[-1]).astype(np.float64)                  # (N*T, F)
+    mean, var = flat.mean(axis=0), np.maximum(flat.var(axis=0), VAR_FLOOR)      # (F,), (F,)
+
+    # 3. model + objective -----------------------------------------------------------------------------
+    import keras
+
+    from netsiam.trainer.losses import make_training_loss
+    from netsiam.trainer.model import EncoderSpec, build_encoder
+
+    keras.utils.set_random_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    m = cfg.model
+    spec = EncoderSpec(w.length, len(cfg.features), m.lstm_units, m.dense_units, m.embedding_dim, m.dropout)
+    encoder = build_encoder(spec, mean, var, seed=tc.seed)                     # (B, T, F) -> (B, D)
+    # XLA (jit_compile=True) measured no faster on CPU at 64 LSTM units (25.8 vs 25.7 ms per batch of 72)
+    # and adds ~3 s of compilation, so it stays off.
+    encoder.compile(optimizer=keras.optimizers.Adam(tc.learning_rate),
+                    loss=make_training_loss(tc.loss, tc.margin, tc.semi_hard_fraction), jit_compile=False)
+
+    # 4. fit ---------------------------------------------------------------------------------------------
+    k = tc.batch_per_class
+    batches = triplet_batches(tr.x, y_tr, k, rng)                              # (P*K, T, F), (P*K, 3)
+    n_val_classes = len(np.unique(y_va))
+    n_val_batches = int(np.clip(np.ceil(len(va) / (n_val_classes * k)), *VAL_BATCHES))
+    vx, vy = fixed_batches(va.x, y_va, k, n_val_batches, np.random.default_rng([tc.seed, 1]))
+    fit_idx = np.concatenate([np.random.default_rng([tc.seed, 2]).permutation(np.flatnonzero(y_tr == c))
+                              [:MONITOR_PER_CLASS] for c in range(len(classes))])
+    snap_idx = _stratified(np.random.default_rng([tc.seed, 3]), va.labels, tc.snapshot_points)
+    monitor = _Monitor(encoder, tr.x[fit_idx], tr.labels[fit_idx], va.x, va.labels, va.x[snap_idx], tc.epochs,
+                       quiet, classes, cfg.prototypes)
+    monitor.snapshot()                                                         # epoch 0: the untrained encoder
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT_FILE
+    ckpt.unlink(missing_ok=True)                                               # never restore a previous run's
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.LambdaCallback(on_epoch_end=monitor.on_epoch_end),
+        keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True, save_weights_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=tc.patience),
+    ]
+    tb = _ScalarLog(Path(logdir or out / "logs"))
+    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=tb.on_epoch_end, on_train_end=lambda _l: tb.close()))
+    t_fit = time.perf_counter()
+    fit = encoder.fit(batches, steps_per_epoch=tc.steps_per_epoch, epochs=tc.epochs, validation_data=(vx, vy),
+                      validation_batch_size=n_val_classes * k, callbacks=callbacks, shuffle=False, verbose=0)
+    fit_seconds = time.perf_counter() - t_fit
+    hist = {key: [float(v) for v in vals] for key, vals in fit.history.items()}
+    if not ckpt.is_file() or not np.isfinite(hist.get("val_loss", [np.nan])).any():
+        raise NetsiamError(f"training diverged (loss {hist.get('loss', ['?'])[-1]}); try a lower training.learning_rate")
+    best_epoch = int(np.nanargmin(hist["val_loss"])) + 1
+    encoder.load_weights(ckpt)                                                 # restore the best epoch
+    say(f"best epoch {best_epoch} (val_loss {hist['val_loss'][best_epoch - 1]:.4f}), "
+        f"{len(hist['loss'])} epochs in {fit_seconds:.0f} s")
+
+    # 5. prototypes on training windows, thresholds on validation windows, metrics ------------------------
+    emb_tr, emb_va = monitor.embed(tr.x), monitor.embed(va.x)                  # (N, D) each
+    protos = fit_prototypes(emb_tr, tr.labels, cfg.prototypes, classes=classes, seed=tc.seed)
+    calibrated = calibrate_thresholds(protos, emb_va, va.labels, cfg.prototypes)
+    metrics = _metrics(protos, emb_va, va.labels, calibrated)
+    metrics.update(best_epoch=best_epoch, epochs_run=len(hist["loss"]), fit_seconds=round(fit_seconds, 2),
+                   train_windows=len(tr), val_windows=len(va), straddling_windows=int(lw.straddle.sum()))
+
+    # 6. artifact ------------------------------------------------------------------------------------------
+    final = build_encoder(spec, mean, var, seed=tc.seed)                       # uncompiled: no trainer code inside
+    final.set_weights(encoder.get_weights())
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in final.get_weights())).hexdigest()
+    now = datetime.now(UTC)
+    history: dict[str, Any] = {**hist, "best_epoch": best_epoch}
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "version": f"{now:%Y%m%dT%H%M%SZ}-{digest[:8]}",
+        "created_at": now.timestamp(),
+        "features": list(cfg.features),
+        "raw_metrics": list(required_metrics(cfg.features)),
+        "window": dataclasses.asdict(w),
+        "normalisation": {"mean": mean.tolist(), "std": np.sqrt(var).tolist()},
+        "model": spec.to_dict(),
+        "training": dataclasses.asdict(tc),
+        "config": cfg.to_dict(),
+        "classes": classes,
+        "history": history,
+        "metrics": metrics,
+        "excluded_labels": sorted(set(exclude_labels)),
+        "train_seconds": round(time.perf_counter() - t_start, 2),
+    }
+    artifact = Artifact(final, protos, manifest, out)
+    artifact.save(out)
+    atomic_write_bytes(out / HISTORY_FILE, orjson.dumps(history, option=orjson.OPT_INDENT_2))
+    np.savez_compressed(out / SNAPSHOTS_FILE, emb=np.stack(monitor.snapshots),              # (E+1, P, D)
+                        labels=va.labels[snap_idx].astype(str), epochs=np.arange(len(monitor.snapshots)),
+                        end_ts=va.end_ts[snap_idx], sources=va.sources[snap_idx].astype(str))
+    say(f"validation: n-way accuracy {metrics['val_n_way_accuracy']:.4f}, pair AUC {_f(metrics['val_pair_auc'])}, "
+        f"accuracy with unknown {metrics['val_window_accuracy']:.4f}")
+    return artifact
+
+
+def _metrics(protos: Prototypes, emb: np.ndarray, labels: np.ndarray, calibrated: dict[str, int]) -> dict[str, Any]:
+    names, _, dist = protos.classify(emb)
+    nearest = np.asarray(protos.classes, dtype=object)[dist.argmin(axis=1)]
+    per_class = {c: {"windows": int(np.sum(labels == c)),
+                     "n_way_recall": float(np.mean(nearest[labels == c] == c)) if np.any(labels == c) else None,
+                     "unknown_rate": float(np.mean(names[labels == c] == "unknown")) if np.any(labels == c) else None,
+                     "threshold_from_validation": bool(calibrated.get(c))}
+                 for c in protos.classes}
+    return {"val_n_way_accuracy": float(np.mean(nearest == labels)),
+            "val_window_accuracy": float(np.mean(names == labels)),
+            "val_unknown_rate": float(np.mean(names == "unknown")),
+            "val_pair_auc": pair_auc(emb, labels),
+            "val_per_class": per_class}
+
+
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def cli_train(args: argparse.Namespace, cfg: Config) -> int:
+    """``netsiam train --data T.jsonl --labels L.csv -o DIR [--epochs N] [--seed S] [--loss L] ...``."""
+    cfg = override(cfg, {"training.loss": args.loss})
+    for p in [*args.data, *args.labels]:   # fail before the (slow, noisy) TensorFlow import
+        if not Path(p).is_file():
+            raise NetsiamError(f"{'trace' if p in args.data else 'labels'} file not found: {p}")
+    artifact = train(cfg, args.data, args.labels, args.output, epochs=args.epochs, seed=args.seed,
+                     exclude_labels=args.exclude_label, logdir=args.logdir, quiet=args.quiet)
+    mt = artifact.manifest["metrics"]
+    print(f"wrote {args.output}: model {artifact.manifest['version']}, classes {', '.join(artifact.prototypes.classes)}, "
+          f"validation n-way accuracy {mt['val_n_way_accuracy']:.3f}, pair AUC {_f(mt['val_pair_auc'])}, "
+          f"{artifact.manifest['train_seconds']:.0f} s")
+    return 0
