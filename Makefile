@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml deploy/install-system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@# PyTorch (CPU) lets the tests prove the .keras artifact runs under KERAS_BACKEND=torch too;
+	@# optional: the cross-backend test skips, with its reason, where it cannot be installed.
+	$(PY) -m pip install -q --disable-pip-version-check 'torch==2.13.0' \
+	    || echo "make install: torch not installed; the cross-backend test will skip" >&2
 	bash deploy/install-system-deps.sh
 	touch $(STAMP)
 
