@@ -103,6 +103,9 @@ def _ensure_free(host: str, port: int) -> None:
     # Tansu does not exit when its port is taken (a worker thread panics), and the readiness probe
     # would then talk to whatever holds the port: refuse up front.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as the broker's own listener does: connections of a broker that just stopped linger in
+        # TIME_WAIT on this port for a minute, and must not stop a restart on the same port
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host or "0.0.0.0", port))
         except OSError as e:

@@ -310,6 +310,10 @@ class Daemon:
         todo = {tp: off for tp, off in positions.items()
                 if tp in self._assigned and off > self._committed.get(tp, -1)}
         if not todo:
+            # nothing new to commit, but a failed delivery must still stop us (exit without commit,
+            # the restart replays): otherwise a stream that ends right there loses those events
+            if force or any(f.failed() for f in self._unacked):
+                self._acks_done(block=force)
             return
         # normally wait for acks without blocking; block after a while so that a steady stream of
         # dead letters (always some in flight) cannot starve the commits
@@ -373,6 +377,10 @@ class Daemon:
         for tp in tps:
             self._committed.pop(tp, None)
             self._suppress.pop(tp, None)
+        # the last applied batch's positions belong to the forgotten state: committing them later
+        # (e.g. to a broker that came back empty) would cover records never processed
+        positions, seq = self._snap
+        self._snap = ({tp: off for tp, off in positions.items() if tp not in tps}, seq)
         self._held -= tps
 
     def _setup_assigned(self, assigned: set[Any]) -> None:

@@ -16,6 +16,7 @@ __all__ = ["FETCH_MAX_WAIT_MS", "client_kwargs", "consumer_kwargs", "producer_kw
 # is there (kafka-python's default 500 ms gave a record->consumer p50 of 150 ms, p99 290 ms; 50 ms
 # gives 20 / 37 ms). Idle cost: one fetch round trip per 50 ms.
 FETCH_MAX_WAIT_MS = 50
+RECONNECT_BACKOFF_MAX_MS = 1000
 
 
 def client_kwargs(kcfg: KafkaConfig, bootstrap: str | None = None) -> dict[str, Any]:
@@ -27,6 +28,9 @@ def client_kwargs(kcfg: KafkaConfig, bootstrap: str | None = None) -> dict[str, 
         "bootstrap_servers": servers,
         "client_id": kcfg.client_id,
         "security_protocol": kcfg.security_protocol,
+        # kafka-python backs off up to 30 s between reconnects (exponential); after a broker outage
+        # that alone delayed readiness past 10 s. 1 s caps it at a cheap connect attempt per second.
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     if kcfg.security_protocol.startswith("SASL"):
         if not kcfg.sasl_mechanism:

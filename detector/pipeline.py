@@ -216,6 +216,14 @@ def run_batch(batch: Batch) -> BatchResult:
     return BatchResult(names, nearest, dists, emb, time.perf_counter() - t0)
 
 
+def _utf8_ok(s: str) -> bool:
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def same_windowing(a: Artifact, b: Artifact) -> bool:
     """Can buffers filled for ``a`` serve ``b``? (windows and required metrics identical)"""
     return a.window == b.window and a.features == b.features and a.required == b.required
@@ -305,6 +313,15 @@ class Pipeline:
             except RecordError as e:
                 if live:
                     self._dead(m, e.reason, e.detail)
+                continue
+            except OverflowError:  # an integer beyond float64 (e.g. 400 digits) would crash the daemon
+                if live:
+                    self._dead(m, "non_finite", "a number is beyond the float64 range")
+                continue
+            if not rec.source.isascii() and not _utf8_ok(rec.source):
+                # a lone surrogate (\ud800) parses but cannot be a Kafka key or go into a JSON event
+                if live:
+                    self._dead(m, "schema", "'source' is not valid Unicode (lone surrogate)")
                 continue
             ts = rec.ts
             # The stream clock is per partition (a replay rebuilds it from that partition alone).
