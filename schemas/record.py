@@ -34,6 +34,9 @@ REASONS: tuple[str, ...] = (
 
 MAX_SOURCE_LEN = 256
 MAX_METRICS = 512
+# No signalling counter or gauge reaches 1e15 per interval; larger values are a producer's overflow
+# and would overflow the derived features (ratios) to inf/NaN downstream.
+MAX_METRIC = 1e15
 
 
 class RecordError(ValueError):
@@ -88,8 +91,9 @@ def validate_record_obj(obj: Any, names: Sequence[str], required: frozenset[str]
     for key, v in metrics.items():
         if type(v) is not int and type(v) is not float:  # bool is an int subclass: reject it too
             raise RecordError("schema", f"metric {str(key)[:64]!r} must be a number, got {type(v).__name__}")
-        if not math.isfinite(v):
-            raise RecordError("non_finite", f"metric {str(key)[:64]!r} is {v}")
+        # ints are arbitrary precision: compare before any float conversion (400 digits overflow it)
+        if v > MAX_METRIC or (type(v) is float and not math.isfinite(v)):
+            raise RecordError("non_finite", f"metric {str(key)[:64]!r} is {str(v)[:24]} (finite, <= {MAX_METRIC:g} required)")
         if v < 0:
             raise RecordError("negative_counter", f"metric {str(key)[:64]!r} is {v}")
     values = []

@@ -15,6 +15,8 @@ def parse_ts(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("timestamp is a boolean")
     if isinstance(value, int | float):
+        if isinstance(value, int) and abs(value) > MAX_TS:
+            raise ValueError(f"timestamp out of range: {str(value)[:20]}")
         ts = float(value)
     elif isinstance(value, str):
         text = value.strip()

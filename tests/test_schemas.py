@@ -67,12 +67,15 @@ def test_not_required_metric_defaults_to_zero() -> None:
         (b'{"source":"a","ts":1,"metrics":{"OutgoingCall":Infinity}}', "non_finite"),
         (b'{"source":"a","ts":1,"metrics":{"OutgoingCall":1e999}}', "non_finite"),
         (b'{"source":"a","ts":NaN,"metrics":{}}', "non_finite"),
+        (b'{"source":"a","ts":1,"metrics":{"OutgoingCall":1e308}}', "non_finite"),
+        (b'{"source":"a","ts":1,"metrics":{"OutgoingCall":1' + b"0" * 400 + b'}}', "non_finite"),
         (enc(dict(GOOD, metrics={**GOOD["metrics"], "FailedCall": -1})), "negative_counter"),
         (enc(dict(GOOD, ts="yesterday")), "bad_timestamp"),
         (enc(dict(GOOD, ts=-5)), "bad_timestamp"),
         (enc(dict(GOOD, ts=1e12)), "bad_timestamp"),
         (enc(dict(GOOD, ts="2026-11-22T10:28:17")), "bad_timestamp"),
         (enc(dict(GOOD, ts=None)), "bad_timestamp"),
+        (b'{"source":"a","ts":1' + b"0" * 400 + b',"metrics":{}}', "bad_timestamp"),
     ],
 )
 def test_each_rejection_has_its_reason(raw: bytes, reason: str) -> None:
