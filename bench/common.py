@@ -1,0 +1,107 @@
+"""Helpers shared by the benchmarks: timing on a noisy shared machine, simulated data, subprocess JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["REPO", "Ctx", "best_rates", "child_env", "rate", "read_status_kib", "run_json", "trace_lines",
+           "wall_and_cpu_rates"]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Ctx:
+    """What one ``bench.run`` invocation shares between benchmarks."""
+
+    quick: bool
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="netsiam-bench-")))
+    model: Path | None = None                       # artifact the embed/e2e benchmarks serve
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def rate(fn: Callable[[], int], min_seconds: float) -> float:
+    """Items per second of ``fn`` (returns items done), best of repeated runs over ``min_seconds``."""
+    best = 0.0
+    deadline = time.perf_counter() + min_seconds
+    while True:
+        t0 = time.perf_counter()
+        n = fn()
+        dt = time.perf_counter() - t0
+        best = max(best, n / dt)
+        if time.perf_counter() > deadline:
+            return best
+
+
+def best_rates(fns: Sequence[Callable[[], int]], min_seconds: float, min_rounds: int = 3) -> list[float]:
+    """Like :func:`rate` for several functions, interleaved round by round (A, B, A, B, ...) so a
+    neighbour's load on the shared cores hits every contender alike; best items/s of each."""
+    return wall_and_cpu_rates(fns, min_seconds, min_rounds)[0]
+
+
+def wall_and_cpu_rates(fns: Sequence[Callable[[], int]], min_seconds: float, min_rounds: int = 3
+                       ) -> tuple[list[float], list[float]]:
+    """:func:`best_rates`, plus the best items per CPU second of this process (all its threads) of
+    each: less sensitive to other processes on the machine than wall time (their load delays a
+    round but does not add CPU time to it)."""
+    wall, cpu = [0.0] * len(fns), [0.0] * len(fns)
+    deadline = time.perf_counter() + min_seconds
+    rounds = 0
+    while rounds < min_rounds or time.perf_counter() < deadline:
+        for i, fn in enumerate(fns):
+            t0, c0 = time.perf_counter(), time.process_time()
+            n = fn()
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            wall[i] = max(wall[i], n / dt)
+            cpu[i] = max(cpu[i], n / max(dc, 1e-9))
+        rounds += 1
+    return wall, cpu
+
+
+def trace_lines(n_sources: int, minutes: float, seed: int = 123, copies: int = 1) -> list[bytes]:
+    """Simulated records as JSON lines, in time order. ``copies`` > 1 repeats the simulated sources
+    under new names (``sbc-3~2``): many sources for the price of a few simulated ones."""
+    from netsiam.trainer.simulate import simulate
+
+    records, _ = simulate(n_sources, minutes, seed=seed)
+    out = []
+    for r in records:  # simulate() yields time order (ts, then source)
+        obj = r.to_json()
+        out.append(orjson.dumps(obj))
+        for c in range(1, copies):
+            out.append(orjson.dumps({**obj, "source": f"{obj['source']}~{c}"}))
+    return out
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+
+
+def run_json(module: str, args: Sequence[str], timeout_s: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``python -m module args`` in a fresh process; its last stdout line is a JSON object."""
+    p = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env or child_env(), text=True,
+                       capture_output=True, timeout=timeout_s)
+    lines = [ln for ln in p.stdout.strip().splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        raise RuntimeError(f"{module} failed ({p.returncode}): {(p.stderr or p.stdout)[-2000:]}")
+    out: dict[str, Any] = json.loads(lines[-1])
+    return out
+
+
+def read_status_kib(key: str = "VmRSS") -> int:
+    """A /proc/self/status field in KiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")

@@ -1,0 +1,367 @@
+"""Streaming benchmarks on the embedded broker: ``e2e_ratio``, ``e2e_two_procs_ratio``, latency.
+
+One broker; two identical pre-filled topics (``PARTITIONS`` partitions, simulated records keyed by
+source, many sources):
+
+* bare: a kafka-python consumer (the daemon's own fetch settings, partitions assigned, no group)
+  reads all N records of topic 1; records/s from its first poll with records to its last.
+* one daemon (``netsiam detect`` subprocess, new group) on topic 1: records/s from the first
+  scrape where its ``netsiam_records_consumed_total`` is non-zero (records consumed before that
+  are not counted) until the group's committed offsets cover all N. Start-up (imports, model load,
+  group join) is excluded; the final commit (every 0.5 s) is included.
+* latency: the same daemon, now idle and caught up, gets a paced stream of new sources (simulated,
+  with faults) at half the rate it just sustained, from ``bench.pace`` (its own process). Per event:
+  the event message's timestamp (CreateTime, stamped by the daemon's producer as it sends; its ack
+  follows within a round trip) minus the broker ack time of the record that completed the
+  triggering window (same source, ``ts == window_end``), so window fill time is not included.
+  The daemon's own ``netsiam_record_to_event_seconds`` histogram is reported next to it.
+* two daemons in one new group on topic 2: as for one, counting from when both consume.
+
+CPU seconds per record (``/proc/PID/stat``, the daemon and broker processes; ``process_time`` of
+the bare consumer) are reported too: on 2 shared cores throughput is mostly a CPU budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import yaml
+
+from bench.common import REPO, Ctx, child_env, run_json, trace_lines
+
+__all__ = ["PARTITIONS", "bench_e2e"]
+
+PARTITIONS = 4
+POLL_S = 0.05
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # PR_SET_PDEATHSIG: a daemon left behind by a killed benchmark would reconnect forever
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def _unique(prefix: str) -> str:
+    return f"bench-{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# -- processes ----------------------------------------------------------------------------------
+class DaemonProc:
+    """``python -m netsiam detect`` as a child; output to a log file; metrics scraped over HTTP."""
+
+    def __init__(self, config: Path, model: Path, log: Path) -> None:
+        self.log = log
+        with log.open("ab") as f:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "netsiam", "detect", "--config", str(config), "--model", str(model),
+                 "--metrics-port", "0"], stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=child_env(), cwd=REPO, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        self._port: int | None = None
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if needle in self.text():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited ({self.proc.returncode}):\n{self.text()[-2000:]}")
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon: no {needle!r} within {timeout_s:.0f} s:\n{self.text()[-2000:]}")
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            m = re.search(r"metrics listening on http://[^:]+:(\d+)/", self.text())
+            if not m:
+                raise RuntimeError(f"daemon metrics port not logged:\n{self.text()[-2000:]}")
+            self._port = int(m.group(1))
+        return self._port
+
+    def scrape(self) -> dict[str, float]:
+        """``name{labels}`` -> value of every sample on /metrics."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            body = r.read().decode()
+        out: dict[str, float] = {}
+        for line in body.splitlines():
+            if line and not line.startswith("#"):
+                key, _, val = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[key] = float(val)
+        return out
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def consumed(self) -> float:
+        return self.scrape().get("netsiam_records_consumed_total", 0.0)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def daemons(n: int, ctx: Ctx, bootstrap: str, topics: Any, group: str) -> Iterator[list[DaemonProc]]:
+    """``n`` daemon processes in ``group``, each with partitions assigned (or an error)."""
+    from netsiam.config import Config, DetectorConfig, KafkaConfig, MetricsConfig
+
+    assert ctx.model is not None
+    cfg = Config(kafka=KafkaConfig(bootstrap_servers=bootstrap, group_id=group, topics=topics,
+                                   session_timeout_ms=6000, heartbeat_interval_ms=1000),
+                 detector=DetectorConfig(), metrics=MetricsConfig(port=0))
+    path = ctx.tmp / f"{group}.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    procs = [DaemonProc(path, ctx.model, ctx.tmp / f"{group}-{i}.log") for i in range(n)]
+    try:
+        for p in procs:
+            p.wait_for("partitions assigned: ", 180)
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+# -- kafka helpers ------------------------------------------------------------------------------
+def _committed_total(admin: Any, group: str, topic: str) -> int:
+    offs = admin.list_group_offsets({group: None}).get(group, {})
+    return sum(max(0, int(o.offset)) for tp, o in offs.items() if tp.topic == topic)
+
+
+def bare_consume(bootstrap: str, topic: str, n: int, broker_pid: int, timeout_s: float = 300.0
+                 ) -> dict[str, float]:
+    """A bare consumer reads the whole topic: records/s from its first records to its n-th, and CPU."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from netsiam.config import KafkaConfig
+    from netsiam.detector.kafka_io import consumer_kwargs
+
+    c = KafkaConsumer(**consumer_kwargs(KafkaConfig(), bootstrap, None))
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        got, first, t0, cpu0, bcpu0 = 0, 0, 0.0, 0.0, 0.0
+        deadline = time.monotonic() + timeout_s
+        while got < n and time.monotonic() < deadline:
+            polled = c.poll(timeout_ms=200)
+            k = sum(len(v) for v in polled.values())
+            if k and not got:
+                t0, cpu0, bcpu0, first = time.perf_counter(), time.process_time(), cpu_seconds(broker_pid), k
+            got += k
+        if got < n:
+            raise RuntimeError(f"bare consumer read {got}/{n} records")
+        dt, done = time.perf_counter() - t0, n - first
+        return {"rate": done / dt, "cpu_us": (time.process_time() - cpu0) / done * 1e6,
+                "broker_cpu_us": (cpu_seconds(broker_pid) - bcpu0) / done * 1e6}
+    finally:
+        c.close()
+
+
+def daemon_rate(procs: Sequence[DaemonProc], admin: Any, group: str, topic: str, n: int, broker_pid: int,
+                timeout_s: float = 600.0) -> dict[str, float]:
+    """Records/s of ``procs`` from the moment every one of them has consumed a record until the group's
+    committed offsets cover all ``n`` records of ``topic`` (records consumed before that moment are
+    not counted), seconds, and CPU per record (daemons, broker)."""
+    deadline = time.monotonic() + timeout_s
+    c0 = 0.0
+    while time.monotonic() < deadline:
+        counts = [p.consumed() for p in procs]
+        if all(counts):  # every process is assigned and consuming
+            c0 = sum(counts)
+            break
+        time.sleep(POLL_S / 2)
+    t0, cpu0, bcpu0 = time.perf_counter(), sum(p.cpu() for p in procs), cpu_seconds(broker_pid)
+    while time.monotonic() < deadline:
+        if _committed_total(admin, group, topic) >= n:
+            dt, done = time.perf_counter() - t0, n - c0
+            return {"rate": done / dt, "seconds": dt, "cpu_us": (sum(p.cpu() for p in procs) - cpu0) / done * 1e6,
+                    "broker_cpu_us": (cpu_seconds(broker_pid) - bcpu0) / done * 1e6}
+        time.sleep(POLL_S)
+    raise RuntimeError(f"group {group}: not all {n} records committed within {timeout_s:.0f} s")
+
+
+def read_all(bootstrap: str, topic: str, partitions: int, idle_s: float = 1.0, timeout_s: float = 120.0) -> list[Any]:
+    """Every message of ``topic`` from the beginning until ``idle_s`` brings nothing new."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        out: list[Any] = []
+        last = time.monotonic()
+        deadline = last + timeout_s
+        while time.monotonic() < deadline and time.monotonic() - last < idle_s:
+            polled = c.poll(timeout_ms=200)
+            for msgs in polled.values():
+                out.extend(msgs)
+            if polled:
+                last = time.monotonic()
+        return out
+    finally:
+        c.close()
+
+
+# -- latency --------------------------------------------------------------------------------------
+def _histogram(samples: dict[str, float], name: str) -> list[tuple[float, float]]:
+    """Cumulative (le, count) buckets of a Prometheus histogram in a scrape."""
+    out = []
+    for key, v in samples.items():
+        m = re.fullmatch(rf'{name}_bucket\{{le="([^"]+)"\}}', key)
+        if m:
+            out.append((float(m.group(1)), v))
+    return sorted(out)
+
+
+def _hist_quantile_le(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
+    """Upper bound (bucket ``le``) of quantile ``q`` of the observations between two scrapes."""
+    prev = dict(before)
+    diff = [(le, c - prev.get(le, 0.0)) for le, c in after]
+    total = diff[-1][1] if diff else 0.0
+    if total <= 0:
+        return None
+    return next((le for le, c in diff if c >= q * total), None)
+
+
+def measure_latency(ctx: Ctx, proc: DaemonProc, bootstrap: str, topics: Any, admin: Any, group: str,
+                    records_per_s: float, prefilled: int) -> dict[str, Any]:
+    """Paced stream at ``records_per_s`` into the running daemon; record->event latency per event."""
+    wall_s = 6.0 if ctx.quick else 25.0
+    sim_sources, copies = (8, 5) if ctx.quick else (20, 10)
+    minutes = max(2.0, wall_s * records_per_s / (sim_sources * copies) / 60.0)
+    lines = [re.sub(rb'"source":"', b'"source":"lat-', ln, count=1)
+             for ln in trace_lines(sim_sources, minutes, seed=321, copies=copies)]
+    trace, acks_path = ctx.tmp / "latency.jsonl", ctx.tmp / "latency-acks.json"
+    trace.write_bytes(b"\n".join(lines) + b"\n")
+    before = proc.scrape()
+    stats = run_json("bench.pace", [str(trace), "--bootstrap", bootstrap, "--topic", topics.samples,
+                                    "--rate", f"{records_per_s:.1f}", "--acks", str(acks_path)], timeout_s=600)
+    total = prefilled + len(lines)
+    deadline = time.monotonic() + 60
+    while _committed_total(admin, group, topics.samples) < total and time.monotonic() < deadline:
+        time.sleep(0.2)
+    after = proc.scrape()
+    acked = {(str(src), float(ts)): float(ms) for src, ts, ms in orjson.loads(acks_path.read_bytes())}
+    lat_ms = []
+    for m in read_all(bootstrap, topics.faults, 1):
+        ev = orjson.loads(m.value)
+        ack = acked.get((ev["source"], float(ev["window_end"])))
+        if ack:  # the record whose arrival completed the window that caused the transition
+            lat_ms.append(m.timestamp - ack)
+    hist = "netsiam_record_to_event_seconds"
+    p99_le = _hist_quantile_le(_histogram(before, hist), _histogram(after, hist), 0.99)
+    arr = np.asarray(lat_ms, dtype=np.float64)
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    batches = max(delta("netsiam_embed_batch_seconds_count"), 1.0)
+    return {
+        "p50_latency_ms": round(float(np.percentile(arr, 50)), 1) if len(arr) else None,
+        "p99_latency_ms": round(float(np.percentile(arr, 99)), 1) if len(arr) else None,
+        "latency_events": len(arr),
+        "latency_target_records_per_s": round(records_per_s),
+        "latency_offered_records_per_s": round(stats["rate"]),
+        "latency_producer_max_behind_s": stats["max_behind_s"],
+        "latency_daemon_hist_p99_le_ms": None if p99_le is None else round(p99_le * 1000),
+        # where the time goes: the daemon's micro-batches during the paced stream
+        "latency_embed_batch_mean_ms": round(delta("netsiam_embed_batch_seconds_sum") / batches * 1000, 1),
+        "latency_embed_batch_mean_windows": round(delta("netsiam_embed_batch_size_sum") / batches, 1),
+    }
+
+
+# -- the benchmark ----------------------------------------------------------------------------------
+def bench_e2e(ctx: Ctx) -> dict[str, Any]:
+    from kafka import KafkaAdminClient
+
+    from netsiam.config import TopicsConfig
+    from netsiam.detector.broker import create_topics, start_broker
+    from netsiam.detector.replay import replay_lines
+
+    sim_sources, minutes, copies = (8, 10, 3) if ctx.quick else (20, 25, 10)
+    lines = trace_lines(sim_sources, minutes, seed=99, copies=copies)
+    n = len(lines)
+    out: dict[str, Any] = {"e2e_records": n, "e2e_sources": sim_sources * copies, "e2e_partitions": PARTITIONS}
+    with start_broker(0, log_path=ctx.tmp / "tansu.log") as bp:
+        # two identical pre-filled topics: one for the bare consumer and one daemon (then the latency
+        # stream), one for two daemons
+        topics = []
+        for tag in ("one", "two"):
+            name = _unique(tag)
+            t = TopicsConfig(samples=f"{name}.samples", faults=f"{name}.faults", deadletter=f"{name}.dl",
+                             samples_partitions=PARTITIONS)
+            create_topics(bp.bootstrap, t)
+            stats = replay_lines(lines, bp.bootstrap, t.samples)
+            if stats.failed:
+                raise RuntimeError(f"pre-fill failed: {stats.error}")
+            out["e2e_prefill_records_per_s"] = round(stats.rate)
+            topics.append(t)
+        t1, t2 = topics
+        admin = KafkaAdminClient(bootstrap_servers=bp.bootstrap)
+        broker = bp.proc.pid
+        try:
+            bare = bare_consume(bp.bootstrap, t1.samples, n, broker)
+            out["e2e_bare_records_per_s"] = round(bare["rate"])
+            # one daemon: throughput, then latency at half that rate
+            g1 = _unique("g1")
+            with daemons(1, ctx, bp.bootstrap, t1, g1) as (d,):
+                one = daemon_rate([d], admin, g1, t1.samples, n, broker)
+                out["e2e_daemon_records_per_s"] = round(one["rate"])
+                out["e2e_ratio"] = round(one["rate"] / bare["rate"], 3)
+                out.update(measure_latency(ctx, d, bp.bootstrap, t1, admin, g1, one["rate"] / 2, n))
+            # two daemons in one group
+            g2 = _unique("g2")
+            with daemons(2, ctx, bp.bootstrap, t2, g2) as procs:
+                two = daemon_rate(procs, admin, g2, t2.samples, n, broker)
+                out["e2e_two_procs_records_per_s"] = round(two["rate"])
+                out["e2e_two_procs_ratio"] = round(two["rate"] / one["rate"], 3)
+                out["e2e_two_procs_assignments"] = sum(p.text().count("partitions assigned: ") for p in procs)
+            out["e2e_cpu_us_per_record"] = {
+                "bare": round(bare["cpu_us"], 1), "daemon": round(one["cpu_us"], 1),
+                "two_daemons": round(two["cpu_us"], 1), "broker_bare": round(bare["broker_cpu_us"], 1),
+                "broker_daemon": round(one["broker_cpu_us"], 1)}
+        finally:
+            admin.close()
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover - manual runs: python -m bench.e2e [--quick] MODEL_DIR
+    import json
+    import shutil
+
+    quick = "--quick" in sys.argv
+    model = Path([a for a in sys.argv[1:] if not a.startswith("--")][0])
+    ctx = Ctx(quick=quick, model=model)
+    try:
+        print(json.dumps(bench_e2e(ctx), indent=2))
+    finally:
+        shutil.rmtree(ctx.tmp, ignore_errors=True)

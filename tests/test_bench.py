@@ -1,0 +1,84 @@
+"""``make bench-quick`` as a smoke test: every benchmark runs on small sizes and reports every key.
+
+No thresholds are asserted: the figures of a quick run on a shared machine mean nothing, only that
+each benchmark's code path works end to end (broker, daemon subprocesses, training, GPU skip).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # bench/ is a top-level folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+
+# every key the issue asks for; each must be a finite number (the GPU ratio may be null without a GPU)
+NUMERIC_KEYS = (
+    "decode_ratio",
+    "embed_ratio",
+    "e2e_ratio",
+    "e2e_two_procs_ratio",
+    "p50_latency_ms",
+    "p99_latency_ms",
+    "train_seconds",
+    "rss_mib_per_1k_sources",
+    "rss_kib_per_source_beyond_window",
+    "rss_mib_at_10_sources",
+    "bench_seconds",
+)
+NULLABLE_KEYS = ("gpu_embed_ratio",)
+
+
+@pytest.mark.slow
+def test_bench_quick_reports_every_key(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "-o", str(out)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert not [k for k in res if k.endswith("_error")], res
+    for key in NUMERIC_KEYS:
+        v = res.get(key)
+        assert isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v), (key, v)
+    for key in NULLABLE_KEYS:
+        assert key in res, key
+        assert res[key] is None or isinstance(res[key], int | float), (key, res[key])
+        if res[key] is None:
+            assert res.get("gpu_note"), "a null GPU ratio says why"
+    assert res["latency_events"] > 0
+    assert res["machine"]["quick"] is True
+    assert "| `e2e_ratio` |" in p.stdout  # the markdown table
+
+
+def test_table_marks_targets() -> None:
+    from bench.run import _table
+
+    table = _table({"machine": {}, "e2e_ratio": 0.5, "embed_ratio": 1.2, "gpu_embed_ratio": None,
+                    "detail": {"a": {"b": 1}}, "cpu": {"bare": 1.0}})
+    assert "| `e2e_ratio` | 0.5 | >= 0.8: MISSED |" in table
+    assert "| `embed_ratio` | 1.2 | >= 1: ok |" in table
+    assert "| `gpu_embed_ratio` | null | >= 0.5: n/a |" in table
+    assert "| `cpu` | bare=1.0 |" in table
+    assert "detail" not in table
+
+
+def test_histogram_quantile_between_scrapes() -> None:
+    from bench.e2e import _hist_quantile_le, _histogram
+
+    name = "netsiam_record_to_event_seconds"
+    before = _histogram({f'{name}_bucket{{le="0.1"}}': 5.0, f'{name}_bucket{{le="0.25"}}': 5.0,
+                         f'{name}_bucket{{le="+Inf"}}': 5.0}, name)
+    after = _histogram({f'{name}_bucket{{le="0.1"}}': 95.0, f'{name}_bucket{{le="0.25"}}': 104.0,
+                        f'{name}_bucket{{le="+Inf"}}': 105.0}, name)
+    assert _hist_quantile_le(before, after, 0.5) == 0.1
+    assert _hist_quantile_le(before, after, 0.99) == 0.25
+    assert _hist_quantile_le(before, after, 0.999) == math.inf
+    assert _hist_quantile_le(after, after, 0.99) is None
