@@ -129,3 +129,18 @@ def test_saving_prototypes_again_updates_the_hash(tmp_path: Path) -> None:
     art.prototypes.set("capacity_limit", np.array([[0.5, 0.5, 0.9]]), 0.07, 12)
     art.save_prototypes(tmp_path / "m")
     assert load_artifact(tmp_path / "m").prototypes.classes == ["normal", "blocked", "capacity_limit"]
+
+
+def test_artifact_files_are_readable_by_other_users(tmp_path: Path) -> None:
+    """The systemd unit runs the daemon as a dynamic user: 0600 files would be unreadable."""
+    import os
+    import stat
+
+    from netsiam.traceio import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "f.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
