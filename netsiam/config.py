@@ -76,6 +76,10 @@ class TrainingConfig:
     patience: int = 8
     seed: int = 0
     snapshot_points: int = 400
+    outlier_fraction: float = 0.33
+    outlier_shift: tuple[float, ...] = (3.0, 8.0)
+    thinning: float = 0.0
+    thinning_keep: tuple[float, ...] = (0.2, 1.0)
 
     def __post_init__(self) -> None:
         _check(self.loss in ("triplet", "lossless"), "training.loss", "must be 'triplet' or 'lossless'")
@@ -84,6 +88,12 @@ class TrainingConfig:
         _check(self.batch_per_class >= 2, "training.batch_per_class", "must be >= 2")
         _check(0.0 <= self.semi_hard_fraction <= 1.0, "training.semi_hard_fraction", "must be in [0, 1]")
         _check(0.0 < self.val_fraction < 0.9, "training.val_fraction", "must be in (0, 0.9)")
+        _check(0.0 <= self.outlier_fraction <= 2.0, "training.outlier_fraction", "must be in [0, 2]")
+        _check(self.thinning >= 0.0, "training.thinning", "must be >= 0")
+        _check(len(self.thinning_keep) == 2 and 0 < self.thinning_keep[0] <= self.thinning_keep[1] <= 1,
+               "training.thinning_keep", "must be [low, high] with 0 < low <= high <= 1")
+        _check(len(self.outlier_shift) == 2 and 0 < self.outlier_shift[0] <= self.outlier_shift[1],
+               "training.outlier_shift", "must be [low, high] with 0 < low <= high")
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,8 @@ class PrototypeConfig:
     threshold_quantile: float = 0.99
     threshold_scale: float = 1.25
     min_support: int = 5
-    min_threshold: float = 0.05  # floor on every class threshold (embedding units; the cube's edge is 1)
+    min_threshold: float = 0.5  # floor on every class threshold (embedding units; the cube's edge is 1)
+    max_threshold: float = 0.75  # cap on every class threshold (a floor above it wins)
 
     def __post_init__(self) -> None:
         _check(self.method in ("median", "mean", "medoid", "kmeans"), "prototypes.method",
@@ -103,6 +114,7 @@ class PrototypeConfig:
         _check(self.threshold_scale > 0, "prototypes.threshold_scale", "must be > 0")
         _check(self.min_support >= 1, "prototypes.min_support", "must be >= 1")
         _check(self.min_threshold >= 0, "prototypes.min_threshold", "must be >= 0")
+        _check(self.max_threshold > 0, "prototypes.max_threshold", "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,16 @@ imports, pcap imports and the simulator all speak one vocabulary:
 Testbeds run at very different offered loads, so a model trained at one load must work at
 another. Every derived feature is therefore a ratio to the window's own mean offered load (or a
 log of a time), never a raw count: the same fault at 5 or 500 calls/s gives the same shape.
+
+They also differ in constants no window can know: how long calls are held (2 s on a SIPp testbed,
+minutes on a trunk) and how fast the far end answers. ``concurrency_rel`` (calls in progress per
+call/s offered) is, by Little's law, about the mean holding time in normal traffic, so a model fed
+it learns one testbed's hold time as "normal"; the default ``concurrency_delta`` is the change of
+calls in progress since the window's first sample per call/s offered: ~0 in steady traffic whatever
+the hold time, climbing by ~1 per second while an unanswered path piles up pending calls.
+``log_response_ms`` still carries the far end's own level (1-50 ms is normal somewhere); the model
+is trained over that whole range, so it is the shape (and 0 = nothing answered, or hundreds of ms
+= retransmitted INVITEs) that tells a fault.
 Derivation works on whole windows, ``(N, T, R) -> (N, T, F)``, and is shared by trainer and
 daemon, so an offline window and an online window are bit-identical.
 """
@@ -44,8 +54,9 @@ RAW_METRICS: tuple[str, ...] = (
 _IDX = {name: i for i, name in enumerate(RAW_METRICS)}
 
 # Offered load below this many calls per interval is treated as this many, so ratios stay finite
-# and a near-idle window does not explode into huge values.
-MIN_LOAD = 1.0
+# and a near-idle window does not explode into huge values. Low enough that a source offering
+# 0.3 calls/s still gets true ratios (a floor of 1 halved every ratio at 0.5 calls/s).
+MIN_LOAD = 0.1
 
 Deriver = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -65,6 +76,11 @@ def _offered_rel(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
     return _col(raw, "OutgoingCall") / load
 
 
+def _concurrency_delta(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
+    cur = _col(raw, "CurrentCall")
+    return (cur - cur[:, :1]) / load
+
+
 def _log_response_ms(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
     return np.log1p(np.maximum(_col(raw, "ResponseTime1"), 0.0))
 
@@ -76,9 +92,11 @@ FEATURES: dict[str, tuple[tuple[str, ...], Deriver]] = {
     "failed_rel": (("OutgoingCall", "FailedCall"), _per_load("FailedCall")),
     "retrans_rel": (("OutgoingCall", "Retransmissions"), _per_load("Retransmissions")),
     "concurrency_rel": (("OutgoingCall", "CurrentCall"), _per_load("CurrentCall")),
+    "concurrency_delta": (("OutgoingCall", "CurrentCall"), _concurrency_delta),
     "log_response_ms": (("ResponseTime1",), _log_response_ms),
 }
-DEFAULT_FEATURES: tuple[str, ...] = tuple(FEATURES)
+DEFAULT_FEATURES: tuple[str, ...] = ("offered_rel", "success_rel", "failed_rel", "retrans_rel", "concurrency_delta",
+                                      "log_response_ms")
 
 
 def required_metrics(features: Sequence[str] = DEFAULT_FEATURES) -> tuple[str, ...]:

@@ -17,7 +17,16 @@ from netsiam.traceio import write_labels, write_trace
 from netsiam.trainer.artifact import load_artifact
 from netsiam.trainer.dataset import build_windows
 from netsiam.trainer.simulate import SimParams, simulate
-from netsiam.trainer.train import load_windows, pair_auc, split_by_time, train
+from netsiam.trainer.train import (
+    Exposure,
+    load_windows,
+    outlier_scales,
+    pair_auc,
+    split_by_time,
+    synthetic_outliers,
+    thin_windows,
+    train,
+)
 
 
 def sim_files(tmp: Path, name: str, sources: int, minutes: float, seed: int,
@@ -71,6 +80,91 @@ def test_pair_auc_matches_the_definition() -> None:
     corners = np.array([[0.0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5], [0.5, 0.5, 0.6]])
     assert pair_auc(corners, np.array(["a", "a", "b", "b"])) == 0.5
     assert pair_auc(emb, np.array(["a", "a", "a", "a"])) is None
+
+
+# ------------------------------------------------------------------------------------ augmentation
+
+
+def test_thinning_keeps_the_shape_of_a_window_at_a_lower_load(data: dict[str, tuple[Path, Path]]) -> None:
+    from netsiam.features import RAW_METRICS, derive
+
+    trace, labels = data["train"]
+    lw = build_windows([trace], [labels], Config())
+    i = {m: j for j, m in enumerate(RAW_METRICS)}
+    busy = lw.raw[:, :, i["OutgoingCall"]].mean(axis=1) > 20
+    raw = lw.raw[busy & ~lw.straddle]
+    thin = thin_windows(np.random.default_rng(0), raw, np.full(len(raw), 0.25))
+    assert thin.shape == raw.shape and np.all(thin >= 0)
+    for m in ("OutgoingCall", "SuccessfulCall", "FailedCall", "Retransmissions", "CurrentCall"):
+        assert thin[..., i[m]].sum() == pytest.approx(0.25 * raw[..., i[m]].sum(), rel=0.05), m
+        assert np.all(thin[..., i[m]] == np.round(thin[..., i[m]])), m            # still counts
+    # a gauge, not noise: CurrentCall moves by thinned arrivals minus departures
+    assert np.abs(np.diff(thin[..., i["CurrentCall"]], axis=1)).mean() < np.abs(
+        np.diff(raw[..., i["CurrentCall"]], axis=1)).mean()
+    # derived (load-relative) features keep their window means, only noisier
+    x, xt = derive(raw), derive(thin)
+    for f in (1, 2, 3):     # success_rel, failed_rel, retrans_rel
+        assert abs(xt[..., f].mean() - x[..., f].mean()) < 0.03 + 0.05 * abs(x[..., f].mean())
+    np.testing.assert_array_equal(thin_windows(np.random.default_rng(0), raw, np.ones(len(raw))), raw)
+
+
+# ------------------------------------------------------------------------------------ outlier exposure
+
+
+def toy_windows(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes of (N, T, F) windows: class 0 around 1.0 in every feature, class 1 around 3.0,
+    feature 2 much more spread in class 1."""
+    rng = np.random.default_rng(seed)
+    a = 1.0 + 0.05 * rng.standard_normal((40, 30, 3))
+    b = 3.0 + 0.05 * rng.standard_normal((40, 30, 3)) + np.array([0, 0, 1.0]) * rng.standard_normal((40, 1, 1))
+    return np.concatenate([a, b]).astype(np.float32), np.array([0] * 40 + [1] * 40)
+
+
+def test_outlier_scales_are_per_class_spreads_with_a_floor() -> None:
+    x, ids = toy_windows()
+    sc = outlier_scales(x, ids, floor_share=0.25)
+    floor = 0.25 * x.reshape(-1, 3).std(axis=0)
+    assert sc.shape == (2, 3)
+    np.testing.assert_allclose(sc[0], floor, rtol=1e-5)               # class 0 is tight: the floor
+    assert sc[1, 2] > 2 * floor[2] and sc[1, 2] == pytest.approx(x[40:, :, 2].mean(axis=1).std(), rel=1e-5)
+
+
+def test_synthetic_outliers_shift_one_or_two_features_far_but_never_below_the_floor() -> None:
+    x, ids = toy_windows()
+    sc = outlier_scales(x, ids)
+    floor = x.min(axis=(0, 1))
+    rng = np.random.default_rng(1)
+    out = synthetic_outliers(rng, x, ids, 300, sc, (3.0, 8.0), floor)
+    assert out.shape == (300, 30, 3) and out.dtype == np.float32
+    assert np.all(out >= floor - 1e-6)
+    # every outlier is its base window with 1-2 features moved by >= 3 class spreads over >= 10 steps
+    rng = np.random.default_rng(1)
+    base = x[rng.integers(len(x), size=300)]
+    moved = np.abs(out - base) > 1e-6                                   # (n, T, F)
+    n_feats = moved.any(axis=1).sum(axis=1)
+    assert set(n_feats.tolist()) <= {1, 2} and {1, 2} <= set(n_feats.tolist())
+    assert np.all(moved.sum(axis=1).max(axis=1) >= 10)
+    step = np.abs(out - base).max(axis=1)                               # (n, F)
+    assert np.all(step[moved.any(axis=1)] >= 3 * sc.min(axis=0)[np.nonzero(moved.any(axis=1))[1]] - 1e-4)
+    assert (out > base + 1e-6).any() and (out < base - 1e-6).any()      # both directions occur
+
+
+def test_exposure_batches_make_outliers_negatives_of_every_class_only() -> None:
+    x, ids = toy_windows()
+    exp = Exposure(x, ids, k=6, n_out=4, lo_hi=(3.0, 8.0))
+    bx, y = exp.batch(np.random.default_rng(2), x, ids)
+    assert bx.shape == (16, 30, 3) and y.shape == (16, 3)
+    lab, pos, neg = y[:, 0].astype(int), y[:, 1].astype(int), y[:, 2].astype(int)
+    known, out = np.arange(12), np.arange(12, 16)
+    assert sorted(lab[known].tolist()) == [0] * 6 + [1] * 6
+    assert lab[out].tolist() == [2, 3, 4, 5]                          # one label each: no positive
+    assert np.all(pos[out] == out) and np.all(neg[out] < 12)            # pushed away from a known row
+    assert np.all(lab[pos[known]] == lab[known]) and np.all(pos[known] != known)
+    assert np.all(lab[neg[known]] != lab[known])
+    vx, vy = exp.fixed(np.random.default_rng(3), x, ids, 3)
+    assert vx.shape == (48, 30, 3) and vy.shape == (48, 3)
+    again = exp.fixed(np.random.default_rng(3), x, ids, 3)
+    np.testing.assert_array_equal(vx, again[0])
 
 
 def test_training_needs_two_classes(tmp_path: Path) -> None:

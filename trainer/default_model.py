@@ -1,8 +1,10 @@
 """``make model``: regenerate the model shipped in the package, reproducibly.
 
-Simulated training data (fixed seed, simulator defaults) -> ``netsiam train`` with the config
-defaults (fixed training seed) -> ``netsiam/default_model/``. TensorBoard logs go to a temporary
-directory, not into the package.
+Simulated training data (fixed seed, simulator defaults: every source its own testbed, with load,
+call hold time and response time drawn over wide ranges) -> ``netsiam train`` with the config
+defaults (fixed training seed) -> ``netsiam/default_model/``. Many short sources rather than a few
+long ones: the model must see many (load, hold, response) combinations, not many minutes of each.
+TensorBoard logs and the checkpoint go to a temporary directory, not into the package.
 """
 
 from __future__ import annotations
@@ -16,30 +18,42 @@ from pathlib import Path
 from netsiam.config import Config
 from netsiam.traceio import write_labels, write_trace
 from netsiam.trainer.artifact import default_model_path
-from netsiam.trainer.simulate import simulate
+from netsiam.trainer.simulate import SimParams, simulate
 from netsiam.trainer.train import train
 
-__all__ = ["TRAIN_MINUTES", "TRAIN_SEED", "TRAIN_SOURCES", "main"]
+__all__ = ["TRAIN_MINUTES", "TRAIN_PARAMS", "TRAIN_SEED", "TRAIN_SOURCES", "main", "training_data"]
 
-TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED = 8, 40.0, 1
+TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED = 32, 10.0, 1
+TRAIN_PARAMS = SimParams()   # blocked + capacity_limit; retrans_storm stays out (the novel class)
+SHIPPED = ("encoder.keras", "prototypes.json", "manifest.json", "history.json", "snapshots.npz")
+
+
+def training_data(directory: str | Path) -> tuple[Path, Path]:
+    """Write the default model's training trace and labels into ``directory``; -> (trace, labels)."""
+    d = Path(directory)
+    trace, labels = d / "train.jsonl", d / "train_labels.csv"
+    records, intervals = simulate(TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED, TRAIN_PARAMS)
+    write_trace(trace, records)
+    write_labels(labels, intervals)
+    return trace, labels
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-o", "--output", default=str(default_model_path()))
+    ap.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="netsiam-model-") as tmp:
-        trace, labels = Path(tmp) / "train.jsonl", Path(tmp) / "train_labels.csv"
-        records, intervals = simulate(TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED)
-        write_trace(trace, records)
-        write_labels(labels, intervals)
+        trace, labels = training_data(tmp)
         staging = Path(tmp) / "artifact"
-        train(Config(), [trace], [labels], staging, logdir=Path(tmp) / "logs")
+        train(Config(), [trace], [labels], staging, logdir=Path(tmp) / "logs", quiet=args.quiet)
         out = Path(args.output)
         if out.exists():
             shutil.rmtree(out)
-        shutil.copytree(staging, out, ignore=shutil.ignore_patterns("logs", "checkpoint*"))
+        out.mkdir(parents=True)
+        for name in SHIPPED:                       # logs and the checkpoint stay behind
+            shutil.copy2(staging / name, out / name)
     print(f"default model written to {args.output} in {time.perf_counter() - t0:.0f} s")
     return 0
 

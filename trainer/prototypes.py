@@ -70,16 +70,20 @@ def class_points(emb: np.ndarray, method: str, per_class: int = 1, seed: int = 0
 
 
 def class_threshold(dist: np.ndarray, pcfg: PrototypeConfig) -> float:
-    """Distances of a class's own windows to it -> threshold: quantile x scale, at least ``min_threshold``.
+    """Distances of a class's own windows to it -> threshold: quantile x scale, at least
+    ``min_threshold``, at most ``max_threshold``.
 
     The floor matters because the sigmoid embedding saturates: a well-trained class sits in a
     corner of the cube and its held-out windows may all lie within 0.001 of the prototype, so the
     quantile of a few dozen of them says little about the next episode (a new load level, another
-    source). Classes sit ~1 apart (the cube's edge), so a floor of a few hundredths costs almost no
-    novelty detection and stops a tight class from calling its own slightly-shifted windows unknown.
+    source). Trained with outlier exposure, known classes sit in corners of the cube ~1 apart and
+    what no class looks like lands ~1 from every prototype, so the floor (half an edge by default)
+    costs little novelty detection and stops a tight class from calling its own slightly shifted
+    windows (another testbed, another load) unknown. The cap keeps one stray calibration window
+    from stretching a class over a neighbouring corner, where new faults land.
     """
     q = float(np.quantile(np.asarray(dist, np.float64), pcfg.threshold_quantile)) if len(dist) else 0.0
-    return max(q * pcfg.threshold_scale, pcfg.min_threshold)
+    return min(max(q * pcfg.threshold_scale, pcfg.min_threshold), max(pcfg.max_threshold, pcfg.min_threshold))
 
 
 def fit_prototypes(emb: np.ndarray, labels: np.ndarray, pcfg: PrototypeConfig, *,
@@ -110,16 +114,20 @@ def calibrate_thresholds(protos: Prototypes, emb: np.ndarray, labels: np.ndarray
                          min_windows: int | None = None) -> dict[str, int]:
     """Set each class's threshold from these (held-out) windows of that class, in place.
 
-    A class with fewer than ``min_windows`` (default ``pcfg.min_support``) windows here keeps its
-    threshold. Returns how many windows calibrated each class (0: kept).
+    Only windows whose nearest prototype is their own class count: a window the nearest-prototype
+    rule already gets wrong says nothing about how far the class reaches (with few held-out windows
+    one such stray would set the 0.99 quantile on its own). A class with fewer than
+    ``min_windows`` (default ``pcfg.min_support``) such windows here keeps its threshold. Returns
+    how many windows calibrated each class (0: kept).
     """
     emb = np.asarray(emb, dtype=np.float64)
     labels = np.asarray(labels, dtype=object)
     need = pcfg.min_support if min_windows is None else min_windows
     used: dict[str, int] = {}
     dist = protos.distances(emb) if len(emb) else np.zeros((0, len(protos.classes)))  # (N, C)
+    nearest = dist.argmin(axis=1) if len(emb) else np.zeros(0, dtype=np.int64)
     for j, name in enumerate(protos.classes):
-        mine = labels == name
+        mine = (labels == name) & (nearest == j)
         used[name] = int(mine.sum()) if mine.sum() >= need else 0
         if used[name]:
             protos.thresholds[j] = class_threshold(dist[mine, j], pcfg)

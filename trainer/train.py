@@ -3,13 +3,22 @@
 1. data: window every trace exactly as the daemon will; windows straddling a label change are
    kept out of training and validation (their one label is half wrong); per source, the last
    ``val_fraction`` of its time span is validation, and training windows end at least one window
-   length before it, so no sample is in both.
+   length before it, so no sample is in both. Optionally (``training.thinning``) the training
+   windows get thinned copies: the same windows with calls dropped at random, as the same testbed
+   would show them at a lower load (a real recording comes at one load; the simulator spans many).
 2. normalisation: mean/variance of the training windows, baked into the encoder and the manifest.
 3. model + objective: the siamese encoder (one network embeds every window) trained on P x K
-   class-balanced batches with the mixed semi-hard/random triplet loss (trainer.losses).
-4. fit: per epoch the validation loss on fixed validation batches, the validation n-way accuracy
-   (nearest median prototype of training embeddings), an embedding snapshot of fixed validation
-   windows, TensorBoard logs; the best weights by validation loss are checkpointed and restored.
+   class-balanced batches with the mixed semi-hard/random triplet loss (trainer.losses), plus
+   synthetic outliers (``training.outlier_fraction``, :class:`Exposure`): training windows with one
+   or two features pushed far outside their class's spread, which are negatives of every class and
+   positives of none. Without them the triplet loss is satisfied by any map that separates the
+   known classes, and a new fault lands wherever that map happens to send it (often onto a known
+   class); with them the encoder learns to send what no known class looks like away from all of
+   them, where the distance thresholds call it ``unknown``.
+4. fit: per epoch the validation loss on fixed validation batches (with fixed outliers made from
+   validation windows), the validation n-way accuracy (nearest median prototype of training
+   embeddings), an embedding snapshot of fixed validation windows, TensorBoard logs; the best
+   weights by validation loss are checkpointed and restored.
 5. prototypes on training windows, thresholds calibrated on validation windows, metrics.
 6. artifact: encoder.keras, prototypes.json, manifest.json (+ history.json, snapshots.npz).
 
@@ -23,7 +32,7 @@ import dataclasses
 import hashlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,12 +43,12 @@ from scipy.stats import rankdata
 
 from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
-from netsiam.features import required_metrics
+from netsiam.features import RAW_METRICS, derive, required_metrics
 from netsiam.schemas.labels import KNOWN_LABELS
 from netsiam.traceio import atomic_write_bytes
 from netsiam.trainer.artifact import FORMAT, Artifact, Prototypes
 from netsiam.trainer.dataset import LabelledWindows, build_windows
-from netsiam.trainer.mining import fixed_batches, triplet_batches
+from netsiam.trainer.mining import balanced_batch, fixed_batches, random_triplets, triplet_batches
 from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
 
 __all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "load_windows", "pair_auc",
@@ -119,6 +128,141 @@ def _stratified(rng: np.random.Generator, labels: np.ndarray, n: int) -> np.ndar
                 take.append(int(pools[c][0]))
                 pools[c] = pools[c][1:]
     return np.sort(np.asarray(take, dtype=np.int64))
+
+
+# ----------------------------------------------------------------------------------------------- thinning
+
+def thin_windows(rng: np.random.Generator, raw: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Raw windows (N, T, R) as the same testbed would show them at ``keep`` (N,) times the load.
+
+    Every call is kept with probability ``keep`` (binomial thinning of the per-interval counters);
+    ``CurrentCall`` is rebuilt from a thinned start plus thinned arrivals minus thinned departures,
+    so it stays a continuous gauge; a second whose calls were all thinned away reports no response
+    time (0), as SIPp does for a second without answers. A recording at one load thus trains a
+    model for many (the simulator spans loads anyway; a single real recording does not).
+    """
+    i = {m: j for j, m in enumerate(RAW_METRICS)}
+    raw = np.asarray(raw, dtype=np.float64)
+    p = np.asarray(keep, dtype=np.float64)[:, None]                               # (N, 1)
+    out = raw.copy()
+
+    def thin(counts: np.ndarray) -> np.ndarray:
+        return rng.binomial(np.maximum(np.rint(counts), 0).astype(np.int64), p).astype(np.float64)
+
+    for m in ("OutgoingCall", "SuccessfulCall", "FailedCall", "Retransmissions"):
+        out[..., i[m]] = thin(raw[..., i[m]])
+    cur, offered = raw[..., i["CurrentCall"]], raw[..., i["OutgoingCall"]]
+    departed = np.maximum(offered[:, 1:] - np.diff(cur, axis=1), 0.0)               # (N, T-1)
+    start = rng.binomial(np.maximum(np.rint(cur[:, :1]), 0).astype(np.int64), p)    # (N, 1)
+    steps = out[:, 1:, i["OutgoingCall"]] - thin(departed)
+    out[..., i["CurrentCall"]] = np.maximum(np.concatenate([start, start + np.cumsum(steps, axis=1)], axis=1), 0)
+    # answers ~ this second's calls (responses take milliseconds); a second without calls keeps its value
+    kept = rng.binomial(np.maximum(np.rint(offered), 0).astype(np.int64), p)
+    out[..., i["ResponseTime1"]] = np.where((kept > 0) | (offered <= 0), raw[..., i["ResponseTime1"]], 0.0)
+    return out
+
+
+def thinned_copies(rng: np.random.Generator, lw: LabelledWindows, copies: float, keep_range: Sequence[float],
+                   features: Sequence[str]) -> LabelledWindows:
+    """``round(copies * N)`` thinned copies of random windows of ``lw`` (keep ~ log-uniform in
+    ``keep_range``), derived like any window; labels, sources and times are the originals'."""
+    n = int(round(copies * len(lw)))
+    if n == 0 or len(lw) == 0:
+        return lw.subset(np.zeros(len(lw), dtype=bool))
+    pick = rng.integers(len(lw), size=n)
+    lo, hi = keep_range
+    keep = lo * (hi / lo) ** rng.random(n)
+    raw = thin_windows(rng, lw.raw[pick], keep)
+    return LabelledWindows(raw, derive(raw, features), lw.end_ts[pick], lw.sources[pick], lw.labels[pick],
+                           lw.straddle[pick])
+
+
+def _concat(a: LabelledWindows, b: LabelledWindows) -> LabelledWindows:
+    return LabelledWindows(**{f.name: np.concatenate([getattr(a, f.name), getattr(b, f.name)])
+                              for f in dataclasses.fields(LabelledWindows)})
+
+
+# ----------------------------------------------------------------------------------------------- outliers
+
+def outlier_scales(x: np.ndarray, class_ids: np.ndarray, floor_share: float = 0.25) -> np.ndarray:
+    """(C, F) how far each class's windows spread in each feature: the std of its windows' means,
+    at least ``floor_share`` of the feature's std over all training values (so a feature that is
+    ~constant in a class, like retransmissions in normal traffic, still gets a sensible step)."""
+    means = x.mean(axis=1)                                                       # (N, F)
+    floor = floor_share * x.reshape(-1, x.shape[-1]).std(axis=0)                 # (F,)
+    return np.stack([np.maximum(means[class_ids == c].std(axis=0), floor) for c in range(int(class_ids.max()) + 1)])
+
+
+def synthetic_outliers(rng: np.random.Generator, x: np.ndarray, class_ids: np.ndarray, n: int, scales: np.ndarray,
+                       lo_hi: Sequence[float], floor: np.ndarray, min_span: int = 10) -> np.ndarray:
+    """``n`` windows no known class produces: training windows with one or two features shifted.
+
+    x: (N, T, F) training windows of classes ``class_ids``. Each outlier starts from a random
+    training window and shifts 1 or 2 random features by ``U(low, high)`` times that class's spread
+    in the feature (``scales`` (C, F), :func:`outlier_scales`), over the whole window or from a
+    random step on (an onset), up or down at random; a shift down that would take the feature
+    below ``floor`` (its smallest training value: counters and times do not go negative) goes up
+    instead. -> (n, T, F).
+    """
+    n_win, t_len, n_feat = x.shape
+    base = rng.integers(n_win, size=n)
+    out = x[base].astype(np.float32)                                             # (n, T, F)
+    for i in range(n):
+        feats = rng.choice(n_feat, size=1 + int(rng.random() < 0.5), replace=False)
+        start = 0 if rng.random() < 0.5 else int(rng.integers(0, t_len - min_span + 1))
+        for f in feats:
+            shift = rng.uniform(*lo_hi) * scales[class_ids[base[i]], f]
+            seg = out[i, start:, f]
+            if rng.random() < 0.5 and (seg - shift).min() >= floor[f]:
+                shift = -shift
+            out[i, start:, f] = seg + shift
+    return out
+
+
+class Exposure:
+    """P x K class-balanced batches plus ``n_out`` synthetic outliers (outlier exposure).
+
+    Each outlier row gets a label of its own (P, P+1, ...): it has no positive, so it is never
+    an anchor of the mined loss, only a negative of every known row; its random triplet is
+    (itself, itself, a random known row), whose hinge pushes it ``margin`` away from that row. The
+    encoder thus learns to map what no known class looks like away from every class, so the
+    per-class distance thresholds can call a new fault ``unknown``. Outliers are always made from
+    the windows given to :meth:`batch`, with the spreads and floors of the TRAINING windows.
+    """
+
+    def __init__(self, x_train: np.ndarray, ids_train: np.ndarray, k: int, n_out: int, lo_hi: Sequence[float]):
+        self.ids = np.asarray(ids_train, dtype=np.int64)
+        self.k, self.n_out, self.lo_hi = k, n_out, tuple(lo_hi)
+        self.scales = outlier_scales(x_train, self.ids)                          # (C, F)
+        self.floor = x_train.min(axis=(0, 1))                                    # (F,)
+
+    def batch(self, rng: np.random.Generator, x: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One batch from windows ``x`` of ``class_ids``: (P*K + n_out, T, F), (P*K + n_out, 3)."""
+        present = np.unique(class_ids)
+        rows, ids = balanced_batch(rng, [np.flatnonzero(class_ids == c) for c in present], self.k)
+        ids = present[ids]
+        pos, neg = random_triplets(rng, ids)
+        n_known, n_out = len(ids), self.n_out
+        xo = synthetic_outliers(rng, x, class_ids, n_out, self.scales, self.lo_hi, self.floor)
+        out_rows = n_known + np.arange(n_out)
+        # a known row's random negative may be an outlier too (they are negatives of every class)
+        neg = np.where(rng.random(n_known) < n_out / (n_known + n_out), rng.choice(out_rows, n_known), neg)
+        first_id = len(self.scales)
+        y = np.concatenate([np.stack([ids, pos, neg], axis=1),
+                            np.stack([first_id + np.arange(n_out), out_rows, rng.integers(0, n_known, n_out)], axis=1)])
+        return np.concatenate([x[rows], xo]), y.astype(np.float32)
+
+    def batches(self, rng: np.random.Generator, x: np.ndarray, class_ids: np.ndarray
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Endless training batches."""
+        while True:
+            yield self.batch(rng, x, class_ids)
+
+    def fixed(self, rng: np.random.Generator, x: np.ndarray, class_ids: np.ndarray, n_batches: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """``n_batches`` batches stacked (the validation set: the same every epoch)."""
+        parts = [self.batch(rng, x, class_ids) for _ in range(n_batches)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -211,11 +355,16 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
         raise NetsiamError(f"the validation split (last {tc.val_fraction:.0%} of each source's time) holds "
                            f"{len(va)} windows of {len(set(va.labels.tolist()))} class(es); use longer traces or "
                            "another training.val_fraction")
+    n_thinned = 0
+    if tc.thinning > 0:                        # + copies of training windows as at lower loads
+        extra = thinned_copies(np.random.default_rng([tc.seed, 4]), tr, tc.thinning, tc.thinning_keep, cfg.features)
+        tr, n_thinned = _concat(tr, extra), len(extra)
     cls_id = {c: i for i, c in enumerate(classes)}
     y_tr = np.array([cls_id[c] for c in tr.labels], np.int64)
     y_va = np.array([cls_id[c] for c in va.labels], np.int64)
     say(f"windows: {len(lw)} ({int(lw.straddle.sum())} straddle a label change), train {len(tr)} "
-        f"({', '.join(f'{c} {n}' for c, n in counts.items())}), validation {len(va)}")
+        f"({', '.join(f'{c} {n}' for c, n in counts.items())}{f', + {n_thinned} thinned copies' if n_thinned else ''}), "
+        f"validation {len(va)}")
 
     # 2. normalisation (training windows only) ----------------------------------------------------------
     flat = tr.x.reshape(-1, tr.x.shape[-1]).astype(np.float64)                  # (N*T, F)
@@ -239,10 +388,17 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
 
     # 4. fit ---------------------------------------------------------------------------------------------
     k = tc.batch_per_class
-    batches = triplet_batches(tr.x, y_tr, k, rng)                              # (P*K, T, F), (P*K, 3)
+    n_out = int(round(tc.outlier_fraction * len(classes) * k))
     n_val_classes = len(np.unique(y_va))
     n_val_batches = int(np.clip(np.ceil(len(va) / (n_val_classes * k)), *VAL_BATCHES))
-    vx, vy = fixed_batches(va.x, y_va, k, n_val_batches, np.random.default_rng([tc.seed, 1]))
+    val_rng = np.random.default_rng([tc.seed, 1])
+    if n_out:                                                                  # (P*K + n_out, T, F), (.., 3)
+        exposure = Exposure(tr.x, y_tr, k, n_out, tc.outlier_shift)
+        batches = exposure.batches(rng, tr.x, y_tr)
+        vx, vy = exposure.fixed(val_rng, va.x, y_va, n_val_batches)
+    else:
+        batches = triplet_batches(tr.x, y_tr, k, rng)                          # (P*K, T, F), (P*K, 3)
+        vx, vy = fixed_batches(va.x, y_va, k, n_val_batches, val_rng)
     fit_idx = np.concatenate([np.random.default_rng([tc.seed, 2]).permutation(np.flatnonzero(y_tr == c))
                               [:MONITOR_PER_CLASS] for c in range(len(classes))])
     snap_idx = _stratified(np.random.default_rng([tc.seed, 3]), va.labels, tc.snapshot_points)
@@ -262,7 +418,7 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=tb.on_epoch_end, on_train_end=lambda _l: tb.close()))
     t_fit = time.perf_counter()
     fit = encoder.fit(batches, steps_per_epoch=tc.steps_per_epoch, epochs=tc.epochs, validation_data=(vx, vy),
-                      validation_batch_size=n_val_classes * k, callbacks=callbacks, shuffle=False, verbose=0)
+                      validation_batch_size=n_val_classes * k + n_out, callbacks=callbacks, shuffle=False, verbose=0)
     fit_seconds = time.perf_counter() - t_fit
     hist = {key: [float(v) for v in vals] for key, vals in fit.history.items()}
     if not ckpt.is_file() or not np.isfinite(hist.get("val_loss", [np.nan])).any():
@@ -278,7 +434,7 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     calibrated = calibrate_thresholds(protos, emb_va, va.labels, cfg.prototypes)
     metrics = _metrics(protos, emb_va, va.labels, calibrated)
     metrics.update(best_epoch=best_epoch, epochs_run=len(hist["loss"]), fit_seconds=round(fit_seconds, 2),
-                   train_windows=len(tr), val_windows=len(va), straddling_windows=int(lw.straddle.sum()))
+                   train_windows=len(tr) - n_thinned, thinned_windows=n_thinned, val_windows=len(va), straddling_windows=int(lw.straddle.sum()))
 
     # 6. artifact ------------------------------------------------------------------------------------------
     final = build_encoder(spec, mean, var, seed=tc.seed)                       # uncompiled: no trainer code inside
