@@ -67,13 +67,13 @@ class ModelConfig:
 class TrainingConfig:
     loss: str = "triplet"
     margin: float = 0.2
-    epochs: int = 40
+    epochs: int = 30
     steps_per_epoch: int = 60
     batch_per_class: int = 24
     semi_hard_fraction: float = 0.75
     learning_rate: float = 0.002
     val_fraction: float = 0.2
-    patience: int = 8
+    patience: int = 6
     seed: int = 0
     snapshot_points: int = 400
     outlier_fraction: float = 0.33
@@ -103,8 +103,8 @@ class PrototypeConfig:
     threshold_quantile: float = 0.99
     threshold_scale: float = 1.25
     min_support: int = 5
-    min_threshold: float = 0.5  # floor on every class threshold (embedding units; the cube's edge is 1)
-    max_threshold: float = 0.75  # cap on every class threshold (a floor above it wins)
+    min_threshold: float = 0.7  # floor on every class threshold (embedding units; the cube's edge is 1)
+    max_threshold: float = 0.8  # cap on every class threshold (a floor above it wins)
 
     def __post_init__(self) -> None:
         _check(self.method in ("median", "mean", "medoid", "kmeans"), "prototypes.method",

@@ -285,6 +285,19 @@ def test_paced_sources_offer_a_steady_rate() -> None:
         assert np.abs(np.diff(offered)).mean() < 1.0
 
 
+def test_normal_load_steps_abruptly_without_a_label() -> None:
+    """Traffic changes level without a fault (a campaign, a fail-over): a surge alone is no fault."""
+    p = SimParams(faults=(), load_range=(100.0, 100.0), diurnal_amplitude=0.0, walk_sigma=0.0, paced_fraction=1.0,
+                  load_steps_per_hour=30.0)
+    records, labels = simulate(2, 20, seed=6, params=p)
+    assert labels == []
+    for cols in by_source(records).values():
+        level = np.convolve(cols["OutgoingCall"], np.ones(10) / 10, mode="valid")
+        jumps = np.abs(np.log(level[10:] / level[:-10]))
+        assert jumps.max() > np.log(1.3)                        # at least one step of 30 % or more
+        assert level.min() >= 0.5 * 100 - 5 and level.max() <= 2.0 * 100 + 5   # within load_step x base
+
+
 def test_a_blocked_path_fails_calls_in_progress_too() -> None:
     """With long holds, calls answered before the block end with a BYE that is lost: they fail
     (timer F, 32 s) instead of completing, so success drops at once, as on the SIPp testbed."""

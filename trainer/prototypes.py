@@ -77,9 +77,10 @@ def class_threshold(dist: np.ndarray, pcfg: PrototypeConfig) -> float:
     corner of the cube and its held-out windows may all lie within 0.001 of the prototype, so the
     quantile of a few dozen of them says little about the next episode (a new load level, another
     source). Trained with outlier exposure, known classes sit in corners of the cube ~1 apart and
-    what no class looks like lands ~1 from every prototype, so the floor (half an edge by default)
+    what no class looks like lands ~1 from every prototype, so the floor (0.7 by default)
     costs little novelty detection and stops a tight class from calling its own slightly shifted
-    windows (another testbed, another load) unknown. The cap keeps one stray calibration window
+    windows (another testbed, another load, a phase of the fault its few training episodes did not
+    show) unknown. The cap keeps one stray calibration window
     from stretching a class over a neighbouring corner, where new faults land.
     """
     q = float(np.quantile(np.asarray(dist, np.float64), pcfg.threshold_quantile)) if len(dist) else 0.0

@@ -72,7 +72,7 @@ class SimParams:
     walk_sigma: float = 0.01  # random walk on log load, per sqrt(second)
     walk_reversion_s: float = 300.0  # mean reversion time, keeps the walk bounded
     load_steps_per_hour: float = 4.0  # abrupt load changes without a fault (a campaign starts, traffic fails over)
-    load_step: Range = (0.4, 2.5)  # each sets the load to this multiple of its base, log-uniform
+    load_step: Range = (0.5, 2.0)  # each sets the load to this multiple of its base, log-uniform
     paced_fraction: float = 0.3  # share of sources offering a fixed number of calls per second (SIPp -r)
     hold_s: Range = (1.5, 120.0)  # per-source mean call holding time after answer, log-uniform
     hold_sigma: Range = (0.0, 0.8)  # per-source lognormal sigma of the holding time (0: fixed, SIPp pause)

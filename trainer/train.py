@@ -207,11 +207,12 @@ def synthetic_outliers(rng: np.random.Generator, x: np.ndarray, class_ids: np.nd
     n_win, t_len, n_feat = x.shape
     base = rng.integers(n_win, size=n)
     out = x[base].astype(np.float32)                                             # (n, T, F)
+    lo, hi = float(lo_hi[0]), float(lo_hi[1])
     for i in range(n):
         feats = rng.choice(n_feat, size=1 + int(rng.random() < 0.5), replace=False)
         start = 0 if rng.random() < 0.5 else int(rng.integers(0, t_len - min_span + 1))
         for f in feats:
-            shift = rng.uniform(*lo_hi) * scales[class_ids[base[i]], f]
+            shift = rng.uniform(lo, hi) * scales[class_ids[base[i]], f]
             seg = out[i, start:, f]
             if rng.random() < 0.5 and (seg - shift).min() >= floor[f]:
                 shift = -shift
