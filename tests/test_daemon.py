@@ -194,7 +194,8 @@ def test_reload_refuses_a_corrupt_artifact_and_picks_up_a_good_one(
         assert d.registry.get_sample_value("netsiam_model_info", {"version": old}) is None
         replay_lines(lines[2 * third:], broker.bootstrap, topics.samples)
         wait_until(lambda: value(d, "netsiam_records_consumed_total") >= len(lines), 30, "last third")
-        assert value(d, "netsiam_windows_embedded_total") > windows_before
+        # windows are embedded on the worker thread after their records are consumed: wait for them
+        wait_until(lambda: value(d, "netsiam_windows_embedded_total") > windows_before, 30, "new model embeds")
         assert value(d, "netsiam_model_reload_failures_total") == 1
 
         # SIGHUP's path: reload on request even though nothing changed on disk
