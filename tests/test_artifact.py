@@ -144,3 +144,33 @@ def test_artifact_files_are_readable_by_other_users(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_artifact_saved_under_tensorflow_runs_under_another_backend(tmp_path: Path, backend: str) -> None:
+    """The same ``.keras`` file, loaded by Keras on the torch (or jax) backend in a fresh process, gives the
+    embeddings TensorFlow gave: the model and the embed path use the Keras 3 API only."""
+    import importlib.util
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (make install adds CPU torch; jax is optional)")
+    art, x = make_artifact(tmp_path / "m")
+    before = art.embed(x)
+    labels_before = art.prototypes.classify(before)[0]
+    np.save(tmp_path / "x.npy", x)
+    code = textwrap.dedent(f"""
+        import keras, numpy as np
+        from netsiam.trainer.artifact import load_artifact
+        assert keras.backend.backend() == {backend!r}, keras.backend.backend()
+        a = load_artifact({str(tmp_path / 'm')!r})
+        e = a.embed(np.load({str(tmp_path / 'x.npy')!r}))
+        np.save({str(tmp_path / 'after.npy')!r}, e)
+        print(" ".join(a.prototypes.classify(e)[0]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                          env=os.environ | {"KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = np.load(tmp_path / "after.npy")
+    assert after.shape == before.shape
+    np.testing.assert_allclose(after, before, atol=1e-5)
+    assert proc.stdout.split() == list(labels_before)

@@ -306,26 +306,52 @@ class _Monitor:
 
 class _ScalarLog:
     """TensorBoard scalars per epoch, laid out like ``keras.callbacks.TensorBoard`` (LOGDIR/train and
-    LOGDIR/validation, tags ``epoch_loss``, ``epoch_n_way_acc``...), written with TensorFlow's core
-    summary ops: the ``tensorboard`` package (which Keras' callback needs) is only needed to view them."""
+    LOGDIR/validation, tags ``epoch_loss``, ``epoch_n_way_acc``...). Keras' own callback needs TensorFlow,
+    which a torch or jax host may lack, so the event files are written with TensorFlow's summary ops when
+    it is installed, else with the ``tensorboard`` package's writer, else not at all (said once)."""
 
-    def __init__(self, logdir: Path) -> None:
-        import tensorflow as tf
+    def __init__(self, logdir: Path, say: Any) -> None:
+        self.write: Any = None
+        self.closers: list[Any] = []
+        try:
+            import tensorflow as tf
+        except ImportError:
+            tf = None
+        if tf is not None:
+            writers = {k: tf.summary.create_file_writer(str(logdir / k)) for k in ("train", "validation")}
+            meta = tf.compat.v1.SummaryMetadata(plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
 
-        self.tf = tf
-        self.writers = {k: tf.summary.create_file_writer(str(logdir / k)) for k in ("train", "validation")}
-        self.meta = tf.compat.v1.SummaryMetadata(
-            plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
+            def write_tf(which: str, tag: str, value: float, step: int) -> None:
+                with writers[which].as_default():
+                    tf.summary.write(tag, tf.constant(value), step=step, metadata=meta)
+
+            self.write, self.closers = write_tf, [w.close for w in writers.values()]
+            return
+        try:
+            from tensorboard.compat.proto.event_pb2 import Event
+            from tensorboard.compat.proto.summary_pb2 import Summary
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        except ImportError:
+            say(f"TensorBoard logs skipped: neither tensorflow nor tensorboard is installed ({logdir})")
+            return
+        files = {k: EventFileWriter(str(logdir / k)) for k in ("train", "validation")}
+
+        def write_tb(which: str, tag: str, value: float, step: int) -> None:
+            files[which].add_event(Event(wall_time=time.time(), step=step,
+                                         summary=Summary(value=[Summary.Value(tag=tag, simple_value=value)])))
+
+        self.write, self.closers = write_tb, [f.close for f in files.values()]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if self.write is None:
+            return
         for key, value in logs.items():
             which, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-            with self.writers[which].as_default():
-                self.tf.summary.write(f"epoch_{name}", self.tf.constant(float(value)), step=epoch, metadata=self.meta)
+            self.write(which, f"epoch_{name}", float(value), epoch)
 
     def close(self) -> None:
-        for w in self.writers.values():
-            w.close()
+        for close in self.closers:
+            close()
 
 
 def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path], out_dir: str | Path, *,
@@ -415,7 +441,7 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
         keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True, save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=tc.patience),
     ]
-    tb = _ScalarLog(Path(logdir or out / "logs"))
+    tb = _ScalarLog(Path(logdir or out / "logs"), say)
     callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=tb.on_epoch_end, on_train_end=lambda _l: tb.close()))
     t_fit = time.perf_counter()
     fit = encoder.fit(batches, steps_per_epoch=tc.steps_per_epoch, epochs=tc.epochs, validation_data=(vx, vy),
