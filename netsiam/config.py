@@ -67,7 +67,7 @@ class ModelConfig:
 class TrainingConfig:
     loss: str = "triplet"
     margin: float = 0.2
-    epochs: int = 30
+    epochs: int = 60
     steps_per_epoch: int = 60
     batch_per_class: int = 24
     semi_hard_fraction: float = 0.75
