@@ -522,13 +522,17 @@ def _draw_stat(ax: Any, pd: PanelData) -> None:
             color = _COLORS["red"]
         label = s.name(target.legend)
         if pd.panel.title == "Model version":  # the value is the label (textMode "name")
-            text, label = label, ""
+            text, label = label.replace("+", "\n+"), ""   # version + prototypes hash on two lines
         rows.append((label, text, color))
     rows = rows[:4]
     n = len(rows)
+    fig = ax.get_figure()
+    width_pt = ax.get_position().width * fig.get_figwidth() * 72 if fig is not None else 200.0
     for i, (label, text, color) in enumerate(rows):
         y = 1.0 - (i + 0.5) / n
-        size = 16 if n == 1 else 11
+        longest = max(len(line) for line in text.split("\n")) or 1
+        # bold digits are ~0.65 em wide: shrink a long value to its own panel, never into the next
+        size = min(16 if n == 1 else 11, 0.9 * width_pt / (0.65 * longest))
         ax.text(0.5, y + (0.06 if label and n == 1 else 0), text, ha="center", va="center",
                 fontsize=size, fontweight="bold", color=color, transform=ax.transAxes)
         if label and n > 1:
