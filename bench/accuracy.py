@@ -2,12 +2,12 @@
 
 Writes bench/accuracy.json (``--quick``: bench/accuracy-quick.json) and prints a markdown table.
 
-a. simulated: models trained on the default model's data (``make model``'s simulation, training
-   seeds 0, 1, 2) and scored on a simulation with another seed (other sources, other testbed
+a. simulated: models trained on the default model's data with its recipe (``make model``'s
+   simulation and ``default_model.training_config()``, training seeds 0, 1, 2) and scored on a simulation with another seed (other sources, other testbed
    constants): n-way window accuracy, pair AUC, window accuracy with ``unknown``; the two baselines
    are fitted on the SAME training windows (``evaluate(..., support=training windows)``), so the
    comparison is fair.
-b. real SIPp: ``netsiam train`` on sipp_a, evaluated on sipp_b, and b -> a (same seeds): window
+b. real SIPp: ``netsiam train`` (config defaults) on sipp_a, evaluated on sipp_b, and b -> a (same seeds): window
    accuracy, fault episodes detected through the daemon's debounce, detection delays.
 c. novelty: the simulated ``retrans_storm`` fault (never in training) must come out ``unknown``;
    sipp_c's ``degraded`` episode is scored for the real-data models of b.
@@ -166,7 +166,7 @@ def _agg(values: list[float | None]) -> dict[str, float | None]:
 def run(quick: bool, tmp: Path) -> dict[str, Any]:
     from netsiam.trainer.artifact import load_artifact
     from netsiam.trainer.dataset import build_windows
-    from netsiam.trainer.default_model import training_data
+    from netsiam.trainer.default_model import training_config, training_data
     from netsiam.trainer.train import train
 
     seeds = [0] if quick else [0, 1, 2]
@@ -198,8 +198,8 @@ def run(quick: bool, tmp: Path) -> dict[str, Any]:
     support = build_windows([str(train_files[0])], [str(train_files[1])], cfg)
     sim: dict[str, Any] = {}
     for seed in seeds:
-        art = models.get(seed) or train(cfg, [train_files[0]], [train_files[1]], tmp / f"sim_s{seed}", seed=seed,
-                                        quiet=True)
+        art = models.get(seed) or train(training_config(cfg), [train_files[0]], [train_files[1]],
+                                        tmp / f"sim_s{seed}", seed=seed, quiet=True)
         sim[str(seed)] = _sim_scores(art, support, ev, nov)
         s = sim[str(seed)]
         print(f"a. seed {seed}: n-way {s['n_way_accuracy']:.4f}  AUC {s['auc']:.4f}  window {s['window_accuracy']:.4f}  "

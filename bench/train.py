@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - t0
             art = load_artifact(args.output)
         else:  # --quick: the same data, a shortened training
-            cfg = override(Config(), {"training.epochs": args.epochs, "training.steps_per_epoch": args.steps})
+            cfg = override(default_model.training_config(),
+                           {"training.epochs": args.epochs, "training.steps_per_epoch": args.steps})
             trace, labels = default_model.training_data(tmp)
             art = train(cfg, [trace], [labels], args.output, logdir=Path(tmp) / "logs", quiet=True)
             seconds = time.perf_counter() - t0

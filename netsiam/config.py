@@ -77,7 +77,7 @@ class TrainingConfig:
     seed: int = 0
     snapshot_points: int = 400
     outlier_fraction: float = 0.33
-    outlier_shift: tuple[float, ...] = (2.0, 8.0)
+    outlier_shift: tuple[float, ...] = (3.0, 8.0)
     thinning: float = 0.0
     thinning_keep: tuple[float, ...] = (0.2, 1.0)
 
