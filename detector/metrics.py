@@ -70,7 +70,8 @@ class DetectorMetrics:
             "netsiam_model_reload_failures_total", "Model reloads refused (the old model kept serving).",
             registry=r)
         self.broker_up = Gauge(
-            "netsiam_broker_up", "1 when the broker is reachable and the consumer is assigned, else 0.",
+            "netsiam_broker_up", "1 when the broker is reachable, the consumer is assigned and publishes are "
+            "acknowledged in time, else 0.",
             registry=r)
         self.events_pending = Gauge(
             "netsiam_events_pending", "Events and dead letters produced but not yet acknowledged.", registry=r)

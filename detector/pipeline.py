@@ -72,6 +72,7 @@ __all__ = [
     "Message",
     "Pipeline",
     "SourceState",
+    "embed_pieces",
     "run_batch",
     "same_windowing",
 ]
@@ -206,12 +207,42 @@ class BatchResult:
     seconds: float
 
 
+SPLIT_COST = 32  # one more encoder call costs about as much as embedding this many windows (CPU, measured)
+
+
+def embed_pieces(n: int) -> list[int]:
+    """Sizes of the encoder calls for ``n`` windows. ``Artifact.embed`` pads a call to a power of two
+    (few compiled shapes), so 520 windows would cost 1024; split off the largest power of two while
+    that saves more than a call costs: 520 -> [512, 8], 300 -> [256, 44], 200 -> [200].
+    Measured on the 2-core machine: 520 windows 48 -> 24 ms, 300: 26 -> 19 ms."""
+    out = []
+    while n:
+        padded = 1 << (n - 1).bit_length()
+        half = padded >> 1
+        if n > half and half + (1 << (n - half - 1).bit_length()) + SPLIT_COST < padded:
+            out.append(half)
+            n -= half
+        else:
+            out.append(n)
+            break
+    return out
+
+
 def run_batch(batch: Batch) -> BatchResult:
-    """Derive features, embed in one call, classify. Pure; safe on a worker thread."""
+    """Derive features, embed (one encoder call, or a few when that avoids padding), classify.
+    Pure; safe on a worker thread."""
     t0 = time.perf_counter()
     art = batch.artifact
     x = derive(batch.raw, art.features)
-    emb = art.embed(x, batch_size=max(1024, len(x)))
+    sizes = embed_pieces(len(x))
+    if len(sizes) == 1:
+        emb = art.embed(x, batch_size=max(1024, len(x)))
+    else:
+        parts, i = [], 0
+        for k in sizes:
+            parts.append(art.embed(x[i:i + k], batch_size=max(1024, k)))
+            i += k
+        emb = np.concatenate(parts)
     names, nearest, dists = art.prototypes.classify(emb)
     return BatchResult(names, nearest, dists, emb, time.perf_counter() - t0)
 

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from netsiam.config import Config, DebounceConfig, DetectorConfig, WindowConfig
 from netsiam.detector.pipeline import DeadLetter, EventOut, Pipeline, run_batch
+from netsiam.features import derive
 from netsiam.schemas.event import event_id
 from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
 
@@ -143,6 +144,33 @@ def test_one_embed_call_per_batch_of_at_most_batch_max(model: Model, trace: Any)
     assert n > 100
     drain(p, batch_max=64)
     assert art.calls == [64] * (n // 64) + ([n % 64] if n % 64 else [])
+
+
+def test_a_batch_just_past_a_power_of_two_is_embedded_in_two_calls(model: Model, trace: Any) -> None:
+    """Artifact.embed pads each call to a power of two: 520 windows would cost 1024, so run_batch
+    embeds 512 + 8 instead. Same embeddings, same order, same classes as one call."""
+    from netsiam.detector.pipeline import embed_pieces
+
+    assert embed_pieces(0) == [] and embed_pieces(64) == [64] and embed_pieces(200) == [200]
+    assert embed_pieces(520) == [512, 8] and embed_pieces(300) == [256, 44]
+    for n in range(1, 3000, 7):
+        sizes = embed_pieces(n)
+        assert sum(sizes) == n and all(k > 0 for k in sizes)
+        padded = sum(1 << (k - 1).bit_length() for k in sizes)
+        assert padded <= 1 << (n - 1).bit_length()  # never more work than one padded call
+    lines, _ = trace
+    art = model.fake()
+    p = Pipeline(Config(), art)
+    for tp, msgs in partitioned(lines[:6000]).items():
+        p.feed(tp, msgs)
+    assert p.pending >= 520
+    b = p.take_batch(520)
+    assert b is not None
+    res = run_batch(b)
+    assert art.calls == [512, 8]
+    whole = art.head.embed(derive(b.raw, art.features))
+    np.testing.assert_allclose(res.emb, whole, atol=1e-6)
+    assert list(res.names) == list(art.prototypes.classify(whole)[0])
 
 
 def test_bad_input_becomes_dead_letters_with_reason_and_original_bytes() -> None:

@@ -1,28 +1,34 @@
 """Reliability: when the producer cannot deliver, the daemon stops consuming instead of buffering
-without bound, and commits nothing it has not delivered.
+without bound, reports not-ready, commits nothing it has not delivered, and resumes by itself once a
+producer delivers again.
 
 The consumer side is the real broker; the producer is a stand-in whose sends are never acknowledged
 (a broker that accepts the connection but never answers produce requests, or a full, unreachable
-cluster) and whose flush times out, as kafka-python's does. The daemon must: stop polling once a
-commit has to wait for acks (COMMIT_MAX_DELAY_S), exit 1 on the flush timeout, and leave the group's
-committed offsets below the first record whose output was never acknowledged.
+cluster) and whose flush times out, as kafka-python's does. The daemon must: pause consumption once
+an output has waited ACK_OVERDUE_S, say so on /healthz and in ``netsiam_broker_up``, replace a
+producer that got no ack for PRODUCER_STALL_S and send everything unacknowledged again, and leave the
+group's committed offsets below the first record whose output was never acknowledged.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import kafka
+import orjson
 import pytest
-from conftest import bad_lines, committed, labelled_trace, make_config, produce
+from conftest import bad_lines, committed, end_offsets, labelled_trace, make_config, produce, read_topic
 from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 from prometheus_client import CollectorRegistry
 
-from netsiam.detector.daemon import COMMIT_MAX_DELAY_S, Daemon
+import netsiam.detector.daemon as dm
+from netsiam.config import KafkaConfig
+from netsiam.detector.daemon import ACK_OVERDUE_S, Daemon
 from netsiam.trainer.artifact import load_artifact
 
 pytestmark = pytest.mark.slow
@@ -31,12 +37,9 @@ pytestmark = pytest.mark.slow
 class StuckProducer:
     """Accepts sends, never acknowledges them; flush gives up like kafka-python's after its timeout."""
 
-    instances: list[StuckProducer] = []
-
     def __init__(self, **_kw: Any) -> None:
         self.sent = 0
         self.flushes = 0
-        StuckProducer.instances.append(self)
 
     def send(self, topic: str, key: bytes | None = None, value: bytes | None = None, **_kw: Any) -> Future:
         self.sent += 1
@@ -44,37 +47,128 @@ class StuckProducer:
 
     def flush(self, timeout: float | None = None) -> None:
         self.flushes += 1
-        time.sleep(0.5)  # stands in for the 60 s the daemon grants
+        time.sleep(min(timeout or 0.2, 0.2))
         raise KafkaTimeoutError("Timeout waiting for flush")
 
     def close(self, *_a: Any, **_kw: Any) -> None:
         pass
 
 
-def test_undeliverable_output_stops_consumption_and_commits_nothing(
-        broker: Any, topics: Any, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class Producers:
+    """kafka.KafkaProducer stand-in: the daemon's producers (client id ``netsiam``) are StuckProducers
+    while ``stuck`` is set; every other producer (the test's own) is the real one."""
+
+    def __init__(self) -> None:
+        self.real = kafka.KafkaProducer
+        self.stuck = threading.Event()
+        self.stuck.set()
+        self.made: list[Any] = []
+
+    def __call__(self, **kw: Any) -> Any:
+        if kw.get("client_id") != KafkaConfig().client_id:
+            return self.real(**kw)
+        p = StuckProducer(**kw) if self.stuck.is_set() else self.real(**kw)
+        self.made.append(p)
+        return p
+
+
+@pytest.fixture
+def producers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Producers]:
+    p = Producers()
+    monkeypatch.setattr(kafka, "KafkaProducer", p)
+    monkeypatch.setattr(dm, "PRODUCER_STALL_S", 2.0)    # replace a silent producer sooner (default 10 s)
+    monkeypatch.setattr(dm, "SHUTDOWN_FLUSH_S", 3.0)    # give up on the final flush sooner (default 60 s)
+    yield p
+    for made in p.made:
+        if not isinstance(made, StuckProducer):
+            made.close(1)
+
+
+def consumed(d: Daemon) -> float:
+    return d.registry.get_sample_value("netsiam_records_consumed_total") or 0.0
+
+
+def wait(cond: Any, timeout_s: float, what: str) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if cond():
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def start(d: Daemon) -> tuple[threading.Thread, list[int]]:
+    rc: list[int] = []
+    t = threading.Thread(target=lambda: rc.append(d.run()), daemon=True)
+    t.start()
+    assert d.started.wait(30)
+    return t, rc
+
+
+def paused(d: Daemon, n: int) -> None:
+    """The daemon consumed ``n`` records, then stopped consuming and said why."""
+    wait(lambda: consumed(d) >= n, 30, f"{n} records consumed")
+    wait(lambda: not d.ready()[0] and "publishing not acknowledged" in d.ready()[1], 15, "not ready")
+    wait(lambda: d.registry.get_sample_value("netsiam_broker_up") == 0, 5, "netsiam_broker_up 0")
+
+
+def test_undeliverable_output_pauses_consumption_and_commits_nothing(
+        broker: Any, topics: Any, model_dir: Path, producers: Producers) -> None:
     lines, _ = labelled_trace(sources=4, minutes=10)
+    half = len(lines) // 2
     bad = bad_lines()[0][0]
     # partition 0 starts with a bad record: its dead letter is the first output, never acknowledged
-    produce(broker.bootstrap, topics.samples, [bad, *lines], keys=[b"k"] * (len(lines) + 1), partition=0)
-    monkeypatch.setattr(kafka, "KafkaProducer", StuckProducer)
+    produce(broker.bootstrap, topics.samples, [bad, *lines[:half]], keys=[b"k"] * (half + 1), partition=0)
     cfg = make_config(broker, topics)
     d = Daemon(cfg, load_artifact(model_dir), None, registry=CollectorRegistry())
-    rc: list[Any] = []
-    t = threading.Thread(target=lambda: rc.append(d.run()), daemon=True)
     t0 = time.monotonic()
-    t.start()
-    t.join(60)
-    assert not t.is_alive(), "the daemon kept running with nothing acknowledged"
+    t, rc = start(d)
+    paused(d, half + 1)
     took = time.monotonic() - t0
-    assert rc == [1]                                               # FatalError: exit without commit
-    assert StuckProducer.instances[-1].flushes >= 1
-    consumed = d.registry.get_sample_value("netsiam_records_consumed_total") or 0
-    # bounded in TIME, not in count: polling stops once a commit has waited COMMIT_MAX_DELAY_S for
-    # acks (the main loop then blocks in flush and exits); here that is within a few seconds
-    assert consumed <= len(lines) + 1 and took < 30
+    # more input while paused: not consumed (bounded memory), and the daemon keeps running
+    produce(broker.bootstrap, topics.samples, lines[half:], keys=[b"k"] * (len(lines) - half), partition=0)
+    time.sleep(ACK_OVERDUE_S)
+    assert consumed(d) == half + 1 and t.is_alive() and not rc
+    # the silent producer was replaced and everything re-sent (to another silent one)
+    wait(lambda: len(producers.made) >= 2, 15, "a new producer")
+    assert producers.made[-1].sent >= 1
+    assert d.registry.get_sample_value("netsiam_commits_total") in (None, 0.0)
+
+    d.request_stop()  # the final flush gives up: exit 1 without commit
+    t.join(30)
+    assert rc == [1]
+    assert consumed(d) == half + 1
     assert d.registry.get_sample_value("netsiam_commits_total") in (None, 0.0)
     assert committed(broker.bootstrap, cfg.kafka.group_id, topics.samples, 4) == {0: None, 1: None, 2: None,
                                                                                    3: None}
-    print(f"backpressure: stopped after {took:.1f} s (COMMIT_MAX_DELAY_S={COMMIT_MAX_DELAY_S}), "
-          f"consumed {int(consumed)}, {StuckProducer.instances[-1].sent} sends pending")
+    print(f"backpressure: paused after {took:.1f} s (ACK_OVERDUE_S={ACK_OVERDUE_S}), consumed {int(consumed(d))}, "
+          f"{len(producers.made)} producers")
+
+
+def test_consumption_resumes_and_everything_is_delivered_once_a_producer_gets_acks(
+        broker: Any, topics: Any, model_dir: Path, producers: Producers) -> None:
+    lines, _ = labelled_trace(sources=4, minutes=10)
+    half = len(lines) // 2
+    bad = bad_lines()[0][0]
+    produce(broker.bootstrap, topics.samples, [bad, *lines[:half]], keys=[b"k"] * (half + 1), partition=0)
+    cfg = make_config(broker, topics)
+    d = Daemon(cfg, load_artifact(model_dir), None, registry=CollectorRegistry())
+    t, rc = start(d)
+    paused(d, half + 1)
+    produce(broker.bootstrap, topics.samples, lines[half:], keys=[b"k"] * (len(lines) - half), partition=0)
+
+    producers.stuck.clear()  # the next producer is a real one: the re-sent outputs get through
+    back = wait(lambda: d.ready()[0], 30, "ready again")
+    wait(lambda: consumed(d) == len(lines) + 1, 30, "the rest consumed")
+    ends = end_offsets(broker.bootstrap, topics.samples, 4)
+    wait(lambda: committed(broker.bootstrap, cfg.kafka.group_id, topics.samples, 4)[0] == ends[0], 30,
+         "everything committed")
+    d.request_stop()
+    t.join(30)
+    assert rc == [0]
+    dls = [orjson.loads(m.value) for m in read_topic(broker.bootstrap, topics.deadletter, idle_s=0.3)]
+    assert [(x["partition"], x["offset"], x["reason"]) for x in dls][:1] == [(0, 0, "not_json")]
+    faults = read_topic(broker.bootstrap, topics.faults, idle_s=0.3)
+    assert faults, "the events held back were delivered"
+    print(f"backpressure: ready {back:.1f} s after acks came back, {len(faults)} events, "
+          f"{len(producers.made)} producers")

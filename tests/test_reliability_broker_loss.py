@@ -1,24 +1,39 @@
 """Reliability: the broker goes away mid-stream and comes back on the same port (empty: Tansu keeps
-data in memory, so topics are recreated). The daemon keeps running, reports not-ready and
-``netsiam_broker_up 0`` while it is away, reconnects within 10 s, and processes what comes next exactly
-as a fresh daemon would."""
+data in memory, so topics are recreated). The daemon keeps running (no exit, no restart), reports
+not-ready and ``netsiam_broker_up 0`` while it is away, reconnects within 10 s, processes what comes
+next exactly as a fresh daemon would, and delivers to the new broker the events it had not delivered
+when the old one went away."""
 
 from __future__ import annotations
 
 import re
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from conftest import DaemonProc, http_get, labelled_trace, make_config, read_topic, unique, write_config
+from conftest import (
+    DaemonProc,
+    committed,
+    http_get,
+    labelled_trace,
+    make_config,
+    read_topic,
+    same_event,
+    unique,
+    write_config,
+)
+from prometheus_client import CollectorRegistry
 from test_daemon_signals import offline_events
 
 from netsiam.config import TopicsConfig
 from netsiam.detector.broker import free_port, start_broker
+from netsiam.detector.daemon import ACK_OVERDUE_S
 from netsiam.detector.replay import replay_lines
+from netsiam.trainer.artifact import load_artifact
 
 pytestmark = pytest.mark.slow
 
@@ -93,26 +108,116 @@ def test_broker_restart_on_the_same_port(model_dir: Path, tmp_path: Path, daemon
             return {orjson.loads(m.value)["event_id"]: orjson.loads(m.value)
                     for m in read_topic(bp.bootstrap, tc.faults, idle_s=0.3)}
 
-        # Either the daemon delivers, or (its idempotent producer id is unknown to the new, empty
-        # broker: UnknownProducerId / OutOfOrderSequence) it exits 1 WITHOUT committing, and a
-        # restart (systemd Restart=) replays and delivers. Never: committed but not delivered.
-        wait(lambda: set(want) <= set(faults()) or d.proc.poll() is not None, 30, "part 2 events or exit")
-        restarted = d.proc.poll() is not None
-        if restarted:
-            assert d.proc.returncode == 1 and "stopping without commit" in d.text(), d.text()[-3000:]
-            e = DaemonProc(conf, model_dir, tmp_path / "detect2.log")
-            daemons.append(e)
-            e.wait_for("partitions assigned")
-            wait(lambda: set(want) <= set(faults()), 60, "part 2 events after the restart")
-            d = e
+        # The daemon's idempotent producer id is unknown to the new, empty broker (OutOfOrderSequence,
+        # then a fatal InitProducerId): the daemon replaces its producer and delivers, without a restart.
+        wait(lambda: set(want) <= set(faults()) or d.proc.poll() is not None, 30, "part 2 events")
+        assert d.proc.poll() is None, f"the daemon exited ({d.proc.returncode}):\n{d.text()[-3000:]}"
         after = faults()
         assert d.stop(signal.SIGTERM) == 0
     finally:
         bp.stop()
-    print(f"broker loss: not-ready after {down:.1f} s, ready {back:.1f} s after the broker was back, "
-          f"restart needed: {restarted}")
+    print(f"broker loss: not-ready after {down:.1f} s, ready {back:.1f} s after the broker was back")
     assert back <= 10.0, f"reconnect took {back:.1f} s"
     assert len(samples2) == len(part2)
     assert set(want) <= set(after), sorted(set(want) - set(after))
     assert set(after) - set(want) <= before  # anything else is a part-1 event delivered late (same id)
     assert before, "part 1 raised something before the outage"
+
+
+def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
+        model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deterministic version of the outage: the embed thread is held while the broker is stopped, so
+    every event of part 1 is produced while the broker is away (none acknowledged). The broker comes
+    back empty. The daemon must keep running, say not-ready meanwhile, and deliver those events to the
+    new broker (re-sent through a new producer: the old one's id is unknown there), then process part 2
+    like a fresh daemon; offsets are committed only once acked."""
+    import netsiam.detector.daemon as dm
+    from netsiam.detector.daemon import Daemon
+
+    port = free_port()
+    t = unique("bp")
+    tc = TopicsConfig(samples=f"{t}.samples", faults=f"{t}.faults", deadletter=f"{t}.deadletter",
+                      samples_partitions=2)
+    lines, _ = labelled_trace(sources=4, minutes=12)
+    half = len(lines) // 2
+    part1, part2 = lines[:half], lines[half:]
+
+    armed, held, release = threading.Event(), threading.Event(), threading.Event()
+    real_run_batch = dm.run_batch
+
+    def gated_run_batch(batch: Any) -> Any:
+        if armed.is_set():
+            held.set()
+            release.wait(60)
+        return real_run_batch(batch)
+
+    monkeypatch.setattr(dm, "run_batch", gated_run_batch)
+    bp = start_broker(port, topics=tc)
+    rc: list[int] = []
+    d: Daemon | None = None
+    try:
+        cfg = make_config(_Where(bp.bootstrap), tc)
+        d = Daemon(cfg, load_artifact(model_dir), None, registry=CollectorRegistry())
+        th = threading.Thread(target=lambda: rc.append(d.run()), daemon=True)  # type: ignore[union-attr]
+        th.start()
+        assert d.started.wait(30)
+        mport = d.metrics_port
+        assert mport is not None
+        wait(lambda: http_get(mport, "/healthz")[0] == 200, 20, "ready")
+
+        armed.set()
+        replay_lines(part1, bp.bootstrap, tc.samples)
+        samples1 = read_topic(bp.bootstrap, tc.samples, idle_s=0.3)
+        want1 = offline_events(cfg, model_dir, samples1)
+        assert want1, "part 1 raises something"
+        wait(held.is_set, 30, "the embed thread holding part 1's first batch")
+        wait(lambda: (metric(mport, "netsiam_records_consumed_total") or 0) >= len(part1), 30, "part 1 consumed")
+
+        # -- outage while part 1's windows wait for the encoder ------------------------------------
+        bp.stop()
+        wait(lambda: http_get(mport, "/healthz")[0] == 503 and metric(mport, "netsiam_broker_up") == 0, 15,
+             "not-ready while the broker is away")
+        armed.clear()
+        release.set()
+        wait(lambda: (metric(mport, "netsiam_events_pending") or 0) >= len(want1), 15,
+             "part 1 events produced while the broker is away")
+        time.sleep(ACK_OVERDUE_S + 1.0)
+        assert th.is_alive() and not rc, rc
+        status, body = http_get(mport, "/healthz")
+        assert status == 503, body
+        assert metric(mport, "netsiam_commits_total") in (None, 0.0)
+
+        # -- back, same port, empty: the undelivered events arrive there ----------------------------
+        bp = start_broker(port, topics=tc)
+        back = wait(lambda: http_get(mport, "/healthz")[0] == 200 and metric(mport, "netsiam_broker_up") == 1,
+                    30, "ready again")
+
+        def faults() -> dict[str, Any]:
+            return {orjson.loads(m.value)["event_id"]: orjson.loads(m.value)
+                    for m in read_topic(bp.bootstrap, tc.faults, idle_s=0.3)}
+
+        wait(lambda: set(want1) <= set(faults()), 30, "part 1 events on the restarted broker", step=0.5)
+        got1 = faults()
+        assert all(same_event(got1[k], want1[k]) for k in want1)
+        assert metric(mport, "netsiam_events_pending") == 0
+
+        replay_lines(part2, bp.bootstrap, tc.samples)
+        samples2 = read_topic(bp.bootstrap, tc.samples, idle_s=0.3)
+        want2 = offline_events(cfg, model_dir, samples2)  # a fresh daemon on the (empty) new broker
+        wait(lambda: set(want2) <= set(faults()), 30, "part 2 events", step=0.5)
+        after = faults()
+        assert set(after) == set(want1) | set(want2)
+        assert th.is_alive() and not rc, rc
+        d.request_stop()
+        th.join(60)
+        assert rc == [0]
+        assert committed(bp.bootstrap, cfg.kafka.group_id, tc.samples, 2) == {
+            p: sum(1 for m in samples2 if m.partition == p) or None for p in range(2)}
+    finally:
+        release.set()
+        if d is not None:
+            d.request_stop()
+        bp.stop()
+    print(f"pending events across a broker restart: {len(want1)} delivered after the restart, "
+          f"ready {back:.1f} s after the broker was back")
+    assert back <= 10.0, f"reconnect took {back:.1f} s"
