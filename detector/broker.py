@@ -9,6 +9,14 @@ SIGTERM/SIGINT to the child.
 Known Tansu 0.6.0 quirks, measured (tests rely on neither): ListOffsets(latest) answers the base
 offset of the last batch + 1 rather than the high watermark (the daemon takes the lag from fetch
 high watermarks instead), and offset-commit metadata strings are dropped.
+
+No TLS. This build's ``--cert`` and ``--key`` cannot be used together (clap: "the argument '--cert
+<CERT>' cannot be used with '--key <KEY>'"), and ``--cert`` alone, even with one PEM file holding
+both certificate and key (or a file that does not exist), is accepted and ignored: the broker
+serves plaintext Kafka, a TLS ClientHello is read as a Kafka frame and never answered (tests in
+tests/test_reliability_security.py pin both). :func:`start_broker` therefore refuses ``cert`` or
+``key`` alone rather than start a broker that looks like TLS and is not, and passes the pair on, to
+be refused by the binary with its own message; use a Kafka cluster for TLS.
 """
 
 from __future__ import annotations
@@ -32,9 +40,15 @@ from netsiam.errors import NetsiamError
 
 from .kafka_io import client_kwargs, quiet_kafka_logs
 
-__all__ = ["stop_process", "BrokerProcess", "broker_binary", "cli_broker", "create_topics", "free_port", "start_broker"]
+__all__ = ["TLS_UNSUPPORTED", "stop_process", "BrokerProcess", "broker_binary", "cli_broker", "create_topics", "free_port", "start_broker"]
 
 log = logging.getLogger("netsiam.broker")
+
+
+TLS_UNSUPPORTED = (
+    "the embedded broker (Tansu 0.6.0) cannot serve TLS: it refuses --cert together with --key and "
+    "ignores --cert alone (it keeps serving plaintext); use a Kafka cluster with TLS "
+    "(kafka.security_protocol: SSL, ssl_cafile/ssl_certfile/ssl_keyfile)")
 
 
 def broker_binary() -> str:
@@ -206,6 +220,9 @@ def start_broker(
     stopped if this process dies (PR_SET_PDEATHSIG) or on ``BrokerProcess.stop()``.
     """
     quiet_kafka_logs()
+    if bool(cert) != bool(key):
+        # alone, either is ignored by this Tansu build: it would serve plaintext behind a TLS flag
+        raise NetsiamError(TLS_UNSUPPORTED)
     if port == 0:
         port = free_port("127.0.0.1" if host in ("0.0.0.0", "") else host)
     else:
@@ -215,16 +232,9 @@ def start_broker(
            "--listener-url", f"tcp://{host}:{port}",
            "--advertised-listener-url", f"tcp://{advertised}:{port}",
            "--storage-engine", "memory://tansu/"]
-    if cert:
-        cmd += ["--cert", cert]
-    if key:
-        cmd += ["--key", key]
+    if cert and key:
+        cmd += ["--cert", cert, "--key", key]  # refused by this build at argument parsing: reported below
     kcfg = kafka or KafkaConfig()
-    if cert and kcfg.security_protocol == "PLAINTEXT":
-        # talk TLS to our own broker for the readiness probe; a self-signed cert is its own CA
-        import dataclasses
-
-        kcfg = dataclasses.replace(kcfg, security_protocol="SSL", ssl_cafile=kcfg.ssl_cafile or cert)
     lp = Path(log_path) if log_path else None
     out: IO[Any] | int
     if lp is not None:
@@ -254,7 +264,8 @@ def start_broker(
 
 
 def cli_broker(args: Any, cfg: Config) -> int:
-    """``netsiam broker --port P [--host H] [--cert C --key K] [--no-topics]``: foreground broker."""
+    """``netsiam broker --port P [--host H] [--no-topics]``: foreground broker (``--cert``/``--key``
+    are refused with a clear message: see the module docstring)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     topics = None if args.no_topics else cfg.kafka.topics

@@ -126,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--port", type=int, default=9092)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--cert", default=None, help="TLS certificate (PEM)")
-    p.add_argument("--key", default=None, help="TLS private key (PEM)")
+    p.add_argument("--cert", default=None,
+                   help="refused: the embedded Tansu 0.6.0 cannot serve TLS (use a Kafka cluster for TLS)")
+    p.add_argument("--key", default=None, help="refused, as --cert")
     p.add_argument("--no-topics", action="store_true", help="do not create the configured topics")
 
     p = sub.add_parser("plot", help="embedding scatter / training animation / dashboard picture")

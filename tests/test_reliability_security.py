@@ -4,13 +4,18 @@ what the embedded broker's TLS options do."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
+import socket
+import ssl
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import DaemonProc, bad_lines, http_get, labelled_trace, make_config, produce
+from conftest import DaemonProc, bad_lines, http_get, labelled_trace, make_config, port_open, produce
 
 from netsiam.config import Config, KafkaConfig
 from netsiam.detector.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs
@@ -89,3 +94,59 @@ def test_embedded_broker_rejects_cert_together_with_key(tmp_path: Path) -> None:
     with pytest.raises(NetsiamError, match=r"cannot be used with '--key"):
         start_broker(0, cert="/nonexistent/cert.pem", key="/nonexistent/key.pem", ready_timeout_s=10,
                      log_path=tmp_path / "tansu.log")
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """(certificate PEM, one PEM holding certificate + private key) for 127.0.0.1, via openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    both = tmp_path / "both.pem"
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    return cert, both
+
+
+@pytest.mark.parametrize("cert_arg", ["both", "missing"])
+def test_embedded_broker_ignores_cert_alone_and_serves_plaintext(tmp_path: Path, cert_arg: str) -> None:
+    """Measured: ``--cert`` alone is accepted, whether it names one PEM file holding certificate and
+    private key or a file that does not exist, and then ignored: the listener speaks plaintext Kafka
+    and never answers a TLS ClientHello (it reads it as a Kafka frame). So no TLS from this build, and
+    start_broker refuses ``cert``/``key`` alone instead of starting a plaintext broker behind a TLS
+    flag. If a later build serves TLS here, this test fails: then wire it into start_broker (the
+    daemon side, ``security_protocol: SSL`` + ``ssl_cafile``, is already passed through)."""
+    from kafka import KafkaAdminClient
+
+    from netsiam.detector.broker import TLS_UNSUPPORTED, broker_binary, free_port, start_broker, stop_process
+
+    cert, both = _self_signed(tmp_path)
+    arg = str(both) if cert_arg == "both" else str(tmp_path / "nonexistent.pem")
+    port = free_port()
+    with (tmp_path / "tansu.log").open("wb") as out:
+        proc = subprocess.Popen([broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+                                 "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
+                                 "--storage-engine", "memory://tansu/", "--cert", arg],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while not port_open(port):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "tansu.log").read_text()
+            time.sleep(0.05)
+        ctx = ssl.create_default_context(cafile=str(cert))
+        with (socket.create_connection(("127.0.0.1", port), timeout=3) as raw,
+              pytest.raises((TimeoutError, ssl.SSLError, ConnectionError))):
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1")  # no ServerHello: times out
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=5000,
+                                 bootstrap_timeout_ms=5000)
+        try:
+            assert admin.list_topics() == []  # plaintext Kafka is what it serves
+        finally:
+            admin.close()
+    finally:
+        stop_process(proc)
+    with pytest.raises(NetsiamError) as e:
+        start_broker(0, cert=str(both), ready_timeout_s=10)
+    assert str(e.value) == TLS_UNSUPPORTED
