@@ -8,6 +8,7 @@ mistakes a half-written or tampered artifact for a good one. Loading uses Keras 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,18 +201,30 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
     unknown = [f for f in manifest["features"] if f not in FEATURES]
     if unknown:
         raise NetsiamError(f"{p / MANIFEST_FILE}: unknown feature(s) {unknown}")
+    # Each file is read once, hashed, and parsed from those same bytes: a save running beside us can
+    # replace a file between a hash check and a second read, which would pair one version's manifest
+    # with another's encoder.
+    verified: dict[str, bytes] = {}
     for name, digest in manifest["files"].items():
-        f = p / name
-        if not f.is_file():
-            raise NetsiamError(f"model artifact {p}: {name} is missing")
-        if _sha256(f) != digest:
+        try:
+            data = (p / name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise NetsiamError(f"model artifact {p}: {name} is missing") from None
+        if hashlib.sha256(data).hexdigest() != digest:
             raise NetsiamError(f"model artifact {p}: {name} does not match the manifest (truncated or modified)")
+        verified[name] = data
+    for name in (ENCODER_FILE, PROTOTYPES_FILE):
+        if name not in verified:
+            raise NetsiamError(f"{p / MANIFEST_FILE}: files lists no hash for {name}")
     try:
         window = WindowConfig(**manifest["window"])
     except (TypeError, NetsiamError) as e:
         raise NetsiamError(f"{p / MANIFEST_FILE}: bad window ({e})") from None
     try:
-        encoder = keras.saving.load_model(p / ENCODER_FILE, compile=False, safe_mode=True)
+        with tempfile.TemporaryDirectory(prefix="netsiam-load-") as tmp:
+            f = Path(tmp) / ENCODER_FILE
+            f.write_bytes(verified[ENCODER_FILE])
+            encoder = keras.saving.load_model(f, compile=False, safe_mode=True)
     except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad file; one clear line instead
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise NetsiamError(f"model artifact {p}: cannot load {ENCODER_FILE} safely ({first})") from None
@@ -220,5 +233,9 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
     if in_shape != want:
         raise NetsiamError(f"model artifact {p}: encoder input {in_shape} does not match the manifest "
                            f"(window length {window.length}, {len(manifest['features'])} features)")
-    protos = Prototypes.from_json(_read_json(p / PROTOTYPES_FILE), dim=int(out_shape[-1]))
+    try:
+        proto_obj = orjson.loads(verified[PROTOTYPES_FILE])
+    except orjson.JSONDecodeError as e:
+        raise NetsiamError(f"{p / PROTOTYPES_FILE}: corrupt JSON ({e})") from None
+    protos = Prototypes.from_json(proto_obj, dim=int(out_shape[-1]))
     return Artifact(encoder, protos, manifest, p)
