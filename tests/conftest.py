@@ -253,18 +253,34 @@ def produce(bootstrap: str, topic: str, lines: Sequence[bytes | None], keys: Seq
 def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]], bool] | None = None,
                timeout_s: float = 30.0, idle_s: float = 1.0) -> list[Any]:
     """Every message of ``topic`` from the beginning: until ``until(msgs)`` holds, or until nothing new
-    arrives for ``idle_s`` (after ``until`` holds, or at once without it), or ``timeout_s``."""
+    arrives for ``idle_s`` (after ``until`` holds, or at once without it), or ``timeout_s``.
+
+    Never ends before every partition has been read up to the high watermark its fetch responses
+    report: on a loaded machine the first fetch can take longer than ``idle_s``, and an "idle"
+    consumer that has not fetched yet would return nothing.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
-        parts = c.partitions_for_topic(topic) or {0}
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        parts = c.partitions_for_topic(topic)
+        exists = bool(parts)
+        tps = [TopicPartition(topic, p) for p in sorted(parts or {0})]
         c.assign(tps)
         c.seek_to_beginning(*tps)
         out: list[Any] = []
         deadline = time.monotonic() + timeout_s
         last_new = time.monotonic()
+
+        def caught_up() -> bool:
+            if not exists:
+                return True  # no high watermark ever comes for a topic that does not exist
+            for tp in tps:
+                hw = c.highwater(tp)
+                if hw is None or c.position(tp) < hw:
+                    return False
+            return True
+
         while time.monotonic() < deadline:
             got = c.poll(200)
             for msgs in got.values():
@@ -272,7 +288,7 @@ def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]], bool]
             if got:
                 last_new = time.monotonic()
             done = until(out) if until else True
-            if done and time.monotonic() - last_new >= idle_s:
+            if done and time.monotonic() - last_new >= idle_s and caught_up():
                 break
         return out
     finally:

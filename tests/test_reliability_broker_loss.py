@@ -196,7 +196,17 @@ def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
             return {orjson.loads(m.value)["event_id"]: orjson.loads(m.value)
                     for m in read_topic(bp.bootstrap, tc.faults, idle_s=0.3)}
 
-        wait(lambda: set(want1) <= set(faults()), 30, "part 1 events on the restarted broker", step=0.5)
+        try:
+            wait(lambda: set(want1) <= set(faults()), 30, "part 1 events on the restarted broker", step=0.5)
+        except AssertionError:
+            got = faults()
+            missing = [(e["source"], e["fault"], e["state"], e["window_end"]) for k, e in want1.items()
+                       if k not in got]
+            raise AssertionError(
+                f"{len(missing)} of {len(want1)} part-1 events missing on the restarted broker: {missing}; "
+                f"got {len(got)}: {[(e['source'], e['fault'], e['state'], e['window_end']) for e in got.values()]}; "
+                f"samples read {len(samples1)} of {len(part1)}; pending={metric(mport, 'netsiam_events_pending')}"
+            ) from None
         got1 = faults()
         assert all(same_event(got1[k], want1[k]) for k in want1)
         assert metric(mport, "netsiam_events_pending") == 0
