@@ -9,7 +9,11 @@ records are consumed -> apply the result in order (debounce) -> publish events a
 Delivery: offsets are committed only after the broker acknowledged every event and dead letter
 caused by the records below them (at-least-once; event ids are deterministic so consumers dedupe).
 A failed send is retried, not fatal: the producer is replaced and every output not yet acknowledged
-is sent again, in order (a broker restarted empty does not know the idempotent producer's id). While
+is sent again, in order (a broker restarted empty does not know the idempotent producer's id). When
+the broker stops answering, the producer is retired at once, and a new one sends only once the output
+topics the daemon saw at start exist again: the embedded broker (Tansu 0.6.0) acknowledges a produce to
+a topic that does not exist and drops it, and an old producer retrying into a broker restarted empty,
+before its topics are recreated, lost events that way. While
 outputs stay unacknowledged past ACK_OVERDUE_S, /healthz says not ready, ``netsiam_broker_up`` is 0
 and consumption pauses (bounded memory); it resumes by itself. Only an error that re-sending cannot
 cure (authorisation, a message the broker refuses) exits 1, without committing.
@@ -188,6 +192,9 @@ class Daemon:
         self._producer_kw: dict[str, Any] = {}
         self._producer_broken: KafkaError | None = None  # set when send() itself failed: skip this producer
         self._broker_up = False
+        self._output_topics: set[str] = set()   # output topics that existed at start: awaited after an outage
+        self._await_topics = False              # the broker was away: check _output_topics before re-sending
+        self._topics_logged = False
         self._caught_up = False
         self._rb_lock = threading.Lock()
         self._rb_queue: list[tuple[str, set[Any]]] = []
@@ -261,6 +268,7 @@ class Daemon:
                 stack.callback(lambda: self.producer.close(10))
                 self.consumer = KafkaConsumer(**consumer_kwargs(k, None, k.group_id))
                 stack.callback(self.consumer.close, autocommit=False)
+                self._output_topics = {k.topics.faults, k.topics.deadletter} & set(self.consumer.topics())
                 self.markers = RewindMarkers(client_kwargs(k), k.group_id)
                 stack.callback(self.markers.close)
             except KafkaError as e:
@@ -442,6 +450,18 @@ class Daemon:
         now = time.monotonic()
         if now < self._recover_after or not self._broker_up:
             return  # while the broker is away a new producer could not deliver either
+        if self._await_topics:
+            missing = self._missing_output_topics()
+            if missing:
+                if not self._topics_logged:
+                    self._topics_logged = True
+                    log.warning("broker back without topic(s) %s: waiting for them before publishing again "
+                                "(%d message(s) held)", ",".join(missing), self._pending_outputs())
+                self._recover_after = now + 1.0
+                return
+            if self._topics_logged:
+                log.info("output topics present again")
+            self._await_topics = self._topics_logged = False
         why = ""
         if self._send_failed:
             self._send_failed = False
@@ -469,6 +489,26 @@ class Daemon:
         for o in todo:
             if not o.acked:
                 self._produce(o)
+
+    def _missing_output_topics(self) -> list[str]:
+        try:
+            present = set(self.consumer.topics())  # a metadata round trip, not the cache
+        except (KafkaError, OSError):
+            return sorted(self._output_topics)
+        return sorted(self._output_topics - present)
+
+    def _retire_producer(self, why: str) -> None:
+        """The broker stopped answering: fail the producer's pending sends now (they stay queued in
+        ``_unacked`` and are re-sent by a new producer once the broker and the output topics are back)
+        rather than let it retry them into whatever answers next on that address."""
+        self._await_topics = True
+        if self._producer_broken is not None:
+            return
+        log.warning("%s: producer retired, %d message(s) held for a re-send", why, self._pending_outputs())
+        self._producer_broken = kerr.KafkaConnectionError(why)
+        self._send_failed = True
+        with contextlib.suppress(Exception):  # aborts its batches: their errbacks set _send_failed again
+            self.producer.close(0)
 
     def _replace_producer(self) -> None:
         from kafka import KafkaProducer
@@ -736,6 +776,7 @@ class Daemon:
             up = False
             if self._broker_up:
                 log.warning("broker unreachable: %s", type(e).__name__)
+                self._retire_producer("broker unreachable")
         if up and not self._broker_up:
             log.info("broker reachable")
         self._broker_up = up

@@ -26,16 +26,19 @@ from conftest import (
     unique,
     write_config,
 )
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
 from prometheus_client import CollectorRegistry
 from test_daemon_signals import offline_events
 
 from netsiam.config import TopicsConfig
-from netsiam.detector.broker import free_port, start_broker
+from netsiam.detector.broker import create_topics, free_port, start_broker
 from netsiam.detector.daemon import ACK_OVERDUE_S
 from netsiam.detector.replay import replay_lines
 from netsiam.trainer.artifact import load_artifact
 
 pytestmark = pytest.mark.slow
+HOLD_S = 4.0  # the restarted broker runs this long without the output topics
 
 
 def metric(port: int, name: str) -> float | None:
@@ -187,8 +190,16 @@ def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
         assert status == 503, body
         assert metric(mport, "netsiam_commits_total") in (None, 0.0)
 
-        # -- back, same port, empty: the undelivered events arrive there ----------------------------
-        bp = start_broker(port, topics=tc)
+        # -- back, same port, empty, its output topics not there yet: Tansu 0.6.0 acknowledges a
+        # produce to a missing topic and drops it, so the daemon must hold its events until they exist
+        bp = start_broker(port, topics=None)
+        with KafkaAdminClient(bootstrap_servers=bp.bootstrap) as admin:  # the samples topic first, as in
+            admin.create_topics([NewTopic(tc.samples, tc.samples_partitions, 1)])  # a slow `netsiam broker`
+            time.sleep(HOLD_S)
+            assert (metric(mport, "netsiam_events_pending") or 0) >= len(want1), "events held while topics are missing"
+            assert http_get(mport, "/healthz")[0] == 503
+            assert tc.faults not in admin.list_topics(), "nothing auto-created the faults topic"
+        create_topics(bp.bootstrap, tc)
         back = wait(lambda: http_get(mport, "/healthz")[0] == 200 and metric(mport, "netsiam_broker_up") == 1,
                     30, "ready again")
 
