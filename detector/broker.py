@@ -10,19 +10,21 @@ Known Tansu 0.6.0 quirks, measured (tests rely on neither): ListOffsets(latest) 
 offset of the last batch + 1 rather than the high watermark (the daemon takes the lag from fetch
 high watermarks instead), and offset-commit metadata strings are dropped.
 
-No TLS. This build's ``--cert`` and ``--key`` cannot be used together (clap: "the argument '--cert
+TLS. This build's ``--cert`` and ``--key`` cannot be used together (clap: "the argument '--cert
 <CERT>' cannot be used with '--key <KEY>'"), and ``--cert`` alone, even with one PEM file holding
 both certificate and key (or a file that does not exist), is accepted and ignored: the broker
 serves plaintext Kafka, a TLS ClientHello is read as a Kafka frame and never answered (tests in
-tests/test_reliability_security.py pin both). :func:`start_broker` therefore refuses ``cert`` or
-``key`` alone rather than start a broker that looks like TLS and is not, and passes the pair on, to
-be refused by the binary with its own message; use a Kafka cluster for TLS.
+tests/test_reliability_security.py pin both). So with ``cert`` (and ``key``, unless ``cert`` holds
+it) :func:`start_broker` runs Tansu on a private loopback port, advertised as the public one, and
+terminates TLS on the public port itself (detector/tls_front.py); the readiness probe and topic
+creation go through TLS like every other client.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
@@ -39,16 +41,11 @@ from netsiam.config import Config, KafkaConfig, TopicsConfig
 from netsiam.errors import NetsiamError
 
 from .kafka_io import client_kwargs, quiet_kafka_logs
+from .tls_front import TlsFront, server_context
 
-__all__ = ["TLS_UNSUPPORTED", "stop_process", "BrokerProcess", "broker_binary", "cli_broker", "create_topics", "free_port", "start_broker"]
+__all__ = ["stop_process", "BrokerProcess", "broker_binary", "cli_broker", "create_topics", "free_port", "start_broker"]
 
 log = logging.getLogger("netsiam.broker")
-
-
-TLS_UNSUPPORTED = (
-    "the embedded broker (Tansu 0.6.0) cannot serve TLS: it refuses --cert together with --key and "
-    "ignores --cert alone (it keeps serving plaintext); use a Kafka cluster with TLS "
-    "(kafka.security_protocol: SSL, ssl_cafile/ssl_certfile/ssl_keyfile)")
 
 
 def broker_binary() -> str:
@@ -90,11 +87,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 class BrokerProcess:
     """A running broker child process; a context manager that stops it on exit."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], host: str, port: int, log_path: Path | None) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], host: str, port: int, log_path: Path | None,
+                 front: TlsFront | None = None) -> None:
         self.proc = proc
         self.host = host
         self.port = port
         self.log_path = log_path
+        self.front = front          # the TLS front on ``port`` when started with a certificate
 
     @property
     def bootstrap(self) -> str:
@@ -106,6 +105,8 @@ class BrokerProcess:
 
     def stop(self, timeout_s: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the child's exit status."""
+        if self.front is not None:
+            self.front.stop()
         return stop_process(self.proc, timeout_s)
 
     def __enter__(self) -> BrokerProcess:
@@ -182,7 +183,7 @@ def create_topics(bootstrap: str, topics: TopicsConfig, kcfg: KafkaConfig | None
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], host: str, port: int, kcfg: KafkaConfig,
-                deadline: float, log_path: Path | None) -> None:
+                deadline: float, log_path: Path | None, *, inner: int | None = None, tls: bool = False) -> None:
     from kafka.errors import KafkaError
 
     probe = "127.0.0.1" if host in ("0.0.0.0", "") else host
@@ -191,13 +192,15 @@ def _wait_ready(proc: subprocess.Popen[bytes], host: str, port: int, kcfg: Kafka
         if proc.poll() is not None:
             detail = _tail(log_path) or "see its output above"
             raise NetsiamError(f"broker exited with status {proc.returncode} before it was ready ({detail})")
-        if _port_open(probe, port):
+        if _port_open("127.0.0.1" if tls else probe, inner or port):
             try:
                 with _admin(f"{probe}:{port}", kcfg, timeout_ms=2000) as admin:
                     admin.list_topics()  # a metadata round trip: the broker answers, not just accepts
                 return
             except (KafkaError, OSError) as e:
                 last = f"metadata request failed: {type(e).__name__}"
+                if tls:
+                    last += f" (over TLS: is the certificate valid for {probe}?)"
         time.sleep(0.05)
     raise NetsiamError(f"broker on {host}:{port} not ready in time ({last})")
 
@@ -220,21 +223,26 @@ def start_broker(
     stopped if this process dies (PR_SET_PDEATHSIG) or on ``BrokerProcess.stop()``.
     """
     quiet_kafka_logs()
-    if bool(cert) != bool(key):
-        # alone, either is ignored by this Tansu build: it would serve plaintext behind a TLS flag
-        raise NetsiamError(TLS_UNSUPPORTED)
+    if key and not cert:
+        raise NetsiamError("--key needs --cert (the certificate, PEM)")
+    tls = server_context(cert, key) if cert else None  # a bad certificate or key fails here, clearly
     if port == 0:
         port = free_port("127.0.0.1" if host in ("0.0.0.0", "") else host)
     else:
         _ensure_free(host, port)
     advertised = socket.getfqdn() if host in ("0.0.0.0", "") else host
+    # with TLS, Tansu listens on a private loopback port and the TLS front on the public one
+    inner = free_port() if tls else port
     cmd = [broker_binary(), "broker",
-           "--listener-url", f"tcp://{host}:{port}",
+           "--listener-url", f"tcp://{'127.0.0.1' if tls else host}:{inner}",
            "--advertised-listener-url", f"tcp://{advertised}:{port}",
            "--storage-engine", "memory://tansu/"]
-    if cert and key:
-        cmd += ["--cert", cert, "--key", key]  # refused by this build at argument parsing: reported below
     kcfg = kafka or KafkaConfig()
+    if tls:
+        # our own clients (probe, topic creation) go through the front like any other
+        proto = {"PLAINTEXT": "SSL", "SASL_PLAINTEXT": "SASL_SSL"}.get(kcfg.security_protocol,
+                                                                       kcfg.security_protocol)
+        kcfg = dataclasses.replace(kcfg, security_protocol=proto, ssl_cafile=kcfg.ssl_cafile or str(cert))
     lp = Path(log_path) if log_path else None
     out: IO[Any] | int
     if lp is not None:
@@ -253,7 +261,10 @@ def start_broker(
             out.close()  # the child holds its own descriptor
     bp = BrokerProcess(proc, "127.0.0.1" if host in ("0.0.0.0", "") else host, port, lp)
     try:
-        _wait_ready(proc, host, port, kcfg, time.monotonic() + ready_timeout_s, lp)
+        if tls:
+            bp.front = TlsFront(host, port, inner, tls).start()
+        _wait_ready(proc, host, port, kcfg, time.monotonic() + ready_timeout_s, lp,
+                    inner=inner, tls=tls is not None)
         if topics is not None:
             created = create_topics(bp.bootstrap, topics, kcfg)
             log.info("topics created=%s", ",".join(created) or "-")
@@ -264,8 +275,8 @@ def start_broker(
 
 
 def cli_broker(args: Any, cfg: Config) -> int:
-    """``netsiam broker --port P [--host H] [--no-topics]``: foreground broker (``--cert``/``--key``
-    are refused with a clear message: see the module docstring)."""
+    """``netsiam broker --port P [--host H] [--no-topics] [--cert C [--key K]]``: foreground broker
+    (with ``--cert``: TLS on the port, see the module docstring)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     topics = None if args.no_topics else cfg.kafka.topics
@@ -282,7 +293,8 @@ def cli_broker(args: Any, cfg: Config) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     names = "" if topics is None else f" topics={topics.samples}({topics.samples_partitions}),{topics.faults},{topics.deadletter}"
-    print(f"netsiam broker: ready on {bp.bootstrap} pid={bp.proc.pid}{names}", flush=True)
+    tls = " tls=on" if bp.front is not None else ""
+    print(f"netsiam broker: ready on {bp.bootstrap} pid={bp.proc.pid}{tls}{names}", flush=True)
     try:
         rc = bp.proc.wait()
     finally:

@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9092)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--cert", default=None,
-                   help="refused: the embedded Tansu 0.6.0 cannot serve TLS (use a Kafka cluster for TLS)")
-    p.add_argument("--key", default=None, help="refused, as --cert")
+                   help="PEM certificate: serve TLS on --port (clients: kafka.security_protocol SSL, "
+                        "ssl_cafile naming this certificate or its CA)")
+    p.add_argument("--key", default=None, help="PEM private key of --cert (not needed if --cert holds it)")
     p.add_argument("--no-topics", action="store_true", help="do not create the configured topics")
 
     p = sub.add_parser("plot", help="embedding scatter / training animation / dashboard picture")

@@ -1,5 +1,6 @@
-"""Reliability / security defaults: loopback-only metrics, SASL pass-through, no secret in logs, and
-what the embedded broker's TLS options do."""
+"""Reliability / security defaults: loopback-only metrics, SASL pass-through, no secret in logs, TLS
+to the embedded broker (a self-signed certificate), and what the vendored Tansu binary's own TLS
+options do (nothing: hence the TLS front)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from conftest import DaemonProc, bad_lines, http_get, labelled_trace, make_config, port_open, produce
@@ -84,52 +86,55 @@ def test_no_secret_in_the_daemon_output(broker: Any, topics: Any, model_dir: Pat
     assert SECRET not in q.text() and q.text()
 
 
-def test_embedded_broker_rejects_cert_together_with_key(tmp_path: Path) -> None:
-    """Measured: the vendored Tansu 0.6.0 build refuses ``--cert`` with ``--key`` at argument parsing
-    (clap: "the argument '--cert <CERT>' cannot be used with '--key <KEY>'"), so the embedded broker
-    cannot serve TLS with a separate key file. start_broker surfaces that as a clear NetsiamError.
-    If a later build accepts the pair, this test fails and the README's TLS note must be revisited."""
-    from netsiam.detector.broker import start_broker
-
-    with pytest.raises(NetsiamError, match=r"cannot be used with '--key"):
-        start_broker(0, cert="/nonexistent/cert.pem", key="/nonexistent/key.pem", ready_timeout_s=10,
-                     log_path=tmp_path / "tansu.log")
-
-
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    """(certificate PEM, one PEM holding certificate + private key) for 127.0.0.1, via openssl."""
+def _self_signed(tmp_path: Path, name: str = "") -> tuple[Path, Path, Path]:
+    """(certificate PEM, key PEM, one PEM holding both) for 127.0.0.1, via openssl."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert, key = tmp_path / f"{name}cert.pem", tmp_path / f"{name}key.pem"
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
                     "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
-    both = tmp_path / "both.pem"
+    both = tmp_path / f"{name}both.pem"
     both.write_bytes(cert.read_bytes() + key.read_bytes())
-    return cert, both
+    return cert, key, both
+
+
+def _tansu(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    from netsiam.detector.broker import broker_binary
+
+    with (tmp_path / "tansu.log").open("ab") as out:
+        return subprocess.Popen([broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+                                 "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
+                                 "--storage-engine", "memory://tansu/", *extra],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def test_tansu_binary_rejects_cert_together_with_key(tmp_path: Path) -> None:
+    """Measured: the vendored Tansu 0.6.0 build refuses ``--cert`` with ``--key`` at argument parsing
+    (clap), which is why start_broker terminates TLS itself (detector/tls_front.py). If a later build
+    accepts the pair, this test fails: then let Tansu serve TLS and drop the front."""
+    from netsiam.detector.broker import free_port
+
+    cert, key, _ = _self_signed(tmp_path)
+    proc = _tansu(tmp_path, free_port(), "--cert", str(cert), "--key", str(key))
+    assert proc.wait(15) != 0
+    assert "cannot be used with '--key" in (tmp_path / "tansu.log").read_text()
 
 
 @pytest.mark.parametrize("cert_arg", ["both", "missing"])
-def test_embedded_broker_ignores_cert_alone_and_serves_plaintext(tmp_path: Path, cert_arg: str) -> None:
+def test_tansu_binary_ignores_cert_alone_and_serves_plaintext(tmp_path: Path, cert_arg: str) -> None:
     """Measured: ``--cert`` alone is accepted, whether it names one PEM file holding certificate and
     private key or a file that does not exist, and then ignored: the listener speaks plaintext Kafka
-    and never answers a TLS ClientHello (it reads it as a Kafka frame). So no TLS from this build, and
-    start_broker refuses ``cert``/``key`` alone instead of starting a plaintext broker behind a TLS
-    flag. If a later build serves TLS here, this test fails: then wire it into start_broker (the
-    daemon side, ``security_protocol: SSL`` + ``ssl_cafile``, is already passed through)."""
+    and never answers a TLS ClientHello (it reads it as a Kafka frame). Hence the TLS front."""
     from kafka import KafkaAdminClient
 
-    from netsiam.detector.broker import TLS_UNSUPPORTED, broker_binary, free_port, start_broker, stop_process
+    from netsiam.detector.broker import free_port, stop_process
 
-    cert, both = _self_signed(tmp_path)
+    cert, _, both = _self_signed(tmp_path)
     arg = str(both) if cert_arg == "both" else str(tmp_path / "nonexistent.pem")
     port = free_port()
-    with (tmp_path / "tansu.log").open("wb") as out:
-        proc = subprocess.Popen([broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-                                 "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
-                                 "--storage-engine", "memory://tansu/", "--cert", arg],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = _tansu(tmp_path, port, "--cert", arg)
     try:
         deadline = time.monotonic() + 15
         while not port_open(port):
@@ -147,6 +152,98 @@ def test_embedded_broker_ignores_cert_alone_and_serves_plaintext(tmp_path: Path,
             admin.close()
     finally:
         stop_process(proc)
-    with pytest.raises(NetsiamError) as e:
-        start_broker(0, cert=str(both), ready_timeout_s=10)
-    assert str(e.value) == TLS_UNSUPPORTED
+
+
+def test_bad_certificate_or_key_is_a_clear_error(tmp_path: Path) -> None:
+    from netsiam.detector.broker import start_broker
+
+    cert, key, _ = _self_signed(tmp_path)
+    other_cert, _, _ = _self_signed(tmp_path, "other")
+    with pytest.raises(NetsiamError, match="TLS certificate file not found"):
+        start_broker(0, cert=str(tmp_path / "nope.pem"), key=str(key))
+    with pytest.raises(NetsiamError, match="cannot use TLS certificate"):
+        start_broker(0, cert=str(other_cert), key=str(key))  # a key that is not the certificate's
+    with pytest.raises(NetsiamError, match="cannot use TLS certificate"):
+        start_broker(0, cert=str(cert))  # no key anywhere
+    with pytest.raises(NetsiamError, match="--key needs --cert"):
+        start_broker(0, key=str(key))
+
+
+@pytest.mark.slow
+def test_daemon_over_tls_to_the_embedded_broker(tmp_path: Path, model_dir: Path) -> None:
+    """``start_broker(cert=, key=)`` (``netsiam broker --cert --key``) serves TLS only: a daemon
+    configured with ``security_protocol: SSL`` and the self-signed certificate as CA consumes a
+    labelled trace sent over TLS and publishes the same events an uninterrupted offline run computes;
+    a plaintext client and a client trusting another CA get nothing."""
+    import dataclasses
+    import threading
+
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+    from prometheus_client import CollectorRegistry
+    from test_daemon_signals import offline_events
+
+    from netsiam.config import TopicsConfig
+    from netsiam.detector.broker import start_broker
+    from netsiam.detector.daemon import Daemon
+    from netsiam.detector.kafka_io import client_kwargs
+    from netsiam.detector.replay import replay_lines
+    from netsiam.trainer.artifact import load_artifact
+
+    cert, key, _ = _self_signed(tmp_path)
+    other_cert, _, _ = _self_signed(tmp_path, "other")
+    t = f"tls{int(time.time() * 1000) % 10**8}"
+    tc = TopicsConfig(samples=f"{t}.samples", faults=f"{t}.faults", deadletter=f"{t}.dl", samples_partitions=2)
+    tls = KafkaConfig(security_protocol="SSL", ssl_cafile=str(cert))
+
+    with start_broker(0, cert=str(cert), key=str(key), topics=tc, kafka=tls, log_path=tmp_path / "b.log") as bp:
+        assert bp.front is not None
+        # plaintext to the TLS port: no broker found; another CA: the handshake fails
+        for kw in ({}, {"security_protocol": "SSL", "ssl_cafile": str(other_cert)}):
+            with pytest.raises(KafkaError):
+                KafkaAdminClient(bootstrap_servers=bp.bootstrap, request_timeout_ms=3000,
+                                 bootstrap_timeout_ms=3000, **kw).list_topics()
+
+        base = make_config(bp, tc)
+        cfg = dataclasses.replace(base, kafka=dataclasses.replace(base.kafka, security_protocol="SSL",
+                                                                   ssl_cafile=str(cert)))
+        lines, _ = labelled_trace(sources=3, minutes=12)
+        stats = replay_lines(lines, bp.bootstrap, tc.samples, kafka=cfg.kafka)
+        assert stats.failed == 0
+
+        def read(topic: str) -> list[Any]:
+            c = KafkaConsumer(**client_kwargs(cfg.kafka, bp.bootstrap), enable_auto_commit=False)
+            try:
+                tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+                c.assign(tps)
+                c.seek_to_beginning(*tps)
+                out: list[Any] = []
+                while True:
+                    got = c.poll(500)
+                    out += [m for ms in got.values() for m in ms]
+                    if all(c.highwater(tp) is not None and c.position(tp) >= (c.highwater(tp) or 0) for tp in tps):
+                        return out
+            finally:
+                c.close()
+
+        samples = read(tc.samples)
+        assert len(samples) == len(lines)
+        want = offline_events(cfg, model_dir, samples)
+        assert want, "the trace raises something"
+
+        d = Daemon(cfg, load_artifact(model_dir), None, registry=CollectorRegistry())
+        rc: list[int] = []
+        th = threading.Thread(target=lambda: rc.append(d.run()), daemon=True)
+        th.start()
+        try:
+            deadline = time.monotonic() + 60
+            got: dict[str, Any] = {}
+            while time.monotonic() < deadline and not set(want) <= set(got):
+                got = {orjson.loads(m.value)["event_id"]: orjson.loads(m.value) for m in read(tc.faults)}
+                time.sleep(0.5)
+            assert set(got) == set(want), (sorted(set(want) - set(got)), sorted(set(got) - set(want)))
+        finally:
+            d.request_stop()
+            th.join(60)
+        assert rc == [0]
+        assert bp.front.connections > 0
