@@ -44,7 +44,7 @@ import yaml
 from bench.common import REPO, Ctx, child_env, run_json, trace_lines
 from netsiam.detector.broker import stop_process
 
-__all__ = ["PARTITIONS", "bench_e2e"]
+__all__ = ["PARTITIONS", "bench_e2e", "daemon_config"]
 
 PARTITIONS = 4
 POLL_S = 0.05
@@ -123,17 +123,23 @@ class DaemonProc:
         stop_process(self.proc, timeout_s)
 
 
-@contextlib.contextmanager
-def daemons(n: int, ctx: Ctx, bootstrap: str, topics: Any, group: str) -> Iterator[list[DaemonProc]]:
-    """``n`` daemon processes in ``group``, each with partitions assigned (or an error)."""
+def daemon_config(ctx: Ctx, bootstrap: str, topics: Any, group: str) -> Path:
+    """A benchmark daemon's config file (default detector settings, fast group timeouts, any metrics port)."""
     from netsiam.config import Config, DetectorConfig, KafkaConfig, MetricsConfig
 
-    assert ctx.model is not None
     cfg = Config(kafka=KafkaConfig(bootstrap_servers=bootstrap, group_id=group, topics=topics,
                                    session_timeout_ms=6000, heartbeat_interval_ms=1000),
                  detector=DetectorConfig(), metrics=MetricsConfig(port=0))
     path = ctx.tmp / f"{group}.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
+    return path
+
+
+@contextlib.contextmanager
+def daemons(n: int, ctx: Ctx, bootstrap: str, topics: Any, group: str) -> Iterator[list[DaemonProc]]:
+    """``n`` daemon processes in ``group``, each with partitions assigned (or an error)."""
+    assert ctx.model is not None
+    path = daemon_config(ctx, bootstrap, topics, group)
     procs = [DaemonProc(path, ctx.model, ctx.tmp / f"{group}-{i}.log") for i in range(n)]
     try:
         for p in procs:

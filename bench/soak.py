@@ -95,10 +95,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-import yaml
 
 from bench.common import REPO, Ctx, trace_lines
-from bench.e2e import PARTITIONS, DaemonProc, _unique, cpu_seconds, daemon_rate, daemons
+from bench.e2e import PARTITIONS, DaemonProc, _unique, cpu_seconds, daemon_config, daemon_rate, daemons
 
 __all__ = ["assess", "fit_slope", "main", "soak"]
 
@@ -508,18 +507,6 @@ def _topics(tag: str) -> Any:
                         samples_partitions=PARTITIONS)
 
 
-def _daemon_config(ctx: Ctx, bootstrap: str, topics: Any, group: str) -> Path:
-    """The config :func:`bench.e2e.daemons` writes, for a daemon started outside that context manager."""
-    from netsiam.config import Config, DetectorConfig, KafkaConfig, MetricsConfig
-
-    cfg = Config(kafka=KafkaConfig(bootstrap_servers=bootstrap, group_id=group, topics=topics,
-                                   session_timeout_ms=6000, heartbeat_interval_ms=1000),
-                 detector=DetectorConfig(), metrics=MetricsConfig(port=0))
-    path = ctx.tmp / f"{group}.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_dict()))
-    return path
-
-
 def _sum_metric(samples: dict[str, float], name: str, must: str = "") -> float:
     return sum(v for k, v in samples.items() if (k == name or k.startswith(name + "{")) and must in k)
 
@@ -574,7 +561,7 @@ def soak(minutes: float, rate: float | None = None, model: Path | None = None, *
                 create_topics(bp.bootstrap, topics)
                 group = _unique("soak")
                 # the soaked daemon loads while the max-rate topic fills
-                daemon = DaemonProc(_daemon_config(ctx, bp.bootstrap, topics, group), model, ctx.tmp / "soak-daemon.log")
+                daemon = DaemonProc(daemon_config(ctx, bp.bootstrap, topics, group), model, ctx.tmp / "soak-daemon.log")
                 try:
                     if rate is None:
                         n = 300_000 if minutes >= 10 else MAX_RECORDS
