@@ -251,17 +251,19 @@ def produce(bootstrap: str, topic: str, lines: Sequence[bytes | None], keys: Seq
 
 
 def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]], bool] | None = None,
-               timeout_s: float = 30.0, idle_s: float = 1.0) -> list[Any]:
+               timeout_s: float = 30.0, idle_s: float = 1.0, kafka: KafkaConfig | None = None) -> list[Any]:
     """Every message of ``topic`` from the beginning: until ``until(msgs)`` holds, or until nothing new
     arrives for ``idle_s`` (after ``until`` holds, or at once without it), or ``timeout_s``.
 
     Never ends before every partition has been read up to the high watermark its fetch responses
     report: on a loaded machine the first fetch can take longer than ``idle_s``, and an "idle"
-    consumer that has not fetched yet would return nothing.
+    consumer that has not fetched yet would return nothing. ``kafka``: security settings (TLS, SASL).
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    from netsiam.detector.kafka_io import client_kwargs
+
+    c = KafkaConsumer(**client_kwargs(kafka or KafkaConfig(), bootstrap), enable_auto_commit=False)
     try:
         parts = c.partitions_for_topic(topic)
         exists = bool(parts)

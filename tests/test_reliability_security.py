@@ -17,7 +17,16 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from conftest import DaemonProc, bad_lines, http_get, labelled_trace, make_config, port_open, produce
+from conftest import (
+    DaemonProc,
+    bad_lines,
+    http_get,
+    labelled_trace,
+    make_config,
+    port_open,
+    produce,
+    read_topic,
+)
 
 from netsiam.config import Config, KafkaConfig
 from netsiam.detector.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs
@@ -178,7 +187,7 @@ def test_daemon_over_tls_to_the_embedded_broker(tmp_path: Path, model_dir: Path)
     import dataclasses
     import threading
 
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
     from prometheus_client import CollectorRegistry
     from test_daemon_signals import offline_events
@@ -186,7 +195,6 @@ def test_daemon_over_tls_to_the_embedded_broker(tmp_path: Path, model_dir: Path)
     from netsiam.config import TopicsConfig
     from netsiam.detector.broker import start_broker
     from netsiam.detector.daemon import Daemon
-    from netsiam.detector.kafka_io import client_kwargs
     from netsiam.detector.replay import replay_lines
     from netsiam.trainer.artifact import load_artifact
 
@@ -211,22 +219,7 @@ def test_daemon_over_tls_to_the_embedded_broker(tmp_path: Path, model_dir: Path)
         stats = replay_lines(lines, bp.bootstrap, tc.samples, kafka=cfg.kafka)
         assert stats.failed == 0
 
-        def read(topic: str) -> list[Any]:
-            c = KafkaConsumer(**client_kwargs(cfg.kafka, bp.bootstrap), enable_auto_commit=False)
-            try:
-                tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
-                c.assign(tps)
-                c.seek_to_beginning(*tps)
-                out: list[Any] = []
-                while True:
-                    got = c.poll(500)
-                    out += [m for ms in got.values() for m in ms]
-                    if all(c.highwater(tp) is not None and c.position(tp) >= (c.highwater(tp) or 0) for tp in tps):
-                        return out
-            finally:
-                c.close()
-
-        samples = read(tc.samples)
+        samples = read_topic(bp.bootstrap, tc.samples, kafka=cfg.kafka, idle_s=0.3)
         assert len(samples) == len(lines)
         want = offline_events(cfg, model_dir, samples)
         assert want, "the trace raises something"
@@ -239,7 +232,8 @@ def test_daemon_over_tls_to_the_embedded_broker(tmp_path: Path, model_dir: Path)
             deadline = time.monotonic() + 60
             got: dict[str, Any] = {}
             while time.monotonic() < deadline and not set(want) <= set(got):
-                got = {orjson.loads(m.value)["event_id"]: orjson.loads(m.value) for m in read(tc.faults)}
+                got = {orjson.loads(m.value)["event_id"]: orjson.loads(m.value)
+                       for m in read_topic(bp.bootstrap, tc.faults, kafka=cfg.kafka, idle_s=0.3)}
                 time.sleep(0.5)
             assert set(got) == set(want), (sorted(set(want) - set(got)), sorted(set(got) - set(want)))
         finally:
