@@ -27,7 +27,7 @@ from kafka.future import Future
 from prometheus_client import CollectorRegistry
 
 import netsiam.detector.daemon as dm
-from netsiam.config import KafkaConfig
+from netsiam.config import Config, KafkaConfig
 from netsiam.detector.daemon import ACK_OVERDUE_S, Daemon
 from netsiam.trainer.artifact import load_artifact
 
@@ -112,21 +112,29 @@ def paused(d: Daemon, n: int) -> None:
     wait(lambda: d.registry.get_sample_value("netsiam_broker_up") == 0, 5, "netsiam_broker_up 0")
 
 
-def test_undeliverable_output_pauses_consumption_and_commits_nothing(
-        broker: Any, topics: Any, model_dir: Path, producers: Producers) -> None:
+def start_paused(broker: Any, topics: Any, model_dir: Path
+                 ) -> tuple[Config, Daemon, threading.Thread, list[int], list[bytes], int]:
+    """A daemon whose first output is never acknowledged: half a trace behind a bad record (its dead
+    letter) on partition 0, consumed until the daemon pauses; then the other half is produced, which
+    a paused daemon must not consume. Returns (config, daemon, thread, exit codes, lines, half)."""
     lines, _ = labelled_trace(sources=4, minutes=10)
     half = len(lines) // 2
     bad = bad_lines()[0][0]
-    # partition 0 starts with a bad record: its dead letter is the first output, never acknowledged
     produce(broker.bootstrap, topics.samples, [bad, *lines[:half]], keys=[b"k"] * (half + 1), partition=0)
     cfg = make_config(broker, topics)
     d = Daemon(cfg, load_artifact(model_dir), None, registry=CollectorRegistry())
-    t0 = time.monotonic()
     t, rc = start(d)
     paused(d, half + 1)
-    took = time.monotonic() - t0
-    # more input while paused: not consumed (bounded memory), and the daemon keeps running
     produce(broker.bootstrap, topics.samples, lines[half:], keys=[b"k"] * (len(lines) - half), partition=0)
+    return cfg, d, t, rc, lines, half
+
+
+def test_undeliverable_output_pauses_consumption_and_commits_nothing(
+        broker: Any, topics: Any, model_dir: Path, producers: Producers) -> None:
+    t0 = time.monotonic()
+    cfg, d, t, rc, lines, half = start_paused(broker, topics, model_dir)
+    took = time.monotonic() - t0
+    # the second half arrived while paused: not consumed (bounded memory), and the daemon keeps running
     time.sleep(ACK_OVERDUE_S)
     assert consumed(d) == half + 1 and t.is_alive() and not rc
     # the silent producer was replaced and everything re-sent (to another silent one)
@@ -141,21 +149,13 @@ def test_undeliverable_output_pauses_consumption_and_commits_nothing(
     assert d.registry.get_sample_value("netsiam_commits_total") in (None, 0.0)
     assert committed(broker.bootstrap, cfg.kafka.group_id, topics.samples, 4) == {0: None, 1: None, 2: None,
                                                                                    3: None}
-    print(f"backpressure: paused after {took:.1f} s (ACK_OVERDUE_S={ACK_OVERDUE_S}), consumed {int(consumed(d))}, "
+    print(f"backpressure: produced and paused after {took:.1f} s (ACK_OVERDUE_S={ACK_OVERDUE_S}), consumed {int(consumed(d))}, "
           f"{len(producers.made)} producers")
 
 
 def test_consumption_resumes_and_everything_is_delivered_once_a_producer_gets_acks(
         broker: Any, topics: Any, model_dir: Path, producers: Producers) -> None:
-    lines, _ = labelled_trace(sources=4, minutes=10)
-    half = len(lines) // 2
-    bad = bad_lines()[0][0]
-    produce(broker.bootstrap, topics.samples, [bad, *lines[:half]], keys=[b"k"] * (half + 1), partition=0)
-    cfg = make_config(broker, topics)
-    d = Daemon(cfg, load_artifact(model_dir), None, registry=CollectorRegistry())
-    t, rc = start(d)
-    paused(d, half + 1)
-    produce(broker.bootstrap, topics.samples, lines[half:], keys=[b"k"] * (len(lines) - half), partition=0)
+    cfg, d, t, rc, lines, half = start_paused(broker, topics, model_dir)
 
     producers.stuck.clear()  # the next producer is a real one: the re-sent outputs get through
     back = wait(lambda: d.ready()[0], 30, "ready again")

@@ -64,14 +64,19 @@ class _Where:
         self.bootstrap = bootstrap
 
 
-def test_broker_restart_on_the_same_port(model_dir: Path, tmp_path: Path, daemons: list[DaemonProc]) -> None:
-    port = free_port()
-    t = unique("bl")
+def outage_setup(tag: str) -> tuple[int, TopicsConfig, list[bytes], list[bytes]]:
+    """A free port for the broker, this test's topics (2 sample partitions) and a labelled trace cut
+    in two: part 1 before the outage, part 2 after."""
+    t = unique(tag)
     tc = TopicsConfig(samples=f"{t}.samples", faults=f"{t}.faults", deadletter=f"{t}.deadletter",
                       samples_partitions=2)
     lines, _ = labelled_trace(sources=4, minutes=12)
     half = len(lines) // 2
-    part1, part2 = lines[:half], lines[half:]
+    return free_port(), tc, lines[:half], lines[half:]
+
+
+def test_broker_restart_on_the_same_port(model_dir: Path, tmp_path: Path, daemons: list[DaemonProc]) -> None:
+    port, tc, part1, part2 = outage_setup("bl")
     blog = tmp_path / "tansu.log"
     bp = start_broker(port, topics=tc, log_path=blog)
     try:
@@ -102,7 +107,7 @@ def test_broker_restart_on_the_same_port(model_dir: Path, tmp_path: Path, daemon
         back = wait(lambda: http_get(mport, "/healthz")[0] == 200 and metric(mport, "netsiam_broker_up") == 1,
                     30, "ready again")
         replay_lines(part2, bp.bootstrap, tc.samples)
-        wait(lambda: (metric(mport, "netsiam_records_consumed_total") or 0) >= len(lines)
+        wait(lambda: (metric(mport, "netsiam_records_consumed_total") or 0) >= len(part1) + len(part2)
              or d.proc.poll() is not None, 60, "part 2 consumed")
         samples2 = read_topic(bp.bootstrap, tc.samples, idle_s=0.3)
         want = offline_events(cfg, model_dir, samples2)  # the broker is empty: what a fresh daemon computes
@@ -137,13 +142,7 @@ def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
     import netsiam.detector.daemon as dm
     from netsiam.detector.daemon import Daemon
 
-    port = free_port()
-    t = unique("bp")
-    tc = TopicsConfig(samples=f"{t}.samples", faults=f"{t}.faults", deadletter=f"{t}.deadletter",
-                      samples_partitions=2)
-    lines, _ = labelled_trace(sources=4, minutes=12)
-    half = len(lines) // 2
-    part1, part2 = lines[:half], lines[half:]
+    port, tc, part1, part2 = outage_setup("bp")
 
     armed, held, release = threading.Event(), threading.Event(), threading.Event()
     real_run_batch = dm.run_batch
