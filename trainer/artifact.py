@@ -176,13 +176,19 @@ class Artifact:
                                                            | orjson.OPT_SERIALIZE_NUMPY))
 
 
-def _read_json(path: Path) -> Any:
+def _parse_json(data: bytes, path: Path) -> Any:
     try:
-        return orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise NetsiamError(f"not a model artifact: {path} is missing") from None
+        return orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise NetsiamError(f"{path}: corrupt JSON ({e})") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NetsiamError(f"not a model artifact: {path} is missing") from None
+    return _parse_json(data, path)
 
 
 def load_artifact(path: str | Path | None = None) -> Artifact:
@@ -233,9 +239,5 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
     if in_shape != want:
         raise NetsiamError(f"model artifact {p}: encoder input {in_shape} does not match the manifest "
                            f"(window length {window.length}, {len(manifest['features'])} features)")
-    try:
-        proto_obj = orjson.loads(verified[PROTOTYPES_FILE])
-    except orjson.JSONDecodeError as e:
-        raise NetsiamError(f"{p / PROTOTYPES_FILE}: corrupt JSON ({e})") from None
-    protos = Prototypes.from_json(proto_obj, dim=int(out_shape[-1]))
+    protos = Prototypes.from_json(_parse_json(verified[PROTOTYPES_FILE], p / PROTOTYPES_FILE), dim=int(out_shape[-1]))
     return Artifact(encoder, protos, manifest, p)
