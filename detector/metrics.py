@@ -29,6 +29,10 @@ class DetectorMetrics:
             ["reason"], registry=r)
         for reason in REASONS:  # export zeros so rate() works before the first bad record
             self.records_invalid.labels(reason=reason)
+        self.metric_values_ignored = Counter(
+            "netsiam_metric_values_ignored_total",
+            "Values of metrics the model does not use that were out of range (e.g. SIPp's int64 sentinel) "
+            "and were left out; the record itself was used.", registry=r)
         self.windows_embedded = Counter(
             "netsiam_windows_embedded_total", "Windows embedded by the encoder.", registry=r)
         self.classifications = Counter(

@@ -328,7 +328,7 @@ class Pipeline:
         sources, pending, meta = self.sources, self._pending, self._meta
         floor = math.floor
         clock = self.clock.get(tp)
-        n_live = n_valid = 0
+        n_live = n_valid = n_ignored = 0
         had_pending = bool(pending)
         for m in msgs:
             off = m.offset
@@ -388,6 +388,8 @@ class Pipeline:
             st.last_ts = ts
             st.tp = tp
             n_valid += live
+            if rec.ignored and live:
+                n_ignored += rec.ignored
             if win is not None:
                 pending.append(win)
                 meta.append((st, ts, off, m.timestamp, live, st.offsets[0]))
@@ -400,6 +402,8 @@ class Pipeline:
             self.metrics.records_consumed.inc(n_live)
         if n_valid:
             self.metrics.records_valid.inc(n_valid)
+        if n_ignored:
+            self.metrics.metric_values_ignored.inc(n_ignored)
 
     def _new_source(self, name: str, tp: TP, offset: int) -> SourceState:
         if len(self.sources) >= self.det.max_sources:

@@ -3,6 +3,9 @@
 The fast path is orjson plus hand-written checks equivalent to the JSON Schema (tests compare the
 two with jsonschema on generated records): a full JSON Schema validator per record costs ~50x more.
 Rejections raise :class:`RecordError` with a machine-readable ``reason`` the dead-letter topic uses.
+Only the metrics the model needs (``required``) are checked strictly; any other metric with a value
+out of range (SIPp writes int64 sentinels such as 9.223372036854776e+18 into statistics the model
+never reads) is ignored and counted in :attr:`DecodedRecord.ignored`, never a reason to refuse.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class DecodedRecord:
     source: str
     ts: float
     values: tuple[float, ...]  # in the order of the ``names`` given to decode_record
+    ignored: int = 0           # metrics the model does not need whose value was out of range (left out)
 
 
 def _loads(raw: bytes) -> Any:
@@ -88,23 +92,34 @@ def validate_record_obj(obj: Any, names: Sequence[str], required: frozenset[str]
         ts = parse_ts(ts_raw)
     except ValueError as e:
         raise RecordError("bad_timestamp", str(e)) from None
+    ignored: set[str] = set()
     for key, v in metrics.items():
-        if type(v) is not int and type(v) is not float:  # bool is an int subclass: reject it too
-            raise RecordError("schema", f"metric {str(key)[:64]!r} must be a number, got {type(v).__name__}")
-        # ints are arbitrary precision: compare before any float conversion (400 digits overflow it)
-        if v > MAX_METRIC or (type(v) is float and not math.isfinite(v)):
-            raise RecordError("non_finite", f"metric {str(key)[:64]!r} is {str(v)[:24]} (finite, <= {MAX_METRIC:g} required)")
-        if v < 0:
-            raise RecordError("negative_counter", f"metric {str(key)[:64]!r} is {v}")
+        problem = _problem(key, v)
+        if problem is not None:
+            if key in required:
+                raise problem
+            ignored.add(key)
     values = []
     for name in names:
         v = metrics.get(name)
-        if v is None:
+        if v is None or name in ignored:
             if name in required:
                 raise RecordError("missing_feature", f"metric {name!r} is missing")
             v = 0.0
         values.append(float(v))
-    return DecodedRecord(source, ts, tuple(values))
+    return DecodedRecord(source, ts, tuple(values), len(ignored))
+
+
+def _problem(key: Any, v: Any) -> RecordError | None:
+    """Why a metric value is out of range, or None when it is a usable one."""
+    if type(v) is not int and type(v) is not float:  # bool is an int subclass: refuse it too
+        return RecordError("schema", f"metric {str(key)[:64]!r} must be a number, got {type(v).__name__}")
+    # ints are arbitrary precision: compare before any float conversion (400 digits overflow it)
+    if v > MAX_METRIC or (type(v) is float and not math.isfinite(v)):
+        return RecordError("non_finite", f"metric {str(key)[:64]!r} is {str(v)[:24]} (finite, <= {MAX_METRIC:g} required)")
+    if v < 0:
+        return RecordError("negative_counter", f"metric {str(key)[:64]!r} is {v}")
+    return None
 
 
 def decode_record(

@@ -268,6 +268,32 @@ def test_bad_value_names_file_and_line(tmp_path: Path) -> None:
         import_sipp([path], "x")
 
 
+def test_sipp_sentinels_and_bad_values_in_unused_columns_are_left_out(tmp_path: Path) -> None:
+    """SIPp writes INT64_MAX into statistics it cannot compute yet; a real recording must still import."""
+    lines = _lines("sipp_a")
+    cols = lines[0].split(";")
+    row = lines[10].split(";")
+    row[cols.index("CallLengthStDev(P)")] = "9223372036854775807"
+    row[cols.index("ResponseTime1StDev(P)")] = "-1"
+    path = _bad(tmp_path, "sentinel.csv", ("".join(lines[:10]) + ";".join(row) + "".join(lines[11:30])).encode())
+    records = import_sipp([path], "x")
+    assert len(records) >= 25
+    hit = [r for r in records if "CallLengthStDev" not in r.metrics]
+    assert len(hit) == 1 and "ResponseTime1StDev" not in hit[0].metrics
+    assert all(m in hit[0].metrics for m in RAW_METRICS)
+
+
+def test_gzip_compressed_statistics_import_the_same(tmp_path: Path) -> None:
+    import gzip
+
+    gz = tmp_path / "a_stat.csv.gz"
+    gz.write_bytes(gzip.compress((DATA / "sipp_a_stat.csv").read_bytes()))
+    assert import_sipp([gz], "sbc-a") == import_sipp([DATA / "sipp_a_stat.csv"], "sbc-a")
+    (tmp_path / "junk.gz").write_bytes(b"not gzip")
+    with pytest.raises(NetsiamError, match="not a gzip file"):
+        import_sipp([tmp_path / "junk.gz"], "x")
+
+
 # -- the recorder itself ---------------------------------------------------------------------
 
 

@@ -82,6 +82,22 @@ def test_each_rejection_has_its_reason(raw: bytes, reason: str) -> None:
     assert reason_of(raw) == reason
 
 
+@pytest.mark.parametrize("bad", [9.223372036854776e18, -1, "n/a", True, 10**400])
+def test_a_metric_the_model_does_not_use_is_ignored_and_counted(bad: object) -> None:
+    """SIPp's int64 sentinel (and any out-of-range value) in a metric the model never reads loses nothing."""
+    raw = json.dumps({**GOOD, "metrics": {**GOOD["metrics"], "CallLengthStDev": bad}}).encode()
+    r = decode_record(raw, NAMES, REQ)
+    assert r.ignored == 1 and r.values == tuple(1.0 for _ in NAMES)
+
+
+def test_an_out_of_range_metric_the_model_uses_is_refused_even_if_decoded() -> None:
+    metrics = {**GOOD["metrics"], "CurrentCall": -2}
+    assert reason_of(enc(dict(GOOD, metrics=metrics))) == "negative_counter"
+    # decoded but not required: left at 0.0 and counted
+    r = decode_record(enc(dict(GOOD, metrics=metrics)), NAMES, REQ - {"CurrentCall"})
+    assert r.ignored == 1 and r.values[NAMES.index("CurrentCall")] == 0.0
+
+
 def test_oversized_message_rejected_before_parsing() -> None:
     assert reason_of(enc(GOOD), max_bytes=10) == "too_large"
 

@@ -9,10 +9,16 @@ read as local time).
 
 Rows covering a fraction of a period are dropped: SIPp writes one when it starts (all zeros,
 a few ms long) and one or two when it exits; their counts are not comparable with the rest.
+
+SIPp writes int64 sentinels (9223372036854775807 read as 9.223372036854776e+18) into statistics it
+cannot compute yet, e.g. ``CallLengthStDev`` before two calls ended. A sentinel is left out of the
+record (a metric the model needs then reads as missing); a negative or unreadable value in a column
+the model never reads is left out too. Files may be gzip-compressed (``.gz``).
 """
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import statistics
@@ -34,6 +40,8 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "LastResetTime",
     *(m if m in GAUGES else m + PERIOD_SUFFIX for m in RAW_METRICS),
 )
+# SIPp's "not computed" values: INT64_MAX (and UINT64_MAX) printed as numbers.
+SENTINEL = 9.2e18
 # A period shorter than this fraction of the file's median period is a start/exit fragment.
 PARTIAL_PERIOD = 0.5
 MIN_PERIOD_S = 0.01
@@ -97,7 +105,16 @@ def parse_stat_file(path: str | os.PathLike[str]) -> tuple[Path, list[StatRow]]:
             raise NetsiamError(f"{where}: {len(fields)} fields, header has {len(columns)}")
         ts = _epoch(fields[index["CurrentTime"]], where)
         start = _epoch(fields[index["LastResetTime"]], where)
-        metrics = {name: _value(fields[i], f"{where} {columns[i]}") for i, name in wanted}
+        metrics: dict[str, float] = {}
+        for i, name in wanted:
+            try:
+                v = _value(fields[i], f"{where} {columns[i]}")
+            except NetsiamError:
+                if name in RAW_METRICS:
+                    raise
+                continue                      # a column the model never reads: never a reason to refuse
+            if v < SENTINEL:
+                metrics[name] = v
         rows.append(StatRow(start=start, ts=ts, metrics=metrics))
     rows = _whole_periods(rows)
     if not rows:
@@ -111,6 +128,10 @@ def parse_stat_file(path: str | os.PathLike[str]) -> tuple[Path, list[StatRow]]:
 def _read_text(p: Path) -> str:
     try:
         data = p.read_bytes()
+        if p.suffix == ".gz":
+            data = gzip.decompress(data)
+    except (gzip.BadGzipFile, EOFError):
+        raise NetsiamError(f"{p}: not a gzip file") from None
     except FileNotFoundError:
         raise NetsiamError(f"{p}: no such file") from None
     except IsADirectoryError:
