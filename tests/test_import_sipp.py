@@ -318,25 +318,34 @@ def _free_port_block(n: int = 30) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian: sip-tester) is not installed")
 def test_recorder_makes_a_labelled_trace(tmp_path: Path) -> None:
+    """One short corpus recording through the fault relay: a frozen far end, a 503 surge, calls held
+    until the UAC's timeout, and a path losing every call; each shows its signature in the counters."""
     port = _free_port_block()
-    cmd = [
-        sys.executable, str(RECORDER), "--rate", "20", "--minutes", "0.3",
-        "--schedule", "blocked@3+6,capacity_limit@11+5", "--seed", "3", "--port", str(port),
-        "--source", "sbc-t", "--name", "t", "-o", str(tmp_path),
-    ]  # fmt: skip
+    spec = tmp_path / "corpus.yaml"
+    spec.write_text("""recordings:
+  - {name: t, source: sbc-t, rate: 20, hold_s: 1, hold: fixed, timeout_s: 2, minutes: 0.6, seed: 3,
+     events: [{at: 3, for: 6, fault: blocked, how: freeze},
+              {at: 12, for: 5, fault: capacity_limit, how: surge, factor: 2.0, cap: 1.0, code: 503},
+              {at: 20, for: 6, fault: capacity_limit, how: drop, cap: 0.0, code: 0},
+              {at: 29, for: 5, fault: blocked, how: loss, share: 1.0}]}
+""")
+    cmd = [sys.executable, str(RECORDER), "--corpus", str(spec), "-o", str(tmp_path), "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "t_stat.csv").is_file() and (tmp_path / "t_meta.json").is_file()
+    assert (tmp_path / "t_stat.csv.gz").is_file() and (tmp_path / "t_meta.json").is_file()
     labels = read_labels(tmp_path / "t_labels.csv")
-    assert [iv.label for iv in labels] == ["blocked", "capacity_limit"]
+    assert [iv.label for iv in labels] == ["blocked", "capacity_limit", "capacity_limit", "blocked"]
     assert {iv.source for iv in labels} == {"sbc-t"}
     assert 5.5 < labels[0].end - labels[0].start < 7.0
-    records = import_sipp([tmp_path / "t_stat.csv"], "sbc-t")
-    assert 15 <= len(records) <= 19
-    blocked = _inside(records, labels[0])
-    assert blocked and _col(blocked, "SuccessfulCall").max() <= 2
-    assert _col(blocked, "Retransmissions").sum() > 20
+    records = import_sipp([tmp_path / "t_stat.csv.gz"], "sbc-t")
+    assert 33 <= len(records) <= 37
+    frozen = _inside(records, labels[0])
+    assert frozen and _col(frozen, "SuccessfulCall").max() <= 2
+    assert _col(frozen, "Retransmissions").sum() > 20
     surge = _inside(records, labels[1])
-    assert surge and _col(surge, "FailedCall").sum() > 10
-    assert np.mean(_col(surge, "OutgoingCall")) > 30
+    assert surge and _col(surge, "FailedCall").sum() > 10 and np.mean(_col(surge, "OutgoingCall")) > 30
+    held = _inside(records, labels[2], skip_s=3.0)                 # failures come with the 2-s timeout
+    assert held and _col(held, "FailedCall").sum() > 20 and _col(held, "Retransmissions").sum() <= 5
+    lost = _inside(records, labels[3])
+    assert lost and _col(lost, "Retransmissions").sum() > 20 and _col(lost, "SuccessfulCall").max() <= 2
