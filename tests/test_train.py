@@ -22,7 +22,8 @@ from netsiam.trainer.train import (
     load_windows,
     outlier_scales,
     pair_auc,
-    split_by_time,
+    label_runs,
+    split_validation,
     synthetic_outliers,
     thin_windows,
     train,
@@ -47,20 +48,50 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path
 # ------------------------------------------------------------------------------------ data preparation
 
 
-def test_time_split_holds_out_the_end_of_each_source_with_a_gap() -> None:
-    T = 30
-    end_ts = np.concatenate([np.arange(100.0, 1100.0, 5), np.arange(5000.0, 5600.0, 5)])   # two sources
-    groups = np.array(["0:a"] * 200 + ["0:b"] * 120, dtype=object)
-    train_m, val_m = split_by_time(end_ts, groups, 0.2, gap_s=T)
-    assert not np.any(train_m & val_m)
-    for g, (t0, t1) in {"0:a": (100.0, 1095.0), "0:b": (5000.0, 5595.0)}.items():
-        m = groups == g
-        val_start = t1 - 0.2 * (t1 - t0)
-        assert np.all(end_ts[m & val_m] >= val_start) and np.all(end_ts[m & ~val_m] < val_start)
-        # no sample shared: every training window ends before the first validation window starts
-        first_val_sample = end_ts[m & val_m].min() - (T - 1)
-        assert end_ts[m & train_m].max() < first_val_sample
-        assert (m & ~train_m & ~val_m).sum() == T // 5          # one window length of windows is dropped
+def _timeline(spec: list[tuple[str, int]], t0: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """One window per second: [(label, seconds), ...] -> (end_ts, labels)."""
+    labels = np.array([lab for lab, n in spec for _ in range(n)], dtype=object)
+    return t0 + np.arange(len(labels), dtype=np.float64), labels
+
+
+def test_validation_is_chosen_per_class_not_the_tail_of_the_recording() -> None:
+    """An 11-minute recording with its faults early (the case that used to leave validation one class)."""
+    end_ts, labels = _timeline([("normal", 60), ("blocked", 40), ("normal", 100), ("capacity_limit", 60),
+                                ("normal", 400)])
+    groups = np.full(len(end_ts), "0:a", dtype=object)
+    train_m, val_m, overlapping = split_validation(end_ts, groups, labels, 0.2, span_s=9.0)
+    assert not np.any(train_m & val_m) and overlapping == []
+    for c in ("normal", "blocked", "capacity_limit"):
+        assert np.sum(val_m & (labels == c)) >= 1 and np.sum(train_m & (labels == c)) >= 2, c
+    # each fault's validation windows are the end of its one episode
+    for c in ("blocked", "capacity_limit"):
+        t = end_ts[labels == c]
+        assert end_ts[val_m & (labels == c)].min() >= t.min() + 0.75 * (t.max() - t.min())
+    # no training window shares a sample with a validation window
+    for t in end_ts[train_m]:
+        assert np.all(np.abs(end_ts[val_m] - t) > 9.0)
+
+
+def test_a_class_with_many_episodes_holds_out_whole_episodes() -> None:
+    spec: list[tuple[str, int]] = []
+    for _ in range(10):
+        spec += [("normal", 60), ("blocked", 20)]
+    end_ts, labels = _timeline(spec)
+    groups = np.full(len(end_ts), "0:a", dtype=object)
+    train_m, val_m, _ = split_validation(end_ts, groups, labels, 0.2, span_s=9.0)
+    runs = label_runs(end_ts, groups, labels)
+    blocked_runs = np.unique(runs[labels == "blocked"])
+    held = [r for r in blocked_runs if np.all(val_m[runs == r])]
+    assert len(held) == 2                                          # every 5th of 10 episodes, whole
+    assert all(not np.any(val_m[runs == r]) for r in blocked_runs if r not in held)
+
+
+def test_a_short_single_episode_still_trains_with_an_overlapping_split() -> None:
+    end_ts, labels = _timeline([("normal", 120), ("blocked", 6), ("normal", 60)])
+    groups = np.full(len(end_ts), "0:a", dtype=object)
+    train_m, val_m, overlapping = split_validation(end_ts, groups, labels, 0.2, span_s=9.0)
+    assert overlapping == ["blocked"]
+    assert np.sum(train_m & (labels == "blocked")) >= 2 and np.sum(val_m & (labels == "blocked")) >= 1
 
 
 def test_load_windows_keeps_recordings_apart(data: dict[str, tuple[Path, Path]]) -> None:

@@ -1,7 +1,21 @@
-"""Two learning-free baselines that ``evaluate`` scores beside the encoder.
+"""Learning-free baselines that ``evaluate`` scores beside the encoder, on the same windows.
 
-Both are fitted on *support* windows and scored on windows they never saw, like the encoder,
-whose prototypes were fitted on training data only:
+* :class:`ExpertRule` -- the per-second rule an operator would write for the built-in faults, fitted
+  on nothing. It reads the last second of each window (the raw counters)::
+
+      offered = max(OutgoingCall, 1)
+      if Retransmissions / offered >= 0.3:   blocked          # INVITEs nobody answers are resent from 0.5 s
+      elif FailedCall / offered >= 0.1:      capacity_limit   # calls refused at once, or after a timeout
+      else:                                  normal
+
+  Fed through the daemon's debounce (two anomalous seconds in a row by default) it raises a fault
+  one to three seconds after the counters show it. It knows only these two faults: it never says
+  ``unknown`` and cannot learn a new class. Its two bounds were set on the validation recordings
+  of the real-SIPp corpus (``deploy/testbed/corpus.yaml``, names ``val_*``), never on reported ones.
+
+The other two are fitted on *support* windows (the artifact's training windows, stored in its
+manifest by ``netsiam train``, or a split of the evaluated data for older artifacts) and scored
+on windows they never saw, like the encoder:
 
 * :class:`RawNearestPrototype` -- each window's derived features, normalised with the artifact's
   stored mean/std and flattened to T*F numbers; one prototype per class (element-wise median of
@@ -24,20 +38,40 @@ same scored part, so the three columns are comparable.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from netsiam.config import PrototypeConfig
 from netsiam.debounce import NORMAL
 from netsiam.errors import NetsiamError
+from netsiam.features import RAW_METRICS
 
-__all__ = ["Z_LIMIT", "RawNearestPrototype", "ZScoreRule", "normalisation_stats", "split_support"]
+__all__ = ["Z_LIMIT", "ExpertRule", "RawNearestPrototype", "ZScoreRule", "normalisation_stats", "split_support"]
 
 UNKNOWN = "unknown"
 Z_LIMIT = 3.0
 # Floor on a feature's normal-window std: a feature that is constant by construction in normal
 # windows (offered_rel averages to exactly 1) must not turn float noise into |z| > 3.
 MIN_STD = 1e-3
+
+
+class ExpertRule:
+    """The per-second expert rule (module docstring): raw windows (N, T, R) in RAW_METRICS order -> class."""
+
+    classes = (NORMAL, "blocked", "capacity_limit")
+
+    def __init__(self, retrans_share: float = 0.3, failed_share: float = 0.1) -> None:
+        self.retrans_share, self.failed_share = retrans_share, failed_share
+
+    def predict(self, raw: np.ndarray) -> np.ndarray:
+        last = np.asarray(raw, dtype=np.float64)[:, -1, :]                       # (N, R): the window's last second
+        col = {m: last[:, i] for i, m in enumerate(RAW_METRICS)}
+        offered = np.maximum(col["OutgoingCall"], 1.0)
+        out = np.full(len(last), NORMAL, dtype=object)
+        out[col["FailedCall"] / offered >= self.failed_share] = "capacity_limit"
+        out[col["Retransmissions"] / offered >= self.retrans_share] = "blocked"
+        return out
 
 
 def split_support(sources: np.ndarray, end_ts: np.ndarray, window_span_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +138,15 @@ class RawNearestPrototype:
         self.classes, self.points, self.thresholds = kept, np.stack(pts), np.asarray(thr)
         return self
 
+    def to_json(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), "points": self.points.tolist(), "thresholds": self.thresholds.tolist()}
+
+    def load_json(self, obj: dict[str, Any]) -> RawNearestPrototype:
+        self.classes = [str(c) for c in obj["classes"]]
+        self.points = np.asarray(obj["points"], dtype=np.float64)
+        self.thresholds = np.asarray(obj["thresholds"], dtype=np.float64)
+        return self
+
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """-> (class with ``unknown`` beyond the threshold, nearest class ignoring thresholds)."""
         flat = self._flat(x)
@@ -143,6 +186,16 @@ class ZScoreRule:
             raise NetsiamError("z-score baseline: no support window of any known class")
         self.classes = kept
         self.centroids = np.stack([z[labels == c].mean(axis=0) for c in kept])
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mu": self.mu.tolist(), "sd": self.sd.tolist(), "classes": list(self.classes),
+                "centroids": self.centroids.tolist()}
+
+    def load_json(self, obj: dict[str, Any]) -> ZScoreRule:
+        self.mu, self.sd = np.asarray(obj["mu"], np.float64), np.asarray(obj["sd"], np.float64)
+        self.classes = [str(c) for c in obj["classes"]]
+        self.centroids = np.asarray(obj["centroids"], dtype=np.float64)
         return self
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

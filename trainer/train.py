@@ -47,17 +47,19 @@ from netsiam.features import RAW_METRICS, derive, required_metrics
 from netsiam.schemas.labels import KNOWN_LABELS
 from netsiam.traceio import atomic_write_bytes
 from netsiam.trainer.artifact import FORMAT, Artifact, Prototypes
+from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule
 from netsiam.trainer.dataset import LabelledWindows, build_windows
 from netsiam.trainer.mining import balanced_batch, fixed_batches, random_triplets, triplet_batches
 from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
 
 __all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "load_windows", "pair_auc",
-           "split_by_time", "train"]
+           "label_runs", "split_validation", "train"]
 
 SNAPSHOTS_FILE, HISTORY_FILE, CHECKPOINT_FILE = "snapshots.npz", "history.json", "checkpoint.weights.h5"
 VAR_FLOOR = 1e-6          # a feature constant in training must not divide by ~0 at inference
 MONITOR_PER_CLASS = 300   # training windows per class behind the per-epoch validation prototypes
 VAL_BATCHES = (4, 16)     # fixed validation batches: at least 4, at most 16, else ~one pass over val
+MIN_TRAIN_WINDOWS = 2     # per class: a prototype and a spread need at least two
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -81,18 +83,67 @@ def load_windows(cfg: Config, data_paths: Sequence[str | Path],
     return LabelledWindows(**cat), np.concatenate(groups)
 
 
-def split_by_time(end_ts: np.ndarray, groups: np.ndarray, val_fraction: float,
-                  gap_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per group, validation = windows ending in the last ``val_fraction`` of its time span;
-    training = windows ending at least ``gap_s`` before the first validation window may start."""
-    train, val = np.zeros(len(end_ts), bool), np.zeros(len(end_ts), bool)
-    for g in np.unique(groups):
-        m = groups == g
-        t0, t1 = end_ts[m].min(), end_ts[m].max()
-        val_start = t1 - val_fraction * (t1 - t0)
-        val |= m & (end_ts >= val_start)
-        train |= m & (end_ts <= val_start - gap_s)
-    return train, val
+def label_runs(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) run id: consecutive windows (by time) of one group carrying one label share a run."""
+    order = np.lexsort((end_ts, groups))
+    g, lab = groups[order], labels[order]
+    new_run = np.r_[True, (g[1:] != g[:-1]) | (lab[1:] != lab[:-1])]
+    runs = np.empty(len(end_ts), dtype=np.int64)
+    runs[order] = np.cumsum(new_run) - 1
+    return runs
+
+
+def split_validation(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray, val_fraction: float,
+                     span_s: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Validation chosen per class, never the wall-clock tail of a recording.
+
+    A class with at least 3 runs (episodes, or normal stretches between them) holds out whole
+    runs: every ``round(1 / val_fraction)``-th of its runs in time order, the last one of each
+    block. A class with fewer runs holds out the last ``val_fraction`` of each run's windows.
+    Training windows never share a sample with a validation window of their group (``span_s``: a
+    window's first to last sample); where that would leave a class fewer than 2 training windows
+    (a very short single episode) the overlap is allowed and the class is named in the returned
+    list. -> (train mask, validation mask, classes whose validation overlaps training).
+    """
+    n = len(end_ts)
+    runs = label_runs(end_ts, groups, labels)
+    val = np.zeros(n, dtype=bool)
+    every = max(2, int(round(1.0 / val_fraction))) if val_fraction > 0 else 0
+    for c in np.unique(labels):
+        ids = np.unique(runs[labels == c])
+        ids = ids[np.argsort([end_ts[runs == r].min() for r in ids], kind="stable")]
+        if every and len(ids) >= 3:
+            val |= np.isin(runs, ids[every - 1::every] if len(ids) >= every else ids[-1:])
+            continue
+        for r in ids:
+            idx = np.flatnonzero(runs == r)
+            idx = idx[np.argsort(end_ts[idx], kind="stable")]
+            k = int(np.ceil(val_fraction * len(idx))) if len(idx) >= 3 else 0
+            if k:
+                val[idx[-k:]] = True
+    train = ~val & ~_overlaps(end_ts, groups, val, span_s)
+    overlapping = []
+    for c in np.unique(labels):
+        m = labels == c
+        if np.sum(train & m) < 2 and np.sum(~val & m) >= 2:
+            train |= ~val & m
+            overlapping.append(str(c))
+    return train, val, overlapping
+
+
+def _overlaps(end_ts: np.ndarray, groups: np.ndarray, mask: np.ndarray, span_s: float) -> np.ndarray:
+    """(N,) whether each window shares a sample with a window of ``mask`` in its group."""
+    out = np.zeros(len(end_ts), dtype=bool)
+    for g in np.unique(groups[mask]):
+        in_g = groups == g
+        ref = np.sort(end_ts[in_g & mask])
+        t = end_ts[in_g]
+        j = np.searchsorted(ref, t)
+        near = np.full(len(t), np.inf)
+        near = np.minimum(near, np.abs(ref[np.minimum(j, len(ref) - 1)] - t))
+        near = np.minimum(near, np.abs(ref[np.maximum(j - 1, 0)] - t))
+        out[in_g] = near <= span_s
+    return out
 
 
 def class_order(labels: np.ndarray) -> list[str]:
@@ -366,22 +417,26 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
 
     # 1. data ------------------------------------------------------------------------------------------
     lw, groups = load_windows(cfg, data_paths, label_paths)                     # x: (N, T, F)
-    keep = ~np.isin(lw.labels, list(exclude_labels)) & ~lw.straddle
-    in_train, in_val = split_by_time(lw.end_ts, groups, tc.val_fraction, gap_s=w.length * w.interval_s)
-    tr, va = lw.subset(keep & in_train), lw.subset(keep & in_val)
-    classes = class_order(tr.labels)
+    # Every window is labelled by its last sample, onset and offset windows (straddling a label change)
+    # included: they teach the encoder to name a fault from its first seconds, and normal soon after it.
+    keep = ~np.isin(lw.labels, list(exclude_labels))
+    lw, groups = lw.subset(keep), groups[keep]
+    in_train, in_val, overlapping = split_validation(lw.end_ts, groups, lw.labels, tc.val_fraction,
+                                                     span_s=(w.length - 1) * w.interval_s)
+    tr, va = lw.subset(in_train), lw.subset(in_val)
+    classes = class_order(lw.labels)
     if len(classes) < 2:
         raise NetsiamError(f"training needs windows of at least two classes, found {classes or 'none'}")
-    counts = {c: int(np.sum(tr.labels == c)) for c in classes}
-    if min(counts.values()) < 2:
-        rare = [c for c, n in counts.items() if n < 2]
-        raise NetsiamError(f"class(es) {rare} have fewer than 2 training windows (label more data, or "
-                           f"--exclude-label them)")
-    va = va.subset(np.isin(va.labels, classes))               # a label seen only in validation has no prototype
-    if len(set(va.labels.tolist())) < 2:
-        raise NetsiamError(f"the validation split (last {tc.val_fraction:.0%} of each source's time) holds "
-                           f"{len(va)} windows of {len(set(va.labels.tolist()))} class(es); use longer traces or "
-                           "another training.val_fraction")
+    need = {c: (int(np.sum(tr.labels == c)), int(np.sum(va.labels == c))) for c in classes}
+    short = [f"{c} has {n_tr} training and {n_va} validation windows" for c, (n_tr, n_va) in need.items()
+             if n_tr < MIN_TRAIN_WINDOWS or n_va < 1]
+    if short:
+        raise NetsiamError(f"too few windows: {'; '.join(short)} (each class needs {MIN_TRAIN_WINDOWS} for training "
+                           f"and 1 for validation: label a longer episode, or --exclude-label it)")
+    counts = {c: n for c, (n, _) in need.items()}
+    if overlapping:
+        say(f"validation windows of {', '.join(overlapping)} share samples with training windows "
+            "(too few windows for a clean split)")
     n_thinned = 0
     if tc.thinning > 0:                        # + copies of training windows as at lower loads
         extra = thinned_copies(np.random.default_rng([tc.seed, 4]), tr, tc.thinning, tc.thinning_keep, cfg.features)
@@ -457,9 +512,15 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
 
     # 5. prototypes on training windows, thresholds on validation windows, metrics ------------------------
     emb_tr, emb_va = monitor.embed(tr.x), monitor.embed(va.x)                  # (N, D) each
-    protos = fit_prototypes(emb_tr, tr.labels, cfg.prototypes, classes=classes, seed=tc.seed)
-    calibrated = calibrate_thresholds(protos, emb_va, va.labels, cfg.prototypes)
+    # prototypes and thresholds from windows inside one label: an onset window is half normal by design
+    core_tr, core_va = _core(tr), _core(va)
+    protos = fit_prototypes(emb_tr[core_tr], tr.labels[core_tr], cfg.prototypes, classes=classes, seed=tc.seed)
+    calibrated = calibrate_thresholds(protos, emb_va[core_va], va.labels[core_va], cfg.prototypes)
     metrics = _metrics(protos, emb_va, va.labels, calibrated)
+    # the no-learning baselines `netsiam evaluate` scores beside the encoder, fitted on the same windows
+    baselines = {"raw_nearest_prototype": RawNearestPrototype(mean, np.sqrt(var), cfg.prototypes)
+                 .fit(tr.x[core_tr], tr.labels[core_tr], classes).to_json(),
+                 "zscore_rule": ZScoreRule().fit(tr.x[core_tr], tr.labels[core_tr], classes).to_json()}
     metrics.update(best_epoch=best_epoch, epochs_run=len(hist["loss"]), fit_seconds=round(fit_seconds, 2),
                    train_windows=len(tr) - n_thinned, thinned_windows=n_thinned, val_windows=len(va), straddling_windows=int(lw.straddle.sum()))
 
@@ -484,6 +545,8 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
         "history": history,
         "metrics": metrics,
         "excluded_labels": sorted(set(exclude_labels)),
+        "validation_overlaps_training": overlapping,
+        "baselines": baselines,
         "train_seconds": round(time.perf_counter() - t_start, 2),
     }
     artifact = Artifact(final, protos, manifest, out)
@@ -495,6 +558,16 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     say(f"validation: n-way accuracy {metrics['val_n_way_accuracy']:.4f}, pair AUC {_f(metrics['val_pair_auc'])}, "
         f"accuracy with unknown {metrics['val_window_accuracy']:.4f}")
     return artifact
+
+
+def _core(lw: LabelledWindows) -> np.ndarray:
+    """(N,) windows that do not straddle a label change, or every window of a class with fewer than 2 such."""
+    core = ~lw.straddle
+    for c in np.unique(lw.labels):
+        m = lw.labels == c
+        if np.sum(core & m) < 2:
+            core |= m
+    return core
 
 
 def _metrics(protos: Prototypes, emb: np.ndarray, labels: np.ndarray, calibrated: dict[str, int]) -> dict[str, Any]:
