@@ -123,11 +123,13 @@ class DebounceConfig:
     raise_n: int = 3
     clear_m: int = 2
     unknown_after: int = 6
+    switch_after: int = 3
 
     def __post_init__(self) -> None:
         _check(1 <= self.raise_k <= self.raise_n, "detector.debounce.raise_k", "must be in 1..raise_n")
         _check(self.unknown_after >= 1, "detector.debounce.unknown_after", "must be >= 1")
         _check(self.clear_m >= 1, "detector.debounce.clear_m", "must be >= 1")
+        _check(self.switch_after >= 1, "detector.debounce.switch_after", "must be >= 1")
 
 
 @dataclass(frozen=True)

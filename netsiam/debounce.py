@@ -8,9 +8,9 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   prototype, so ``unknown`` is raised only when a run of anomalous windows has lasted
   ``unknown_after`` windows and no named class has reached ``raise_k`` of ``raise_n``.
 - An active fault clears after ``clear_m`` consecutive normal windows. An active fault switches
-  (clear the old, raise the new) only to a named class that holds ``raise_k`` of the last
-  ``raise_n`` windows while the active one holds none of them; a named fault never turns into
-  ``unknown``.
+  (clear the old, raise the new) only to a named class that carried the last ``switch_after``
+  windows in a row; a named fault never turns into ``unknown``. A long ``switch_after`` keeps one
+  raise per episode while the windows at a fault's edges disagree.
 - ``started_at`` is the end time of the first anomalous window of the run, so replaying the same
   windows gives the same episode start, hence the same event ids.
 """
@@ -39,7 +39,8 @@ class Transition:
 class FaultTracker:
     """Debounce per-window classes of one source into raised/cleared transitions."""
 
-    __slots__ = ("_active", "_cfg", "_normal_streak", "_recent", "_run_len", "_run_start", "_started_at")
+    __slots__ = ("_active", "_cfg", "_normal_streak", "_recent", "_run_len", "_run_start", "_started_at", "_tail",
+                 "_tail_len", "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
         self._cfg = cfg
@@ -49,6 +50,7 @@ class FaultTracker:
         self._normal_streak = 0
         self._run_start: float | None = None  # first anomalous window since clear_m normals in a row
         self._run_len = 0                     # anomalous windows in that run
+        self._tail, self._tail_len, self._tail_start = NORMAL, 0, 0.0   # the latest run of one class
 
     @property
     def active(self) -> str | None:
@@ -71,6 +73,10 @@ class FaultTracker:
 
     def update(self, cls: str, window_end: float) -> list[Transition]:
         self._recent.append((cls, window_end))
+        if cls == self._tail:
+            self._tail_len += 1
+        else:
+            self._tail, self._tail_len, self._tail_start = cls, 1, window_end
         if cls == NORMAL:
             self._normal_streak += 1
         else:
@@ -83,14 +89,10 @@ class FaultTracker:
             if self._normal_streak >= self._cfg.clear_m:
                 out.append(Transition("cleared", self._active, self._started_at, window_end))
                 self._active = None
-            elif cls != NORMAL:
-                named = self._named_majority()
-                if named is not None and named != self._active and \
-                        all(c != self._active for c, _ in self._recent):
-                    out.append(Transition("cleared", self._active, self._started_at, window_end))
-                    # the new fault starts at its first window among the recent ones
-                    self._run_start = next(t for c, t in self._recent if c == named)
-                    out.append(self._raise(named, window_end))
+            elif cls not in (NORMAL, UNKNOWN, self._active) and self._tail_len >= self._cfg.switch_after:
+                out.append(Transition("cleared", self._active, self._started_at, window_end))
+                self._run_start = self._tail_start           # the new fault starts at its own first window
+                out.append(self._raise(cls, window_end))
         else:
             named = self._named_majority()
             if named is not None:

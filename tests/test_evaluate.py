@@ -260,7 +260,8 @@ def test_evaluate_detection_through_the_debounce() -> None:
     rep = ev.report
     assert rep["episodes"] == [{"source": "s", "label": "blocked", "start": 119.5, "end": 131.5, "detected": True,
                                 "detected_label": "blocked", "delay_s": 122.0 - 119.5, "already_active": False,
-                                "label_correct": True, "raised": ["blocked"]}]
+                                "label_correct": True, "first_label_correct": True, "raised": ["blocked"],
+                                "clear_s": 134.0 - 131.5}]
     assert rep["false_alarms_per_hour"] == 0.0
     assert rep["detection"]["normal_hours"] == pytest.approx(20 * STRIDE / 3600)
     assert ev.events == [Event("s", "blocked", 120.0, 122.0, 134.0, 134.0)]

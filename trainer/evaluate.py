@@ -34,13 +34,30 @@ import numpy as np
 import orjson
 from scipy.stats import rankdata
 
-from netsiam.config import Config, DebounceConfig
-from netsiam.debounce import NORMAL, FaultTracker
+from netsiam.config import Config, DebounceConfig, PrototypeConfig
+from netsiam.debounce import NORMAL
 from netsiam.errors import NetsiamError
 from netsiam.traceio import LabelInterval, atomic_write_bytes, read_labels
 from netsiam.trainer.artifact import UNKNOWN, Artifact, load_artifact
-from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule, normalisation_stats, split_support
+from netsiam.trainer.baselines import (
+    ExpertRule,
+    RawNearestPrototype,
+    ZScoreRule,
+    normalisation_stats,
+    split_support,
+)
 from netsiam.trainer.dataset import LabelledWindows, build_windows
+from netsiam.trainer.detection import (
+    Episode,
+    Event,
+    alarm_share,
+    detect_events,
+    episodes_from_intervals,
+    episodes_from_windows,
+    false_alarms_per_hour,
+    match_episodes,
+    score_detection,
+)
 
 __all__ = [
     "MAX_PAIRS",
@@ -145,146 +162,6 @@ def pair_scores(emb: np.ndarray, labels: np.ndarray, max_pairs: int = MAX_PAIRS,
     return -d, np.asarray(labels)[i] == np.asarray(labels)[j]
 
 
-# --------------------------------------------------------------------------- detection
-
-
-@dataclass(frozen=True)
-class Event:
-    """One raised fault as the daemon would publish it, with when it cleared (None: still active)."""
-
-    source: str
-    fault: str
-    started_at: float
-    raised_at: float          # window_end of the raising window
-    cleared_at: float | None
-    end: float                # cleared_at, or the source's last window end when still active
-
-
-@dataclass(frozen=True)
-class Episode:
-    """A labelled fault: a contiguous interval of one non-normal label on one source."""
-
-    source: str
-    label: str
-    start: float
-    end: float
-
-
-def detect_events(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray,
-                  debounce: DebounceConfig) -> list[Event]:
-    """Run one FaultTracker per source over its windows in ``end_ts`` order (the daemon's loop)."""
-    events: list[Event] = []
-    for src in sorted(set(sources.tolist())):
-        idx = np.flatnonzero(sources == src)
-        idx = idx[np.argsort(end_ts[idx], kind="stable")]
-        tracker = FaultTracker(debounce)
-        open_: dict[str, tuple[float, float]] = {}   # fault -> (started_at, raised_at)
-        last_t = float(end_ts[idx[-1]])
-        for k in idx:
-            for tr in tracker.update(str(classes[k]), float(end_ts[k])):
-                if tr.state == "raised":
-                    open_[tr.fault] = (tr.started_at, tr.window_end)
-                else:
-                    started, raised = open_.pop(tr.fault)
-                    events.append(Event(src, tr.fault, started, raised, tr.window_end, tr.window_end))
-        for fault, (started, raised) in open_.items():
-            events.append(Event(src, fault, started, raised, None, last_t))
-    return sorted(events, key=lambda e: (e.source, e.raised_at))
-
-
-def episodes_from_intervals(intervals: Sequence[LabelInterval]) -> list[Episode]:
-    """Non-normal label intervals, with touching/overlapping ones of the same label merged."""
-    eps: list[Episode] = []
-    for iv in sorted(intervals, key=lambda v: (v.source, v.label, v.start)):
-        if iv.label == NORMAL:
-            continue
-        last = eps[-1] if eps else None
-        if last and last.source == iv.source and last.label == iv.label and iv.start <= last.end:
-            eps[-1] = Episode(last.source, last.label, last.start, max(last.end, iv.end))
-        else:
-            eps.append(Episode(iv.source, iv.label, iv.start, iv.end))
-    return sorted(eps, key=lambda e: (e.source, e.start))
-
-
-def episodes_from_windows(sources: np.ndarray, end_ts: np.ndarray, labels: np.ndarray,
-                          interval_s: float) -> list[Episode]:
-    """Fallback without label intervals: runs of one non-normal label in consecutive windows of a
-    source, from the first such window's end to one interval past the last one's end."""
-    eps: list[Episode] = []
-    for src in sorted(set(sources.tolist())):
-        idx = np.flatnonzero(sources == src)
-        idx = idx[np.argsort(end_ts[idx], kind="stable")]
-        run: list[int] = []
-        for k in [*idx.tolist(), -1]:
-            if run and (k < 0 or labels[k] != labels[run[0]]):
-                if labels[run[0]] != NORMAL:
-                    eps.append(Episode(src, str(labels[run[0]]), float(end_ts[run[0]]),
-                                       float(end_ts[run[-1]]) + interval_s))
-                run = []
-            if k >= 0:
-                run.append(k)
-    return eps
-
-
-def _matches(ev: Event, ep: Episode, grace_s: float) -> bool:
-    overlaps = ev.started_at <= ep.end and ev.end >= ep.start
-    raised_in = ep.start <= ev.raised_at <= ep.end + grace_s
-    return ev.source == ep.source and (overlaps or raised_in)
-
-
-def match_episodes(episodes: Sequence[Episode], events: Sequence[Event], grace_s: float,
-                   classes: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], list[bool]]:
-    """-> (one report entry per episode, per event whether it detected any episode).
-
-    The detecting event is the first matching one raised at or after the episode start; failing
-    that, one already active when the episode began (``delay_s`` 0, ``already_active``).
-    ``label_correct``: some matching event names the episode's label -- or ``unknown`` for a label
-    outside ``classes`` (when given), the right answer for a fault the model never learnt.
-    """
-    by_src: dict[str, list[int]] = {}
-    for n, ev in enumerate(events):
-        by_src.setdefault(ev.source, []).append(n)
-    useful = [False] * len(events)
-    out: list[dict[str, Any]] = []
-    for ep in episodes:
-        hits = [n for n in by_src.get(ep.source, []) if _matches(events[n], ep, grace_s)]
-        for n in hits:
-            useful[n] = True
-        hits.sort(key=lambda n: events[n].raised_at)
-        later = [n for n in hits if events[n].raised_at >= ep.start]
-        first = events[later[0]] if later else (events[hits[0]] if hits else None)
-        want = ep.label if classes is None or ep.label in classes else UNKNOWN
-        out.append({
-            "source": ep.source, "label": ep.label, "start": ep.start, "end": ep.end,
-            "detected": first is not None,
-            "detected_label": first.fault if first else None,
-            "delay_s": max(0.0, first.raised_at - ep.start) if first else None,
-            "already_active": bool(first is not None and first.raised_at < ep.start),
-            "label_correct": any(events[n].fault == want for n in hits),
-            "raised": [events[n].fault for n in hits],
-        })
-    return out, useful
-
-
-def false_alarms_per_hour(n_false: int, normal_hours: float) -> float | None:
-    return n_false / normal_hours if normal_hours > 0 else None
-
-
-def alarm_share(sources: np.ndarray, end_ts: np.ndarray, events: Sequence[Event]) -> float | None:
-    """Share of the given windows that end while an alarm is up (``raised_at <= t < cleared_at``).
-
-    Fed the normal-labelled windows it exposes an alarm that never clears: one endless event
-    overlaps every episode, so it "detects" them all and counts as a single false alarm.
-    """
-    if len(end_ts) == 0:
-        return None
-    up = np.zeros(len(end_ts), dtype=bool)
-    for ev in events:
-        until = np.inf if ev.cleared_at is None else ev.cleared_at
-        up |= (sources == ev.source) & (end_ts >= ev.raised_at) & (end_ts < until)
-    return float(up.mean())
-
-
 # --------------------------------------------------------------------------- the report
 
 
@@ -318,35 +195,72 @@ def _scores(pred: np.ndarray, nway: np.ndarray, labels: np.ndarray, classes: Seq
     }
 
 
-def _baselines(artifact: Artifact, lw: LabelledWindows, cfg: Config, pred: np.ndarray, nway: np.ndarray,
-               support: LabelledWindows | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Judge:
+    """What every detector is scored on: the windows, their episodes, the debounce and the clock."""
+
+    lw: LabelledWindows
+    episodes: list[Episode]
+    debounce: DebounceConfig
+    grace_s: float
+    seconds_per_window: float
+
+    def score(self, pred: np.ndarray, nway: np.ndarray, classes: Sequence[str], mask: np.ndarray) -> dict[str, Any]:
+        """Window scores on ``mask`` minus straddling windows, detection over every window of ``mask``."""
+        ok = mask & ~self.lw.straddle
+        det, _, _ = score_detection(self.lw.sources[mask], self.lw.end_ts[mask], pred[mask], self.lw.labels[mask],
+                                    _covered(self.episodes, self.lw.subset(mask), 0.0), self.debounce, self.grace_s,
+                                    self.seconds_per_window, known=classes)
+        return _scores(pred[ok], nway[ok], self.lw.labels[ok], classes) | {"detection": det}
+
+
+def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.ndarray,
+               support: LabelledWindows | None, pcfg: PrototypeConfig) -> dict[str, Any]:
+    """The encoder and the no-learning baselines, scored on the same windows and episodes.
+
+    The raw-prototype and z-score baselines are fitted on the artifact's own training windows (stored
+    in its manifest by ``netsiam train``), on ``support`` when given, or else on the first half of each
+    source's evaluated windows; in that last case every column is scored on the second half only.
+    """
+    lw = judge.lw
     classes = artifact.prototypes.classes
-    span = (cfg.window.length - 1) * cfg.window.interval_s
-    if support is None:
-        sup_mask, ev_mask = split_support(lw.sources, lw.end_ts, span)
-        sup = lw.subset(sup_mask & ~lw.straddle)
-        how = "per source: windows ending in the first half of its time span fit the baselines; " \
-              "windows starting after that are scored (encoder too)"
-    else:
-        sup, ev_mask = support.subset(~support.straddle), np.ones(len(lw), dtype=bool)
-        how = "caller-supplied support windows fit the baselines; all evaluation windows are scored"
-    ev_mask &= ~lw.straddle
-    labels = lw.labels[ev_mask]
-    out: dict[str, Any] = {"support": how, "n_support": len(sup),
-                           "encoder": _scores(pred[ev_mask], nway[ev_mask], labels, classes)}
-    if not np.any(ev_mask):
-        return out | {"error": "no window left to score after the support split"}
     mean, std = normalisation_stats(artifact.manifest, lw.x.shape[2])
-    models = {"raw_nearest_prototype": RawNearestPrototype(mean, std, cfg.prototypes), "zscore_rule": ZScoreRule()}
-    for name, model in models.items():
-        try:
-            model.fit(sup.x, sup.labels, classes)
-        except NetsiamError as e:
-            out[name] = {"error": str(e)}
-            continue
-        bp, bn = model.predict(lw.x[ev_mask])
+    raw, zs = RawNearestPrototype(mean, std, pcfg), ZScoreRule()
+    stored = artifact.manifest.get("baselines")
+    scored = np.ones(len(lw), dtype=bool)
+    out: dict[str, Any] = {}
+    try:
+        if support is not None:
+            sup = support.subset(~support.straddle)
+            how, n_sup = "caller-supplied support windows fit the baselines; all evaluation windows are scored", len(sup)
+            fitted = {"raw_nearest_prototype": raw.fit(sup.x, sup.labels, classes),
+                      "zscore_rule": zs.fit(sup.x, sup.labels, classes)}
+        elif isinstance(stored, dict) and {"raw_nearest_prototype", "zscore_rule"} <= set(stored):
+            how, n_sup = "fitted on the model's training windows (stored in its manifest); all windows are scored", None
+            fitted = {"raw_nearest_prototype": raw.load_json(stored["raw_nearest_prototype"]),
+                      "zscore_rule": zs.load_json(stored["zscore_rule"])}
+        else:
+            span = (lw.x.shape[1] - 1) * judge.seconds_per_window
+            sup_mask, scored = split_support(lw.sources, lw.end_ts, span)
+            sup = lw.subset(sup_mask & ~lw.straddle)
+            how = ("per source: windows ending in the first half of its time span fit the baselines; windows "
+                   "starting after that are scored (every column)")
+            n_sup = len(sup)
+            fitted = {"raw_nearest_prototype": raw.fit(sup.x, sup.labels, classes),
+                      "zscore_rule": zs.fit(sup.x, sup.labels, classes)}
+    except NetsiamError as e:
+        fitted, how, n_sup = {}, f"no fitted baselines: {e}", 0
+    out["support"], out["n_support"] = how, n_sup
+    if not np.any(scored):
+        return out | {"error": "no window left to score after the support split"}
+    out["encoder"] = judge.score(pred, nway, classes, scored)
+    rule = ExpertRule().predict(lw.raw)
+    out["expert_rule"] = judge.score(rule, rule, list(ExpertRule.classes), scored) | {
+        "rule": {"retrans_share": ExpertRule().retrans_share, "failed_share": ExpertRule().failed_share}}
+    for name, model in fitted.items():
+        bp, bn = model.predict(lw.x)
         missing = [c for c in classes if c not in model.classes]
-        out[name] = _scores(bp, bn, labels, classes) | {"classes_without_support": missing}
+        out[name] = judge.score(bp, bn, classes, scored) | {"classes_without_support": missing}
     return out
 
 
@@ -384,14 +298,13 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     roc = roc_curve(s, positive) if auc is not None else (np.zeros(0), np.zeros(0))
 
     w = cfg.window
-    events = detect_events(np.asarray(lw.sources), np.asarray(lw.end_ts, np.float64), pred, cfg.detector.debounce)
     episodes = (episodes_from_intervals(intervals) if intervals is not None
                 else episodes_from_windows(lw.sources, lw.end_ts, labels, w.interval_s))
     episodes = _covered(episodes, lw, (w.length - 1) * w.interval_s)
-    ep_report, useful = match_episodes(episodes, events, grace_s=w.length * w.interval_s, classes=classes)
-    n_false = useful.count(False)
-    normal_hours = float(np.sum(labels == NORMAL)) * w.stride * w.interval_s / 3600.0
-    detected = [e for e in ep_report if e["detected"]]
+    judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=w.length * w.interval_s,
+                   seconds_per_window=w.stride * w.interval_s)
+    det, ep_report, events = score_detection(lw.sources, lw.end_ts, pred, labels, episodes, judge.debounce,
+                                             judge.grace_s, judge.seconds_per_window, known=classes)
 
     novel = sorted(set(novel_labels) | (set(lab_ok.tolist()) - set(classes)))
     novelty: dict[str, Any] = {}
@@ -415,17 +328,15 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
         "straddling": {"n_windows": int(st.sum()),
                        "accuracy": accuracy(pred[st], open_set_truth(labels[st], classes))},
         "novelty": novelty,
-        "false_alarms_per_hour": false_alarms_per_hour(n_false, normal_hours),
-        "detection": {
-            "episodes": len(ep_report), "detected": len(detected),
+        "false_alarms_per_hour": det["false_raises_per_hour"],
+        "detection": det | {
             "label_correct": sum(e["label_correct"] for e in ep_report),
-            "median_delay_s": float(np.median([e["delay_s"] for e in detected])) if detected else None,
-            "events_raised": len(events), "false_alarms": n_false, "normal_hours": normal_hours,
+            "false_alarms": det["false_raises"],
             "normal_time_in_alarm": alarm_share(lw.sources[labels == NORMAL], lw.end_ts[labels == NORMAL], events),
-            "grace_s": w.length * w.interval_s, "debounce": dataclasses.asdict(cfg.detector.debounce),
+            "grace_s": judge.grace_s, "debounce": dataclasses.asdict(cfg.detector.debounce),
         },
         "episodes": ep_report,
-        "baselines": _baselines(artifact, lw, cfg, pred, nway, support),
+        "baselines": _baselines(artifact, judge, pred, nway, support, cfg.prototypes),
         "window": dataclasses.asdict(w),
         "features": list(cfg.features),
     }
@@ -456,7 +367,17 @@ def _f(v: Any, fmt: str = "{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
-_BASELINE_TITLES = {"encoder": "encoder", "raw_nearest_prototype": "raw prototype", "zscore_rule": "z-score rule"}
+_BASELINE_TITLES = {"encoder": "encoder", "expert_rule": "expert rule", "raw_nearest_prototype": "raw prototype",
+                    "zscore_rule": "z-score rule"}
+
+
+def _share(det: dict[str, Any], key: str) -> str:
+    return f"{det[key]}/{det['episodes']}"
+
+
+def _pair(det: dict[str, Any], key: str) -> str:
+    lo, hi = det[f"median_{key}"], det[f"max_{key}"]
+    return "-" if lo is None else f"{lo:.1f} / {hi:.1f}"
 
 
 def format_summary(report: dict[str, Any]) -> str:
@@ -479,15 +400,19 @@ def format_summary(report: dict[str, Any]) -> str:
     for lab, nv in report["novelty"].items():
         lines.append(f"novel '{lab}': {_f(nv['unknown_rate'])} of {nv['n_windows']} windows unknown")
     b = report["baselines"]
-    cols = [k for k in _BASELINE_TITLES if k in b]
-    lines += ["", f"baselines, scored on windows none of them was fitted on ({b['n_support']} support windows):",
-              f"{'':<18}" + "".join(f"{_BASELINE_TITLES[c]:>16}" for c in cols)]
-    for key in ("window_accuracy", "n_way_accuracy", "binary_accuracy", "n_windows"):
-        cells = [b[c].get(key) if "error" not in b[c] else None for c in cols]
-        lines.append(f"{key:<18}" + "".join(f"{_f(v, '{:d}' if key == 'n_windows' else '{:.3f}'):>16}"
-                                             for v in cells))
-    for c in cols:
-        if "error" in b[c]:
+    cols = [k for k in _BASELINE_TITLES if k in b and "error" not in b[k]]
+    lines += ["", f"beside the baselines ({b['support']}):",
+              f"{'':<22}" + "".join(f"{_BASELINE_TITLES[c]:>15}" for c in cols)]
+    rows = [("window accuracy", lambda d: d.get("window_accuracy"), "{:.3f}"),
+            ("first label right", lambda d: _share(d["detection"], "first_label_correct"), "{}"),
+            ("raised once", lambda d: _share(d["detection"], "raised_once"), "{}"),
+            ("median / max delay s", lambda d: _pair(d["detection"], "delay_s"), "{}"),
+            ("median / max clear s", lambda d: _pair(d["detection"], "clear_s"), "{}"),
+            ("false raises / h", lambda d: d["detection"]["false_raises_per_hour"], "{:.2f}")]
+    for title, get, fmt in rows:
+        lines.append(f"{title:<22}" + "".join(f"{_f(get(b[c]), fmt):>15}" for c in cols))
+    for c in _BASELINE_TITLES:
+        if c in b and "error" in b[c]:
             lines.append(f"{_BASELINE_TITLES[c]}: {b[c]['error']}")
     if "error" in b:
         lines.append(f"baselines: {b['error']}")
