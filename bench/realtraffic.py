@@ -1,0 +1,139 @@
+"""Real traffic, leave one recording out: ``python -m bench.realtraffic [--select | --report]``.
+
+For each held-out recording of the real-SIPp corpus (``deploy/testbed/corpus``) a model is trained
+on every other recording (``degraded`` episodes left out: a class the model must not know) plus the
+default model's simulated data, then the held-out recording is evaluated as ``netsiam evaluate``
+does: the encoder, the per-second expert rule and the raw nearest-prototype baseline through the
+daemon's debounce, on the same windows.
+
+``--select`` holds out only the VALIDATION recordings (``val_*``): what recipes, thresholds and
+debounce settings are chosen on. ``--report`` holds out every other recording (never used for a
+choice) and writes ``bench/realtraffic.json``; the worst recording is what counts.
+``--set KEY=VALUE`` overrides config keys (``window.length=10``) for a candidate recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from netsiam.config import Config, override  # noqa: E402
+
+__all__ = ["DETECTORS", "evaluate_recording", "main", "train_without"]
+
+HERE = Path(__file__).resolve().parent
+DETECTORS = ("encoder", "expert_rule", "raw_nearest_prototype")
+NOVEL = "degraded"
+
+
+def train_without(cfg: Config, held_out: set[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
+                  out: Path, seed: int = 0) -> Any:
+    from netsiam.trainer.train import train
+
+    names = sorted(n for n in traces if n not in held_out)
+    data = [traces[n][0] for n in names] + ([sim[0]] if sim else [])
+    labels = [traces[n][1] for n in names] + ([sim[1]] if sim else [])
+    return train(cfg, data, labels, out, seed=seed, exclude_labels=[NOVEL], quiet=True)
+
+
+def evaluate_recording(art: Any, files: tuple[Path, Path]) -> dict[str, Any]:
+    """The evaluate report of one recording, cut to what this benchmark compares."""
+    from netsiam.trainer.evaluate import config_for_artifact, evaluate, load_labelled
+
+    cfg = config_for_artifact(Config(), art, explicit=False)
+    lw, intervals = load_labelled([str(files[0])], [str(files[1])], cfg)
+    r = evaluate(art, lw, cfg, intervals=intervals, novel_labels=(NOVEL,))
+    b = r["baselines"]
+    return {
+        "detectors": {k: {"window_accuracy": b[k]["window_accuracy"], **b[k]["detection"]}
+                      for k in DETECTORS if k in b and "detection" in b[k]},
+        "episodes": [{k: e[k] for k in ("label", "start", "end", "detected_label", "raised", "delay_s", "clear_s")}
+                     for e in r["episodes"]],
+        "novelty": r["novelty"],
+    }
+
+
+def _line(name: str, res: dict[str, Any]) -> str:
+    parts = [f"{name:<14}"]
+    for k, d in res["detectors"].items():
+        md, xd = d["median_delay_s"], d["max_delay_s"]
+        parts.append(f"{k[:7]}: first {d['first_label_correct']}/{d['episodes']} once {d['raised_once']} "
+                     f"delay {'-' if md is None else f'{md:.1f}/{xd:.1f}'} "
+                     f"clear {'-' if d['max_clear_s'] is None else round(d['max_clear_s'], 1)} "
+                     f"fr/h {d['false_raises_per_hour'] or 0:.1f} acc {d['window_accuracy'] or 0:.3f}")
+    return " | ".join(parts)
+
+
+def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
+        tmp: Path, seed: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in held:
+        t0 = time.perf_counter()
+        art = train_without(cfg, {name}, traces, sim, tmp / f"model-{name}", seed)
+        res = evaluate_recording(art, traces[name])
+        res["train_seconds"] = round(time.perf_counter() - t0, 1)
+        res["epochs"] = art.manifest["metrics"]["epochs_run"]
+        out[name] = res
+        print(_line(name, res), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--select", action="store_true", help="hold out the validation recordings only")
+    mode.add_argument("--report", action="store_true", help="hold out every reported recording")
+    ap.add_argument("--only", nargs="*", default=None, help="hold out these recordings")
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE (YAML values)")
+    ap.add_argument("--no-sim", action="store_true", help="train on the corpus alone")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default=None, help="keep imported traces here (default: a temp dir)")
+    ap.add_argument("-o", "--output", default=None)
+    args = ap.parse_args(argv)
+
+    from netsiam.traceio import write_labels, write_trace
+    from netsiam.trainer.corpus import load_corpus, to_traces
+    from netsiam.trainer.default_model import TRAIN_MINUTES, TRAIN_PARAMS, TRAIN_SEED, TRAIN_SOURCES
+    from netsiam.trainer.simulate import simulate
+
+    cfg = override(Config(), {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
+    recs = load_corpus()
+    role = {r.name: r.role for r in recs}
+    if args.only:
+        held = args.only
+    elif args.report:
+        held = [n for n, r in role.items() if r != "validation"]
+    else:
+        held = [n for n, r in role.items() if r == "validation"]
+    with tempfile.TemporaryDirectory(prefix="netsiam-realtraffic-") as tmp_s:
+        tmp = Path(tmp_s)
+        traces = to_traces(recs, Path(args.cache) if args.cache else tmp / "traces")
+        sim = None
+        if not args.no_sim:
+            sim = (tmp / "sim.jsonl", tmp / "sim.csv")
+            records, labels = simulate(TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED, TRAIN_PARAMS)
+            write_trace(sim[0], records)
+            write_labels(sim[1], labels)
+        t0 = time.perf_counter()
+        res = run(cfg, held, traces, sim, tmp, args.seed)
+    doc = {"overrides": args.set, "sim": not args.no_sim, "seed": args.seed, "held_out": held,
+           "seconds": round(time.perf_counter() - t0, 1), "recordings": res}
+    if args.output or args.report:
+        path = Path(args.output) if args.output else HERE / "realtraffic.json"
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"{path} written", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
