@@ -331,3 +331,41 @@ def test_progress_bar_on_stderr(capsys) -> None:
     simulate(2, 1, seed=1, progress=True)
     captured = capsys.readouterr()
     assert "simulate" in captured.err and captured.out == ""
+
+
+def test_varied_faults_show_their_real_signatures() -> None:
+    """VARIED (the shipped model's training data): partial blocking, capacity drops at constant load,
+    calls held until a short UA timeout, and cold starts, each with the counters real SIPp shows."""
+    from netsiam.trainer.simulate import VARIED
+
+    only = {
+        "partial": SimParams(faults=("blocked",), partial_block_fraction=1.0, ua_timeout_fraction=0.0),
+        "drop": SimParams(faults=("capacity_limit",), capacity_modes=("drop",), load_steps_per_hour=0.0),
+        "hold": SimParams(faults=("capacity_limit",), capacity_modes=("drop",), hold_fraction=1.0,
+                          ua_timeout_fraction=1.0, ua_timeout_s=(4.0, 4.0), drop_capacity=(0.0, 0.5)),
+        "cold": SimParams(faults=(), cold_start_fraction=1.0, hold_s=(30.0, 30.0), load_range=(10.0, 50.0)),
+    }
+    runs = {k: simulate(4, 15, seed=2, params=p) for k, p in only.items()}
+    checked = set()
+    for name, (records, labels) in runs.items():
+        data = by_source(records)
+        for s, a, b in [(iv.source, int(iv.start - EPOCH), int(iv.end - EPOCH)) for iv in labels]:
+            c = data[s]
+            offered = c["OutgoingCall"][a:b].sum()
+            if offered < 50 or b - a < 15:
+                continue
+            checked.add(name)
+            if name == "partial":     # some calls still complete, the lost ones are retransmitted
+                assert 0 < c["SuccessfulCall"][a + 5 : b].sum() and c["Retransmissions"][a:b].sum() > 0.3 * offered
+            elif name == "drop":      # no surge: the load stays, calls are refused at once
+                before = c["OutgoingCall"][max(0, a - 30) : a].mean()
+                assert abs(c["OutgoingCall"][a:b].mean() / before - 1) < 0.35
+                assert c["FailedCallRejected"][a:b].sum() > 0.05 * offered
+            elif name == "hold":      # refused by silence: failures come with the timeout, no retransmission
+                assert c["FailedTimeoutOnRecv"][a + 5 : b + 5].sum() > 0.3 * offered
+                assert c["FailedCallRejected"][a:b].sum() <= 0.05 * offered + 2
+                assert c["Retransmissions"][a:b].sum() <= 0.05 * offered + 2
+    assert checked == {"partial", "drop", "hold"}
+    for c in by_source(runs["cold"][0]).values():   # calls pile up from zero for about a hold time
+        assert c["CurrentCall"][0] <= c["OutgoingCall"][0] and c["CurrentCall"][40] > 10 * c["CurrentCall"][0] + 5
+    assert VARIED.partial_block_fraction > 0 and VARIED.cold_start_fraction > 0

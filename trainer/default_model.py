@@ -18,14 +18,14 @@ from pathlib import Path
 from netsiam.config import Config, override
 from netsiam.traceio import write_labels, write_trace
 from netsiam.trainer.artifact import default_model_path
-from netsiam.trainer.simulate import SimParams, simulate
+from netsiam.trainer.simulate import VARIED, simulate
 from netsiam.trainer.train import train
 
 __all__ = ["TRAIN_MINUTES", "TRAIN_OVERRIDES", "TRAIN_PARAMS", "TRAIN_SEED", "TRAIN_SOURCES", "main",
            "training_config", "training_data"]
 
 TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED = 32, 10.0, 1
-TRAIN_PARAMS = SimParams()   # blocked + capacity_limit; retrans_storm stays out (the novel class)
+TRAIN_PARAMS = VARIED       # blocked + capacity_limit in their real variants; retrans_storm stays out (novel)
 # Synthetic outliers closer in than the config default ([3, 8] x a class's spread): the simulated
 # classes already span hundreds of (load, hold, response) testbeds, so a shift of 2 spreads is
 # outside anything a known class does, and the encoder learns to call milder new faults unknown.

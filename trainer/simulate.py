@@ -28,7 +28,12 @@ being set as ratios:
 Faults change the conditions calls see while active: ``blocked`` (the far end answers nothing),
 ``capacity_limit`` (offered load surges while the path admits only about the normal load and
 rejects the rest at once with a fast 503) and ``retrans_storm`` (20-40 % packet loss; opt-in, the
-novel class). Record ``ts`` is the start of its one-second interval; a fault active during seconds
+novel class). Variants real testbeds show, off by default and drawn per episode or per source when
+enabled (:data:`VARIED`): a blocked path that loses only a share of its calls (``blocked_share``);
+a capacity that drops at constant load (``capacity_modes``); calls beyond the capacity held with
+``100 Trying`` until the caller gives up rather than refused (``hold_fraction``); a caller that gives
+up on an unanswered INVITE after a few seconds instead of timer B (``ua_timeout_fraction``); a source
+that starts cold, with no call in progress (``cold_start_fraction``). Record ``ts`` is the start of its one-second interval; a fault active during seconds
 [s, e) is labelled ``[EPOCH + s, EPOCH + e)``, so a label covers exactly the faulty samples.
 """
 
@@ -46,7 +51,7 @@ from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS
 from netsiam.traceio import LabelInterval, Record
 
-__all__ = ["EPOCH", "EXTRA_METRICS", "FAULT_KINDS", "SimParams", "simulate", "source_testbeds"]
+__all__ = ["EPOCH", "EXTRA_METRICS", "FAULT_KINDS", "VARIED", "SimParams", "simulate", "source_testbeds"]
 
 EPOCH = 1795384000.0  # fixed start so a seed fully determines the output
 FAULT_KINDS: tuple[str, ...] = ("blocked", "capacity_limit", "retrans_storm")
@@ -90,6 +95,14 @@ class SimParams:
     capacity: Range = (0.7, 1.1)  # capacity_limit: admitted calls/s relative to the normal load
     storm_loss: Range = (0.2, 0.4)  # retrans_storm: packet loss
     warmup_s: int = 120  # simulated before the trace starts (at least 4 hold times) so CurrentCall is steady
+    partial_block_fraction: float = 0.0  # blocked: share of episodes where only some calls go unanswered ...
+    blocked_share: Range = (0.3, 0.9)  # ... this share of the calls started in the episode
+    capacity_modes: tuple[str, ...] = ("surge",)  # surge: load jumps against the normal capacity; drop: capacity falls
+    drop_capacity: Range = (0.0, 0.9)  # capacity_limit/drop: admitted calls/s relative to the offered load
+    hold_fraction: float = 0.0  # capacity_limit: share of episodes (on sources with a UA timeout) holding, not refusing
+    ua_timeout_fraction: float = 0.0  # share of sources whose caller gives up on an INVITE after ua_timeout_s
+    ua_timeout_s: Range = (3.0, 8.0)
+    cold_start_fraction: float = 0.0  # share of sources whose trace starts with no call in progress
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.faults if f not in FAULT_KINDS]
@@ -108,6 +121,16 @@ class SimParams:
             raise NetsiamError(f"SimParams.invite_retrans: each in 1..{len(_SENDS) - 1}")
         if self.background_loss[1] >= 1 or self.storm_loss[1] >= 1:
             raise NetsiamError("SimParams: packet loss must be < 1")
+        if not set(self.capacity_modes) <= {"surge", "drop"} or not self.capacity_modes:
+            raise NetsiamError("SimParams.capacity_modes: one or more of surge, drop")
+        if not 0 < self.blocked_share[0] <= self.blocked_share[1] < 1 or self.ua_timeout_s[0] <= 0:
+            raise NetsiamError("SimParams: blocked_share must be in (0, 1], ua_timeout_s > 0")
+
+
+# What real testbeds show beyond the defaults (used to train the shipped model): partial blocking,
+# capacity drops at constant load, rejection by timeout, callers with short timeouts, cold starts.
+VARIED = SimParams(partial_block_fraction=0.4, capacity_modes=("surge", "drop"), hold_fraction=0.4,
+                   ua_timeout_fraction=0.5, cold_start_fraction=0.3, fault_duration_s=(10.0, 180.0), min_gap_s=45.0)
 
 
 def _schedule(rng: np.random.Generator, seconds: int, p: SimParams) -> list[tuple[int, int, str]]:
@@ -141,26 +164,33 @@ def _loguniform(rng: np.random.Generator, r: Range) -> float:
     return float(lo * (hi / lo) ** rng.random()) if lo > 0 else float(rng.uniform(lo, hi))
 
 
-def _retransmitted(rng: np.random.Generator, t0: np.ndarray, sends: np.ndarray, loss: np.ndarray
+def _retransmitted(rng: np.random.Generator, t0: np.ndarray, sends: np.ndarray, loss: np.ndarray,
+                   lost_until: np.ndarray | None = None, silent: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Transactions started at ``t0`` and retransmitted at ``t0 + sends[1:]`` while unanswered.
 
     A try gets its answer if the request and the response both survive the loss of the second it
-    is sent in. -> (answered (n,) bool, index into ``sends`` of the answered (or last) try (n,),
-    times of every retransmission sent (flat)).
+    is sent in, and (``lost_until``, per transaction) is sent after the path stops losing that
+    call. A ``silent`` transaction got a provisional answer: never retransmitted, never answered.
+    -> (answered (n,) bool, index into ``sends`` of the answered (or last) try (n,), times of every
+    retransmission sent (flat)).
     """
     last = len(loss) - 1
+    until = np.full(t0.shape, -np.inf) if lost_until is None else lost_until
 
-    def ok(times: np.ndarray) -> np.ndarray:
-        return rng.random(times.shape) < (1.0 - loss[np.minimum(times.astype(np.int64), last)]) ** 2
+    def ok(times: np.ndarray, floor: np.ndarray) -> np.ndarray:
+        got = rng.random(times.shape) < (1.0 - loss[np.minimum(times.astype(np.int64), last)]) ** 2
+        return got & (times >= floor)
 
-    answered = ok(t0)
+    answered = ok(t0, until)
+    if silent is not None:
+        answered |= silent                                  # no retransmission; the caller clears it later
     tries = np.zeros(t0.size, dtype=np.int64)
     retrans_t = np.empty(0)
     late = np.flatnonzero(~answered)
-    if late.size:  # only lost first tries need the retransmission matrix
+    if late.size and len(sends) > 1:  # only lost first tries need the retransmission matrix
         times = t0[late, None] + sends[None, 1:]
-        got = ok(times)
+        got = ok(times, until[late, None])
         any_got = got.any(axis=1)
         tries[late] = np.where(any_got, got.argmax(axis=1) + 1, len(sends) - 1)
         answered[late] = any_got
@@ -179,6 +209,10 @@ def _testbed(rng: np.random.Generator, p: SimParams) -> dict[str, Any]:
         "background_fail": float(rng.uniform(*p.background_fail)),
         "paced": bool(rng.random() < p.paced_fraction),
         "invite_retrans": int(p.invite_retrans[rng.integers(len(p.invite_retrans))]),
+        # drawn only when enabled, so the default parameters keep their random streams (seeded traces)
+        "ua_timeout_s": float(rng.uniform(*p.ua_timeout_s))
+        if p.ua_timeout_fraction > 0 and rng.random() < p.ua_timeout_fraction else None,
+        "cold": bool(p.cold_start_fraction > 0 and rng.random() < p.cold_start_fraction),
     }
 
 
@@ -190,8 +224,10 @@ def _source(rng: np.random.Generator, base_load: float, seconds: int, p: SimPara
     hold_mean, hold_sigma, response, reject = tb["hold_s"], tb["hold_sigma"], tb["response_ms"], tb["reject_ms"]
     fail_p, paced = tb["background_fail"], tb["paced"]
     sends = _SENDS[: tb["invite_retrans"] + 1]
-    # Long holds need a longer warm-up before CurrentCall is in steady state.
-    w = max(p.warmup_s, int(4 * hold_mean) + 40)
+    give_up = tb["ua_timeout_s"] or _TIMER_B           # an INVITE without a final answer fails here
+    sends = sends[sends < give_up]
+    # Long holds need a longer warm-up before CurrentCall is in steady state; a cold source has none.
+    w = 0 if tb["cold"] else max(p.warmup_s, int(4 * hold_mean) + 40)
     n = w + seconds  # extended timeline: index w is the first recorded second
     t = np.arange(n, dtype=np.float64)
 
@@ -222,15 +258,26 @@ def _source(rng: np.random.Generator, base_load: float, seconds: int, p: SimPara
     # it clamp to its last second, whose events are past the horizon and never counted anyway.
     surge = np.ones(n)
     cap = np.full(n, np.inf)
+    hold = np.zeros(n, dtype=bool)                      # capacity rejections held until the caller gives up
+    share_lost = np.zeros(n)                            # blocked: share of the second's new calls never answered
+    lost_until = np.zeros(n)                            # ... until this time (the episode's end)
     loss = np.full(n + 80, rng.uniform(*p.background_loss))
     for s, e, kind in episodes:
         sl = slice(w + s, w + e)
         if kind == "blocked":
-            loss[sl] = 1.0
+            if p.partial_block_fraction > 0 and rng.random() < p.partial_block_fraction:
+                share_lost[sl], lost_until[sl] = rng.uniform(*p.blocked_share), w + e
+            else:
+                loss[sl] = 1.0                          # the far end answers nothing, calls in progress included
         elif kind == "capacity_limit":
-            surge[sl] = rng.uniform(*p.surge)
-            cap_rate = rng.uniform(*p.capacity) * load[sl]
+            if len(p.capacity_modes) > 1 and p.capacity_modes[rng.integers(len(p.capacity_modes))] == "drop" \
+                    or p.capacity_modes == ("drop",):
+                cap_rate = rng.uniform(*p.drop_capacity) * load[sl]
+            else:
+                surge[sl] = rng.uniform(*p.surge)
+                cap_rate = rng.uniform(*p.capacity) * load[sl]
             cap[sl] = np.floor(cap_rate + rng.random(e - s))  # stochastic rounding
+            hold[sl] = tb["ua_timeout_s"] is not None and p.hold_fraction > 0 and rng.random() < p.hold_fraction
         else:  # retrans_storm
             loss[sl] = rng.uniform(*p.storm_loss)
 
@@ -249,15 +296,19 @@ def _source(rng: np.random.Generator, base_load: float, seconds: int, p: SimPara
     else:
         arr = sec + rng.random(ncalls)
     cap_rejected = rank >= cap[sec]
+    lost = rng.random(ncalls) < share_lost[sec] if share_lost.any() else np.zeros(ncalls, dtype=bool)
 
-    # INVITE transactions.
-    answered, tries, retrans_t = _retransmitted(rng, arr, sends, loss)
+    # INVITE transactions. A held call got 100 Trying (no retransmission) and never a final answer.
+    held_cap = cap_rejected & hold[sec]
+    answered, tries, retrans_t = _retransmitted(rng, arr, sends, loss, np.where(lost, lost_until[sec], -np.inf),
+                                                silent=held_cap)
     jitter = rng.lognormal(0.0, p.response_jitter, ncalls)
     rt_ms = sends[tries] * 1000 + np.where(cap_rejected, reject, response) * jitter
     answer_t = arr + rt_ms / 1000
+    answered &= ~held_cap
     rejected = answered & (cap_rejected | (rng.random(ncalls) < fail_p))
     held = answered & ~rejected
-    timeout_t = arr[~answered] + _TIMER_B
+    timeout_t = arr[~answered] + give_up
 
     # Held calls end with a BYE across the same path: success when it is answered, else a failure
     # when timer F fires (a blocked path fails the calls in progress too, as SIPp reports).
