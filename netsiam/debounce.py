@@ -13,6 +13,10 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   raise per episode while the windows at a fault's edges disagree.
 - ``started_at`` is the end time of the first anomalous window of the run, so replaying the same
   windows gives the same episode start, hence the same event ids.
+- While a named fault is active, and after it clears until ``clear_m`` windows in a row are plainly
+  normal, an ``unknown`` window whose nearest class is ``normal`` counts as normal: the recovery
+  after a fault (a burst of late answers, retransmissions draining) is beyond every threshold yet
+  nearer normal than the fault, and must neither hold the fault up nor raise ``unknown`` after it.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class Transition:
 class FaultTracker:
     """Debounce per-window classes of one source into raised/cleared transitions."""
 
-    __slots__ = ("_active", "_cfg", "_normal_streak", "_recent", "_run_len", "_run_start", "_started_at", "_tail",
+    __slots__ = ("_active", "_aftermath", "_cfg", "_clean_streak", "_normal_streak", "_recent", "_run_len", "_run_start", "_started_at", "_tail",
                  "_tail_len", "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
@@ -51,6 +55,8 @@ class FaultTracker:
         self._run_start: float | None = None  # first anomalous window since clear_m normals in a row
         self._run_len = 0                     # anomalous windows in that run
         self._tail, self._tail_len, self._tail_start = NORMAL, 0, 0.0   # the latest run of one class
+        self._aftermath = False               # a named fault cleared and the stream is not clean normal yet
+        self._clean_streak = 0
 
     @property
     def active(self) -> str | None:
@@ -71,7 +77,15 @@ class FaultTracker:
         self._started_at = self._run_start if self._run_start is not None else window_end
         return Transition("raised", fault, self._started_at, window_end)
 
-    def update(self, cls: str, window_end: float) -> list[Transition]:
+    def update(self, cls: str, window_end: float, nearest: str | None = None) -> list[Transition]:
+        """One window's class (``nearest``: its nearest class ignoring thresholds, when known)."""
+        self._clean_streak = self._clean_streak + 1 if cls == NORMAL else 0
+        if self._clean_streak >= self._cfg.clear_m:
+            self._aftermath = False
+        if cls == UNKNOWN and nearest == NORMAL and (self._aftermath or self._active not in (None, UNKNOWN)):
+            cls = NORMAL    # a named fault's aftermath: beyond every threshold, but nearer normal than the fault
+        elif cls != NORMAL:
+            self._aftermath = False
         self._recent.append((cls, window_end))
         if cls == self._tail:
             self._tail_len += 1
@@ -88,6 +102,7 @@ class FaultTracker:
         if self._active is not None:
             if self._normal_streak >= self._cfg.clear_m:
                 out.append(Transition("cleared", self._active, self._started_at, window_end))
+                self._aftermath = self._active != UNKNOWN and self._clean_streak < self._cfg.clear_m
                 self._active = None
             elif cls not in (NORMAL, UNKNOWN, self._active) and self._tail_len >= self._cfg.switch_after:
                 out.append(Transition("cleared", self._active, self._started_at, window_end))

@@ -62,3 +62,27 @@ def test_flapping_between_named_classes_does_not_switch() -> None:
 def test_same_windows_same_transitions() -> None:
     seq = "n b u b b n c c c u n n n b"
     assert run(seq) == run(seq)
+
+
+def test_unknown_nearest_normal_ends_a_named_fault_but_not_an_unknown_one() -> None:
+    """A fault's aftermath (beyond every threshold, nearer normal than the fault) does not hold it up."""
+    t = FaultTracker(CFG)
+    seq = [("blocked", "blocked")] * 3 + [("unknown", "normal")] * 2 + [("normal", "normal")]
+    out = [tr for i, (c, n) in enumerate(seq) for tr in t.update(c, float(i), nearest=n)]
+    assert [(o.state, o.fault, o.window_end) for o in out] == [("raised", "blocked", 1.0), ("cleared", "blocked", 4.0)]
+    # without the nearest class (or with a fault nearest) the same windows hold the fault
+    t = FaultTracker(CFG)
+    out = [tr for i, (c, _) in enumerate(seq) for tr in t.update(c, float(i))]
+    assert [o.state for o in out] == ["raised"]
+    # an active unknown is not ended by windows that are merely nearest normal: a new fault may be
+    t = FaultTracker(CFG)
+    out = [tr for i in range(8) for tr in t.update("unknown", float(i), nearest="normal")]
+    assert [(o.state, o.fault) for o in out] == [("raised", "unknown")]
+
+
+def test_the_aftermath_of_a_named_fault_raises_no_unknown() -> None:
+    t = FaultTracker(CFG)
+    seq = [("blocked", "blocked")] * 3 + [("unknown", "normal")] * 8 + [("normal", "normal")] * 2
+    seq += [("unknown", "normal")] * 8            # after plainly normal windows, a new unknown run counts again
+    out = [(tr.state, tr.fault) for i, (c, n) in enumerate(seq) for tr in t.update(c, float(i), nearest=n)]
+    assert out == [("raised", "blocked"), ("cleared", "blocked"), ("raised", "unknown")]

@@ -25,7 +25,7 @@ from netsiam.config import DebounceConfig
 from netsiam.debounce import NORMAL, UNKNOWN, FaultTracker
 from netsiam.traceio import LabelInterval
 
-__all__ = ["Episode", "Event", "alarm_share", "detect_events", "episodes_from_intervals", "episodes_from_windows",
+__all__ = ["GRACE_S", "Episode", "Event", "alarm_share", "detect_events", "episodes_from_intervals", "episodes_from_windows",
            "false_alarms_per_hour", "match_episodes", "score_detection"]
 
 
@@ -52,7 +52,7 @@ class Episode:
 
 
 def detect_events(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray,
-                  debounce: DebounceConfig) -> list[Event]:
+                  debounce: DebounceConfig, nearest: np.ndarray | None = None) -> list[Event]:
     """Run one FaultTracker per source over its windows in ``end_ts`` order (the daemon's loop)."""
     events: list[Event] = []
     for src in sorted(set(sources.tolist())):
@@ -62,7 +62,7 @@ def detect_events(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray,
         open_: dict[str, tuple[float, float]] = {}   # fault -> (started_at, raised_at)
         last_t = float(end_ts[idx[-1]])
         for k in idx:
-            for tr in tracker.update(str(classes[k]), float(end_ts[k])):
+            for tr in tracker.update(str(classes[k]), float(end_ts[k]), None if nearest is None else str(nearest[k])):
                 if tr.state == "raised":
                     open_[tr.fault] = (tr.started_at, tr.window_end)
                 else:
@@ -176,6 +176,12 @@ def alarm_share(sources: np.ndarray, end_ts: np.ndarray, events: Sequence[Event]
     return float(up.mean())
 
 
+# An event raised this long after an episode ended still belongs to it (a late raise, and a second raise
+# if one came before); later it is a false raise. Fixed, not a window span: windows end every second, and
+# an operator judges a raise 10 s after a fault ended as late whatever the window length.
+GRACE_S = 10.0
+
+
 def _median(v: Sequence[float]) -> float | None:
     return float(np.median(v)) if len(v) else None
 
@@ -186,13 +192,14 @@ def _max(v: Sequence[float]) -> float | None:
 
 def score_detection(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray, labels: np.ndarray,
                     episodes: Sequence[Episode], debounce: DebounceConfig, grace_s: float, seconds_per_window: float,
-                    known: Sequence[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], list[Event]]:
+                    known: Sequence[str] | None = None, nearest: np.ndarray | None = None
+                    ) -> tuple[dict[str, Any], list[dict[str, Any]], list[Event]]:
     """One detector's per-window ``classes`` -> (summary, per-episode entries, events).
 
     ``labels`` (the windows' own labels) give the hours of normal stream the false raises are divided
     by; ``known``: the detector's classes (an episode of another label is right when raised ``unknown``).
     """
-    events = detect_events(np.asarray(sources), np.asarray(end_ts, np.float64), np.asarray(classes), debounce)
+    events = detect_events(np.asarray(sources), np.asarray(end_ts, np.float64), np.asarray(classes), debounce, nearest)
     entries, useful = match_episodes(episodes, events, grace_s, classes=known)
     n_false = useful.count(False)
     normal_hours = float(np.sum(np.asarray(labels) == NORMAL)) * seconds_per_window / 3600.0

@@ -15,7 +15,7 @@ apart, since their one label is half wrong by construction):
 * detection -- per source, the windows' classes go through :class:`netsiam.debounce.FaultTracker`
   in ``end_ts`` order, exactly as the daemon does. An event detects a labelled episode when its
   ``[started_at, end]`` overlaps the episode or it is raised within ``[start, end + grace]``
-  (grace = one window span). A raised event detecting no episode is a false alarm;
+  (grace: ``GRACE_S`` = 10 s). A raised event detecting no episode is a false alarm;
   ``false_alarms_per_hour`` divides their count by the hours of normal-labelled stream (each
   window stands for ``stride`` intervals).
 """
@@ -48,6 +48,7 @@ from netsiam.trainer.baselines import (
 )
 from netsiam.trainer.dataset import LabelledWindows, build_windows
 from netsiam.trainer.detection import (
+    GRACE_S,
     Episode,
     Event,
     alarm_share,
@@ -210,7 +211,7 @@ class _Judge:
         ok = mask & ~self.lw.straddle
         det, _, _ = score_detection(self.lw.sources[mask], self.lw.end_ts[mask], pred[mask], self.lw.labels[mask],
                                     _covered(self.episodes, self.lw.subset(mask), 0.0), self.debounce, self.grace_s,
-                                    self.seconds_per_window, known=classes)
+                                    self.seconds_per_window, known=classes, nearest=nway[mask])
         return _scores(pred[ok], nway[ok], self.lw.labels[ok], classes) | {"detection": det}
 
 
@@ -301,10 +302,10 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     episodes = (episodes_from_intervals(intervals) if intervals is not None
                 else episodes_from_windows(lw.sources, lw.end_ts, labels, w.interval_s))
     episodes = _covered(episodes, lw, (w.length - 1) * w.interval_s)
-    judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=w.length * w.interval_s,
+    judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=GRACE_S,
                    seconds_per_window=w.stride * w.interval_s)
     det, ep_report, events = score_detection(lw.sources, lw.end_ts, pred, labels, episodes, judge.debounce,
-                                             judge.grace_s, judge.seconds_per_window, known=classes)
+                                             judge.grace_s, judge.seconds_per_window, known=classes, nearest=nway)
 
     novel = sorted(set(novel_labels) | (set(lab_ok.tolist()) - set(classes)))
     novelty: dict[str, Any] = {}
