@@ -44,7 +44,7 @@ from scipy.stats import rankdata
 from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS, derive, required_metrics
-from netsiam.schemas.labels import KNOWN_LABELS
+from netsiam.schemas.labels import KNOWN_LABELS, NORMAL
 from netsiam.traceio import atomic_write_bytes
 from netsiam.trainer.artifact import FORMAT, Artifact, Prototypes
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule
@@ -224,6 +224,43 @@ def thinned_copies(rng: np.random.Generator, lw: LabelledWindows, copies: float,
     lo, hi = keep_range
     keep = lo * (hi / lo) ** rng.random(n)
     raw = thin_windows(rng, lw.raw[pick], keep)
+    return LabelledWindows(raw, derive(raw, features), lw.end_ts[pick], lw.sources[pick], lw.labels[pick],
+                           lw.straddle[pick])
+
+
+def blip_windows(rng: np.random.Generator, raw: np.ndarray, min_tail: int = 3) -> np.ndarray:
+    """Normal raw windows (N, T, R) with a 1-2 s burst of failures or retransmissions that ends at least
+    ``min_tail`` seconds before the window does: stray calls of an earlier fault timing out, a BYE
+    retransmitted, a hiccup. A per-second rule ignores such a burst (it needs two anomalous seconds in
+    a row); an encoder that sees it for a whole window must learn to as well, or it raises a fault for
+    as long as the burst stays in its window.
+    """
+    i = {m: j for j, m in enumerate(RAW_METRICS)}
+    out = np.array(raw, dtype=np.float64, copy=True)
+    n, t_len = out.shape[:2]
+    for k in range(n):
+        width = 1 + int(rng.random() < 0.3)
+        at = int(rng.integers(0, max(1, t_len - min_tail - width + 1)))
+        sl = slice(at, at + width)
+        offered = np.maximum(out[k, sl, i["OutgoingCall"]], 1.0)
+        size = np.round(offered * rng.uniform(0.2, 1.5, width))
+        if rng.random() < 0.6:                                   # calls failing at once
+            out[k, sl, i["FailedCall"]] += size
+            out[k, at:, i["CurrentCall"]] = np.maximum(out[k, at:, i["CurrentCall"]] - size.sum(), 0.0)
+        else:                                                    # a burst of retransmissions
+            out[k, sl, i["Retransmissions"]] += size
+    return out
+
+
+def blipped_copies(rng: np.random.Generator, lw: LabelledWindows, copies: float, features: Sequence[str]
+                   ) -> LabelledWindows:
+    """``round(copies * n_normal)`` normal windows of ``lw`` with a burst (:func:`blip_windows`), derived."""
+    normal = np.flatnonzero((lw.labels == NORMAL) & ~lw.straddle)
+    n = int(round(copies * len(normal)))
+    if n == 0:
+        return lw.subset(np.zeros(len(lw), dtype=bool))
+    pick = rng.choice(normal, n)
+    raw = blip_windows(rng, lw.raw[pick])
     return LabelledWindows(raw, derive(raw, features), lw.end_ts[pick], lw.sources[pick], lw.labels[pick],
                            lw.straddle[pick])
 
@@ -441,6 +478,9 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     if tc.thinning > 0:                        # + copies of training windows as at lower loads
         extra = thinned_copies(np.random.default_rng([tc.seed, 4]), tr, tc.thinning, tc.thinning_keep, cfg.features)
         tr, n_thinned = _concat(tr, extra), len(extra)
+    if tc.blips > 0:                           # + normal copies with a stray burst well before their end
+        extra = blipped_copies(np.random.default_rng([tc.seed, 5]), tr, tc.blips, cfg.features)
+        tr, n_thinned = _concat(tr, extra), n_thinned + len(extra)
     cls_id = {c: i for i, c in enumerate(classes)}
     y_tr = np.array([cls_id[c] for c in tr.labels], np.int64)
     y_va = np.array([cls_id[c] for c in va.labels], np.int64)
