@@ -48,17 +48,19 @@ def train_without(cfg: Config, held_out: set[str], traces: dict[str, tuple[Path,
 
 def evaluate_recording(art: Any, files: tuple[Path, Path]) -> dict[str, Any]:
     """The evaluate report of one recording, cut to what this benchmark compares."""
-    from netsiam.trainer.evaluate import config_for_artifact, evaluate, load_labelled
+    from netsiam.trainer.evaluate import config_for_artifact, evaluate_detailed, load_labelled
 
     cfg = config_for_artifact(Config(), art, explicit=False)
     lw, intervals = load_labelled([str(files[0])], [str(files[1])], cfg)
-    r = evaluate(art, lw, cfg, intervals=intervals, novel_labels=(NOVEL,))
+    ev = evaluate_detailed(art, lw, cfg, intervals=intervals, novel_labels=(NOVEL,))
+    r = ev.report
     b = r["baselines"]
     return {
         "detectors": {k: {"window_accuracy": b[k]["window_accuracy"], **b[k]["detection"]}
                       for k in DETECTORS if k in b and "detection" in b[k]},
         "episodes": [{k: e[k] for k in ("label", "start", "end", "detected_label", "raised", "delay_s", "clear_s")}
                      for e in r["episodes"]],
+        "events": [{"fault": e.fault, "raised_at": e.raised_at, "cleared_at": e.cleared_at} for e in ev.events],
         "novelty": r["novelty"],
     }
 
@@ -75,11 +77,11 @@ def _line(name: str, res: dict[str, Any]) -> str:
 
 
 def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
-        tmp: Path, seed: int) -> dict[str, Any]:
+        models: Path, seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in held:
         t0 = time.perf_counter()
-        art = train_without(cfg, {name}, traces, sim, tmp / f"model-{name}", seed)
+        art = train_without(cfg, {name}, traces, sim, models / f"model-{name}", seed)
         res = evaluate_recording(art, traces[name])
         res["train_seconds"] = round(time.perf_counter() - t0, 1)
         res["epochs"] = art.manifest["metrics"]["epochs_run"]
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-sim", action="store_true", help="train on the corpus alone")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=None, help="keep imported traces here (default: a temp dir)")
+    ap.add_argument("--models", default=None, help="keep the trained models here (default: a temp dir)")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args(argv)
 
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             write_trace(sim[0], records)
             write_labels(sim[1], labels)
         t0 = time.perf_counter()
-        res = run(cfg, held, traces, sim, tmp, args.seed)
+        res = run(cfg, held, traces, sim, Path(args.models) if args.models else tmp, args.seed)
     doc = {"overrides": args.set, "sim": not args.no_sim, "seed": args.seed, "held_out": held,
            "seconds": round(time.perf_counter() - t0, 1), "recordings": res}
     if args.output or args.report:
