@@ -81,6 +81,18 @@ def _concurrency_delta(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
     return (cur - cur[:, :1]) / load
 
 
+# Failures and retransmissions span from a few percent of the load (a 10 % capacity limit) to several
+# times it (a frozen far end retransmitting); on a log scale the small ones are not lost next to the big.
+RARE_SCALE = 0.05
+
+
+def _log_per_load(name: str) -> Deriver:
+    def f(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
+        return np.log1p(_col(raw, name) / load / RARE_SCALE)
+
+    return f
+
+
 def _log_response_ms(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
     return np.log1p(np.maximum(_col(raw, "ResponseTime1"), 0.0))
 
@@ -91,6 +103,8 @@ FEATURES: dict[str, tuple[tuple[str, ...], Deriver]] = {
     "success_rel": (("OutgoingCall", "SuccessfulCall"), _per_load("SuccessfulCall")),
     "failed_rel": (("OutgoingCall", "FailedCall"), _per_load("FailedCall")),
     "retrans_rel": (("OutgoingCall", "Retransmissions"), _per_load("Retransmissions")),
+    "failed_log": (("OutgoingCall", "FailedCall"), _log_per_load("FailedCall")),
+    "retrans_log": (("OutgoingCall", "Retransmissions"), _log_per_load("Retransmissions")),
     "concurrency_rel": (("OutgoingCall", "CurrentCall"), _per_load("CurrentCall")),
     "concurrency_delta": (("OutgoingCall", "CurrentCall"), _concurrency_delta),
     "log_response_ms": (("ResponseTime1",), _log_response_ms),
