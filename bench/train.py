@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from netsiam.trainer.simulate import simulate
     from netsiam.trainer.train import train
 
-    params = getattr(default_model, "TRAIN_PARAMS", None)
+    params = default_model.TRAIN_PARAMS
     with tempfile.TemporaryDirectory(prefix="netsiam-bench-train-") as tmp:
         t0 = time.perf_counter()
         if args.epochs is None and args.steps is None:
@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         else:  # --quick: the same data, a shortened training
             cfg = override(default_model.training_config(),
                            {"training.epochs": args.epochs, "training.steps_per_epoch": args.steps})
-            trace, labels = default_model.training_data(tmp)
-            art = train(cfg, [trace], [labels], args.output, logdir=Path(tmp) / "logs", quiet=True)
+            traces, labels = default_model.training_data(tmp)
+            art = train(cfg, traces, labels, args.output, logdir=Path(tmp) / "logs", quiet=True,
+                        exclude_labels=default_model.EXCLUDED_LABELS)
             seconds = time.perf_counter() - t0
 
         etrace, elabels = Path(tmp) / "eval.jsonl", Path(tmp) / "eval_labels.csv"

@@ -40,7 +40,7 @@ __all__ = [
 class WindowConfig:
     interval_s: float = 1.0
     length: int = 30
-    stride: int = 5
+    stride: int = 1
     max_gap: int = 5
 
     def __post_init__(self) -> None:
@@ -122,10 +122,10 @@ class PrototypeConfig:
 @dataclass(frozen=True)
 class DebounceConfig:
     raise_k: int = 2
-    raise_n: int = 3
+    raise_n: int = 2
     clear_m: int = 2
-    unknown_after: int = 6
-    switch_after: int = 3
+    unknown_after: int = 10
+    switch_after: int = 5
 
     def __post_init__(self) -> None:
         _check(1 <= self.raise_k <= self.raise_n, "detector.debounce.raise_k", "must be in 1..raise_n")

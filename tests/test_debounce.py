@@ -4,7 +4,7 @@ from netsiam.config import DebounceConfig
 from netsiam.debounce import FaultTracker
 
 M = {"n": "normal", "b": "blocked", "c": "capacity_limit", "u": "unknown"}
-CFG = DebounceConfig(raise_k=2, raise_n=3, clear_m=2, unknown_after=4)
+CFG = DebounceConfig(raise_k=2, raise_n=3, clear_m=2, unknown_after=4, switch_after=3)
 
 
 def run(seq: str, cfg: DebounceConfig = CFG) -> list[tuple]:

@@ -25,7 +25,7 @@ from conftest import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netsiam.config import Config, DebounceConfig, DetectorConfig, WindowConfig
+from netsiam.config import Config, DebounceConfig, DetectorConfig, WindowConfig, override
 from netsiam.detector.pipeline import DeadLetter, EventOut, Pipeline, run_batch
 from netsiam.features import derive
 from netsiam.schemas.event import event_id
@@ -181,7 +181,7 @@ def test_bad_input_becomes_dead_letters_with_reason_and_original_bytes() -> None
 
     protos = Prototypes()
     protos.set("normal", np.full(3, 0.5), 1.0, 1)
-    p = Pipeline(Config(), LinearArtifact(head, protos, WindowConfig()))
+    p = Pipeline(Config(), LinearArtifact(head, protos, WindowConfig(stride=5)))
     cases = bad_lines()
     base = 1795384000.0
     ok = [orjson.dumps({"source": "y", "ts": base + i, "metrics": {"OutgoingCall": 1, "SuccessfulCall": 1,
@@ -249,7 +249,9 @@ def test_restart_from_markers_reproduces_every_event(model: Model, trace: Any, c
     an uninterrupted run, and the replayed ones carry the same ids (the restart rule)."""
     lines, _ = trace
     parts = partitioned(lines, 3)
-    cfg = Config()
+    # a debounce quick to raise unknown and to switch, so the wobble makes many hard cases to rebuild
+    cfg = override(Config(), {"detector.debounce.raise_n": 3, "detector.debounce.unknown_after": 6,
+                              "detector.debounce.switch_after": 3})
 
     def art() -> Any:
         return model.fake() if kind == "clean" else noisy(model)

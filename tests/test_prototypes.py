@@ -291,4 +291,4 @@ def test_cli_add_windows_with_the_models_window_settings(tmp_path: Path) -> None
     cfg_file.write_text("window:\n  length: 12\n")
     assert main(["prototypes", "add", "--config", str(cfg_file), "--model", str(d), "--name", "congestion",
                  "--data", str(trace), "--labels", str(labels)]) == 0
-    assert load_artifact(d).window == WindowConfig(length=T)
+    assert load_artifact(d).window == WindowConfig(length=T, stride=5)

@@ -240,7 +240,7 @@ def test_train_end_to_end_separates_faults_on_held_out_data(data: dict[str, tupl
     m = art.manifest
     assert art.prototypes.classes == ["normal", "blocked", "capacity_limit"] == m["classes"]
     assert m["format"] == 1 and m["training"]["epochs"] == 3 and m["training"]["seed"] == 5
-    assert m["window"] == {"interval_s": 1.0, "length": 30, "stride": 5, "max_gap": 5}
+    assert m["window"] == {"interval_s": 1.0, "length": 30, "stride": 1, "max_gap": 5}
     assert m["model"]["window_length"] == 30 and m["model"]["n_features"] == 6
     assert len(m["normalisation"]["mean"]) == len(m["normalisation"]["std"]) == 6
     assert m["config"]["training"]["steps_per_epoch"] == 15 and m["excluded_labels"] == ["retrans_storm"]

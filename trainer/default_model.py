@@ -1,10 +1,12 @@
 """``make model``: regenerate the model shipped in the package, reproducibly.
 
-Simulated training data (fixed seed, simulator defaults: every source its own testbed, with load,
-call hold time and response time drawn over wide ranges) -> ``netsiam train`` with the config
-defaults and :data:`TRAIN_OVERRIDES` (fixed training seed) -> ``netsiam/default_model/``. Many short sources rather than a few
-long ones: the model must see many (load, hold, response) combinations, not many minutes of each.
-TensorBoard logs and the checkpoint go to a temporary directory, not into the package.
+Training data: every non-novel recording of the real-SIPp corpus (``deploy/testbed/corpus``: real
+SIPp quirks, 5-200 calls/s, holds of 1-60 s, the fault shapes a testbed shows) plus a simulation
+(fixed seed, :data:`netsiam.trainer.simulate.VARIED`: many short sources, each its own testbed,
+so the model sees loads and holds no recording has). ``degraded`` episodes are left out: that class
+is the one the shipped model must call ``unknown``. Then ``netsiam train`` with the config defaults
+and a fixed seed -> ``netsiam/default_model/``. TensorBoard logs and the checkpoint go to a temporary
+directory, not into the package.
 """
 
 from __future__ import annotations
@@ -18,34 +20,29 @@ from pathlib import Path
 from netsiam.config import Config, override
 from netsiam.traceio import write_labels, write_trace
 from netsiam.trainer.artifact import default_model_path
+from netsiam.trainer.corpus import NOVEL_LABEL, load_corpus, to_traces
 from netsiam.trainer.simulate import VARIED, simulate
 from netsiam.trainer.train import train
 
-__all__ = ["TRAIN_MINUTES", "TRAIN_OVERRIDES", "TRAIN_PARAMS", "TRAIN_SEED", "TRAIN_SOURCES", "main",
-           "training_config", "training_data"]
+__all__ = ["EXCLUDED_LABELS", "TRAIN_MINUTES", "TRAIN_OVERRIDES", "TRAIN_PARAMS", "TRAIN_SEED", "TRAIN_SOURCES",
+           "main", "training_config", "training_data"]
 
 TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED = 32, 10.0, 1
 TRAIN_PARAMS = VARIED       # blocked + capacity_limit in their real variants; retrans_storm stays out (novel)
-# Synthetic outliers closer in than the config default ([3, 8] x a class's spread): the simulated
-# classes already span hundreds of (load, hold, response) testbeds, so a shift of 2 spreads is
-# outside anything a known class does, and the encoder learns to call milder new faults unknown.
-# Measured (6 training seeds x 4 novel sets, H100): retrans_storm unknown 0.91 (worst 0.88) on the
-# hardest set vs 0.83 (0.71), closed-set accuracy unchanged, and the real sipp_c `degraded` class
-# unknown. NOT the config default: a model trained on ONE real recording sees one load, its spreads
-# are narrow, and [2, 8] makes the other load's faults look novel (a->b accuracy 0.83, an episode
-# missed, vs 0.99 and 24/24 with [3, 8]).
-TRAIN_OVERRIDES: dict[str, object] = {"training.outlier_shift": (2.0, 8.0)}
+EXCLUDED_LABELS = (NOVEL_LABEL,)
+TRAIN_OVERRIDES: dict[str, object] = {}      # the config defaults are the shipped recipe
 SHIPPED = ("encoder.keras", "prototypes.json", "manifest.json", "history.json", "snapshots.npz")
 
 
-def training_data(directory: str | Path) -> tuple[Path, Path]:
-    """Write the default model's training trace and labels into ``directory``; -> (trace, labels)."""
+def training_data(directory: str | Path) -> tuple[list[Path], list[Path]]:
+    """Write the default model's training traces and labels into ``directory``; -> (traces, labels)."""
     d = Path(directory)
-    trace, labels = d / "train.jsonl", d / "train_labels.csv"
+    trace, labels = d / "sim.jsonl", d / "sim_labels.csv"
     records, intervals = simulate(TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED, TRAIN_PARAMS)
     write_trace(trace, records)
     write_labels(labels, intervals)
-    return trace, labels
+    real = to_traces([r for r in load_corpus() if r.role != "novel"], d / "corpus")
+    return [trace, *(t for t, _ in real.values())], [labels, *(lab for _, lab in real.values())]
 
 
 def training_config(base: Config | None = None) -> Config:
@@ -60,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="netsiam-model-") as tmp:
-        trace, labels = training_data(tmp)
+        traces, labels = training_data(tmp)
         staging = Path(tmp) / "artifact"
-        train(training_config(), [trace], [labels], staging, logdir=Path(tmp) / "logs", quiet=args.quiet)
+        train(training_config(), traces, labels, staging, logdir=Path(tmp) / "logs", quiet=args.quiet,
+              exclude_labels=EXCLUDED_LABELS, seed=TRAIN_SEED)
         out = Path(args.output)
         if out.exists():
             shutil.rmtree(out)
