@@ -103,11 +103,17 @@ def run(quick: bool, tmp: Path) -> dict[str, Any]:
     from netsiam.traceio import write_labels, write_trace
     from netsiam.trainer.artifact import load_artifact
     from netsiam.trainer.corpus import load_corpus, to_traces
-    from netsiam.trainer.default_model import TRAIN_MINUTES, TRAIN_PARAMS, TRAIN_SEED, TRAIN_SOURCES
+    from netsiam.trainer.default_model import (
+        TRAIN_MINUTES,
+        TRAIN_PARAMS,
+        TRAIN_SEED,
+        TRAIN_SOURCES,
+        training_config,
+    )
     from netsiam.trainer.simulate import simulate
 
     t0 = time.perf_counter()
-    cfg = Config()
+    cfg = training_config()                      # leave-one-out models follow the shipped model's recipe
     if quick:
         cfg = override(cfg, {"training.epochs": 3, "training.steps_per_epoch": 20})
     recs = load_corpus()

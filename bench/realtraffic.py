@@ -106,10 +106,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from netsiam.traceio import write_labels, write_trace
     from netsiam.trainer.corpus import load_corpus, to_traces
-    from netsiam.trainer.default_model import TRAIN_MINUTES, TRAIN_PARAMS, TRAIN_SEED, TRAIN_SOURCES
+    from netsiam.trainer.default_model import (
+        TRAIN_MINUTES,
+        TRAIN_PARAMS,
+        TRAIN_SEED,
+        TRAIN_SOURCES,
+        training_config,
+    )
     from netsiam.trainer.simulate import simulate
 
-    cfg = override(Config(), {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
+    # the shipped model's recipe, plus the candidate's overrides
+    cfg = override(training_config(), {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
     recs = load_corpus()
     role = {r.name: r.role for r in recs}
     if args.only:

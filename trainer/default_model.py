@@ -30,7 +30,14 @@ __all__ = ["EXCLUDED_LABELS", "TRAIN_MINUTES", "TRAIN_OVERRIDES", "TRAIN_PARAMS"
 TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED = 32, 10.0, 1
 TRAIN_PARAMS = VARIED       # blocked + capacity_limit in their real variants; retrans_storm stays out (novel)
 EXCLUDED_LABELS = (NOVEL_LABEL,)
-TRAIN_OVERRIDES: dict[str, object] = {}      # the config defaults are the shipped recipe
+# Synthetic outliers closer in than the config default ([3, 8] x a class's spread): the corpus and the
+# simulation already span many testbeds, so 2 spreads is outside anything a known class does and the
+# encoder learns to call milder new faults unknown. Chosen on validation only (held out: the val_*
+# recordings for the known faults, a simulated retrans_storm for novelty; two training seeds): storm
+# windows unknown 0.97 / 0.89 against 0.76 / 0.10, the val_* faults unchanged (14/14 first raises right).
+# Not the config default: trained on ONE recording (one load, narrow spreads) it makes another
+# recording's faults look novel.
+TRAIN_OVERRIDES: dict[str, object] = {"training.outlier_shift": (2.0, 8.0)}
 SHIPPED = ("encoder.keras", "prototypes.json", "manifest.json", "history.json", "snapshots.npz")
 
 

@@ -51,10 +51,13 @@ from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS
 from netsiam.traceio import LabelInterval, Record
 
-__all__ = ["EPOCH", "EXTRA_METRICS", "FAULT_KINDS", "VARIED", "SimParams", "simulate", "source_testbeds"]
+__all__ = ["EPOCH", "EXTRA_METRICS", "FAULT_KINDS", "SLOW_ANSWERS", "VARIED", "SimParams", "simulate", "source_testbeds"]
 
 EPOCH = 1795384000.0  # fixed start so a seed fully determines the output
 FAULT_KINDS: tuple[str, ...] = ("blocked", "capacity_limit", "retrans_storm")
+# Opt-in like retrans_storm, never in FAULT_KINDS: a far end answering 100-400 ms late, calls completing.
+# A second never-trained class, to choose recipes for novelty on without looking at a real one.
+SLOW_ANSWERS = "slow_answers"
 EXTRA_METRICS: tuple[str, ...] = ("FailedTimeoutOnRecv", "FailedCallRejected", "CallRate")
 
 # INVITE (re)transmission times after the first send: RFC 3261 timer A with T1 = 0.5 s.
@@ -94,6 +97,7 @@ class SimParams:
     surge: Range = (1.5, 4.0)  # capacity_limit: offered load multiplier
     capacity: Range = (0.7, 1.1)  # capacity_limit: admitted calls/s relative to the normal load
     storm_loss: Range = (0.2, 0.4)  # retrans_storm: packet loss
+    slow_ms: Range = (100.0, 400.0)  # slow_answers: added to every answer's time
     warmup_s: int = 120  # simulated before the trace starts (at least 4 hold times) so CurrentCall is steady
     partial_block_fraction: float = 0.0  # blocked: share of episodes where only some calls go unanswered ...
     blocked_share: Range = (0.3, 0.9)  # ... this share of the calls started in the episode
@@ -105,7 +109,7 @@ class SimParams:
     cold_start_fraction: float = 0.0  # share of sources whose trace starts with no call in progress
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.faults if f not in FAULT_KINDS]
+        unknown = [f for f in self.faults if f not in (*FAULT_KINDS, SLOW_ANSWERS)]
         if unknown:
             raise NetsiamError(f"unknown fault kind(s) {unknown}; known: {', '.join(FAULT_KINDS)}")
         for name in ("load_range", "load_step", "hold_s", "hold_sigma", "response_ms", "reject_ratio", "background_fail",
@@ -258,6 +262,7 @@ def _source(rng: np.random.Generator, base_load: float, seconds: int, p: SimPara
     # it clamp to its last second, whose events are past the horizon and never counted anyway.
     surge = np.ones(n)
     cap = np.full(n, np.inf)
+    slow = np.zeros(n)                                  # slow_answers: ms added to an answer
     hold = np.zeros(n, dtype=bool)                      # capacity rejections held until the caller gives up
     share_lost = np.zeros(n)                            # blocked: share of the second's new calls never answered
     lost_until = np.zeros(n)                            # ... until this time (the episode's end)
@@ -278,6 +283,8 @@ def _source(rng: np.random.Generator, base_load: float, seconds: int, p: SimPara
                 cap_rate = rng.uniform(*p.capacity) * load[sl]
             cap[sl] = np.floor(cap_rate + rng.random(e - s))  # stochastic rounding
             hold[sl] = tb["ua_timeout_s"] is not None and p.hold_fraction > 0 and rng.random() < p.hold_fraction
+        elif kind == SLOW_ANSWERS:
+            slow[sl] = rng.uniform(*p.slow_ms)
         else:  # retrans_storm
             loss[sl] = rng.uniform(*p.storm_loss)
 
@@ -303,7 +310,7 @@ def _source(rng: np.random.Generator, base_load: float, seconds: int, p: SimPara
     answered, tries, retrans_t = _retransmitted(rng, arr, sends, loss, np.where(lost, lost_until[sec], -np.inf),
                                                 silent=held_cap)
     jitter = rng.lognormal(0.0, p.response_jitter, ncalls)
-    rt_ms = sends[tries] * 1000 + np.where(cap_rejected, reject, response) * jitter
+    rt_ms = sends[tries] * 1000 + np.where(cap_rejected, reject, response) * jitter + slow[sec]
     answer_t = arr + rt_ms / 1000
     answered &= ~held_cap
     rejected = answered & (cap_rejected | (rng.random(ncalls) < fail_p))

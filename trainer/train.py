@@ -52,7 +52,7 @@ from netsiam.trainer.dataset import LabelledWindows, build_windows
 from netsiam.trainer.mining import balanced_batch, fixed_batches, random_triplets, triplet_batches
 from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
 
-__all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "load_windows", "pair_auc",
+__all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "in_recovery", "load_windows", "pair_auc",
            "label_runs", "split_validation", "train"]
 
 SNAPSHOTS_FILE, HISTORY_FILE, CHECKPOINT_FILE = "snapshots.npz", "history.json", "checkpoint.weights.h5"
@@ -91,6 +91,28 @@ def label_runs(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray) -> np
     runs = np.empty(len(end_ts), dtype=np.int64)
     runs[order] = np.cumsum(new_run) - 1
     return runs
+
+
+def in_recovery(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray, recovery_s: float) -> np.ndarray:
+    """(N,) normal windows ending within ``recovery_s`` after their group's last fault window.
+
+    The seconds after a fault ends are neither the fault nor clean normal: the backlog answered in a
+    burst, retransmissions draining, calls of the fault timing out. Trained as normal they teach the
+    encoder that slow answers and stray failures are normal, and a new fault made of slow answers is
+    then called normal; trained as the fault they delay every clear. They train nothing.
+    """
+    out = np.zeros(len(end_ts), dtype=bool)
+    if recovery_s <= 0:
+        return out
+    order = np.lexsort((end_ts, groups))
+    last_fault: dict[object, float] = {}
+    for k in order:
+        g = groups[k]
+        if labels[k] != NORMAL:
+            last_fault[g] = end_ts[k]
+        elif g in last_fault and end_ts[k] - last_fault[g] <= recovery_s:
+            out[k] = True
+    return out
 
 
 def split_validation(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray, val_fraction: float,
@@ -456,7 +478,7 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     lw, groups = load_windows(cfg, data_paths, label_paths)                     # x: (N, T, F)
     # Every window is labelled by its last sample, onset and offset windows (straddling a label change)
     # included: they teach the encoder to name a fault from its first seconds, and normal soon after it.
-    keep = ~np.isin(lw.labels, list(exclude_labels))
+    keep = ~np.isin(lw.labels, list(exclude_labels)) & ~in_recovery(lw.end_ts, groups, lw.labels, tc.recovery_s)
     lw, groups = lw.subset(keep), groups[keep]
     in_train, in_val, overlapping = split_validation(lw.end_ts, groups, lw.labels, tc.val_fraction,
                                                      span_s=(w.length - 1) * w.interval_s)
