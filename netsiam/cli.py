@@ -25,7 +25,7 @@ HANDLERS = {
     "evaluate": "netsiam.trainer.evaluate:cli_evaluate",
     "prototypes": "netsiam.trainer.prototypes:cli_prototypes",
     "replay": "netsiam.detector.replay:cli_replay",
-    "detect": "netsiam.detector.daemon:cli_detect",
+    "detect": "netsiam.detector.cli:cli_detect",
     "broker": "netsiam.detector.broker:cli_broker",
     "plot": "netsiam.trainer.plots:cli_plot",
 }

@@ -26,9 +26,11 @@ from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 from prometheus_client import CollectorRegistry
 
-import netsiam.detector.daemon as dm
+import netsiam.detector.delivery as delivery
+import netsiam.detector.loop as loop
 from netsiam.config import Config, KafkaConfig
-from netsiam.detector.daemon import ACK_OVERDUE_S, Daemon
+from netsiam.detector.delivery import ACK_OVERDUE_S
+from netsiam.detector.loop import Daemon
 from netsiam.trainer.artifact import load_artifact
 
 pytestmark = pytest.mark.slow
@@ -76,8 +78,8 @@ class Producers:
 def producers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Producers]:
     p = Producers()
     monkeypatch.setattr(kafka, "KafkaProducer", p)
-    monkeypatch.setattr(dm, "PRODUCER_STALL_S", 2.0)    # replace a silent producer sooner (default 10 s)
-    monkeypatch.setattr(dm, "SHUTDOWN_FLUSH_S", 3.0)    # give up on the final flush sooner (default 60 s)
+    monkeypatch.setattr(delivery, "PRODUCER_STALL_S", 2.0)    # replace a silent producer sooner (default 10 s)
+    monkeypatch.setattr(loop, "SHUTDOWN_FLUSH_S", 3.0)    # give up on the final flush sooner (default 60 s)
     yield p
     for made in p.made:
         if not isinstance(made, StuckProducer):

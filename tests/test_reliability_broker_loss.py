@@ -33,7 +33,7 @@ from test_daemon_signals import offline_events
 
 from netsiam.config import TopicsConfig
 from netsiam.detector.broker import create_topics, free_port, start_broker
-from netsiam.detector.daemon import ACK_OVERDUE_S
+from netsiam.detector.delivery import ACK_OVERDUE_S
 from netsiam.detector.replay import replay_lines
 from netsiam.trainer.artifact import load_artifact
 
@@ -139,8 +139,8 @@ def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
     back empty. The daemon must keep running, say not-ready meanwhile, and deliver those events to the
     new broker (re-sent through a new producer: the old one's id is unknown there), then process part 2
     like a fresh daemon; offsets are committed only once acked."""
-    import netsiam.detector.daemon as dm
-    from netsiam.detector.daemon import Daemon
+    import netsiam.detector.loop as dm
+    from netsiam.detector.loop import Daemon
 
     port, tc, part1, part2 = outage_setup("bp")
 

@@ -194,7 +194,7 @@ def test_daemon_over_tls_to_the_embedded_broker(tmp_path: Path, model_dir: Path)
 
     from netsiam.config import TopicsConfig
     from netsiam.detector.broker import start_broker
-    from netsiam.detector.daemon import Daemon
+    from netsiam.detector.loop import Daemon
     from netsiam.detector.replay import replay_lines
     from netsiam.trainer.artifact import load_artifact
 
