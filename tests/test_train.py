@@ -19,10 +19,10 @@ from netsiam.trainer.dataset import build_windows
 from netsiam.trainer.simulate import SimParams, simulate
 from netsiam.trainer.train import (
     Exposure,
+    label_runs,
     load_windows,
     outlier_scales,
     pair_auc,
-    label_runs,
     split_validation,
     synthetic_outliers,
     thin_windows,
