@@ -164,7 +164,7 @@ def _agg(values: list[float | None]) -> dict[str, float | None]:
 # ------------------------------------------------------------------------------------------------ main
 
 def run(quick: bool, tmp: Path) -> dict[str, Any]:
-    from netsiam.trainer.artifact import load_artifact
+    from netsiam.serving import load_artifact
     from netsiam.trainer.dataset import build_windows
     from netsiam.trainer.default_model import training_config, training_data
     from netsiam.trainer.train import train
@@ -220,7 +220,7 @@ def run(quick: bool, tmp: Path) -> dict[str, Any]:
     out["real"] = rr
 
     # f. the shipped default model on the real recordings
-    from netsiam.trainer.artifact import default_model_path
+    from netsiam.serving import default_model_path
 
     if (default_model_path() / "manifest.json").is_file():
         art = load_artifact(None)

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from netsiam.detector.pipeline import BatchResult, Pipeline
     from netsiam.detector.reload import warm_up
     from netsiam.features import RAW_METRICS
-    from netsiam.trainer.artifact import load_artifact
+    from netsiam.serving import load_artifact
 
     art = load_artifact(args.model)
     warm_up(art)

@@ -543,7 +543,7 @@ def soak(minutes: float, rate: float | None = None, model: Path | None = None, *
 
     from netsiam.detector.broker import create_topics, start_broker, stop_process
     from netsiam.detector.replay import replay_lines
-    from netsiam.trainer.artifact import default_model_path
+    from netsiam.serving import default_model_path
 
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     duration = minutes * 60.0

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from netsiam.config import Config, override
-from netsiam.trainer.artifact import default_model_path, load_artifact
+from netsiam.serving import default_model_path, load_artifact
 
 from .loop import Daemon
 from .reload import freeze_heap, warm_up

@@ -26,7 +26,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from netsiam.config import Config
 from netsiam.errors import NetsiamError
-from netsiam.trainer.artifact import Artifact
+from netsiam.serving import Artifact
 
 from .delivery import ACK_OVERDUE_S, FatalError, Publisher
 from .health import HealthServer

@@ -59,7 +59,7 @@ from netsiam.debounce import NORMAL, FaultTracker
 from netsiam.features import RAW_METRICS, derive
 from netsiam.schemas.event import FaultEvent
 from netsiam.schemas.record import RecordError, decode_record
-from netsiam.trainer.artifact import Artifact
+from netsiam.serving import Artifact
 from netsiam.windowing import WindowBuffer
 
 from .metrics import DetectorMetrics

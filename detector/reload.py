@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from netsiam.errors import NetsiamError
-from netsiam.trainer.artifact import ENCODER_FILE, MANIFEST_FILE, PROTOTYPES_FILE, Artifact, load_artifact
+from netsiam.serving import ENCODER_FILE, MANIFEST_FILE, PROTOTYPES_FILE, Artifact, load_artifact
 
 __all__ = ["ArtifactWatcher", "artifact_signature", "freeze_heap", "warm_up"]
 

@@ -104,7 +104,7 @@ def fit_head(x: np.ndarray, lab: np.ndarray, straddle: np.ndarray) -> LinearHead
 
 
 def fit_prototypes(emb: np.ndarray, lab: np.ndarray, straddle: np.ndarray, threshold: float = 10.0) -> Any:
-    from netsiam.trainer.artifact import Prototypes
+    from netsiam.serving import Prototypes
 
     p = Prototypes()
     for c in TARGETS:
@@ -114,7 +114,7 @@ def fit_prototypes(emb: np.ndarray, lab: np.ndarray, straddle: np.ndarray, thres
 
 
 class LinearArtifact:
-    """Duck-typed :class:`~netsiam.trainer.artifact.Artifact` computing :class:`LinearHead` in numpy."""
+    """Duck-typed :class:`~netsiam.serving.Artifact` computing :class:`LinearHead` in numpy."""
 
     def __init__(self, head: LinearHead, prototypes: Any, window: WindowConfig, version: str = "linear-1") -> None:
         self.head = head
@@ -149,7 +149,7 @@ def save_artifact(path: Path, head: LinearHead, prototypes: Any, window: WindowC
     """Write a real artifact directory (encoder.keras, prototypes.json, manifest.json)."""
     import dataclasses
 
-    from netsiam.trainer.artifact import Artifact
+    from netsiam.serving import Artifact
 
     manifest = {
         "format": 1,

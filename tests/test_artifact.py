@@ -14,7 +14,7 @@ import pytest
 
 from netsiam.errors import NetsiamError
 from netsiam.features import DEFAULT_FEATURES
-from netsiam.trainer.artifact import Artifact, Prototypes, load_artifact
+from netsiam.serving import Artifact, Prototypes, load_artifact
 from netsiam.trainer.model import EncoderSpec, build_encoder
 
 T, F = 30, len(DEFAULT_FEATURES)
@@ -45,7 +45,7 @@ def test_round_trip_in_a_fresh_process_gives_identical_embeddings(tmp_path: Path
     np.save(tmp_path / "x.npy", x)
     code = textwrap.dedent(f"""
         import numpy as np
-        from netsiam.trainer.artifact import load_artifact
+        from netsiam.serving import load_artifact
         a = load_artifact({str(tmp_path / 'm')!r})
         np.save({str(tmp_path / 'after.npy')!r}, a.embed(np.load({str(tmp_path / 'x.npy')!r})))
         print(a.version)
@@ -160,7 +160,7 @@ def test_artifact_saved_under_tensorflow_runs_under_another_backend(tmp_path: Pa
     np.save(tmp_path / "x.npy", x)
     code = textwrap.dedent(f"""
         import keras, numpy as np
-        from netsiam.trainer.artifact import load_artifact
+        from netsiam.serving import load_artifact
         assert keras.backend.backend() == {backend!r}, keras.backend.backend()
         a = load_artifact({str(tmp_path / 'm')!r})
         e = a.embed(np.load({str(tmp_path / 'x.npy')!r}))

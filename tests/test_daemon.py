@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from netsiam.config import Config
 from netsiam.detector.loop import Daemon
 from netsiam.detector.replay import replay_lines
-from netsiam.trainer.artifact import default_model_path, load_artifact
+from netsiam.serving import default_model_path, load_artifact
 from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
 
 

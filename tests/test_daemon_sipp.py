@@ -21,8 +21,8 @@ from netsiam.config import Config
 from netsiam.detector.replay import replay_lines
 from netsiam.importers.sipp import import_sipp
 from netsiam.schemas.event import event_id
+from netsiam.serving import default_model_path, load_artifact
 from netsiam.traceio import read_labels
-from netsiam.trainer.artifact import default_model_path, load_artifact
 from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
 
 DATA = REPO / "tests" / "data"

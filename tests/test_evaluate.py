@@ -16,8 +16,8 @@ import pytest
 from netsiam.config import Config, DebounceConfig, PrototypeConfig, WindowConfig
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS
+from netsiam.serving import Artifact, Prototypes
 from netsiam.traceio import LabelInterval, write_labels, write_trace
-from netsiam.trainer.artifact import Artifact, Prototypes
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule, split_support
 from netsiam.trainer.dataset import LabelledWindows
 from netsiam.trainer.evaluate import (

@@ -177,7 +177,7 @@ def test_bad_input_becomes_dead_letters_with_reason_and_original_bytes() -> None
     from conftest import LinearArtifact, LinearHead
 
     head = LinearHead(np.zeros(6), np.ones(6), np.zeros((12, 3)), np.zeros(3))
-    from netsiam.trainer.artifact import Prototypes
+    from netsiam.serving import Prototypes
 
     protos = Prototypes()
     protos.set("normal", np.full(3, 0.5), 1.0, 1)
@@ -231,7 +231,7 @@ class NoisyArtifact(LinearArtifact):
 
 
 def noisy(model: Model) -> NoisyArtifact:
-    from netsiam.trainer.artifact import Prototypes
+    from netsiam.serving import Prototypes
 
     protos = Prototypes()
     for c, pts, _thr, n in zip(model.prototypes.classes, model.prototypes.points, model.prototypes.thresholds,

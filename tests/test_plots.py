@@ -11,8 +11,8 @@ from netsiam.cli import main
 from netsiam.config import Config, WindowConfig
 from netsiam.errors import NetsiamError
 from netsiam.features import DEFAULT_FEATURES, RAW_METRICS
+from netsiam.serving import Artifact, Prototypes
 from netsiam.traceio import LabelInterval, write_labels, write_trace
-from netsiam.trainer.artifact import Artifact, Prototypes
 from netsiam.trainer.dataset import LabelledWindows
 from netsiam.trainer.evaluate import Evaluation, evaluate_detailed
 from netsiam.trainer.plots import PLOT_FILES, animate_snapshots, plot_history, write_plots

@@ -18,7 +18,7 @@ import pytest
 
 from netsiam.errors import NetsiamError
 from netsiam.features import DEFAULT_FEATURES
-from netsiam.trainer.artifact import Artifact, Prototypes, load_artifact
+from netsiam.serving import Artifact, Prototypes, load_artifact
 
 T, F = 12, len(DEFAULT_FEATURES)
 

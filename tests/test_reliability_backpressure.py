@@ -31,7 +31,7 @@ import netsiam.detector.loop as loop
 from netsiam.config import Config, KafkaConfig
 from netsiam.detector.delivery import ACK_OVERDUE_S
 from netsiam.detector.loop import Daemon
-from netsiam.trainer.artifact import load_artifact
+from netsiam.serving import load_artifact
 
 pytestmark = pytest.mark.slow
 

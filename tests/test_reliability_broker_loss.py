@@ -35,7 +35,7 @@ from netsiam.config import TopicsConfig
 from netsiam.detector.broker import create_topics, free_port, start_broker
 from netsiam.detector.delivery import ACK_OVERDUE_S
 from netsiam.detector.replay import replay_lines
-from netsiam.trainer.artifact import load_artifact
+from netsiam.serving import load_artifact
 
 pytestmark = pytest.mark.slow
 HOLD_S = 4.0  # the restarted broker runs this long without the output topics

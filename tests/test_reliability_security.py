@@ -196,7 +196,7 @@ def test_daemon_over_tls_to_the_embedded_broker(tmp_path: Path, model_dir: Path)
     from netsiam.detector.broker import start_broker
     from netsiam.detector.loop import Daemon
     from netsiam.detector.replay import replay_lines
-    from netsiam.trainer.artifact import load_artifact
+    from netsiam.serving import load_artifact
 
     cert, key, _ = _self_signed(tmp_path)
     other_cert, _, _ = _self_signed(tmp_path, "other")

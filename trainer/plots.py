@@ -24,7 +24,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from netsiam.config import Config  # noqa: E402
 from netsiam.errors import NetsiamError  # noqa: E402
-from netsiam.trainer.artifact import UNKNOWN, default_model_path  # noqa: E402
+from netsiam.serving import UNKNOWN, default_model_path  # noqa: E402
 
 if TYPE_CHECKING:
     from netsiam.trainer.evaluate import Evaluation
@@ -342,7 +342,7 @@ def cli_plot(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     if not args.data:
         raise NetsiamError("plot embedding needs --data TRACE (and --labels LABELS to colour by label)")
-    from netsiam.trainer.artifact import load_artifact
+    from netsiam.serving import load_artifact
     from netsiam.trainer.evaluate import config_for_artifact, load_labelled
 
     artifact = load_artifact(args.model)

@@ -26,7 +26,7 @@ import numpy as np
 
 from netsiam.config import Config, PrototypeConfig
 from netsiam.errors import NetsiamError
-from netsiam.trainer.artifact import UNKNOWN, Artifact, Prototypes, load_artifact
+from netsiam.serving import UNKNOWN, Artifact, Prototypes, load_artifact
 
 __all__ = [
     "MEDOID_MAX",
