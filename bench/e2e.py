@@ -42,7 +42,7 @@ import orjson
 import yaml
 
 from bench.common import REPO, Ctx, child_env, run_json, trace_lines
-from netsiam.detector.broker import stop_process
+from netsiam.broker import stop_process
 
 __all__ = ["PARTITIONS", "bench_e2e", "daemon_config"]
 
@@ -162,7 +162,7 @@ def bare_consume(bootstrap: str, topic: str, n: int, broker_pid: int, timeout_s:
     from kafka import KafkaConsumer, TopicPartition
 
     from netsiam.config import KafkaConfig
-    from netsiam.detector.kafka_io import consumer_kwargs
+    from netsiam.kafka_io import consumer_kwargs
 
     c = KafkaConsumer(**consumer_kwargs(KafkaConfig(), bootstrap, None))
     try:
@@ -304,9 +304,9 @@ def measure_latency(ctx: Ctx, proc: DaemonProc, bootstrap: str, topics: Any, adm
 def bench_e2e(ctx: Ctx) -> dict[str, Any]:
     from kafka import KafkaAdminClient
 
+    from netsiam.broker import create_topics, start_broker
     from netsiam.config import TopicsConfig
-    from netsiam.detector.broker import create_topics, start_broker
-    from netsiam.detector.replay import replay_lines
+    from netsiam.replay import replay_lines
 
     sim_sources, minutes, copies = (8, 10, 3) if ctx.quick else (20, 25, 10)
     lines = trace_lines(sim_sources, minutes, seed=99, copies=copies)

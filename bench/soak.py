@@ -296,7 +296,7 @@ def _feed_body(conn: Connection, spec: dict[str, Any]) -> None:
     from kafka.partitioner.default import murmur2
 
     from netsiam.config import KafkaConfig
-    from netsiam.detector.kafka_io import producer_kwargs, quiet_kafka_logs
+    from netsiam.kafka_io import producer_kwargs, quiet_kafka_logs
     from netsiam.trainer.simulate import simulate
     from netsiam.windowing import slot_of
 
@@ -541,8 +541,8 @@ def soak(minutes: float, rate: float | None = None, model: Path | None = None, *
     ``nothing_lost`` and ``reasons``. Raises only when the set-up itself fails."""
     from kafka import KafkaAdminClient
 
-    from netsiam.detector.broker import create_topics, start_broker, stop_process
-    from netsiam.detector.replay import replay_lines
+    from netsiam.broker import create_topics, start_broker, stop_process
+    from netsiam.replay import replay_lines
     from netsiam.serving import default_model_path
 
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))

@@ -26,11 +26,11 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from netsiam.config import Config
 from netsiam.errors import NetsiamError
+from netsiam.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs, quiet_kafka_logs
 from netsiam.serving import Artifact
 
 from .delivery import ACK_OVERDUE_S, FatalError, Publisher
 from .health import HealthServer
-from .kafka_io import client_kwargs, consumer_kwargs, producer_kwargs, quiet_kafka_logs
 from .metrics import DetectorMetrics
 from .offsets import Offsets, RebalanceListener, RewindMarkers, fmt_offsets
 from .outbox import Outbox

@@ -4,7 +4,7 @@ Measured: Tansu acknowledges a produce to a topic that does not exist and drops 
 restarted empty does not know the producer it talked to. An old producer retrying into such a broker
 before its topics are recreated lost acknowledged events. So when the broker stops answering, the
 producer is retired at once, and a new one sends again only once the output topics the daemon saw
-at start exist again. (The producer is also non-idempotent: :func:`netsiam.detector.kafka_io.producer_kwargs`.)
+at start exist again. (The producer is also non-idempotent: :func:`netsiam.kafka_io.producer_kwargs`.)
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ def model_dir(model: Model, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One Tansu broker for the whole session, on a free port (its log in the session's tmp dir)."""
-    from netsiam.detector.broker import start_broker
+    from netsiam.broker import start_broker
 
     log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
     with start_broker(0, log_path=log_path) as bp:
@@ -206,7 +206,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture
 def topics(broker: Any) -> TopicsConfig:
     """Fresh samples/faults/dead-letter topics for one test (4 sample partitions)."""
-    from netsiam.detector.broker import create_topics
+    from netsiam.broker import create_topics
 
     t = unique()
     tc = TopicsConfig(samples=f"{t}.samples", faults=f"{t}.faults", deadletter=f"{t}.deadletter",
@@ -261,7 +261,7 @@ def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]], bool]
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    from netsiam.detector.kafka_io import client_kwargs
+    from netsiam.kafka_io import client_kwargs
 
     c = KafkaConsumer(**client_kwargs(kafka or KafkaConfig(), bootstrap), enable_auto_commit=False)
     try:

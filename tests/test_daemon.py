@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from netsiam.config import Config
 from netsiam.detector.loop import Daemon
-from netsiam.detector.replay import replay_lines
+from netsiam.replay import replay_lines
 from netsiam.serving import default_model_path, load_artifact
 from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
 
@@ -227,8 +227,8 @@ def test_health_endpoints(ready: bool) -> None:
 
 def test_security_settings_pass_through_and_the_password_is_never_printed() -> None:
     from netsiam.config import KafkaConfig
-    from netsiam.detector.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs
     from netsiam.errors import NetsiamError
+    from netsiam.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs
 
     k = KafkaConfig(bootstrap_servers="a:1, b:2", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
                     sasl_username="u", sasl_password="s3cret", ssl_cafile="/ca.pem")

@@ -27,7 +27,7 @@ from conftest import (
 
 from netsiam.config import Config
 from netsiam.detector.pipeline import EventOut, Pipeline, run_batch
-from netsiam.detector.replay import replay_lines
+from netsiam.replay import replay_lines
 from netsiam.serving import load_artifact
 
 pytestmark = pytest.mark.slow

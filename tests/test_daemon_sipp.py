@@ -18,8 +18,8 @@ from conftest import REPO, check_episodes, events_of, labelled_windows, make_con
 from test_daemon import running, value, wait_until
 
 from netsiam.config import Config
-from netsiam.detector.replay import replay_lines
 from netsiam.importers.sipp import import_sipp
+from netsiam.replay import replay_lines
 from netsiam.schemas.event import event_id
 from netsiam.serving import default_model_path, load_artifact
 from netsiam.traceio import read_labels

@@ -687,7 +687,7 @@ def test_render_dashboard_against_real_prometheus(tmp_path: Path) -> None:
 # live: broker + detector daemon + replay, scraped by a real Prometheus
 # ---------------------------------------------------------------------------------------------
 
-LIVE_MODULES = ("netsiam.detector.cli", "netsiam.detector.broker", "netsiam.detector.replay",
+LIVE_MODULES = ("netsiam.detector.cli", "netsiam.broker.embedded", "netsiam.replay",
                 "netsiam.trainer.simulate_cli")
 
 

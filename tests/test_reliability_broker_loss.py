@@ -31,10 +31,10 @@ from kafka.admin import NewTopic
 from prometheus_client import CollectorRegistry
 from test_daemon_signals import offline_events
 
+from netsiam.broker import create_topics, free_port, start_broker
 from netsiam.config import TopicsConfig
-from netsiam.detector.broker import create_topics, free_port, start_broker
 from netsiam.detector.delivery import ACK_OVERDUE_S
-from netsiam.detector.replay import replay_lines
+from netsiam.replay import replay_lines
 from netsiam.serving import load_artifact
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ both certificate and key (or a file that does not exist), is accepted and ignore
 serves plaintext Kafka, a TLS ClientHello is read as a Kafka frame and never answered (tests in
 tests/test_reliability_security.py pin both). So with ``cert`` (and ``key``, unless ``cert`` holds
 it) :func:`start_broker` runs Tansu on a private loopback port, advertised as the public one, and
-terminates TLS on the public port itself (detector/tls_front.py); the readiness probe and topic
+terminates TLS on the public port itself (tls_front.py); the readiness probe and topic
 creation go through TLS like every other client.
 """
 
@@ -39,11 +39,11 @@ from typing import IO, Any
 
 from netsiam.config import Config, KafkaConfig, TopicsConfig
 from netsiam.errors import NetsiamError
+from netsiam.kafka_io import client_kwargs, quiet_kafka_logs
 
-from .kafka_io import client_kwargs, quiet_kafka_logs
 from .tls_front import TlsFront, server_context
 
-__all__ = ["stop_process", "BrokerProcess", "broker_binary", "cli_broker", "create_topics", "free_port", "start_broker"]
+__all__ = ["BrokerProcess", "broker_binary", "cli_broker", "create_topics", "free_port", "start_broker", "stop_process"]
 
 log = logging.getLogger("netsiam.broker")
 
