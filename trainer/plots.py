@@ -331,7 +331,7 @@ def animate_snapshots(snapshots: str | Path, out: str | Path, fps: int = 4) -> P
 def cli_plot(args: argparse.Namespace, cfg: Config) -> int:
     what = "animate" if args.animate else args.what
     if what == "dashboard":
-        from netsiam.detector.dashboard import cli_plot_dashboard
+        from netsiam.dashboard.picture import cli_plot_dashboard
 
         return cli_plot_dashboard(args, cfg)
     if what == "animate":
