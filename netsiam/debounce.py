@@ -21,11 +21,9 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from netsiam.config import DebounceConfig
+from netsiam.schemas.classes import NORMAL, UNKNOWN
 
 __all__ = ["NORMAL", "UNKNOWN", "FaultTracker", "Transition"]
-
-NORMAL = "normal"
-UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ import orjson
 from netsiam.config import WindowConfig
 from netsiam.errors import NetsiamError
 from netsiam.features import FEATURES, required_metrics
+from netsiam.schemas.classes import UNKNOWN
 from netsiam.traceio import atomic_write_bytes
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
     "FORMAT",
     "MANIFEST_FILE",
     "PROTOTYPES_FILE",
-    "UNKNOWN",
     "Artifact",
     "Prototypes",
     "default_model_path",
@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 FORMAT = 1
-UNKNOWN = "unknown"
 ENCODER_FILE, PROTOTYPES_FILE, MANIFEST_FILE = "encoder.keras", "prototypes.json", "manifest.json"
 
 

@@ -12,7 +12,8 @@ from netsiam.cli import main
 from netsiam.config import PrototypeConfig, WindowConfig
 from netsiam.errors import NetsiamError
 from netsiam.features import DEFAULT_FEATURES, RAW_METRICS
-from netsiam.serving import UNKNOWN, Artifact, Prototypes, load_artifact
+from netsiam.schemas.classes import UNKNOWN
+from netsiam.serving import Artifact, Prototypes, load_artifact
 from netsiam.traceio import LabelInterval, Record, write_labels, write_trace
 from netsiam.trainer.model import EncoderSpec, build_encoder
 from netsiam.trainer.prototypes import (

@@ -44,7 +44,7 @@ from scipy.stats import rankdata
 from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS, derive, required_metrics
-from netsiam.schemas.labels import KNOWN_LABELS
+from netsiam.schemas.classes import KNOWN_LABELS
 from netsiam.serving import FORMAT, Artifact, Prototypes
 from netsiam.traceio import atomic_write_bytes
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule
