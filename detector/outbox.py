@@ -14,9 +14,10 @@ from collections import Counter
 from collections.abc import Sequence
 
 from netsiam.config import TopicsConfig
+from netsiam.schemas.deadletter import DeadLetter
 
 from .delivery import Publisher
-from .pipeline import DeadLetter, EventOut
+from .pipeline import EventOut
 
 __all__ = ["DEADLETTER_LOG_S", "EVENT_LOG_BURST", "Outbox"]
 

@@ -39,7 +39,6 @@ and the ``max_sources`` cap evicts by what is in memory.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import heapq
 import logging
@@ -48,15 +47,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
-import orjson
 from prometheus_client import CollectorRegistry
 
 from netsiam.config import Config
 from netsiam.debounce import NORMAL, FaultTracker
 from netsiam.features import RAW_METRICS, derive
+from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.event import FaultEvent
 from netsiam.schemas.record import RecordError, decode_record
 from netsiam.serving import Artifact
@@ -67,7 +66,6 @@ from .metrics import DetectorMetrics
 __all__ = [
     "Batch",
     "BatchResult",
-    "DeadLetter",
     "EventOut",
     "Message",
     "Pipeline",
@@ -97,49 +95,6 @@ class Message(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    """A rejected record. ``to_bytes`` is the dead-letter message value, one JSON object::
-
-        {"reason": "not_json", "detail": "...", "topic": "netsiam.samples", "partition": 0,
-         "offset": 123, "timestamp_ms": 1795384000123, "source": "sbc-1" | null,
-         "key_b64": "c2JjLTE=" | null, "value_b64": "<the original bytes, base64>" | null,
-         "value_size": 57, "detected_at": 1795384000.2}
-
-    ``reason`` is one of :data:`netsiam.schemas.record.REASONS`; ``source`` is known for reasons found
-    after decoding (``duplicate``, ``out_of_order``); a null value (tombstone) has ``value_b64`` null.
-    The message key is the original key, so dead letters of one source stay together.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    reason: str
-    detail: str
-    source: str | None = None
-
-    def to_json(self, detected_at: float) -> dict[str, Any]:
-        return {
-            "reason": self.reason,
-            "detail": self.detail,
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-            "timestamp_ms": self.timestamp_ms,
-            "source": self.source,
-            "key_b64": None if self.key is None else base64.b64encode(self.key).decode(),
-            "value_b64": None if self.value is None else base64.b64encode(self.value).decode(),
-            "value_size": 0 if self.value is None else len(self.value),
-            "detected_at": detected_at,
-        }
-
-    def to_bytes(self, detected_at: float) -> bytes:
-        return orjson.dumps(self.to_json(detected_at))
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 from conftest import (
@@ -32,6 +33,8 @@ from prometheus_client import CollectorRegistry
 from netsiam.config import Config
 from netsiam.detector.loop import Daemon
 from netsiam.replay import replay_lines
+from netsiam.schemas import load_schema
+from netsiam.schemas.deadletter import validate_dead_letter
 from netsiam.serving import default_model_path, load_artifact
 from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
 
@@ -153,8 +156,11 @@ def test_bad_input_goes_to_the_dead_letter_topic(broker: Any, topics: Any, model
     assert consumed == len(values) == valid + len(dead)                     # nothing silently dropped
     assert invalid == {r: list(reasons.values()).count(r) for r in set(reasons.values())}
     got = {}
+    dl_schema = jsonschema.Draft202012Validator(load_schema("deadletter"))
     for m in dead:
         j = orjson.loads(m.value)
+        dl_schema.validate(j)                                                # the contract, as consumers see it
+        validate_dead_letter(j)
         assert (j["topic"], j["partition"]) == (topics.samples, 0) and j["detail"]
         orig = values[j["offset"]]
         assert (j["value_b64"] is None) == (orig is None)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import jsonschema
 import numpy as np
 import orjson
 import pytest
@@ -26,8 +27,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netsiam.config import Config, DebounceConfig, DetectorConfig, WindowConfig
-from netsiam.detector.pipeline import DeadLetter, EventOut, Pipeline, run_batch
+from netsiam.detector.pipeline import EventOut, Pipeline, run_batch
 from netsiam.features import derive
+from netsiam.schemas import load_schema
+from netsiam.schemas.deadletter import DeadLetter, validate_dead_letter
 from netsiam.schemas.event import event_id
 from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
 
@@ -197,8 +200,11 @@ def test_bad_input_becomes_dead_letters_with_reason_and_original_bytes() -> None
     dls = [o for o in p.take_outbox() if isinstance(o, DeadLetter)]
     want = [(i, r) for i, r in enumerate(reasons) if r is not None]
     assert [(d.offset, d.reason) for d in dls] == want
+    dl_schema = jsonschema.Draft202012Validator(load_schema("deadletter"))
     for d in dls:
-        j = d.to_json(123.0)
+        j = orjson.loads(d.to_bytes(123.0))
+        dl_schema.validate(j)
+        validate_dead_letter(j)
         assert j["topic"] == TOPIC and j["partition"] == 0 and j["offset"] == d.offset and j["detail"]
         orig = values[d.offset]
         import base64
