@@ -44,7 +44,7 @@ def windows(n: int, seed: int = 11) -> np.ndarray:
 
 def bench_embed(ctx: Ctx) -> dict[str, Any]:
     from netsiam.config import DetectorConfig
-    from netsiam.detector.pipeline import Batch, run_batch
+    from netsiam.detector.batch import Batch, run_batch
     from netsiam.features import derive
     from netsiam.serving import load_artifact
 

@@ -60,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     from prometheus_client import CollectorRegistry
 
     from netsiam.config import Config
+    from netsiam.detector.batch import BatchResult
     from netsiam.detector.metrics import DetectorMetrics
-    from netsiam.detector.pipeline import BatchResult, Pipeline
+    from netsiam.detector.pipeline import Pipeline
     from netsiam.detector.reload import warm_up
     from netsiam.features import RAW_METRICS
+    from netsiam.schemas.classes import BLOCKED, NORMAL
     from netsiam.serving import load_artifact
 
     art = load_artifact(args.model)
@@ -85,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             pipe.feed(tp, msgs[i:i + 2000])
         batch = pipe.take_batch()
         if batch is not None:
-            names = np.array(["blocked" if int(st.name[-6:]) % 3 == 0 and "blocked" in classes else "normal"
-                              for st, *_ in batch.items], dtype=object)
+            names = np.array([BLOCKED if int(w.state.name[-6:]) % 3 == 0 and BLOCKED in classes else NORMAL
+                              for w in batch.items], dtype=object)
             n = len(names)
             pipe.apply(batch, BatchResult(names, np.zeros(n), np.zeros((n, len(classes))), np.zeros((n, dim)), 0.0))
         pipe.take_outbox()

@@ -29,12 +29,13 @@ from netsiam.errors import NetsiamError
 from netsiam.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs, quiet_kafka_logs
 from netsiam.serving import Artifact
 
+from .batch import Batch, BatchResult, run_batch
 from .delivery import ACK_OVERDUE_S, FatalError, Publisher
 from .health import HealthServer
 from .metrics import DetectorMetrics
 from .offsets import Offsets, RebalanceListener, RewindMarkers, fmt_offsets
 from .outbox import Outbox
-from .pipeline import Batch, BatchResult, Pipeline, run_batch
+from .pipeline import Pipeline
 from .reload import ArtifactWatcher, freeze_heap
 from .tansu import TansuWorkarounds
 

@@ -26,7 +26,8 @@ from conftest import (
 )
 
 from netsiam.config import Config
-from netsiam.detector.pipeline import EventOut, Pipeline, run_batch
+from netsiam.detector.batch import run_batch
+from netsiam.detector.pipeline import EventOut, Pipeline
 from netsiam.replay import replay_lines
 from netsiam.serving import load_artifact
 

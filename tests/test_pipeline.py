@@ -27,7 +27,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netsiam.config import Config, DebounceConfig, DetectorConfig, WindowConfig
-from netsiam.detector.pipeline import EventOut, Pipeline, run_batch
+from netsiam.detector.batch import run_batch
+from netsiam.detector.pipeline import EventOut, Pipeline
 from netsiam.features import derive
 from netsiam.schemas import load_schema
 from netsiam.schemas.deadletter import DeadLetter, validate_dead_letter
@@ -152,7 +153,7 @@ def test_one_embed_call_per_batch_of_at_most_batch_max(model: Model, trace: Any)
 def test_a_batch_just_past_a_power_of_two_is_embedded_in_two_calls(model: Model, trace: Any) -> None:
     """Artifact.embed pads each call to a power of two: 520 windows would cost 1024, so run_batch
     embeds 512 + 8 instead. Same embeddings, same order, same classes as one call."""
-    from netsiam.detector.pipeline import embed_pieces
+    from netsiam.detector.batch import embed_pieces
 
     assert embed_pieces(0) == [] and embed_pieces(64) == [64] and embed_pieces(200) == [200]
     assert embed_pieces(520) == [512, 8] and embed_pieces(300) == [256, 44]
@@ -329,6 +330,18 @@ def test_tracker_is_new_again_after_clear_m_normal_windows(seq: list[str], deb: 
 
     assert run(start) == run(0)
 
+
+
+@settings(max_examples=200, deadline=None)
+@given(seq=st.lists(st.sampled_from(CLASSES), min_size=1, max_size=40), clear_m=st.integers(1, 4))
+def test_the_pipelines_tracker_is_quiet_exactly_after_clear_m_normal_windows(seq: list[str], clear_m: int) -> None:
+    """What apply() reads to move a source's rewind point is the tracker's own streak."""
+    from netsiam.detector.sources import Tracker
+
+    t = Tracker(DebounceConfig(clear_m=clear_m))
+    for i, cls in enumerate(seq):
+        t.update(cls, float(i))
+        assert t.quiet == (i + 1 >= clear_m and all(c == "normal" for c in seq[i + 1 - clear_m:i + 1]))
 
 def test_idle_sources_reset_by_record_time_and_max_sources_caps_state(model: Model) -> None:
     cfg = Config(detector=DetectorConfig(idle_evict_s=60.0, max_sources=100))

@@ -22,8 +22,9 @@ from prometheus_client import CollectorRegistry
 from test_daemon import running, value, wait_until
 
 from netsiam.config import Config, DetectorConfig
+from netsiam.detector.batch import run_batch
 from netsiam.detector.metrics import DetectorMetrics
-from netsiam.detector.pipeline import EventOut, Pipeline, run_batch
+from netsiam.detector.pipeline import EventOut, Pipeline
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import REASONS
