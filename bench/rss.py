@@ -16,25 +16,17 @@ import argparse
 import gc
 import json
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import orjson
 
 from bench.common import read_status_kib
+from tests.helpers import Msg  # the tests' fake Kafka message: what Pipeline.feed reads
 
 __all__ = ["main"]
 
 CHUNK = 200  # sources fed (and their messages freed) at a time
-
-
-class Msg(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
 
 
 def _records(first: int, count: int, n_records: int, interval: float, offset: int) -> Iterator[Msg]:

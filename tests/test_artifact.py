@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from helpers import manifest, small_artifact
 
 from netsiam.errors import NetsiamError
 from netsiam.features import DEFAULT_FEATURES
@@ -29,12 +30,9 @@ def make_artifact(path: Path, seed: int = 3) -> tuple[Artifact, np.ndarray]:
     protos = Prototypes(method="kmeans")
     protos.set("normal", rng.random((2, 3)), 0.12, 300)
     protos.set("blocked", rng.random((1, 3)), 0.05, 40)
-    manifest = {"format": 1, "version": "20261123T000000Z-abcdef12", "features": list(DEFAULT_FEATURES),
-                "window": {"interval_s": 1.0, "length": T, "stride": 5, "max_gap": 5},
-                "normalisation": {"mean": mean.tolist(), "std": np.sqrt(var).tolist()},
-                "model": spec.to_dict()}
-    art = Artifact(enc, protos, manifest)
-    art.save(path)
+    man = manifest(length=T, stride=5, version="20261123T000000Z-abcdef12", mean=mean, std=np.sqrt(var),
+                   model=spec.to_dict())
+    art = small_artifact(enc, protos, man, path)
     x = rng.normal(0, 2, (37, T, F)).astype(np.float32)
     return art, x
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, port_open, unique
+from helpers import REPO, port_open, unique
 
 from netsiam.broker import create_topics, free_port, start_broker
 from netsiam.config import TopicsConfig

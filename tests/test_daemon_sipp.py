@@ -14,8 +14,18 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import REPO, check_episodes, events_of, labelled_windows, make_config, read_topic, trace_lines
-from test_daemon import running, value, wait_until
+from helpers import (
+    REPO,
+    check_episodes,
+    events_of,
+    labelled_windows,
+    make_config,
+    read_topic,
+    running,
+    trace_lines,
+    value,
+    wait_until,
+)
 
 from netsiam.config import Config
 from netsiam.importers.sipp import import_sipp

@@ -1,26 +1,31 @@
 """The daemon's pure core, without Kafka: records -> windows -> one embed per batch -> debounce -> events.
 
-Uses the numpy twin of the test encoder (conftest.LinearArtifact), so no TensorFlow here.
+Uses the numpy twin of the test encoder (helpers.LinearArtifact), so no TensorFlow here.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import jsonschema
 import numpy as np
 import orjson
 import pytest
-from conftest import (
+from helpers import (
+    TOPIC,
     LinearArtifact,
+    LinearHead,
     Model,
+    Msg,
     bad_lines,
     check_episodes,
+    embed_all,
     labelled_trace,
     labelled_windows,
+    partitioned,
+    prototypes_at,
     same_event,
 )
 from hypothesis import given, settings
@@ -35,39 +40,6 @@ from netsiam.schemas.deadletter import DeadLetter, validate_dead_letter
 from netsiam.schemas.event import event_id
 from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
 
-TOPIC = "s"
-
-
-@dataclass(frozen=True)
-class Msg:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-
-
-def partitioned(lines: Sequence[bytes], n: int = 2) -> dict[tuple[str, int], list[Msg]]:
-    """Lines as the broker would hold them: keyed by source, hashed to ``n`` partitions, in order."""
-    out: dict[tuple[str, int], list[Msg]] = {(TOPIC, p): [] for p in range(n)}
-    for i, line in enumerate(lines):
-        try:
-            src = orjson.loads(line)["source"].encode()
-            p = zlib.crc32(src) % n
-        except Exception:  # noqa: BLE001 - bad lines go anywhere
-            src, p = None, i % n
-        msgs = out[(TOPIC, p)]
-        msgs.append(Msg(TOPIC, p, len(msgs), 1_000 * i, src, line))
-    return out
-
-
-def drain(p: Pipeline, batch_max: int = 1024) -> None:
-    while p.pending:
-        b = p.take_batch(batch_max)
-        assert b is not None
-        p.apply(b, run_batch(b))
-
 
 def run_all(p: Pipeline, parts: dict[Any, list[Msg]], chunk: int = 500,
             suppress: dict[Any, int] | None = None) -> list[DeadLetter | EventOut]:
@@ -81,9 +53,9 @@ def run_all(p: Pipeline, parts: dict[Any, list[Msg]], chunk: int = 500,
                 p.feed(tp, msgs[pos[tp]:pos[tp] + chunk], suppress.get(tp, -1))
                 pos[tp] += chunk
         if p.pending >= 64:
-            drain(p)
+            embed_all(p)
         out += p.take_outbox()
-    drain(p)
+    embed_all(p)
     return out + p.take_outbox()
 
 
@@ -146,7 +118,7 @@ def test_one_embed_call_per_batch_of_at_most_batch_max(model: Model, trace: Any)
         p.feed(tp, msgs)
     n = p.pending
     assert n > 100
-    drain(p, batch_max=64)
+    embed_all(p, batch_max=64)
     assert art.calls == [64] * (n // 64) + ([n % 64] if n % 64 else [])
 
 
@@ -178,13 +150,8 @@ def test_a_batch_just_past_a_power_of_two_is_embedded_in_two_calls(model: Model,
 
 
 def test_bad_input_becomes_dead_letters_with_reason_and_original_bytes() -> None:
-    from conftest import LinearArtifact, LinearHead
-
     head = LinearHead(np.zeros(6), np.ones(6), np.zeros((12, 3)), np.zeros(3))
-    from netsiam.serving import Prototypes
-
-    protos = Prototypes()
-    protos.set("normal", np.full(3, 0.5), 1.0, 1)
+    protos = prototypes_at({"normal": np.full(3, 0.5)}, threshold=1.0, support=1)
     p = Pipeline(Config(), LinearArtifact(head, protos, WindowConfig()))
     cases = bad_lines()
     base = 1795384000.0

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from conftest import (
+from helpers import (
     DaemonProc,
     bad_lines,
     http_get,
@@ -187,10 +187,10 @@ def test_daemon_over_tls_to_the_embedded_broker(tmp_path: Path, model_dir: Path)
     import dataclasses
     import threading
 
+    from helpers import offline_events
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
     from prometheus_client import CollectorRegistry
-    from test_daemon_signals import offline_events
 
     from netsiam.broker import start_broker
     from netsiam.config import TopicsConfig

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from conftest import REPO, read_topic, unique
+from helpers import REPO, read_topic, unique
 
 from netsiam.broker import create_topics
 from netsiam.replay import key_and_ts, replay_lines
