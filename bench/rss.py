@@ -7,7 +7,7 @@ offsets), its three windows are taken as a batch and applied (:meth:`Pipeline.ap
 gauges) with a synthetic classification where every third source is ``blocked`` (a raised fault,
 so it holds a ``netsiam_fault_active`` series, as ~30 % of a real fleet may). No embedding runs:
 it allocates nothing per source. Sources are added in chunks, so the messages themselves never
-pile up; VmRSS (``/proc/self/status``) is read after each size is reached. Prints one JSON line.
+pile up; the resident set size is read after each size is reached. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bench.common import read_status_kib
+from bench.procstats import rss_bytes
 from tests.helpers import Msg  # the tests' fake Kafka message: what Pipeline.feed reads
 
 __all__ = ["main"]
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     # chunk's transient messages and batch is reached before the baseline (these sources stay)
     add(10**6 - CHUNK, CHUNK)
     gc.collect()
-    base_kib = read_status_kib()
-    out: dict[str, Any] = {"rss_base_mib": round(base_kib / 1024, 1)}
+    base = rss_bytes()
+    out: dict[str, Any] = {"rss_base_mib": round(base / 2**20, 1)}
     done = 0
     points = []
     for size in sizes:
@@ -99,13 +99,13 @@ def main(argv: list[str] | None = None) -> int:
             add(done, count)
             done += count
         gc.collect()
-        kib = read_status_kib()
-        points.append((size, kib))
-        out[f"rss_mib_at_{size}_sources"] = round(kib / 1024, 1)
+        now = rss_bytes()
+        points.append((size, now))
+        out[f"rss_mib_at_{size}_sources"] = round(now / 2**20, 1)
     assert len(pipe.sources) == sizes[-1] + CHUNK, len(pipe.sources)
     window_bytes = w.length * len(RAW_METRICS) * 8
-    (n_lo, kib_lo), (n_hi, kib_hi) = points[-2] if len(points) > 1 else (0, base_kib), points[-1]
-    per_source = (kib_hi - kib_lo) * 1024 / (n_hi - n_lo)
+    (n_lo, lo), (n_hi, hi) = points[-2] if len(points) > 1 else (0, base), points[-1]
+    per_source = (hi - lo) / (n_hi - n_lo)
     out.update({
         "rss_window_buffer_bytes": window_bytes,
         "rss_bytes_per_source": round(per_source),

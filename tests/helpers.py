@@ -112,7 +112,8 @@ def prototypes_at(points: Mapping[str, Any], threshold: float = 0.2, support: in
 
 
 def manifest(*, length: int = 30, stride: int = 5, features: Sequence[str] = DEFAULT_FEATURES,
-             version: str = "test-1", mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+             version: str = "test-1", mean: Sequence[float] | np.ndarray | None = None,
+             std: Sequence[float] | np.ndarray | None = None,
              **extra: Any) -> dict[str, Any]:
     """An artifact manifest (format 1, 1-s samples, identity normalisation unless given); not validated,
     so a test can describe an artifact that must be refused."""
