@@ -29,6 +29,7 @@ __all__ = [
     "PRODUCER_STALL_S",
     "DurableBroker",
     "FatalError",
+    "Ledger",
     "OutageRules",
     "Output",
     "Publisher",
@@ -107,11 +108,75 @@ def kafka_producer(kw: dict[str, Any]) -> Any:
     return KafkaProducer(**kw)
 
 
-class Publisher:
-    """The ack ledger: outputs in send order until acknowledged, re-sent on a new producer when needed.
+class Ledger:
+    """Outputs in send order until the broker acknowledged them: what commits and backpressure ask.
 
-    Main thread only, except the ack callbacks (producer thread) and the ``*_safe`` readers.
+    Main thread only, except :meth:`ack` (the producer thread) and the ``*_safe`` readers.
     """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._q: deque[Output] = deque()  # acknowledged ones leave from the front
+        self._bytes = 0                   # message bytes in _q (an upper bound of the unacknowledged)
+        self.sent = 0                     # outputs added so far (the next Output.idx)
+
+    def add(self, topic: str, key: bytes | None, value: bytes, fault: str | None, state: str,
+            record_ts_ms: int) -> Output:
+        o = Output(self.sent, topic, key, value, self._clock(), fault, state, record_ts_ms)
+        self.sent += 1
+        self._q.append(o)
+        self._bytes += len(value)
+        return o
+
+    @staticmethod
+    def ack(o: Output) -> bool:
+        """Mark ``o`` acknowledged; False if it already was (a re-send whose first send got through)."""
+        if o.acked:
+            return False
+        o.acked = True
+        return True
+
+    def _prune(self) -> None:
+        q = self._q
+        while q and q[0].acked:
+            self._bytes -= len(q.popleft().value)
+
+    def acked_below(self, n: int) -> bool:
+        """True when every output sent before the ``n``-th is acknowledged."""
+        self._prune()
+        return not self._q or self._q[0].idx >= n
+
+    def oldest_unacked_s(self) -> float:
+        """Seconds the oldest unacknowledged output has waited (0 if none)."""
+        self._prune()
+        return self._clock() - self._q[0].sent_at if self._q else 0.0
+
+    def unacked(self) -> list[Output]:
+        """The outputs not acknowledged yet, in send order."""
+        return [o for o in self._q if not o.acked]
+
+    def overdue_s_safe(self) -> float:
+        """:meth:`oldest_unacked_s` for any thread (the health endpoint): no pruning, a copy."""
+        for o in list(self._q):
+            if not o.acked:
+                return self._clock() - o.sent_at
+        return 0.0
+
+    def pending_safe(self) -> int:
+        """Outputs not acknowledged yet; any thread."""
+        return sum(1 for o in list(self._q) if not o.acked)
+
+    def congested(self) -> bool:
+        """Too much unacknowledged, or for too long: the consumer should pause (bounded memory)."""
+        q = self._q
+        return bool(q) and (len(q) > MAX_UNACKED or self._bytes > MAX_UNACKED_BYTES
+                            or self.oldest_unacked_s() > ACK_OVERDUE_S)
+
+
+class Publisher:
+    """Sends outputs and keeps them in its :class:`Ledger` until acknowledged; after a failed send or a
+    stall, a new producer sends every unacknowledged output again, in order. Main thread only, except
+    the ack callbacks (producer thread)."""
 
     def __init__(self, producer_kw: dict[str, Any], metrics: DetectorMetrics, rules: OutageRules | None = None,
                  *, factory: Callable[[dict[str, Any]], Any] = kafka_producer,
@@ -121,9 +186,7 @@ class Publisher:
         self._metrics = metrics
         self._rules = rules or DurableBroker()
         self._clock = clock
-        self._unacked: deque[Output] = deque()  # in send order; acknowledged ones leave from the front
-        self._unacked_bytes = 0                 # message bytes in _unacked (an upper bound of the unacked)
-        self.sent = 0                           # outputs sent so far (the next Output.idx)
+        self.ledger = Ledger(clock)
         self._send_failed = False               # set by an errback: recover() re-sends
         self._stalled = False                   # no ack for PRODUCER_STALL_S while the broker answers
         self._recover_after = 0.0               # no producer re-creation before this (clock)
@@ -139,11 +202,7 @@ class Publisher:
     # -- sending -------------------------------------------------------------------------------
     def send(self, topic: str, key: bytes | None, value: bytes, *, fault: str | None = None, state: str = "",
              record_ts_ms: int = 0) -> None:
-        o = Output(self.sent, topic, key, value, self._clock(), fault, state, record_ts_ms)
-        self.sent += 1
-        self._unacked.append(o)
-        self._unacked_bytes += len(value)
-        self._produce(o)
+        self._produce(self.ledger.add(topic, key, value, fault, state, record_ts_ms))
 
     def _produce(self, o: Output) -> None:
         from kafka.future import Future
@@ -166,9 +225,8 @@ class Publisher:
 
     def _on_ack(self, o: Output, _meta: Any) -> None:
         # producer thread (or this one, when the future was already done)
-        if o.acked:
-            return  # a re-sent message whose first send got through after all
-        o.acked = True
+        if not self.ledger.ack(o):
+            return
         self._progress = True
         if o.fault is not None:
             m = self._metrics
@@ -178,39 +236,6 @@ class Publisher:
 
     def _on_fail(self, _exc: Any) -> None:
         self._send_failed = True
-
-    # -- the ledger ----------------------------------------------------------------------------
-    def _prune(self) -> None:
-        q = self._unacked
-        while q and q[0].acked:
-            self._unacked_bytes -= len(q.popleft().value)
-
-    def acked_below(self, n: int) -> bool:
-        """True when every output sent before the ``n``-th is acknowledged."""
-        self._prune()
-        return not self._unacked or self._unacked[0].idx >= n
-
-    def oldest_unacked_s(self) -> float:
-        """Seconds the oldest unacknowledged output has waited (0 if none)."""
-        self._prune()
-        return self._clock() - self._unacked[0].sent_at if self._unacked else 0.0
-
-    def overdue_s_safe(self) -> float:
-        """:meth:`oldest_unacked_s` for any thread (the health endpoint): no pruning, a copy."""
-        for o in list(self._unacked):
-            if not o.acked:
-                return self._clock() - o.sent_at
-        return 0.0
-
-    def pending_safe(self) -> int:
-        """Outputs not acknowledged yet; any thread."""
-        return sum(1 for o in list(self._unacked) if not o.acked)
-
-    def congested(self) -> bool:
-        """Too much unacknowledged, or for too long: the consumer should pause (bounded memory)."""
-        q = self._unacked
-        return bool(q) and (len(q) > MAX_UNACKED or self._unacked_bytes > MAX_UNACKED_BYTES
-                            or self.oldest_unacked_s() > ACK_OVERDUE_S)
 
     # -- recovery ------------------------------------------------------------------------------
     def check_stall(self, age_s: float) -> None:
@@ -223,7 +248,7 @@ class Publisher:
         sends fail now and stay in the ledger until a new producer re-sends them."""
         if not self._rules.on_outage() or self._broken is not None:
             return
-        log.warning("%s: producer retired, %d message(s) held for a re-send", why, self.pending_safe())
+        log.warning("%s: producer retired, %d message(s) held for a re-send", why, self.ledger.pending_safe())
         self._broken = kerr.KafkaConnectionError(why)
         self._send_failed = True
         with contextlib.suppress(Exception):  # aborts its batches: their errbacks set _send_failed again
@@ -237,7 +262,7 @@ class Publisher:
         now = self._clock()
         if now < self._recover_after or not broker_up:
             return  # while the broker is away a new producer could not deliver either
-        if not self._rules.may_resend(self.pending_safe):
+        if not self._rules.may_resend(self.ledger.pending_safe):
             self._recover_after = now + 1.0
             return
         why = self._failure()
@@ -248,7 +273,7 @@ class Publisher:
         self._progress = False
         self._recover_after = now + self._backoff
         self._backoff = min(self._backoff * 2, RECOVER_BACKOFF_S[1])
-        todo = [o for o in self._unacked if not o.acked]
+        todo = self.ledger.unacked()
         log.warning("publishing failed (%s): new producer, re-sending %d unacknowledged message(s)", why, len(todo))
         self._replace_producer()
         for o in todo:
@@ -260,7 +285,7 @@ class Publisher:
         why = ""
         if self._send_failed:
             self._send_failed = False
-            failed = [o for o in self._unacked if not o.acked and o.fut is not None and o.fut.failed()]
+            failed = [o for o in self.ledger.unacked() if o.fut is not None and o.fut.failed()]
             if failed:
                 exc = failed[0].fut.exception
                 if not recoverable(exc):
@@ -268,7 +293,7 @@ class Publisher:
                 why = f"{type(exc).__name__}: {exc}"
         if self._stalled:
             self._stalled = False
-            age = self.oldest_unacked_s()
+            age = self.ledger.oldest_unacked_s()
             if not why and age > PRODUCER_STALL_S:
                 why = f"no acknowledgement for {age:.0f} s while the broker answers"
         return why
@@ -289,13 +314,12 @@ class Publisher:
         """Block until everything sent is acknowledged; FatalError if it is not within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while True:
-            self._prune()
-            if not self._unacked:
+            if self.ledger.acked_below(self.ledger.sent):
                 return
             self.recover(broker_up)  # re-sends after a failure; raises on a permanent error
             left = deadline - time.monotonic()
             if left <= 0:
-                raise FatalError(f"{self.pending_safe()} message(s) not acknowledged within {timeout_s:.0f} s")
+                raise FatalError(f"{self.ledger.pending_safe()} message(s) not acknowledged within {timeout_s:.0f} s")
             t0 = time.monotonic()
             with contextlib.suppress(KafkaError):
                 self.producer.flush(timeout=min(left, 1.0))

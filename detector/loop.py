@@ -152,7 +152,7 @@ class Daemon:
             return False, "broker unreachable"
         if not self.offsets.assigned:
             return False, "no partitions assigned"
-        overdue = self.publisher.overdue_s_safe()
+        overdue = self.publisher.ledger.overdue_s_safe()
         if overdue > ACK_OVERDUE_S:
             return False, f"publishing not acknowledged for {overdue:.0f} s"
         return True, "ok"
@@ -181,7 +181,7 @@ class Daemon:
                 self.batcher.drain()
                 self.outbox.publish(self.pipeline.take_outbox())
                 self.publisher.wait_all_acked(SHUTDOWN_FLUSH_S, self._broker_up)
-                self.offsets.final_commit(self.publisher.sent)
+                self.offsets.final_commit(self.publisher.ledger.sent)
                 self.outbox.log_unlogged()
             except FatalError as e:
                 log.error("stopping without commit: %s", e)
@@ -209,7 +209,7 @@ class Daemon:
             stack.callback(markers.close)
         except KafkaError as e:
             raise NetsiamError(f"cannot reach the broker at {k.bootstrap_servers}: {e}") from None
-        self.metrics.events_pending.set_function(self.publisher.pending_safe)
+        self.metrics.events_pending.set_function(self.publisher.ledger.pending_safe)
         self.offsets = Offsets(self.consumer, markers, self.pipeline, self.metrics)
         self.outbox = Outbox(self.publisher, k.topics, HOUSEKEEPING_S)
         self.consumer.subscribe([k.topics.samples], listener=RebalanceListener(self.offsets))
@@ -234,7 +234,7 @@ class Daemon:
         self.batcher.pump(final=False, caught_up=self._caught_up)
         self.outbox.publish(self.pipeline.take_outbox())
         self.publisher.recover(self._broker_up)
-        offsets.maybe_commit(self.batcher.idle, self.publisher.sent, self.publisher.acked_below)
+        offsets.maybe_commit(self.batcher.idle, self.publisher.ledger.sent, self.publisher.ledger.acked_below)
         now = time.monotonic()
         if now - self._last_house >= HOUSEKEEPING_S:
             self._housekeeping(now)
@@ -245,7 +245,7 @@ class Daemon:
 
     def _backpressure(self) -> None:
         """Pause consumption while outputs go unacknowledged (bounded memory; resumes by itself)."""
-        stall = self.publisher.congested()
+        stall = self.publisher.ledger.congested()
         assigned = self.offsets.assigned
         if stall == self._paused:
             if stall and assigned:
@@ -256,7 +256,7 @@ class Daemon:
             (self.consumer.pause if stall else self.consumer.resume)(*assigned)
         if stall:
             log.warning("consumption paused: %d output(s) unacknowledged, oldest %.1f s",
-                        self.publisher.pending_safe(), self.publisher.oldest_unacked_s())
+                        self.publisher.ledger.pending_safe(), self.publisher.ledger.oldest_unacked_s())
         else:
             log.info("consumption resumed: outputs acknowledged")
 
@@ -288,7 +288,7 @@ class Daemon:
         tps = sorted(self.offsets.assigned)
         up, ends = self._probe_broker(now, tps)
         # publishing stalled counts as unreachable too: nothing gets out
-        age = self.publisher.oldest_unacked_s()
+        age = self.publisher.ledger.oldest_unacked_s()
         m.broker_up.set(1 if up and tps and age <= ACK_OVERDUE_S else 0)
         if up:
             self.publisher.check_stall(age)

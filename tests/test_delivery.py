@@ -86,15 +86,15 @@ class Rig:
 def test_commits_wait_for_every_earlier_output_whatever_order_acks_arrive_in() -> None:
     r = Rig()
     r.send(b"0", b"1", b"2", b"3", b"4")
-    assert r.pub.sent == 5 and r.pub.pending_safe() == 5
+    assert r.pub.ledger.sent == 5 and r.pub.ledger.pending_safe() == 5
     for i in (1, 2, 4):
         r.producer.ack(i)
-    assert r.pub.acked_below(0)
-    assert not r.pub.acked_below(1) and not r.pub.acked_below(3)  # output 0 still out: nothing commits
+    assert r.pub.ledger.acked_below(0)
+    assert not r.pub.ledger.acked_below(1) and not r.pub.ledger.acked_below(3)  # output 0 still out: nothing commits
     r.producer.ack(0)
-    assert r.pub.acked_below(3) and not r.pub.acked_below(4) and not r.pub.acked_below(5)
+    assert r.pub.ledger.acked_below(3) and not r.pub.ledger.acked_below(4) and not r.pub.ledger.acked_below(5)
     r.producer.ack(3)
-    assert r.pub.acked_below(5) and r.pub.pending_safe() == 0 and r.pub.oldest_unacked_s() == 0.0
+    assert r.pub.ledger.acked_below(5) and r.pub.ledger.pending_safe() == 0 and r.pub.ledger.oldest_unacked_s() == 0.0
 
 
 def test_a_failed_send_is_resent_in_order_on_a_new_producer_and_counted_once() -> None:
@@ -110,7 +110,7 @@ def test_a_failed_send_is_resent_in_order_on_a_new_producer_and_counted_once() -
     first.ack(2)                                                  # the old send got through after all
     for i in range(3):
         r.producer.ack(i)
-    assert r.pub.acked_below(4)
+    assert r.pub.ledger.acked_below(4)
     assert r.events("blocked") == 4                               # "c" acked twice, counted once
 
 
@@ -149,11 +149,11 @@ def test_no_new_producer_while_the_broker_is_away_and_backoff_between_recreation
 def test_a_producer_without_acks_while_the_broker_answers_is_replaced() -> None:
     r = Rig()
     r.send(b"x", b"y")
-    r.pub.check_stall(r.pub.oldest_unacked_s())
+    r.pub.check_stall(r.pub.ledger.oldest_unacked_s())
     r.pub.recover(broker_up=True)
     assert len(r.made) == 1                                      # not stalled yet
     r.clock.t += PRODUCER_STALL_S + 1
-    r.pub.check_stall(r.pub.oldest_unacked_s())
+    r.pub.check_stall(r.pub.ledger.oldest_unacked_s())
     r.pub.recover(broker_up=True)
     assert len(r.made) == 2 and r.producer.values() == [b"x", b"y"]
 
@@ -163,21 +163,21 @@ def test_congestion_by_count_bytes_and_age(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(delivery, "MAX_UNACKED_BYTES", 10)
     r = Rig()
     r.send(b"123456")
-    assert not r.pub.congested()
+    assert not r.pub.ledger.congested()
     r.send(b"123456")                                            # 12 bytes unacknowledged
-    assert r.pub.congested()
+    assert r.pub.ledger.congested()
     r.producer.ack(0)
-    assert not r.pub.acked_below(2)                              # (a commit check drops acked outputs)
-    assert not r.pub.congested()                                 # 6 bytes left
+    assert not r.pub.ledger.acked_below(2)                              # (a commit check drops acked outputs)
+    assert not r.pub.ledger.congested()                                 # 6 bytes left
     r.send(b"1", b"2")                                           # 3 outputs
-    assert r.pub.congested()
+    assert r.pub.ledger.congested()
     for i in (1, 2, 3):
         r.producer.ack(i)
-    assert r.pub.acked_below(4)
+    assert r.pub.ledger.acked_below(4)
     r.send(b"z")
-    assert not r.pub.congested()
+    assert not r.pub.ledger.congested()
     r.clock.t += ACK_OVERDUE_S + 0.1
-    assert r.pub.congested() and r.pub.overdue_s_safe() > ACK_OVERDUE_S
+    assert r.pub.ledger.congested() and r.pub.ledger.overdue_s_safe() > ACK_OVERDUE_S
 
 
 def test_shutdown_gives_up_on_outputs_never_acknowledged() -> None:
@@ -202,7 +202,7 @@ def test_tansu_outage_holds_every_output_until_the_output_topics_exist_again() -
     assert old.values() == [b"a", b"b"]                          # a retired producer gets nothing new
     topics.clear()                                               # back, restarted empty
     r.pub.recover(broker_up=True)
-    assert len(r.made) == 1 and r.pub.pending_safe() == 3        # held: a produce would be dropped
+    assert len(r.made) == 1 and r.pub.ledger.pending_safe() == 3        # held: a produce would be dropped
     topics.update({"samples", "out"})
     r.clock.t += 1.0
     r.pub.recover(broker_up=True)
@@ -217,6 +217,6 @@ def test_a_durable_broker_keeps_the_producer_through_an_outage() -> None:
     r = Rig()
     r.send(b"a")
     r.pub.broker_lost("broker unreachable")
-    assert not r.producer.closed and r.pub.pending_safe() == 1
+    assert not r.producer.closed and r.pub.ledger.pending_safe() == 1
     r.pub.recover(broker_up=True)
     assert len(r.made) == 1                                      # its own retries deliver
