@@ -100,8 +100,8 @@ def _few_shot(art: Any, traces: dict[str, tuple[Path, Path]], novel: list[str]) 
 
 def run(quick: bool, tmp: Path) -> dict[str, Any]:
     from bench.realtraffic import evaluate_recording, train_without
+    from netsiam.serving import load_artifact
     from netsiam.traceio import write_labels, write_trace
-    from netsiam.trainer.artifact import load_artifact
     from netsiam.trainer.corpus import load_corpus, to_traces
     from netsiam.trainer.default_model import (
         TRAIN_MINUTES,

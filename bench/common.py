@@ -15,8 +15,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["REPO", "Ctx", "best_rates", "child_env", "rate", "read_status_kib", "run_json", "trace_lines",
-           "wall_and_cpu_rates"]
+__all__ = ["REPO", "Ctx", "best_rates", "child_env", "rate", "run_json", "trace_lines", "wall_and_cpu_rates"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,10 +97,3 @@ def run_json(module: str, args: Sequence[str], timeout_s: float, env: dict[str, 
     out: dict[str, Any] = json.loads(lines[-1])
     return out
 
-
-def read_status_kib(key: str = "VmRSS") -> int:
-    """A /proc/self/status field in KiB (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{key} not in /proc/self/status")

@@ -17,21 +17,19 @@ source, many sources):
   The daemon's own ``netsiam_record_to_event_seconds`` histogram is reported next to it.
 * two daemons in one new group on topic 2: as for one, counting from when both consume.
 
-CPU seconds per record (``/proc/PID/stat``, the daemon and broker processes; ``process_time`` of
-the bare consumer) are reported too: on 2 shared cores throughput is mostly a CPU budget.
+CPU seconds per record (the daemon and broker processes; ``process_time`` of the bare consumer) are
+reported too: on 2 shared cores throughput is mostly a CPU budget.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,18 +40,14 @@ import orjson
 import yaml
 
 from bench.common import REPO, Ctx, child_env, run_json, trace_lines
-from netsiam.detector.broker import stop_process
+from bench.procstats import cpu_seconds
+from bench.scrape import Scrape, scrape
+from netsiam.broker import stop_process
 
 __all__ = ["PARTITIONS", "bench_e2e", "daemon_config"]
 
 PARTITIONS = 4
 POLL_S = 0.05
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -101,23 +95,14 @@ class DaemonProc:
             self._port = int(m.group(1))
         return self._port
 
-    def scrape(self) -> dict[str, float]:
-        """``name{labels}`` -> value of every sample on /metrics."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-            body = r.read().decode()
-        out: dict[str, float] = {}
-        for line in body.splitlines():
-            if line and not line.startswith("#"):
-                key, _, val = line.rpartition(" ")
-                with contextlib.suppress(ValueError):
-                    out[key] = float(val)
-        return out
+    def scrape(self) -> Scrape:
+        return scrape(self.port)
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
 
     def consumed(self) -> float:
-        return self.scrape().get("netsiam_records_consumed_total", 0.0)
+        return self.scrape().value("netsiam_records_consumed_total")
 
     def stop(self, timeout_s: float = 30.0) -> None:
         stop_process(self.proc, timeout_s)
@@ -162,7 +147,7 @@ def bare_consume(bootstrap: str, topic: str, n: int, broker_pid: int, timeout_s:
     from kafka import KafkaConsumer, TopicPartition
 
     from netsiam.config import KafkaConfig
-    from netsiam.detector.kafka_io import consumer_kwargs
+    from netsiam.kafka_io import consumer_kwargs
 
     c = KafkaConsumer(**consumer_kwargs(KafkaConfig(), bootstrap, None))
     try:
@@ -233,16 +218,6 @@ def read_all(bootstrap: str, topic: str, partitions: int, idle_s: float = 1.0, t
 
 
 # -- latency --------------------------------------------------------------------------------------
-def _histogram(samples: dict[str, float], name: str) -> list[tuple[float, float]]:
-    """Cumulative (le, count) buckets of a Prometheus histogram in a scrape."""
-    out = []
-    for key, v in samples.items():
-        m = re.fullmatch(rf'{name}_bucket\{{le="([^"]+)"\}}', key)
-        if m:
-            out.append((float(m.group(1)), v))
-    return sorted(out)
-
-
 def _hist_quantile_le(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
     """Upper bound (bucket ``le``) of quantile ``q`` of the observations between two scrapes."""
     prev = dict(before)
@@ -279,11 +254,11 @@ def measure_latency(ctx: Ctx, proc: DaemonProc, bootstrap: str, topics: Any, adm
         if ack:  # the record whose arrival completed the window that caused the transition
             lat_ms.append(m.timestamp - ack)
     hist = "netsiam_record_to_event_seconds"
-    p99_le = _hist_quantile_le(_histogram(before, hist), _histogram(after, hist), 0.99)
+    p99_le = _hist_quantile_le(before.buckets(hist), after.buckets(hist), 0.99)
     arr = np.asarray(lat_ms, dtype=np.float64)
 
     def delta(key: str) -> float:
-        return after.get(key, 0.0) - before.get(key, 0.0)
+        return after.value(key) - before.value(key)
 
     batches = max(delta("netsiam_embed_batch_seconds_count"), 1.0)
     return {
@@ -304,9 +279,9 @@ def measure_latency(ctx: Ctx, proc: DaemonProc, bootstrap: str, topics: Any, adm
 def bench_e2e(ctx: Ctx) -> dict[str, Any]:
     from kafka import KafkaAdminClient
 
+    from netsiam.broker import create_topics, start_broker
     from netsiam.config import TopicsConfig
-    from netsiam.detector.broker import create_topics, start_broker
-    from netsiam.detector.replay import replay_lines
+    from netsiam.replay import replay_lines
 
     sim_sources, minutes, copies = (8, 10, 3) if ctx.quick else (20, 25, 10)
     lines = trace_lines(sim_sources, minutes, seed=99, copies=copies)

@@ -44,9 +44,9 @@ def windows(n: int, seed: int = 11) -> np.ndarray:
 
 def bench_embed(ctx: Ctx) -> dict[str, Any]:
     from netsiam.config import DetectorConfig
-    from netsiam.detector.pipeline import Batch, run_batch
+    from netsiam.detector.batch import Batch, run_batch
     from netsiam.features import derive
-    from netsiam.trainer.artifact import load_artifact
+    from netsiam.serving import load_artifact
 
     assert ctx.model is not None
     art = load_artifact(ctx.model)

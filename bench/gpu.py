@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.embed import windows
     from netsiam.features import derive
-    from netsiam.trainer.artifact import load_artifact
+    from netsiam.serving import load_artifact
 
     dev = torch.device(args.device)
     art = load_artifact(args.model)

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from kafka import KafkaProducer
 
     from netsiam.config import KafkaConfig
-    from netsiam.detector.kafka_io import producer_kwargs, quiet_kafka_logs
+    from netsiam.kafka_io import producer_kwargs, quiet_kafka_logs
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("trace")

@@ -7,7 +7,7 @@ offsets), its three windows are taken as a batch and applied (:meth:`Pipeline.ap
 gauges) with a synthetic classification where every third source is ``blocked`` (a raised fault,
 so it holds a ``netsiam_fault_active`` series, as ~30 % of a real fleet may). No embedding runs:
 it allocates nothing per source. Sources are added in chunks, so the messages themselves never
-pile up; VmRSS (``/proc/self/status``) is read after each size is reached. Prints one JSON line.
+pile up; the resident set size is read after each size is reached. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -16,25 +16,17 @@ import argparse
 import gc
 import json
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import orjson
 
-from bench.common import read_status_kib
+from bench.procstats import rss_bytes
+from tests.helpers import Msg  # the tests' fake Kafka message: what Pipeline.feed reads
 
 __all__ = ["main"]
 
 CHUNK = 200  # sources fed (and their messages freed) at a time
-
-
-class Msg(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
 
 
 def _records(first: int, count: int, n_records: int, interval: float, offset: int) -> Iterator[Msg]:
@@ -60,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     from prometheus_client import CollectorRegistry
 
     from netsiam.config import Config
+    from netsiam.detector.batch import BatchResult
     from netsiam.detector.metrics import DetectorMetrics
-    from netsiam.detector.pipeline import BatchResult, Pipeline
+    from netsiam.detector.pipeline import Pipeline
     from netsiam.detector.reload import warm_up
     from netsiam.features import RAW_METRICS
-    from netsiam.trainer.artifact import load_artifact
+    from netsiam.schemas.classes import BLOCKED, NORMAL
+    from netsiam.serving import load_artifact
 
     art = load_artifact(args.model)
     warm_up(art)
@@ -85,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             pipe.feed(tp, msgs[i:i + 2000])
         batch = pipe.take_batch()
         if batch is not None:
-            names = np.array(["blocked" if int(st.name[-6:]) % 3 == 0 and "blocked" in classes else "normal"
-                              for st, *_ in batch.items], dtype=object)
+            names = np.array([BLOCKED if int(w.state.name[-6:]) % 3 == 0 and BLOCKED in classes else NORMAL
+                              for w in batch.items], dtype=object)
             n = len(names)
             pipe.apply(batch, BatchResult(names, np.zeros(n), np.zeros((n, len(classes))), np.zeros((n, dim)), 0.0))
         pipe.take_outbox()
@@ -95,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     # chunk's transient messages and batch is reached before the baseline (these sources stay)
     add(10**6 - CHUNK, CHUNK)
     gc.collect()
-    base_kib = read_status_kib()
-    out: dict[str, Any] = {"rss_base_mib": round(base_kib / 1024, 1)}
+    base = rss_bytes()
+    out: dict[str, Any] = {"rss_base_mib": round(base / 2**20, 1)}
     done = 0
     points = []
     for size in sizes:
@@ -105,13 +99,13 @@ def main(argv: list[str] | None = None) -> int:
             add(done, count)
             done += count
         gc.collect()
-        kib = read_status_kib()
-        points.append((size, kib))
-        out[f"rss_mib_at_{size}_sources"] = round(kib / 1024, 1)
+        now = rss_bytes()
+        points.append((size, now))
+        out[f"rss_mib_at_{size}_sources"] = round(now / 2**20, 1)
     assert len(pipe.sources) == sizes[-1] + CHUNK, len(pipe.sources)
     window_bytes = w.length * len(RAW_METRICS) * 8
-    (n_lo, kib_lo), (n_hi, kib_hi) = points[-2] if len(points) > 1 else (0, base_kib), points[-1]
-    per_source = (kib_hi - kib_lo) * 1024 / (n_hi - n_lo)
+    (n_lo, lo), (n_hi, hi) = points[-2] if len(points) > 1 else (0, base), points[-1]
+    per_source = (hi - lo) / (n_hi - n_lo)
     out.update({
         "rss_window_buffer_bytes": window_bytes,
         "rss_bytes_per_source": round(per_source),

@@ -113,7 +113,7 @@ def _ensure_model(ctx: Ctx) -> Path:
     """The artifact to serve: ``--model``, else this run's trained one, else the shipped default model,
     else a quickly trained one (when ``train`` was not selected)."""
     if ctx.model is None:
-        from netsiam.trainer.artifact import default_model_path
+        from netsiam.serving import default_model_path
 
         shipped = default_model_path()
         if (shipped / "manifest.json").is_file():

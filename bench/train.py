@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from netsiam.config import Config, override
+    from netsiam.serving import load_artifact
     from netsiam.traceio import write_labels, write_trace
     from netsiam.trainer import default_model
-    from netsiam.trainer.artifact import load_artifact
     from netsiam.trainer.evaluate import config_for_artifact, evaluate, load_labelled
     from netsiam.trainer.simulate import simulate
     from netsiam.trainer.train import train

@@ -7,6 +7,9 @@ Metrics take a ``registry`` so tests use a fresh one.
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from netsiam.schemas.record import REASONS
@@ -84,3 +87,11 @@ class DetectorMetrics:
             registry=r)
         self.last_commit = Gauge(
             "netsiam_last_commit_timestamp_seconds", "Unix time of the last offset commit.", registry=r)
+
+    def set_model(self, version: str, old: str | None) -> None:
+        """The serving model: its info series (the previous version's removed) and load time."""
+        if old is not None and old != version:
+            with contextlib.suppress(KeyError):
+                self.model_info.remove(old)
+        self.model_info.labels(version=version).set(1)
+        self.model_loaded.set(time.time())

@@ -1,85 +1,44 @@
 """The daemon's pure core: records -> windows -> embeddings -> prototypes -> debounced fault events.
 
 No Kafka here: the daemon feeds messages in and publishes what comes out, and tests drive the same
-code directly. Work is split in three steps so the embedding can run on another thread while the
-main thread keeps consuming:
+code directly. :meth:`Pipeline.feed` (main thread) decodes records into per-source windows and dead
+letters; :func:`~netsiam.detector.batch.run_batch` embeds a micro-batch on the embed thread;
+:meth:`Pipeline.apply` (main thread, in batch order) debounces and emits events. Time is record time
+only (windows, debounce, ``started_at``, idle eviction), so a replay at any speed gives the same events.
 
-1. :meth:`Pipeline.feed` (main thread, per record): decode, check the stream clock, push into the
-   source's :class:`~netsiam.windowing.WindowBuffer`; a finished window joins the pending batch, a
-   bad record becomes a :class:`DeadLetter` in the outbox.
-2. :func:`run_batch` (any thread, per micro-batch): derive features, ONE ``artifact.embed`` call,
-   nearest prototype.
-3. :meth:`Pipeline.apply` (main thread, in batch order): per-window debounce, events to the outbox.
-
-Time is record time only (windows, debounce, ``started_at``, idle eviction), so a replay at any
-speed, or after a crash, gives the same windows and the same events. Only ``detected_at`` is wall
-time.
-
-Restart rule. Every message carries a partition offset. For every source the pipeline tracks
-:meth:`SourceState.resync_offset`, an offset from which replaying the partition rebuilds that
-source's window buffer and debounce state exactly:
-
-* buffer: the first record of the last window embedded (records have strictly increasing slots, so
-  the record ``T`` records back lies at or before the window's first slot, gap fill included, and
-  every later window only needs later records);
-* debounce: a :class:`~netsiam.debounce.FaultTracker` forgets everything once it has seen ``clear_m``
-  normal windows in a row (it then acts like a new tracker; tests/test_pipeline.py checks this
-  property). Whether that happened depends on the window classes alone, so a tracker replayed from
-  any earlier window reaches the same state there. The resync point is the first record of the
-  first window after the last such quiet point.
-
-The daemon stores the minimum over a partition's sources with each commit; on assignment it seeks
-there and replays with publishing suppressed below the committed offset (``suppress_below``: those
-events and dead letters were acknowledged before the commit). Every transition at or after the
-committed offset is therefore published again with the same ``started_at``, hence the same
-``event_id``, and none is lost. Exact unless the replay treats a record differently from the first
-run: the per-partition stream clock (``max_clock_skew_s``) is rebuilt from the replayed records only,
-and the ``max_sources`` cap evicts by what is in memory.
+Restart rule (:mod:`.sources`): the daemon stores, beside each commit, the minimum
+:meth:`~.sources.SourceState.resync_offset` of each partition and, after a restart, replays from there
+with publishing suppressed below the committed offset: every event at or after it is published again
+with the same ``started_at``, hence the same ``event_id``. Exact unless the replay treats a record
+differently: the per-partition stream clock (``max_clock_skew_s``) is rebuilt from the replayed records
+only, and ``max_sources`` evicts by what is in memory.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import heapq
-import logging
 import math
 import time
-from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
-import orjson
 from prometheus_client import CollectorRegistry
 
 from netsiam.config import Config
-from netsiam.debounce import NORMAL, FaultTracker
-from netsiam.features import RAW_METRICS, derive
+from netsiam.features import RAW_METRICS
+from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.event import FaultEvent
 from netsiam.schemas.record import RecordError, decode_record
-from netsiam.trainer.artifact import Artifact
-from netsiam.windowing import WindowBuffer
+from netsiam.serving import Artifact
 
+from .batch import Batch, BatchResult, WindowRef
 from .metrics import DetectorMetrics
+from .sources import TP, Evicted, SourceState
 
-__all__ = [
-    "Batch",
-    "BatchResult",
-    "DeadLetter",
-    "EventOut",
-    "Message",
-    "Pipeline",
-    "SourceState",
-    "embed_pieces",
-    "run_batch",
-    "same_windowing",
-]
-
-log = logging.getLogger("netsiam.detector")
-
-TP = Hashable  # a kafka TopicPartition (a (topic, partition) named tuple) or any hashable in tests
+__all__ = ["EventOut", "Message", "Pipeline", "same_windowing"]
 
 
 class Message(Protocol):
@@ -99,50 +58,7 @@ class Message(Protocol):
     def value(self) -> bytes | None: ...
 
 
-@dataclass(slots=True)
-class DeadLetter:
-    """A rejected record. ``to_bytes`` is the dead-letter message value, one JSON object::
-
-        {"reason": "not_json", "detail": "...", "topic": "netsiam.samples", "partition": 0,
-         "offset": 123, "timestamp_ms": 1795384000123, "source": "sbc-1" | null,
-         "key_b64": "c2JjLTE=" | null, "value_b64": "<the original bytes, base64>" | null,
-         "value_size": 57, "detected_at": 1795384000.2}
-
-    ``reason`` is one of :data:`netsiam.schemas.record.REASONS`; ``source`` is known for reasons found
-    after decoding (``duplicate``, ``out_of_order``); a null value (tombstone) has ``value_b64`` null.
-    The message key is the original key, so dead letters of one source stay together.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    reason: str
-    detail: str
-    source: str | None = None
-
-    def to_json(self, detected_at: float) -> dict[str, Any]:
-        return {
-            "reason": self.reason,
-            "detail": self.detail,
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-            "timestamp_ms": self.timestamp_ms,
-            "source": self.source,
-            "key_b64": None if self.key is None else base64.b64encode(self.key).decode(),
-            "value_b64": None if self.value is None else base64.b64encode(self.value).decode(),
-            "value_size": 0 if self.value is None else len(self.value),
-            "detected_at": detected_at,
-        }
-
-    def to_bytes(self, detected_at: float) -> bytes:
-        return orjson.dumps(self.to_json(detected_at))
-
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class EventOut:
     """A fault event to publish, with the record that caused it (for latency and commits)."""
 
@@ -150,101 +66,6 @@ class EventOut:
     tp: TP
     offset: int
     record_ts_ms: int
-
-
-class SourceState:
-    """Everything held for one source: window ring buffer, debounce state, rewind bookkeeping."""
-
-    __slots__ = ("alive", "buf", "epoch", "first_offset", "last_ts", "last_win_start", "name", "normal_streak",
-                 "offsets", "tp", "tracker")
-
-    def __init__(self, name: str, tp: TP, offset: int, pipeline: Pipeline) -> None:
-        self.name = name
-        self.tp = tp
-        self.buf = WindowBuffer(pipeline.window, len(RAW_METRICS))
-        self.tracker = FaultTracker(pipeline.debounce)
-        self.offsets: deque[int] = deque(maxlen=pipeline.window.length)  # offsets of the last T records
-        self.first_offset = offset
-        self.last_ts = -math.inf
-        self.last_win_start: int | None = None  # first record of the last applied window
-        self.epoch: int | None = None           # first record of the first window since the tracker was quiet
-        self.normal_streak = 0                  # consecutive normal windows (quiet at >= clear_m)
-        self.alive = True
-
-    def reset_buffer(self, pipeline: Pipeline) -> None:
-        self.buf = WindowBuffer(pipeline.window, len(RAW_METRICS))
-        self.offsets = deque(maxlen=pipeline.window.length)
-
-    def resync_offset(self) -> int:
-        """Oldest offset a replay must start from to rebuild this state exactly (module docstring)."""
-        if self.epoch is not None:
-            return self.epoch
-        if self.last_win_start is not None:
-            return self.last_win_start
-        return self.first_offset
-
-
-@dataclass
-class Batch:
-    """Windows waiting for one embed call, with the snapshot of positions they complete."""
-
-    raw: np.ndarray                                  # (N, T, R)
-    items: list[tuple[SourceState, float, int, int, bool, int]]  # state, end ts, offset, kafka ts, live, start
-    artifact: Artifact
-    positions: dict[TP, int]                          # next offset per partition once this batch is applied
-    seq: int                                          # eviction sequence number at the snapshot
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
-@dataclass
-class BatchResult:
-    names: np.ndarray      # (N,) class per window ("unknown" beyond every threshold)
-    nearest: np.ndarray    # (N,) distance to the chosen prototype
-    dists: np.ndarray      # (N, C)
-    emb: np.ndarray        # (N, D)
-    seconds: float
-
-
-SPLIT_COST = 32  # one more encoder call costs about as much as embedding this many windows (CPU, measured)
-
-
-def embed_pieces(n: int) -> list[int]:
-    """Sizes of the encoder calls for ``n`` windows. ``Artifact.embed`` pads a call to a power of two
-    (few compiled shapes), so 520 windows would cost 1024; split off the largest power of two while
-    that saves more than a call costs: 520 -> [512, 8], 300 -> [256, 44], 200 -> [200].
-    Measured on the 2-core machine: 520 windows 48 -> 24 ms, 300: 26 -> 19 ms."""
-    out = []
-    while n:
-        padded = 1 << (n - 1).bit_length()
-        half = padded >> 1
-        if n > half and half + (1 << (n - half - 1).bit_length()) + SPLIT_COST < padded:
-            out.append(half)
-            n -= half
-        else:
-            out.append(n)
-            break
-    return out
-
-
-def run_batch(batch: Batch) -> BatchResult:
-    """Derive features, embed (one encoder call, or a few when that avoids padding), classify.
-    Pure; safe on a worker thread."""
-    t0 = time.perf_counter()
-    art = batch.artifact
-    x = derive(batch.raw, art.features)
-    sizes = embed_pieces(len(x))
-    if len(sizes) == 1:
-        emb = art.embed(x, batch_size=max(1024, len(x)))
-    else:
-        parts, i = [], 0
-        for k in sizes:
-            parts.append(art.embed(x[i:i + k], batch_size=max(1024, k)))
-            i += k
-        emb = np.concatenate(parts)
-    names, nearest, dists = art.prototypes.classify(emb)
-    return BatchResult(names, nearest, dists, emb, time.perf_counter() - t0)
 
 
 def _utf8_ok(s: str) -> bool:
@@ -275,10 +96,10 @@ class Pipeline:
         self.positions: dict[TP, int] = {}        # next offset to read, per partition fed
         self.clock: dict[TP, float] = {}          # max accepted record ts, per partition
         self._pending: list[np.ndarray] = []
-        self._meta: list[tuple[SourceState, float, int, int, bool, int]] = []
+        self._meta: list[WindowRef] = []
         self.pending_since = 0.0                  # monotonic time the oldest pending window appeared
         self._seq = 0                             # counts evictions, orders them against snapshots
-        self._graveyard: list[tuple[int, TP, int]] = []  # (seq, tp, resync offset) of evicted states
+        self._graveyard: list[Evicted] = []       # evicted states a pending commit may still need
         self.artifact = artifact
         self._set_artifact(artifact)
 
@@ -287,8 +108,6 @@ class Pipeline:
         self.artifact = art
         self.window = art.window
         self._required = frozenset(art.required)
-        self._classes = list(art.prototypes.classes)
-        self._version = art.version
 
     def swap_artifact(self, art: Artifact) -> bool:
         """Serve ``art`` from the next batch on. Call with nothing pending (the daemon drains first).
@@ -301,7 +120,7 @@ class Pipeline:
             self._pending.clear()
             self._meta.clear()
             for st in self.sources.values():
-                st.reset_buffer(self)
+                st.reset_buffer(self.window)
         return reset
 
     # -- step 1: records -----------------------------------------------------------------------
@@ -392,7 +211,7 @@ class Pipeline:
                 n_ignored += rec.ignored
             if win is not None:
                 pending.append(win)
-                meta.append((st, ts, off, m.timestamp, live, st.offsets[0]))
+                meta.append(WindowRef(st, ts, off, m.timestamp, live, st.offsets[0]))
         if clock is not None:
             self.clock[tp] = clock
         self.positions[tp] = msgs[-1].offset + 1
@@ -411,7 +230,7 @@ class Pipeline:
             n = max(1, self.det.max_sources // 100)
             for old in heapq.nsmallest(n, self.sources.values(), key=lambda s: s.last_ts):
                 self._evict(old)
-        st = SourceState(name, tp, offset, self)
+        st = SourceState(name, tp, offset, self.window, self.debounce)
         self.sources[name] = st
         return st
 
@@ -421,7 +240,7 @@ class Pipeline:
             del self.sources[st.name]
         st.alive = False
         self._seq += 1
-        self._graveyard.append((self._seq, st.tp, st.resync_offset()))
+        self._graveyard.append(Evicted(self._seq, st.tp, st.resync_offset()))
         if st.tracker.active is not None:
             self._fault_gauges(st.name, st.tracker.active, False)
         self.metrics.sources_evicted.inc()
@@ -446,7 +265,7 @@ class Pipeline:
         for tp in tps:
             self.positions.pop(tp, None)
             self.clock.pop(tp, None)
-        self._graveyard = [g for g in self._graveyard if g[1] not in tps]
+        self._graveyard = [g for g in self._graveyard if g.tp not in tps]
         return len(gone)
 
     # -- step 2: batches -----------------------------------------------------------------------
@@ -460,9 +279,9 @@ class Pipeline:
         # Commit position per partition once this batch is applied: everything fed, except records
         # from the first window still waiting in a later batch onwards.
         positions = dict(self.positions)
-        for st, _end, off, _kts, _live, _start in self._meta:
-            if off < positions.get(st.tp, off + 1):
-                positions[st.tp] = off
+        for w in self._meta:
+            if w.offset < positions.get(w.state.tp, w.offset + 1):
+                positions[w.state.tp] = w.offset
         if self._pending:
             self.pending_since = time.monotonic()
         return Batch(np.stack(wins), items, self.artifact, positions, self._seq)
@@ -490,22 +309,16 @@ class Pipeline:
         classes = list(batch.artifact.prototypes.classes)
         version = batch.artifact.version
         names = res.names
-        clear_m = self.debounce.clear_m
+        nearest = np.asarray(classes, dtype=object)[res.dists.argmin(axis=1)]   # ignoring thresholds
         n_events = 0
-        for i, (st, end, off, kts, live, start) in enumerate(batch.items):
-            cls = str(names[i])
-            st.last_win_start = start
-            if cls == NORMAL:
-                st.normal_streak += 1
-                if st.normal_streak >= clear_m:
-                    st.epoch = None  # the tracker is quiet again: a replay may start after this window
-                elif st.epoch is None:
-                    st.epoch = start
-            else:
-                st.normal_streak = 0
-                if st.epoch is None:
-                    st.epoch = start
-            trans = st.tracker.update(cls, end)
+        for i, w in enumerate(batch.items):
+            st = w.state
+            st.last_win_start = w.start
+            trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]))
+            if st.tracker.quiet:
+                st.epoch = None  # a replay may start after this window
+            elif st.epoch is None:
+                st.epoch = w.start
             if not trans:
                 continue
             row = res.dists[i]
@@ -515,12 +328,12 @@ class Pipeline:
             for t in trans:
                 if st.alive:
                     self._fault_gauges(st.name, t.fault, t.state == "raised")
-                if not live:
+                if not w.live:
                     continue
                 ev = FaultEvent(source=st.name, state=t.state, fault=t.fault, window_end=t.window_end,
                                 detected_at=now, started_at=t.started_at, distance=round(float(res.nearest[i]), 6),
                                 distances=distances, embedding=emb, model_version=version)
-                self.outbox.append(EventOut(ev, st.tp, off, kts))
+                self.outbox.append(EventOut(ev, st.tp, w.offset, w.kafka_ts_ms))
                 n_events += 1
         return n_events
 
@@ -540,10 +353,10 @@ class Pipeline:
                     out[tp] = r
         keep = []
         for g in self._graveyard:
-            if g[0] > seq:  # evicted after the snapshot: the snapshot's state still had it
+            if g.seq > seq:  # evicted after the snapshot: the snapshot's state still had it
                 keep.append(g)
-                if g[1] in out and g[2] < out[g[1]]:
-                    out[g[1]] = g[2]
+                if g.tp in out and g.resync < out[g.tp]:
+                    out[g.tp] = g.resync
         self._graveyard = keep
         return out
 

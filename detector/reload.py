@@ -10,6 +10,7 @@ function traced) here, so the swap costs the serving loop nothing.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -17,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from netsiam.errors import NetsiamError
-from netsiam.trainer.artifact import ENCODER_FILE, MANIFEST_FILE, PROTOTYPES_FILE, Artifact, load_artifact
+from netsiam.serving import ENCODER_FILE, MANIFEST_FILE, PROTOTYPES_FILE, Artifact, load_artifact
 
-__all__ = ["ArtifactWatcher", "artifact_signature", "warm_up"]
+__all__ = ["ArtifactWatcher", "artifact_signature", "freeze_heap", "warm_up"]
 
 log = logging.getLogger("netsiam.detector")
 
@@ -44,6 +45,16 @@ def warm_up(art: Artifact) -> None:
 
     for n in (1, 2, 4):
         art.embed(np.zeros((n, art.window.length, len(art.features)), np.float32))
+
+
+def freeze_heap() -> None:
+    """Take everything alive now (TensorFlow, Keras, the model: ~350k tracked objects) out of the
+    cyclic garbage collector's scans (``gc.freeze``), so a full collection only walks what the stream
+    allocated since. Measured in the daemon at 3k records/s (``gc.DEBUG_STATS``): a gen-2 collection
+    stopped every thread for 150-410 ms before, 3-15 ms after; a stall that size lands straight in
+    the p99 record->event latency (and delays fetches, embeds and acks alike)."""
+    gc.collect()
+    gc.freeze()
 
 
 class ArtifactWatcher:

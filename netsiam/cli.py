@@ -24,9 +24,9 @@ HANDLERS = {
     "train": "netsiam.trainer.train:cli_train",
     "evaluate": "netsiam.trainer.evaluate:cli_evaluate",
     "prototypes": "netsiam.trainer.prototypes:cli_prototypes",
-    "replay": "netsiam.detector.replay:cli_replay",
-    "detect": "netsiam.detector.daemon:cli_detect",
-    "broker": "netsiam.detector.broker:cli_broker",
+    "replay": "netsiam.replay:cli_replay",
+    "detect": "netsiam.detector.cli:cli_detect",
+    "broker": "netsiam.broker.embedded:cli_broker",
     "plot": "netsiam.trainer.plots:cli_plot",
 }
 

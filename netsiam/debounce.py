@@ -25,11 +25,9 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from netsiam.config import DebounceConfig
+from netsiam.schemas.classes import NORMAL, UNKNOWN
 
 __all__ = ["NORMAL", "UNKNOWN", "FaultTracker", "Transition"]
-
-NORMAL = "normal"
-UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +59,12 @@ class FaultTracker:
     @property
     def active(self) -> str | None:
         return self._active
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing remembered: ``clear_m`` normal windows in a row and no fault's aftermath, so a fresh
+        tracker fed the windows from here on makes the same transitions (a replay may start here)."""
+        return self._normal_streak >= self._cfg.clear_m and not self._aftermath
 
     def _named_majority(self) -> str | None:
         """The named class holding raise_k of the last raise_n windows (ties: most recent)."""

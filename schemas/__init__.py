@@ -1,4 +1,5 @@
-"""Record, label and event contracts: JSON Schema files beside this module and their Python checks."""
+"""Record, label, event and dead-letter contracts: JSON Schema files beside this module and their Python
+checks, and the class names (labels, faults) they use."""
 
 from __future__ import annotations
 

@@ -8,10 +8,8 @@ from netsiam.errors import NetsiamError
 from netsiam.schemas.timeparse import parse_ts
 from netsiam.traceio import LabelInterval
 
-__all__ = ["KNOWN_LABELS", "NORMAL", "parse_label_row"]
+__all__ = ["parse_label_row"]
 
-NORMAL = "normal"
-KNOWN_LABELS = ("normal", "blocked", "capacity_limit")
 _LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from helpers import manifest, small_artifact
 
 from netsiam.errors import NetsiamError
 from netsiam.features import DEFAULT_FEATURES
-from netsiam.trainer.artifact import Artifact, Prototypes, load_artifact
+from netsiam.serving import Artifact, Prototypes, load_artifact
 from netsiam.trainer.model import EncoderSpec, build_encoder
 
 T, F = 30, len(DEFAULT_FEATURES)
@@ -29,12 +30,9 @@ def make_artifact(path: Path, seed: int = 3) -> tuple[Artifact, np.ndarray]:
     protos = Prototypes(method="kmeans")
     protos.set("normal", rng.random((2, 3)), 0.12, 300)
     protos.set("blocked", rng.random((1, 3)), 0.05, 40)
-    manifest = {"format": 1, "version": "20261123T000000Z-abcdef12", "features": list(DEFAULT_FEATURES),
-                "window": {"interval_s": 1.0, "length": T, "stride": 5, "max_gap": 5},
-                "normalisation": {"mean": mean.tolist(), "std": np.sqrt(var).tolist()},
-                "model": spec.to_dict()}
-    art = Artifact(enc, protos, manifest)
-    art.save(path)
+    man = manifest(length=T, stride=5, version="20261123T000000Z-abcdef12", mean=mean, std=np.sqrt(var),
+                   model=spec.to_dict())
+    art = small_artifact(enc, protos, man, path)
     x = rng.normal(0, 2, (37, T, F)).astype(np.float32)
     return art, x
 
@@ -45,7 +43,7 @@ def test_round_trip_in_a_fresh_process_gives_identical_embeddings(tmp_path: Path
     np.save(tmp_path / "x.npy", x)
     code = textwrap.dedent(f"""
         import numpy as np
-        from netsiam.trainer.artifact import load_artifact
+        from netsiam.serving import load_artifact
         a = load_artifact({str(tmp_path / 'm')!r})
         np.save({str(tmp_path / 'after.npy')!r}, a.embed(np.load({str(tmp_path / 'x.npy')!r})))
         print(a.version)
@@ -160,7 +158,7 @@ def test_artifact_saved_under_tensorflow_runs_under_another_backend(tmp_path: Pa
     np.save(tmp_path / "x.npy", x)
     code = textwrap.dedent(f"""
         import keras, numpy as np
-        from netsiam.trainer.artifact import load_artifact
+        from netsiam.serving import load_artifact
         assert keras.backend.backend() == {backend!r}, keras.backend.backend()
         a = load_artifact({str(tmp_path / 'm')!r})
         e = a.embed(np.load({str(tmp_path / 'x.npy')!r}))

@@ -71,14 +71,54 @@ def test_table_marks_targets() -> None:
 
 
 def test_histogram_quantile_between_scrapes() -> None:
-    from bench.e2e import _hist_quantile_le, _histogram
+    from bench.e2e import _hist_quantile_le
+    from bench.scrape import Scrape
 
     name = "netsiam_record_to_event_seconds"
-    before = _histogram({f'{name}_bucket{{le="0.1"}}': 5.0, f'{name}_bucket{{le="0.25"}}': 5.0,
-                         f'{name}_bucket{{le="+Inf"}}': 5.0}, name)
-    after = _histogram({f'{name}_bucket{{le="0.1"}}': 95.0, f'{name}_bucket{{le="0.25"}}': 104.0,
-                        f'{name}_bucket{{le="+Inf"}}': 105.0}, name)
+
+    def histogram(counts: dict[str, float]) -> list[tuple[float, float]]:
+        text = f"# TYPE {name} histogram\n" + "".join(f'{name}_bucket{{le="{le}"}} {n}\n' for le, n in counts.items())
+        return Scrape(text).buckets(name)
+
+    before = histogram({"0.1": 5.0, "0.25": 5.0, "+Inf": 5.0})
+    after = histogram({"0.1": 95.0, "0.25": 104.0, "+Inf": 105.0})
     assert _hist_quantile_le(before, after, 0.5) == 0.1
     assert _hist_quantile_le(before, after, 0.99) == 0.25
     assert _hist_quantile_le(before, after, 0.999) == math.inf
     assert _hist_quantile_le(after, after, 0.99) is None
+
+
+def test_scrape_reads_a_daemons_metrics_by_name_and_labels() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from bench.scrape import Scrape
+    from netsiam.detector.metrics import DetectorMetrics
+
+    reg = CollectorRegistry()
+    m = DetectorMetrics(reg)
+    m.records_consumed.inc(7)
+    m.records_invalid.labels(reason="schema").inc(2)
+    m.records_invalid.labels(reason="not_json").inc(3)
+    m.consumer_lag.labels(topic="a", partition="0").set(4)
+    m.consumer_lag.labels(topic="a", partition="1").set(5)
+    m.consumer_lag.labels(topic="b", partition="0").set(100)
+    m.record_to_event_seconds.observe(0.2)
+    s = Scrape(generate_latest(reg).decode())
+    assert s.value("netsiam_records_consumed_total") == 7
+    assert s.value("netsiam_records_invalid_total") == 5 and s.value("netsiam_records_invalid_total", reason="schema") == 2
+    assert s.value("netsiam_consumer_lag", topic="a") == 9 and s.value("netsiam_consumer_lag") == 109
+    assert s.value("netsiam_no_such_metric") == 0
+    buckets = s.buckets("netsiam_record_to_event_seconds")
+    assert buckets[-1] == (math.inf, 1.0) and dict(buckets)[0.1] == 0.0 and dict(buckets)[0.25] == 1.0
+
+
+def test_process_figures_come_from_psutil() -> None:
+    from bench.procstats import ForeignCpu, cpu_seconds, rss_bytes, rss_mib
+
+    me = os.getpid()
+    assert rss_bytes() > 10 * 2**20 and rss_mib(me) == pytest.approx(rss_bytes() / 2**20, rel=0.1)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert rss_mib(gone.pid) is None                                 # reaped: no such process
+    assert cpu_seconds(me) > 0
+    assert ForeignCpu([me])() >= 0.0

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, port_open, unique
+from helpers import REPO, port_open, unique
 
+from netsiam.broker import create_topics, free_port, start_broker
 from netsiam.config import TopicsConfig
-from netsiam.detector.broker import create_topics, free_port, start_broker
 from netsiam.errors import NetsiamError
 
 
@@ -75,7 +75,7 @@ def test_a_broker_that_cannot_start_is_reported_not_awaited(tmp_path: Path, monk
     # a child that exits at once: its own last words are in our message, instead of a readiness
     # timeout (a stand-in binary: the real Tansu gives no way to fail at start from start_broker's
     # arguments, since certificates are now checked before it starts)
-    import netsiam.detector.broker as broker
+    import netsiam.broker.embedded as broker
 
     fake = tmp_path / "tansu"
     fake.write_text("#!/bin/sh\necho 'error: storage engine unavailable' >&2\nexit 3\n")

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import base64
 import shutil
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
-from conftest import (
+from helpers import (
     Model,
     bad_lines,
     check_episodes,
@@ -25,54 +23,19 @@ from conftest import (
     make_config,
     produce,
     read_topic,
+    running,
     save_artifact,
+    value,
+    wait_until,
 )
 from prometheus_client import CollectorRegistry
 
 from netsiam.config import Config
-from netsiam.detector.daemon import Daemon
-from netsiam.detector.replay import replay_lines
-from netsiam.trainer.artifact import default_model_path, load_artifact
+from netsiam.replay import replay_lines
+from netsiam.schemas import load_schema
+from netsiam.schemas.deadletter import validate_dead_letter
+from netsiam.serving import default_model_path, load_artifact
 from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
-
-
-@contextmanager
-def running(cfg: Config, model_dir: Path) -> Iterator[Daemon]:
-    """Run a Daemon on a thread until the block ends (then drain, commit, stop)."""
-    d = Daemon(cfg, load_artifact(model_dir), model_dir, registry=CollectorRegistry())
-    result: list[Any] = []
-
-    def target() -> None:
-        try:
-            result.append(d.run())
-        except BaseException as e:  # noqa: BLE001 - surfaced to the test below
-            result.append(e)
-
-    t = threading.Thread(target=target, name="daemon", daemon=True)
-    t.start()
-    try:
-        assert d.started.wait(60), "daemon did not start"
-        wait_until(lambda: d.ready()[0] or bool(result), 30, "partitions assigned")
-        assert not result, result
-        yield d
-    finally:
-        d.request_stop()
-        t.join(60)
-    assert result == [0], result
-
-
-def wait_until(cond: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def value(d: Daemon, name: str, **labels: str) -> float:
-    v = d.registry.get_sample_value(name, labels or None)
-    return 0.0 if v is None else float(v)
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +116,11 @@ def test_bad_input_goes_to_the_dead_letter_topic(broker: Any, topics: Any, model
     assert consumed == len(values) == valid + len(dead)                     # nothing silently dropped
     assert invalid == {r: list(reasons.values()).count(r) for r in set(reasons.values())}
     got = {}
+    dl_schema = jsonschema.Draft202012Validator(load_schema("deadletter"))
     for m in dead:
         j = orjson.loads(m.value)
+        dl_schema.validate(j)                                                # the contract, as consumers see it
+        validate_dead_letter(j)
         assert (j["topic"], j["partition"]) == (topics.samples, 0) and j["detail"]
         orig = values[j["offset"]]
         assert (j["value_b64"] is None) == (orig is None)
@@ -227,8 +193,8 @@ def test_health_endpoints(ready: bool) -> None:
 
 def test_security_settings_pass_through_and_the_password_is_never_printed() -> None:
     from netsiam.config import KafkaConfig
-    from netsiam.detector.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs
     from netsiam.errors import NetsiamError
+    from netsiam.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs
 
     k = KafkaConfig(bootstrap_servers="a:1, b:2", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
                     sasl_username="u", sasl_password="s3cret", ssl_cafile="/ca.pem")

@@ -5,30 +5,26 @@ from __future__ import annotations
 
 import re
 import signal
-import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from conftest import (
+from helpers import (
     DaemonProc,
+    background_replay,
     check_episodes,
     committed,
     http_get,
     labelled_trace,
     make_config,
+    metric,
+    offline_events,
     read_topic,
     same_event,
     write_config,
 )
-
-from netsiam.config import Config
-from netsiam.detector.pipeline import EventOut, Pipeline, run_batch
-from netsiam.detector.replay import replay_lines
-from netsiam.trainer.artifact import load_artifact
 
 pytestmark = pytest.mark.slow
 
@@ -36,37 +32,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def labelled() -> tuple[list[bytes], list[Any]]:
     return labelled_trace()
-
-
-def metric(port: int, name: str) -> float:
-    _, text = http_get(port, "/metrics")
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
-def offline_events(cfg: Config, model_dir: Path, msgs: Sequence[Any]) -> dict[str, dict[str, Any]]:
-    """The events an uninterrupted daemon computes for these stored messages, by event_id."""
-    p = Pipeline(cfg, load_artifact(model_dir))
-    by_tp: dict[int, list[Any]] = {}
-    for m in sorted(msgs, key=lambda m: (m.partition, m.offset)):
-        by_tp.setdefault(m.partition, []).append(m)
-    for part, ms in by_tp.items():
-        p.feed((cfg.kafka.topics.samples, part), ms)
-    while p.pending:
-        b = p.take_batch(1024)
-        assert b is not None
-        p.apply(b, run_batch(b))
-    out = {}
-    for o in p.take_outbox():
-        if isinstance(o, EventOut):
-            out[o.event.event_id] = o.event.to_json()
-    return out
-
-
-def background_replay(lines: list[bytes], bootstrap: str, topic: str, speed: float) -> threading.Thread:
-    t = threading.Thread(target=replay_lines, args=(lines, bootstrap, topic), kwargs={"speed": speed}, daemon=True)
-    t.start()
-    return t
 
 
 def test_sigterm_drains_commits_everything_processed_and_exits_0(
@@ -85,7 +50,7 @@ def test_sigterm_drains_commits_everything_processed_and_exits_0(
 
     rep = background_replay(lines, broker.bootstrap, topics.samples, speed=250)  # ~5 s of records
     deadline = time.monotonic() + 30
-    while metric(port, "netsiam_records_consumed_total") < len(lines) // 3 and time.monotonic() < deadline:
+    while (metric(port, "netsiam_records_consumed_total") or 0) < len(lines) // 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert d.stop(signal.SIGTERM) == 0                  # mid-stream
     text = d.text()
@@ -121,9 +86,9 @@ def test_sigkill_mid_replay_then_restart_raises_every_episode_with_stable_ids(
     rep = background_replay(lines, broker.bootstrap, topics.samples, speed=150)  # ~8 s of records
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not (
-            metric(port, "netsiam_records_consumed_total") >= 0.45 * len(lines)
-            and metric(port, "netsiam_commits_total") >= 2
-            and metric(port, "netsiam_windows_embedded_total") > 0):
+            (metric(port, "netsiam_records_consumed_total") or 0) >= 0.45 * len(lines)
+            and (metric(port, "netsiam_commits_total") or 0) >= 2
+            and (metric(port, "netsiam_windows_embedded_total") or 0) > 0):
         time.sleep(0.05)
     a.kill()                                             # SIGKILL: no drain, no final commit
     before = {e["event_id"] for e in (orjson.loads(x.value) for x in read_topic(broker.bootstrap, topics.faults,

@@ -14,15 +14,25 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import REPO, check_episodes, events_of, labelled_windows, make_config, read_topic, trace_lines
-from test_daemon import running, value, wait_until
+from helpers import (
+    REPO,
+    check_episodes,
+    events_of,
+    labelled_windows,
+    make_config,
+    read_topic,
+    running,
+    trace_lines,
+    value,
+    wait_until,
+)
 
 from netsiam.config import Config
-from netsiam.detector.replay import replay_lines
 from netsiam.importers.sipp import import_sipp
+from netsiam.replay import replay_lines
 from netsiam.schemas.event import event_id
+from netsiam.serving import default_model_path, load_artifact
 from netsiam.traceio import read_labels
-from netsiam.trainer.artifact import default_model_path, load_artifact
 from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
 
 DATA = REPO / "tests" / "data"

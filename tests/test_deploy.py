@@ -1,5 +1,5 @@
 """Operations artefacts in deploy/: systemd unit, Prometheus config and rules, Grafana dashboard,
-and the dashboard PNG renderer (netsiam.detector.dashboard).
+and the dashboard picture (netsiam.dashboard).
 
 Tools are used when present and the test is skipped with the reason otherwise:
 ``systemd-analyze`` (unit verification, offline security score), ``promtool`` (config, rules,
@@ -36,8 +36,12 @@ from typing import Any
 import pytest
 import yaml
 
-from netsiam.detector import dashboard
-from netsiam.detector.dashboard import PANELS, expand, fetch_panels, render_dashboard
+from netsiam.dashboard.cli import main as dashboard_main
+from netsiam.dashboard.grafana import grafana_json
+from netsiam.dashboard.panels import DASHBOARD_UID, DETECTOR_JOB, PANELS, VARIABLES
+from netsiam.dashboard.picture import cli_plot_dashboard, render_dashboard
+from netsiam.dashboard.prometheus import expand, fetch_panels
+from netsiam.dashboard.prometheus import scrape_interval as prometheus_scrape_interval
 from netsiam.errors import NetsiamError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,7 +201,7 @@ class LocalPrometheus:
     """
 
     def __init__(self, workdir: Path, targets: Sequence[str] = (), rule_files: Sequence[Path] = (),
-                 scrape_interval: str = "1s", job: str = dashboard.DETECTOR_JOB,
+                 scrape_interval: str = "1s", job: str = DETECTOR_JOB,
                  ready_timeout_s: float = 30.0) -> None:
         if PROMETHEUS is None:
             raise RuntimeError("prometheus is not installed")
@@ -407,7 +411,7 @@ def test_promtool_rule_unit_tests() -> None:
 def test_scrape_config_targets_the_detector() -> None:
     cfg = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
     jobs = {sc["job_name"]: sc for sc in cfg["scrape_configs"]}
-    det = jobs[dashboard.DETECTOR_JOB]
+    det = jobs[DETECTOR_JOB]
     assert det.get("metrics_path", "/metrics") == "/metrics"
     assert ["127.0.0.1:9108"] in [sc["targets"] for sc in det["static_configs"]]
     assert "netsiam.rules.yml" in cfg["rule_files"]
@@ -445,14 +449,20 @@ def test_rule_exprs_use_only_exported_metrics() -> None:
 
 
 def test_grafana_json_is_generated_from_the_panel_list() -> None:
-    assert DASHBOARD_JSON.read_text() == dashboard.grafana_json(), (
+    assert DASHBOARD_JSON.read_text() == grafana_json(), (
         "deploy/grafana/dashboards/netsiam.json is stale: run "
-        "`python -m netsiam.detector.dashboard grafana -o deploy/grafana/dashboards/netsiam.json`")
+        "`python -m netsiam.dashboard grafana -o deploy/grafana/dashboards/netsiam.json`")
+
+
+def test_panels_have_unique_keys_and_titles() -> None:
+    keys, titles = [p.key for p in PANELS], [p.title for p in PANELS]
+    assert len(set(keys)) == len(keys) and len(set(titles)) == len(titles)
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", k) for k in keys), keys
 
 
 def test_grafana_dashboard_structure() -> None:
     dash = json.loads(DASHBOARD_JSON.read_text())
-    assert dash["uid"] == dashboard.DASHBOARD_UID and 36 <= dash["schemaVersion"] <= 41
+    assert dash["uid"] == DASHBOARD_UID and 36 <= dash["schemaVersion"] <= 41
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["DS_PROMETHEUS"]["type"] == "datasource" and variables["DS_PROMETHEUS"]["query"] == "prometheus"
     assert variables["source"]["type"] == "query"
@@ -505,7 +515,7 @@ def test_panel_exprs_use_only_exported_metrics_and_labels() -> None:
             assert labels <= allowed, f"{title}: {metric} has no label(s) {labels - allowed}"
         allowed_groups = set().union(*(known[n] for n in names)) | TARGET_LABELS
         assert promql_grouping_labels(expr) <= allowed_groups, f"{title}: grouping by an unknown label"
-    for _name, query, _label in dashboard.VARIABLES:
+    for _name, query, _label in VARIABLES:
         m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query)
         assert m and m.group(1) in known and m.group(2) in known[m.group(1)] | TARGET_LABELS, query
 
@@ -546,8 +556,8 @@ def test_expand_variables() -> None:
 
 def test_cli_writes_the_grafana_json(tmp_path: Path) -> None:
     out = tmp_path / "d.json"
-    assert dashboard.main(["grafana", "-o", str(out)]) == 0
-    assert json.loads(out.read_text())["uid"] == dashboard.DASHBOARD_UID
+    assert dashboard_main(["grafana", "-o", str(out)]) == 0
+    assert json.loads(out.read_text())["uid"] == DASHBOARD_UID
 
 
 def test_render_dashboard_unreachable_prometheus(tmp_path: Path) -> None:
@@ -573,7 +583,7 @@ def test_every_expression_is_valid_promql(tmp_path: Path) -> None:
         for name, expr in rule_exprs():
             res = prom.query(expr)
             assert res["status"] == "success", f"{name}: {res.get('error')}"
-        for _name, query, _label in dashboard.VARIABLES:
+        for _name, query, _label in VARIABLES:
             metric, label = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query).groups()  # type: ignore[union-attr]
             res = prom.api(f"/api/v1/label/{label}/values", **{"match[]": metric})
             assert res["status"] == "success", res
@@ -652,13 +662,13 @@ def test_render_dashboard_against_real_prometheus(tmp_path: Path) -> None:
             data = fetch_panels(prom.url, range_s=60, step_s=1, scrape_interval_s=1)
             empty = [pd.panel.title for pd in data if not pd.has_data or pd.errors]
             assert not empty, f"panels without data: {empty}"
-            by_title = {pd.panel.title: pd for pd in data}
-            timeline = {s.name(t.legend) for t, s in by_title["Fault timeline"].series}
+            by_key = {pd.panel.key: pd for pd in data}
+            timeline = {s.name(t.legend) for t, s in by_key["fault_timeline"].series}
             assert timeline == {"sbc-1 blocked", "sbc-2 capacity_limit"}
-            version = [s.name(t.legend) for t, s in by_title["Model version"].series]
+            version = [s.name(t.legend) for t, s in by_key["model_version"].series]
             assert version == ["2026.11.22-abc123"]
             only = fetch_panels(prom.url, source="sbc-1", range_s=60, step_s=1, scrape_interval_s=1,
-                                panels=[dashboard.PANELS[0]])
+                                panels=[PANELS[0]])
             assert only[0].series and only[0].series[0][1].values[-1] == 1.0  # one active fault on sbc-1
 
             out = render_dashboard(prom.url, tmp_path / "out" / "dashboard.png", range_s=60)
@@ -667,10 +677,10 @@ def test_render_dashboard_against_real_prometheus(tmp_path: Path) -> None:
             out2 = render_dashboard(prom.url, tmp_path / "sbc1.png", source="sbc-1", range_s=60,
                                     scrape_interval_s=1)
             assert out2.stat().st_size > 20_000
-            assert dashboard.scrape_interval(prom.url) == 1.0
+            assert prometheus_scrape_interval(prom.url) == 1.0
             # the entry point `netsiam plot dashboard` delegates to (args as cli.py parses them)
             ns = argparse.Namespace(prometheus=prom.url, output=str(tmp_path / "cli.png"))
-            assert dashboard.cli_plot_dashboard(ns, None) == 0
+            assert cli_plot_dashboard(ns, None) == 0
             assert (tmp_path / "cli.png").stat().st_size > 20_000
 
             # the rules load and evaluate against live data without errors; the fault alert is pending
@@ -687,7 +697,7 @@ def test_render_dashboard_against_real_prometheus(tmp_path: Path) -> None:
 # live: broker + detector daemon + replay, scraped by a real Prometheus
 # ---------------------------------------------------------------------------------------------
 
-LIVE_MODULES = ("netsiam.detector.daemon", "netsiam.detector.broker", "netsiam.detector.replay",
+LIVE_MODULES = ("netsiam.detector.cli", "netsiam.broker.embedded", "netsiam.replay",
                 "netsiam.trainer.simulate_cli")
 
 

@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from helpers import MeanEncoder, lstm_encoder, manifest, prototypes_at, small_artifact
 
 from netsiam.config import Config, DebounceConfig, PrototypeConfig, WindowConfig
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS
+from netsiam.serving import Artifact
 from netsiam.traceio import LabelInterval, write_labels, write_trace
-from netsiam.trainer.artifact import Artifact, Prototypes
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule, split_support
 from netsiam.trainer.dataset import LabelledWindows
 from netsiam.trainer.evaluate import (
@@ -51,23 +52,9 @@ EPISODE_KEYS = ("label", "start", "end", "detected", "detected_label", "delay_s"
 # --------------------------------------------------------------------------- helpers
 
 
-class MeanEncoder:
-    """Stand-in encoder: the embedding of a window is the mean of its first 3 features, clipped."""
-
-    output_shape = (None, 3)
-
-    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
-        return np.clip(np.asarray(x).mean(axis=1)[:, :3], 0.0, 1.0)
-
-
 def stub_artifact(points: dict[str, tuple[float, float, float]], threshold: float = 0.2) -> Artifact:
-    protos = Prototypes()
-    for name, p in points.items():
-        protos.set(name, np.asarray(p), threshold, 10)
-    manifest = {"format": 1, "version": "stub", "features": list(FEATS),
-                "window": {"interval_s": 1.0, "length": T, "stride": STRIDE, "max_gap": 5},
-                "normalisation": {"mean": [0.0] * 3, "std": [1.0] * 3}}
-    return Artifact(MeanEncoder(), protos, manifest)
+    return small_artifact(MeanEncoder(), prototypes_at(points, threshold),
+                          manifest(length=T, stride=STRIDE, features=FEATS, version="stub"))
 
 
 def windows(emb: list[tuple[float, float, float]], labels: list[str], sources: list[str],
@@ -365,21 +352,12 @@ def write_case(d: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from netsiam.features import DEFAULT_FEATURES
-    from netsiam.trainer.model import EncoderSpec, build_encoder
-
-    f = len(DEFAULT_FEATURES)
-    enc = build_encoder(EncoderSpec(window_length=10, n_features=f, lstm_units=4, dense_units=4),
-                        np.zeros(f), np.ones(f))
-    protos = Prototypes()
-    for name, p in (("normal", 0.3), ("blocked", 0.5), ("capacity_limit", 0.7)):
-        protos.set(name, np.full(3, p), 0.15, 10)
-    manifest = {"format": 1, "version": "tiny-test", "features": list(DEFAULT_FEATURES),
-                "window": {"interval_s": 1.0, "length": 10, "stride": 5, "max_gap": 5},
-                "normalisation": {"mean": [0.0] * f, "std": [1.0] * f},
-                "history": {"loss": [0.5, 0.3, 0.2], "val_loss": [0.6, 0.4, 0.35]}}
+    protos = prototypes_at({"normal": np.full(3, 0.3), "blocked": np.full(3, 0.5), "capacity_limit": np.full(3, 0.7)},
+                           0.15)
+    man = manifest(length=10, stride=5, version="tiny-test",
+                   history={"loss": [0.5, 0.3, 0.2], "val_loss": [0.6, 0.4, 0.35]})
     out = tmp_path_factory.mktemp("art") / "model"
-    Artifact(enc, protos, manifest).save(out)
+    small_artifact(lstm_encoder(10), protos, man, out)
     return out
 
 

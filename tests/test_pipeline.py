@@ -1,68 +1,44 @@
 """The daemon's pure core, without Kafka: records -> windows -> one embed per batch -> debounce -> events.
 
-Uses the numpy twin of the test encoder (conftest.LinearArtifact), so no TensorFlow here.
+Uses the numpy twin of the test encoder (helpers.LinearArtifact), so no TensorFlow here.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
+import jsonschema
 import numpy as np
 import orjson
 import pytest
-from conftest import (
+from helpers import (
+    TOPIC,
     LinearArtifact,
+    LinearHead,
     Model,
+    Msg,
     bad_lines,
     check_episodes,
+    embed_all,
     labelled_trace,
     labelled_windows,
+    partitioned,
+    prototypes_at,
     same_event,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netsiam.config import Config, DebounceConfig, DetectorConfig, WindowConfig, override
-from netsiam.detector.pipeline import DeadLetter, EventOut, Pipeline, run_batch
+from netsiam.detector.batch import run_batch
+from netsiam.detector.pipeline import EventOut, Pipeline
 from netsiam.features import derive
+from netsiam.schemas import load_schema
+from netsiam.schemas.deadletter import DeadLetter, validate_dead_letter
 from netsiam.schemas.event import event_id
 from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
-
-TOPIC = "s"
-
-
-@dataclass(frozen=True)
-class Msg:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-
-
-def partitioned(lines: Sequence[bytes], n: int = 2) -> dict[tuple[str, int], list[Msg]]:
-    """Lines as the broker would hold them: keyed by source, hashed to ``n`` partitions, in order."""
-    out: dict[tuple[str, int], list[Msg]] = {(TOPIC, p): [] for p in range(n)}
-    for i, line in enumerate(lines):
-        try:
-            src = orjson.loads(line)["source"].encode()
-            p = zlib.crc32(src) % n
-        except Exception:  # noqa: BLE001 - bad lines go anywhere
-            src, p = None, i % n
-        msgs = out[(TOPIC, p)]
-        msgs.append(Msg(TOPIC, p, len(msgs), 1_000 * i, src, line))
-    return out
-
-
-def drain(p: Pipeline, batch_max: int = 1024) -> None:
-    while p.pending:
-        b = p.take_batch(batch_max)
-        assert b is not None
-        p.apply(b, run_batch(b))
 
 
 def run_all(p: Pipeline, parts: dict[Any, list[Msg]], chunk: int = 500,
@@ -77,9 +53,9 @@ def run_all(p: Pipeline, parts: dict[Any, list[Msg]], chunk: int = 500,
                 p.feed(tp, msgs[pos[tp]:pos[tp] + chunk], suppress.get(tp, -1))
                 pos[tp] += chunk
         if p.pending >= 64:
-            drain(p)
+            embed_all(p)
         out += p.take_outbox()
-    drain(p)
+    embed_all(p)
     return out + p.take_outbox()
 
 
@@ -142,14 +118,14 @@ def test_one_embed_call_per_batch_of_at_most_batch_max(model: Model, trace: Any)
         p.feed(tp, msgs)
     n = p.pending
     assert n > 100
-    drain(p, batch_max=64)
+    embed_all(p, batch_max=64)
     assert art.calls == [64] * (n // 64) + ([n % 64] if n % 64 else [])
 
 
 def test_a_batch_just_past_a_power_of_two_is_embedded_in_two_calls(model: Model, trace: Any) -> None:
     """Artifact.embed pads each call to a power of two: 520 windows would cost 1024, so run_batch
     embeds 512 + 8 instead. Same embeddings, same order, same classes as one call."""
-    from netsiam.detector.pipeline import embed_pieces
+    from netsiam.detector.batch import embed_pieces
 
     assert embed_pieces(0) == [] and embed_pieces(64) == [64] and embed_pieces(200) == [200]
     assert embed_pieces(520) == [512, 8] and embed_pieces(300) == [256, 44]
@@ -174,13 +150,8 @@ def test_a_batch_just_past_a_power_of_two_is_embedded_in_two_calls(model: Model,
 
 
 def test_bad_input_becomes_dead_letters_with_reason_and_original_bytes() -> None:
-    from conftest import LinearArtifact, LinearHead
-
     head = LinearHead(np.zeros(6), np.ones(6), np.zeros((12, 3)), np.zeros(3))
-    from netsiam.trainer.artifact import Prototypes
-
-    protos = Prototypes()
-    protos.set("normal", np.full(3, 0.5), 1.0, 1)
+    protos = prototypes_at({"normal": np.full(3, 0.5)}, threshold=1.0, support=1)
     p = Pipeline(Config(), LinearArtifact(head, protos, WindowConfig(stride=5)))
     cases = bad_lines()
     base = 1795384000.0
@@ -197,8 +168,11 @@ def test_bad_input_becomes_dead_letters_with_reason_and_original_bytes() -> None
     dls = [o for o in p.take_outbox() if isinstance(o, DeadLetter)]
     want = [(i, r) for i, r in enumerate(reasons) if r is not None]
     assert [(d.offset, d.reason) for d in dls] == want
+    dl_schema = jsonschema.Draft202012Validator(load_schema("deadletter"))
     for d in dls:
-        j = d.to_json(123.0)
+        j = orjson.loads(d.to_bytes(123.0))
+        dl_schema.validate(j)
+        validate_dead_letter(j)
         assert j["topic"] == TOPIC and j["partition"] == 0 and j["offset"] == d.offset and j["detail"]
         orig = values[d.offset]
         import base64
@@ -231,7 +205,7 @@ class NoisyArtifact(LinearArtifact):
 
 
 def noisy(model: Model) -> NoisyArtifact:
-    from netsiam.trainer.artifact import Prototypes
+    from netsiam.serving import Prototypes
 
     protos = Prototypes()
     for c, pts, _thr, n in zip(model.prototypes.classes, model.prototypes.points, model.prototypes.thresholds,
@@ -300,17 +274,22 @@ CLASSES = ["normal", "blocked", "capacity_limit", "unknown"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(seq=st.lists(st.sampled_from(CLASSES), min_size=1, max_size=60),
+@given(seq=st.lists(st.tuples(st.sampled_from(CLASSES), st.sampled_from(CLASSES[:3])), min_size=1, max_size=60),
        deb=st.builds(DebounceConfig, raise_k=st.integers(1, 3), raise_n=st.integers(3, 5),
-                     clear_m=st.integers(1, 3), unknown_after=st.integers(1, 8)),
+                     clear_m=st.integers(1, 3), unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5)),
        data=st.data())
-def test_tracker_is_new_again_after_clear_m_normal_windows(seq: list[str], deb: DebounceConfig, data: Any) -> None:
-    """The property the rewind rule rests on: once ``clear_m`` normal windows in a row have been seen,
-    a tracker that started at ANY earlier window acts like the original from then on."""
+def test_tracker_is_new_again_once_quiet(seq: list[tuple[str, str]], deb: DebounceConfig, data: Any) -> None:
+    """The property the rewind rule rests on: once the tracker is quiet (``clear_m`` normal windows in a
+    row, no fault's aftermath), a tracker that started at ANY earlier window acts like it from then on.
+    Each window carries its class and its nearest class, as the daemon feeds them."""
     from netsiam.debounce import FaultTracker
 
-    quiet = [i for i in range(len(seq)) if i + 1 >= deb.clear_m and
-             all(c == "normal" for c in seq[i + 1 - deb.clear_m:i + 1])]
+    t = FaultTracker(deb)
+    quiet = []
+    for i, (cls, near) in enumerate(seq):
+        t.update(cls, float(i), near)
+        if t.quiet:
+            quiet.append(i)
     if not quiet:
         return
     q = data.draw(st.sampled_from(quiet))
@@ -320,10 +299,22 @@ def test_tracker_is_new_again_after_clear_m_normal_windows(seq: list[str], deb: 
         t = FaultTracker(deb)
         out = []
         for i in range(first, len(seq)):
-            out += [(i, tr) for tr in t.update(seq[i], float(i))]
+            out += [(i, tr) for tr in t.update(seq[i][0], float(i), seq[i][1])]
         return [(i, tr) for i, tr in out if i > q]
 
     assert run(start) == run(0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seq=st.lists(st.sampled_from(CLASSES), min_size=1, max_size=40), clear_m=st.integers(1, 4))
+def test_the_tracker_is_quiet_exactly_after_clear_m_normal_windows(seq: list[str], clear_m: int) -> None:
+    """Without nearest classes (nothing counts as a fault's aftermath) quiet is the tracker's own streak."""
+    from netsiam.debounce import FaultTracker
+
+    t = FaultTracker(DebounceConfig(clear_m=clear_m))
+    for i, cls in enumerate(seq):
+        t.update(cls, float(i))
+        assert t.quiet == (i + 1 >= clear_m and all(c == "normal" for c in seq[i + 1 - clear_m:i + 1]))
 
 
 def test_idle_sources_reset_by_record_time_and_max_sources_caps_state(model: Model) -> None:

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import MeanEncoder, lstm_encoder, manifest, prototypes_at, small_artifact
 
 from netsiam.cli import main
 from netsiam.config import Config, WindowConfig
 from netsiam.errors import NetsiamError
-from netsiam.features import DEFAULT_FEATURES, RAW_METRICS
+from netsiam.features import RAW_METRICS
 from netsiam.traceio import LabelInterval, write_labels, write_trace
-from netsiam.trainer.artifact import Artifact, Prototypes
 from netsiam.trainer.dataset import LabelledWindows
 from netsiam.trainer.evaluate import Evaluation, evaluate_detailed
 from netsiam.trainer.plots import PLOT_FILES, animate_snapshots, plot_history, write_plots
@@ -22,21 +22,10 @@ T = 4
 POINTS = {"normal": (0.1, 0.1, 0.1), "blocked": (0.9, 0.1, 0.1), "capacity_limit": (0.1, 0.9, 0.1)}
 
 
-class MeanEncoder:
-    output_shape = (None, 3)
-
-    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
-        return np.clip(np.asarray(x).mean(axis=1)[:, :3], 0.0, 1.0)
-
-
 def small_evaluation(history: object = None) -> Evaluation:
-    protos = Prototypes()
-    for name, p in POINTS.items():
-        protos.set(name, np.asarray(p), 0.2, 10)
-    manifest = {"format": 1, "version": "stub", "features": ["offered_rel", "success_rel", "failed_rel"],
-                "window": {"interval_s": 1.0, "length": T, "stride": 2, "max_gap": 5},
-                "normalisation": {"mean": [0.0] * 3, "std": [1.0] * 3}, "history": history}
-    art = Artifact(MeanEncoder(), protos, manifest)
+    man = manifest(length=T, stride=2, features=("offered_rel", "success_rel", "failed_rel"), version="stub",
+                   history=history)
+    art = small_artifact(MeanEncoder(), prototypes_at(POINTS, 0.2), man)
     rng = np.random.default_rng(0)
     lab = (["normal"] * 20 + ["blocked"] * 8 + ["normal"] * 12 + ["capacity_limit"] * 8 + ["storm"] * 4) * 2
     emb = np.array([POINTS.get(x, (0.8, 0.8, 0.8)) for x in lab]) + rng.normal(0, 0.03, (len(lab), 3))
@@ -46,7 +35,7 @@ def small_evaluation(history: object = None) -> Evaluation:
     ts = np.asarray([100.0 + 2 * (k % (n // 2)) for k in range(n)])
     lw = LabelledWindows(np.zeros((n, T, len(RAW_METRICS))), x, ts, src, np.asarray(lab, dtype=object),
                          np.zeros(n, dtype=bool))
-    cfg = Config(window=WindowConfig(1.0, T, 2, 5), features=tuple(manifest["features"]))  # type: ignore[arg-type]
+    cfg = Config(window=WindowConfig(1.0, T, 2, 5), features=tuple(man["features"]))  # type: ignore[arg-type]
     return evaluate_detailed(art, lw, cfg, novel_labels=["storm"])
 
 
@@ -116,17 +105,8 @@ def test_cli_plot_animate_and_dashboard(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_cli_plot_embedding_from_a_trace(tmp_path: Path) -> None:
-    from netsiam.trainer.model import EncoderSpec, build_encoder
-
-    f = len(DEFAULT_FEATURES)
-    enc = build_encoder(EncoderSpec(window_length=8, n_features=f, lstm_units=4, dense_units=4),
-                        np.zeros(f), np.ones(f))
-    protos = Prototypes()
-    protos.set("normal", np.full(3, 0.4), 0.3, 5)
-    protos.set("blocked", np.full(3, 0.6), 0.3, 5)
-    Artifact(enc, protos, {"format": 1, "version": "t", "features": list(DEFAULT_FEATURES),
-                           "window": {"interval_s": 1.0, "length": 8, "stride": 4, "max_gap": 5},
-                           "normalisation": {"mean": [0.0] * f, "std": [1.0] * f}}).save(tmp_path / "m")
+    small_artifact(lstm_encoder(8), prototypes_at({"normal": np.full(3, 0.4), "blocked": np.full(3, 0.6)}, 0.3, 5),
+                   manifest(length=8, stride=4, version="t"), tmp_path / "m")
     t0 = 1795384000.0
     recs = [{"source": "a", "ts": t0 + k, "metrics": {m: (0.0 if 40 <= k < 60 and m == "SuccessfulCall" else 10.0)
                                                        for m in RAW_METRICS}} for k in range(100)]

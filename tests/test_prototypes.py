@@ -7,14 +7,15 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from helpers import lstm_encoder, manifest, prototypes_at, small_artifact
 
 from netsiam.cli import main
 from netsiam.config import PrototypeConfig, WindowConfig
 from netsiam.errors import NetsiamError
-from netsiam.features import DEFAULT_FEATURES, RAW_METRICS
+from netsiam.features import RAW_METRICS
+from netsiam.schemas.classes import KNOWN_LABELS, UNKNOWN
+from netsiam.serving import Prototypes, load_artifact
 from netsiam.traceio import LabelInterval, Record, write_labels, write_trace
-from netsiam.trainer.artifact import UNKNOWN, Artifact, Prototypes, load_artifact
-from netsiam.trainer.model import EncoderSpec, build_encoder
 from netsiam.trainer.prototypes import (
     add_class,
     calibrate_thresholds,
@@ -197,16 +198,9 @@ def test_format_table_lists_every_class() -> None:
 T = 30
 
 
-def small_artifact(path: Path) -> Path:
-    spec = EncoderSpec(T, len(DEFAULT_FEATURES), lstm_units=8, dense_units=8)
-    enc = build_encoder(spec, np.zeros(spec.n_features), np.ones(spec.n_features), seed=1)
-    protos = Prototypes()
-    for i, name in enumerate(["normal", "blocked", "capacity_limit"]):
-        protos.set(name, np.full((1, 3), 0.2 + 0.3 * i), 0.1, 100)
-    manifest = {"format": 1, "version": "test-1", "features": list(DEFAULT_FEATURES),
-                "window": {"interval_s": 1.0, "length": T, "stride": 5, "max_gap": 5},
-                "normalisation": {"mean": [0.0] * spec.n_features, "std": [1.0] * spec.n_features}}
-    Artifact(enc, protos, manifest).save(path)
+def lstm_artifact(path: Path) -> Path:
+    protos = prototypes_at({name: np.full(3, 0.2 + 0.3 * i) for i, name in enumerate(KNOWN_LABELS)}, 0.1, 100)
+    small_artifact(lstm_encoder(T, units=8, seed=1), protos, manifest(length=T, stride=5), path)
     return path
 
 
@@ -228,7 +222,7 @@ def write_small_trace(tmp: Path, label: str = "congestion", seconds: int = 300) 
 
 @pytest.fixture()
 def model_dir(tmp_path: Path) -> Path:
-    return small_artifact(tmp_path / "model")
+    return lstm_artifact(tmp_path / "model")
 
 
 def test_cli_list_add_remove(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -275,7 +269,7 @@ def test_cli_errors_are_one_line_and_leave_the_artifact_alone(model_dir: Path, t
 
 
 def test_cli_refuses_to_remove_the_last_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    d = small_artifact(tmp_path / "m")
+    d = lstm_artifact(tmp_path / "m")
     for name in ("normal", "blocked"):
         assert main(["prototypes", "remove", "--model", str(d), "--name", name]) == 0
     assert main(["prototypes", "remove", "--model", str(d), "--name", "capacity_limit"]) == 2
@@ -285,7 +279,7 @@ def test_cli_refuses_to_remove_the_last_class(tmp_path: Path, capsys: pytest.Cap
 
 def test_cli_add_windows_with_the_models_window_settings(tmp_path: Path) -> None:
     """The config's window length differs from the model's: the model's settings must be used."""
-    d = small_artifact(tmp_path / "m")
+    d = lstm_artifact(tmp_path / "m")
     trace, labels = write_small_trace(tmp_path)
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("window:\n  length: 12\n")

@@ -15,26 +15,22 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from helpers import manifest, prototypes_at, small_artifact
 
 from netsiam.errors import NetsiamError
 from netsiam.features import DEFAULT_FEATURES
-from netsiam.trainer.artifact import Artifact, Prototypes, load_artifact
+from netsiam.serving import Artifact, Prototypes, load_artifact
 
 T, F = 12, len(DEFAULT_FEATURES)
 
 
 def _manifest(version: str = "rel-1", length: int = T, features: list[str] | None = None) -> dict[str, Any]:
-    feats = list(DEFAULT_FEATURES) if features is None else features
-    return {"format": 1, "version": version, "features": feats,
-            "window": {"interval_s": 1.0, "length": length, "stride": 1, "max_gap": 5},
-            "normalisation": {"mean": [0.0] * len(feats), "std": [1.0] * len(feats)}}
+    return manifest(length=length, stride=1, features=DEFAULT_FEATURES if features is None else features,
+                    version=version)
 
 
 def _protos(dim: int = 3) -> Prototypes:
-    p = Prototypes()
-    p.set("normal", np.full((1, dim), 0.2), 0.5, 10)
-    p.set("blocked", np.full((1, dim), 0.8), 0.5, 10)
-    return p
+    return prototypes_at({"normal": np.full((1, dim), 0.2), "blocked": np.full((1, dim), 0.8)}, 0.5)
 
 
 def _encoder(t: int = T, f: int = F, out: int = 3, lam: bool = False, scale: float = 1.0) -> Any:
@@ -53,8 +49,8 @@ def _encoder(t: int = T, f: int = F, out: int = 3, lam: bool = False, scale: flo
     return model
 
 
-def _save(path: Path, enc: Any, manifest: dict[str, Any], protos: Prototypes | None = None) -> Path:
-    Artifact(enc, protos or _protos(int(enc.output_shape[-1]) if enc.output_shape[-1] else 3), manifest).save(path)
+def _save(path: Path, enc: Any, man: dict[str, Any], protos: Prototypes | None = None) -> Path:
+    small_artifact(enc, protos or _protos(int(enc.output_shape[-1]) if enc.output_shape[-1] else 3), man, path)
     m = orjson.loads((path / "manifest.json").read_bytes())
     assert set(m["files"]) == {"encoder.keras", "prototypes.json"}  # hashes present and (so far) matching
     return path

@@ -21,15 +21,26 @@ from typing import Any
 import kafka
 import orjson
 import pytest
-from conftest import bad_lines, committed, end_offsets, labelled_trace, make_config, produce, read_topic
+from helpers import (
+    bad_lines,
+    committed,
+    end_offsets,
+    labelled_trace,
+    make_config,
+    produce,
+    read_topic,
+    wait_until,
+)
 from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 from prometheus_client import CollectorRegistry
 
-import netsiam.detector.daemon as dm
+import netsiam.detector.delivery as delivery
+import netsiam.detector.loop as loop
 from netsiam.config import Config, KafkaConfig
-from netsiam.detector.daemon import ACK_OVERDUE_S, Daemon
-from netsiam.trainer.artifact import load_artifact
+from netsiam.detector.delivery import ACK_OVERDUE_S
+from netsiam.detector.loop import Daemon
+from netsiam.serving import load_artifact
 
 pytestmark = pytest.mark.slow
 
@@ -76,8 +87,8 @@ class Producers:
 def producers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Producers]:
     p = Producers()
     monkeypatch.setattr(kafka, "KafkaProducer", p)
-    monkeypatch.setattr(dm, "PRODUCER_STALL_S", 2.0)    # replace a silent producer sooner (default 10 s)
-    monkeypatch.setattr(dm, "SHUTDOWN_FLUSH_S", 3.0)    # give up on the final flush sooner (default 60 s)
+    monkeypatch.setattr(delivery, "PRODUCER_STALL_S", 2.0)    # replace a silent producer sooner (default 10 s)
+    monkeypatch.setattr(loop, "SHUTDOWN_FLUSH_S", 3.0)    # give up on the final flush sooner (default 60 s)
     yield p
     for made in p.made:
         if not isinstance(made, StuckProducer):
@@ -86,15 +97,6 @@ def producers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Producers]:
 
 def consumed(d: Daemon) -> float:
     return d.registry.get_sample_value("netsiam_records_consumed_total") or 0.0
-
-
-def wait(cond: Any, timeout_s: float, what: str) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def start(d: Daemon) -> tuple[threading.Thread, list[int]]:
@@ -107,9 +109,9 @@ def start(d: Daemon) -> tuple[threading.Thread, list[int]]:
 
 def paused(d: Daemon, n: int) -> None:
     """The daemon consumed ``n`` records, then stopped consuming and said why."""
-    wait(lambda: consumed(d) >= n, 30, f"{n} records consumed")
-    wait(lambda: not d.ready()[0] and "publishing not acknowledged" in d.ready()[1], 15, "not ready")
-    wait(lambda: d.registry.get_sample_value("netsiam_broker_up") == 0, 5, "netsiam_broker_up 0")
+    wait_until(lambda: consumed(d) >= n, 30, f"{n} records consumed")
+    wait_until(lambda: not d.ready()[0] and "publishing not acknowledged" in d.ready()[1], 15, "not ready")
+    wait_until(lambda: d.registry.get_sample_value("netsiam_broker_up") == 0, 5, "netsiam_broker_up 0")
 
 
 def start_paused(broker: Any, topics: Any, model_dir: Path
@@ -138,7 +140,7 @@ def test_undeliverable_output_pauses_consumption_and_commits_nothing(
     time.sleep(ACK_OVERDUE_S)
     assert consumed(d) == half + 1 and t.is_alive() and not rc
     # the silent producer was replaced and everything re-sent (to another silent one)
-    wait(lambda: len(producers.made) >= 2, 15, "a new producer")
+    wait_until(lambda: len(producers.made) >= 2, 15, "a new producer")
     assert producers.made[-1].sent >= 1
     assert d.registry.get_sample_value("netsiam_commits_total") in (None, 0.0)
 
@@ -158,10 +160,10 @@ def test_consumption_resumes_and_everything_is_delivered_once_a_producer_gets_ac
     cfg, d, t, rc, lines, half = start_paused(broker, topics, model_dir)
 
     producers.stuck.clear()  # the next producer is a real one: the re-sent outputs get through
-    back = wait(lambda: d.ready()[0], 30, "ready again")
-    wait(lambda: consumed(d) == len(lines) + 1, 30, "the rest consumed")
+    back = wait_until(lambda: d.ready()[0], 30, "ready again")
+    wait_until(lambda: consumed(d) == len(lines) + 1, 30, "the rest consumed")
     ends = end_offsets(broker.bootstrap, topics.samples, 4)
-    wait(lambda: committed(broker.bootstrap, cfg.kafka.group_id, topics.samples, 4)[0] == ends[0], 30,
+    wait_until(lambda: committed(broker.bootstrap, cfg.kafka.group_id, topics.samples, 4)[0] == ends[0], 30,
          "everything committed")
     d.request_stop()
     t.join(30)

@@ -6,7 +6,6 @@ when the old one went away."""
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 import time
@@ -15,48 +14,32 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import (
+from helpers import (
     DaemonProc,
     committed,
     http_get,
     labelled_trace,
     make_config,
+    metric,
+    offline_events,
     read_topic,
     same_event,
     unique,
+    wait_until,
     write_config,
 )
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from prometheus_client import CollectorRegistry
-from test_daemon_signals import offline_events
 
+from netsiam.broker import create_topics, free_port, start_broker
 from netsiam.config import TopicsConfig
-from netsiam.detector.broker import create_topics, free_port, start_broker
-from netsiam.detector.daemon import ACK_OVERDUE_S
-from netsiam.detector.replay import replay_lines
-from netsiam.trainer.artifact import load_artifact
+from netsiam.detector.delivery import ACK_OVERDUE_S
+from netsiam.replay import replay_lines
+from netsiam.serving import load_artifact
 
 pytestmark = pytest.mark.slow
 HOLD_S = 4.0  # the restarted broker runs this long without the output topics
-
-
-def metric(port: int, name: str) -> float | None:
-    try:
-        _, text = http_get(port, "/metrics")
-    except OSError:
-        return None
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else None
-
-
-def wait(cond: Any, timeout_s: float, what: str, step: float = 0.1) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 class _Where:
@@ -86,17 +69,17 @@ def test_broker_restart_on_the_same_port(model_dir: Path, tmp_path: Path, daemon
         daemons.append(d)
         d.wait_for("partitions assigned")
         mport = d.metrics_port
-        wait(lambda: http_get(mport, "/healthz")[0] == 200 and metric(mport, "netsiam_broker_up") == 1, 15,
+        wait_until(lambda: http_get(mport, "/healthz")[0] == 200 and metric(mport, "netsiam_broker_up") == 1, 15,
              "ready before the outage")
 
         replay_lines(part1, bp.bootstrap, tc.samples)
-        wait(lambda: (metric(mport, "netsiam_records_consumed_total") or 0) >= len(part1), 30, "part 1 consumed")
-        wait(lambda: metric(mport, "netsiam_events_pending") == 0, 30, "part 1 events acknowledged")
+        wait_until(lambda: (metric(mport, "netsiam_records_consumed_total") or 0) >= len(part1), 30, "part 1 consumed")
+        wait_until(lambda: metric(mport, "netsiam_events_pending") == 0, 30, "part 1 events acknowledged")
         before = {orjson.loads(m.value)["event_id"] for m in read_topic(bp.bootstrap, tc.faults, idle_s=0.5)}
 
         # -- outage ---------------------------------------------------------------------------------
         bp.stop()
-        down = wait(lambda: http_get(mport, "/healthz")[0] == 503 and metric(mport, "netsiam_broker_up") == 0,
+        down = wait_until(lambda: http_get(mport, "/healthz")[0] == 503 and metric(mport, "netsiam_broker_up") == 0,
                     15, "not-ready while the broker is away")
         assert "not ready: broker unreachable" in http_get(mport, "/healthz")[1]
         time.sleep(2.0)
@@ -104,10 +87,10 @@ def test_broker_restart_on_the_same_port(model_dir: Path, tmp_path: Path, daemon
 
         # -- back, same port, empty -----------------------------------------------------------------
         bp = start_broker(port, topics=tc, log_path=blog)
-        back = wait(lambda: http_get(mport, "/healthz")[0] == 200 and metric(mport, "netsiam_broker_up") == 1,
+        back = wait_until(lambda: http_get(mport, "/healthz")[0] == 200 and metric(mport, "netsiam_broker_up") == 1,
                     30, "ready again")
         replay_lines(part2, bp.bootstrap, tc.samples)
-        wait(lambda: (metric(mport, "netsiam_records_consumed_total") or 0) >= len(part1) + len(part2)
+        wait_until(lambda: (metric(mport, "netsiam_records_consumed_total") or 0) >= len(part1) + len(part2)
              or d.proc.poll() is not None, 60, "part 2 consumed")
         samples2 = read_topic(bp.bootstrap, tc.samples, idle_s=0.3)
         want = offline_events(cfg, model_dir, samples2)  # the broker is empty: what a fresh daemon computes
@@ -118,7 +101,7 @@ def test_broker_restart_on_the_same_port(model_dir: Path, tmp_path: Path, daemon
 
         # The daemon's idempotent producer id is unknown to the new, empty broker (OutOfOrderSequence,
         # then a fatal InitProducerId): the daemon replaces its producer and delivers, without a restart.
-        wait(lambda: set(want) <= set(faults()) or d.proc.poll() is not None, 30, "part 2 events")
+        wait_until(lambda: set(want) <= set(faults()) or d.proc.poll() is not None, 30, "part 2 events")
         assert d.proc.poll() is None, f"the daemon exited ({d.proc.returncode}):\n{d.text()[-3000:]}"
         after = faults()
         assert d.stop(signal.SIGTERM) == 0
@@ -139,8 +122,8 @@ def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
     back empty. The daemon must keep running, say not-ready meanwhile, and deliver those events to the
     new broker (re-sent through a new producer: the old one's id is unknown there), then process part 2
     like a fresh daemon; offsets are committed only once acked."""
-    import netsiam.detector.daemon as dm
-    from netsiam.detector.daemon import Daemon
+    import netsiam.detector.loop as dm
+    from netsiam.detector.loop import Daemon
 
     port, tc, part1, part2 = outage_setup("bp")
 
@@ -165,23 +148,23 @@ def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
         assert d.started.wait(30)
         mport = d.metrics_port
         assert mport is not None
-        wait(lambda: http_get(mport, "/healthz")[0] == 200, 20, "ready")
+        wait_until(lambda: http_get(mport, "/healthz")[0] == 200, 20, "ready")
 
         armed.set()
         replay_lines(part1, bp.bootstrap, tc.samples)
         samples1 = read_topic(bp.bootstrap, tc.samples, idle_s=0.3)
         want1 = offline_events(cfg, model_dir, samples1)
         assert want1, "part 1 raises something"
-        wait(held.is_set, 30, "the embed thread holding part 1's first batch")
-        wait(lambda: (metric(mport, "netsiam_records_consumed_total") or 0) >= len(part1), 30, "part 1 consumed")
+        wait_until(held.is_set, 30, "the embed thread holding part 1's first batch")
+        wait_until(lambda: (metric(mport, "netsiam_records_consumed_total") or 0) >= len(part1), 30, "part 1 consumed")
 
         # -- outage while part 1's windows wait for the encoder ------------------------------------
         bp.stop()
-        wait(lambda: http_get(mport, "/healthz")[0] == 503 and metric(mport, "netsiam_broker_up") == 0, 15,
+        wait_until(lambda: http_get(mport, "/healthz")[0] == 503 and metric(mport, "netsiam_broker_up") == 0, 15,
              "not-ready while the broker is away")
         armed.clear()
         release.set()
-        wait(lambda: (metric(mport, "netsiam_events_pending") or 0) >= len(want1), 15,
+        wait_until(lambda: (metric(mport, "netsiam_events_pending") or 0) >= len(want1), 15,
              "part 1 events produced while the broker is away")
         time.sleep(ACK_OVERDUE_S + 1.0)
         assert th.is_alive() and not rc, rc
@@ -199,7 +182,7 @@ def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
             assert http_get(mport, "/healthz")[0] == 503
             assert tc.faults not in admin.list_topics(), "nothing auto-created the faults topic"
         create_topics(bp.bootstrap, tc)
-        back = wait(lambda: http_get(mport, "/healthz")[0] == 200 and metric(mport, "netsiam_broker_up") == 1,
+        back = wait_until(lambda: http_get(mport, "/healthz")[0] == 200 and metric(mport, "netsiam_broker_up") == 1,
                     30, "ready again")
 
         def faults() -> dict[str, Any]:
@@ -207,7 +190,7 @@ def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
                     for m in read_topic(bp.bootstrap, tc.faults, idle_s=0.3)}
 
         try:
-            wait(lambda: set(want1) <= set(faults()), 30, "part 1 events on the restarted broker", step=0.5)
+            wait_until(lambda: set(want1) <= set(faults()), 30, "part 1 events on the restarted broker", step_s=0.5)
         except AssertionError:
             got = faults()
             missing = [(e["source"], e["fault"], e["state"], e["window_end"]) for k, e in want1.items()
@@ -224,7 +207,7 @@ def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
         replay_lines(part2, bp.bootstrap, tc.samples)
         samples2 = read_topic(bp.bootstrap, tc.samples, idle_s=0.3)
         want2 = offline_events(cfg, model_dir, samples2)  # a fresh daemon on the (empty) new broker
-        wait(lambda: set(want2) <= set(faults()), 30, "part 2 events", step=0.5)
+        wait_until(lambda: set(want2) <= set(faults()), 30, "part 2 events", step_s=0.5)
         after = faults()
         assert set(after) == set(want1) | set(want2)
         assert th.is_alive() and not rc, rc

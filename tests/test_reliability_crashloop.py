@@ -21,18 +21,19 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import (
+from helpers import (
     DaemonProc,
+    background_replay,
     bad_lines,
     check_episodes,
     committed,
     labelled_trace,
     make_config,
+    offline_events,
     read_topic,
     same_event,
     write_config,
 )
-from test_daemon_signals import background_replay, offline_events
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from conftest import (
+from helpers import (
     DaemonProc,
     bad_lines,
     http_get,
@@ -29,8 +29,8 @@ from conftest import (
 )
 
 from netsiam.config import Config, KafkaConfig
-from netsiam.detector.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs
 from netsiam.errors import NetsiamError
+from netsiam.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs
 
 SECRET = "hunter2-S3CR3T-do-not-log"
 
@@ -110,7 +110,7 @@ def _self_signed(tmp_path: Path, name: str = "") -> tuple[Path, Path, Path]:
 
 
 def _tansu(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    from netsiam.detector.broker import broker_binary
+    from netsiam.broker import broker_binary
 
     with (tmp_path / "tansu.log").open("ab") as out:
         return subprocess.Popen([broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
@@ -121,9 +121,9 @@ def _tansu(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
 
 def test_tansu_binary_rejects_cert_together_with_key(tmp_path: Path) -> None:
     """Measured: the vendored Tansu 0.6.0 build refuses ``--cert`` with ``--key`` at argument parsing
-    (clap), which is why start_broker terminates TLS itself (detector/tls_front.py). If a later build
+    (clap), which is why start_broker terminates TLS itself (netsiam/broker/tls_front.py). If a later build
     accepts the pair, this test fails: then let Tansu serve TLS and drop the front."""
-    from netsiam.detector.broker import free_port
+    from netsiam.broker import free_port
 
     cert, key, _ = _self_signed(tmp_path)
     proc = _tansu(tmp_path, free_port(), "--cert", str(cert), "--key", str(key))
@@ -138,7 +138,7 @@ def test_tansu_binary_ignores_cert_alone_and_serves_plaintext(tmp_path: Path, ce
     and never answers a TLS ClientHello (it reads it as a Kafka frame). Hence the TLS front."""
     from kafka import KafkaAdminClient
 
-    from netsiam.detector.broker import free_port, stop_process
+    from netsiam.broker import free_port, stop_process
 
     cert, _, both = _self_signed(tmp_path)
     arg = str(both) if cert_arg == "both" else str(tmp_path / "nonexistent.pem")
@@ -164,7 +164,7 @@ def test_tansu_binary_ignores_cert_alone_and_serves_plaintext(tmp_path: Path, ce
 
 
 def test_bad_certificate_or_key_is_a_clear_error(tmp_path: Path) -> None:
-    from netsiam.detector.broker import start_broker
+    from netsiam.broker import start_broker
 
     cert, key, _ = _self_signed(tmp_path)
     other_cert, _, _ = _self_signed(tmp_path, "other")
@@ -187,16 +187,16 @@ def test_daemon_over_tls_to_the_embedded_broker(tmp_path: Path, model_dir: Path)
     import dataclasses
     import threading
 
+    from helpers import offline_events
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
     from prometheus_client import CollectorRegistry
-    from test_daemon_signals import offline_events
 
+    from netsiam.broker import start_broker
     from netsiam.config import TopicsConfig
-    from netsiam.detector.broker import start_broker
-    from netsiam.detector.daemon import Daemon
-    from netsiam.detector.replay import replay_lines
-    from netsiam.trainer.artifact import load_artifact
+    from netsiam.detector.loop import Daemon
+    from netsiam.replay import replay_lines
+    from netsiam.serving import load_artifact
 
     cert, key, _ = _self_signed(tmp_path)
     other_cert, _, _ = _self_signed(tmp_path, "other")

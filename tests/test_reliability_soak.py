@@ -1,8 +1,8 @@
 """Soak (issue 8): the 2-minute version of ``make soak``, and the flatness criterion on synthetic series.
 
-The slow test runs :func:`bench.soak.soak` (embedded broker, a real ``netsiam detect`` with the shipped
+The slow test runs :func:`bench.soak.run.soak` (embedded broker, a real ``netsiam detect`` with the shipped
 model, half the daemon's measured maximum load, looped simulated trace with faults) for 2 minutes and
-asserts what ``make soak`` asserts over 20: nothing lost, RSS and latency flat by :func:`bench.soak.assess`.
+asserts what ``make soak`` asserts over 20: nothing lost, RSS and latency flat by :func:`bench.soak.criteria.assess`.
 The fast tests prove that criterion fails on a leak and on rising latency, so "flat" means something.
 """
 
@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ is a top-level folder of the repository, not an installed package
     sys.path.insert(0, str(REPO))
 
-from bench.soak import RSS_ABS_MIB, assess, fit_slope, pooled_slope, soak, summary  # noqa: E402
+from bench.soak.criteria import RSS_ABS_MIB, assess, fit_slope, pooled_slope  # noqa: E402
+from bench.soak.run import soak, summary  # noqa: E402
 
 EVENTS_PER_S = 80        # fault events per second at half load (~70-80 measured)
 RECORDS_PER_S = 12_000   # half the daemon's measured maximum on the 2-core machine

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from conftest import REPO, read_topic, unique
+from helpers import REPO, read_topic, unique
 
-from netsiam.detector.broker import create_topics
-from netsiam.detector.replay import key_and_ts, replay_lines
+from netsiam.broker import create_topics
+from netsiam.replay import key_and_ts, replay_lines
 
 
 def test_key_and_ts() -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS
 from netsiam.schemas import load_schema
+from netsiam.schemas.deadletter import DeadLetter, validate_dead_letter
 from netsiam.schemas.event import FaultEvent, event_id
 from netsiam.schemas.labels import parse_label_row
 from netsiam.schemas.record import REASONS, RecordError, decode_record
@@ -164,6 +165,30 @@ def test_event_roundtrip_validates_against_schema_and_ids_are_deterministic() ->
     assert cleared.event_id != ev.event_id
     other = FaultEvent("sbc-2", "raised", "blocked", 1795384140.0, 0, 1795384120.0, 0.07)
     assert other.event_id != ev.event_id
+
+
+def test_dead_letter_check_agrees_with_the_json_schema() -> None:
+    schema = load_schema("deadletter")
+    assert schema["properties"]["reason"]["enum"] == list(REASONS)
+    validator = jsonschema.Draft202012Validator(schema)
+    full = DeadLetter("netsiam.samples", 3, 41, 1795384000123, b"sbc-1", b'{"source": "sbc-1"', "not_json",
+                      "unexpected end of data", "sbc-1").to_json(1795384000.2)
+    tombstone = DeadLetter("t", 0, 0, -1, None, None, "not_json", "empty message (null value)").to_json(1.0)
+    for ok in (full, tombstone):
+        assert validator.is_valid(ok)
+        validate_dead_letter(ok)
+    assert tombstone["value_b64"] is None and tombstone["value_size"] == 0 and tombstone["source"] is None
+    broken = [{k: v for k, v in full.items() if k != "detail"}, {**full, "extra": 1}, {**full, "reason": "other"},
+              {**full, "offset": -1}, {**full, "partition": 1.5}, {**full, "source": ""}, {**full, "topic": None},
+              {**full, "detected_at": "now"}, {**full, "value_size": -2}]
+    for bad in broken:
+        assert not validator.is_valid(bad), bad
+        with pytest.raises(ValueError):
+            validate_dead_letter(bad)
+    # what a JSON Schema cannot say, the Python check adds: the size and encoding of the original bytes
+    for bad in ({**full, "value_size": 3}, {**full, "key_b64": "not base64!"}):
+        with pytest.raises(ValueError):
+            validate_dead_letter(bad)
 
 
 def test_label_rows() -> None:

@@ -13,8 +13,8 @@ import pytest
 from netsiam.cli import main
 from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
+from netsiam.serving import load_artifact
 from netsiam.traceio import write_labels, write_trace
-from netsiam.trainer.artifact import load_artifact
 from netsiam.trainer.dataset import build_windows
 from netsiam.trainer.simulate import SimParams, simulate
 from netsiam.trainer.train import (

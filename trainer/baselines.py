@@ -44,13 +44,12 @@ from typing import Any
 import numpy as np
 
 from netsiam.config import PrototypeConfig
-from netsiam.debounce import NORMAL
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS
+from netsiam.schemas.classes import NORMAL, UNKNOWN
 
 __all__ = ["Z_LIMIT", "ExpertRule", "RawNearestPrototype", "ZScoreRule", "normalisation_stats", "split_support"]
 
-UNKNOWN = "unknown"
 Z_LIMIT = 3.0
 # Floor on a feature's normal-window std: a feature that is constant by construction in normal
 # windows (offered_rel averages to exactly 1) must not turn float noise into |z| > 3.

@@ -11,7 +11,7 @@ import numpy as np
 from netsiam.config import Config
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS, derive, required_metrics
-from netsiam.schemas.labels import NORMAL
+from netsiam.schemas.classes import NORMAL
 from netsiam.schemas.record import RecordError, decode_record
 from netsiam.traceio import LabelInterval, read_labels, read_trace
 from netsiam.windowing import Windows, windows_from_records

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from netsiam.config import Config, override
+from netsiam.serving import default_model_path
 from netsiam.traceio import write_labels, write_trace
-from netsiam.trainer.artifact import default_model_path
 from netsiam.trainer.corpus import NOVEL_LABEL, load_corpus, to_traces
 from netsiam.trainer.simulate import VARIED, simulate
 from netsiam.trainer.train import train

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from netsiam.config import DebounceConfig
-from netsiam.debounce import NORMAL, UNKNOWN, FaultTracker
+from netsiam.debounce import FaultTracker
+from netsiam.schemas.classes import NORMAL, UNKNOWN
 from netsiam.traceio import LabelInterval
 
 __all__ = ["GRACE_S", "Episode", "Event", "alarm_share", "detect_events", "episodes_from_intervals", "episodes_from_windows",

@@ -35,10 +35,10 @@ import orjson
 from scipy.stats import rankdata
 
 from netsiam.config import Config, DebounceConfig, PrototypeConfig
-from netsiam.debounce import NORMAL
 from netsiam.errors import NetsiamError
+from netsiam.schemas.classes import NORMAL, UNKNOWN
+from netsiam.serving import Artifact, load_artifact
 from netsiam.traceio import LabelInterval, atomic_write_bytes, read_labels
-from netsiam.trainer.artifact import UNKNOWN, Artifact, load_artifact
 from netsiam.trainer.baselines import (
     ExpertRule,
     RawNearestPrototype,

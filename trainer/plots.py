@@ -24,7 +24,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from netsiam.config import Config  # noqa: E402
 from netsiam.errors import NetsiamError  # noqa: E402
-from netsiam.trainer.artifact import UNKNOWN, default_model_path  # noqa: E402
+from netsiam.schemas.classes import BLOCKED, CAPACITY_LIMIT, NORMAL, UNKNOWN  # noqa: E402
+from netsiam.serving import default_model_path  # noqa: E402
 
 if TYPE_CHECKING:
     from netsiam.trainer.evaluate import Evaluation
@@ -50,7 +51,7 @@ PLOT_FILES = ("embedding_3d.png", "embedding_pca.png", "confusion.png", "roc.png
               "training_curves.png")
 MAX_POINTS_PER_CLASS = 1500   # scatter stays readable and fast; minority classes keep all points
 TIMELINE_SOURCES = 4
-_FIXED = {"normal": "tab:blue", "blocked": "tab:red", "capacity_limit": "tab:orange", UNKNOWN: "tab:gray"}
+_FIXED = {NORMAL: "tab:blue", BLOCKED: "tab:red", CAPACITY_LIMIT: "tab:orange", UNKNOWN: "tab:gray"}
 _SPARE = ("tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
@@ -331,7 +332,7 @@ def animate_snapshots(snapshots: str | Path, out: str | Path, fps: int = 4) -> P
 def cli_plot(args: argparse.Namespace, cfg: Config) -> int:
     what = "animate" if args.animate else args.what
     if what == "dashboard":
-        from netsiam.detector.dashboard import cli_plot_dashboard
+        from netsiam.dashboard.picture import cli_plot_dashboard
 
         return cli_plot_dashboard(args, cfg)
     if what == "animate":
@@ -342,7 +343,7 @@ def cli_plot(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     if not args.data:
         raise NetsiamError("plot embedding needs --data TRACE (and --labels LABELS to colour by label)")
-    from netsiam.trainer.artifact import load_artifact
+    from netsiam.serving import load_artifact
     from netsiam.trainer.evaluate import config_for_artifact, load_labelled
 
     artifact = load_artifact(args.model)

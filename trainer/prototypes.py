@@ -26,7 +26,8 @@ import numpy as np
 
 from netsiam.config import Config, PrototypeConfig
 from netsiam.errors import NetsiamError
-from netsiam.trainer.artifact import UNKNOWN, Artifact, Prototypes, load_artifact
+from netsiam.schemas.classes import UNKNOWN
+from netsiam.serving import Artifact, Prototypes, load_artifact
 
 __all__ = [
     "MEDOID_MAX",

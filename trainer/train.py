@@ -44,9 +44,9 @@ from scipy.stats import rankdata
 from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS, derive, required_metrics
-from netsiam.schemas.labels import KNOWN_LABELS, NORMAL
+from netsiam.schemas.classes import KNOWN_LABELS, NORMAL
+from netsiam.serving import FORMAT, Artifact, Prototypes
 from netsiam.traceio import atomic_write_bytes
-from netsiam.trainer.artifact import FORMAT, Artifact, Prototypes
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule
 from netsiam.trainer.dataset import LabelledWindows, build_windows
 from netsiam.trainer.mining import balanced_batch, fixed_batches, random_triplets, triplet_batches

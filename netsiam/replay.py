@@ -19,10 +19,9 @@ import orjson
 
 from netsiam.config import Config, KafkaConfig
 from netsiam.errors import NetsiamError
+from netsiam.kafka_io import producer_kwargs, quiet_kafka_logs
 from netsiam.schemas.timeparse import parse_ts
 from netsiam.traceio import read_trace
-
-from .kafka_io import producer_kwargs, quiet_kafka_logs
 
 __all__ = ["ReplayStats", "cli_replay", "key_and_ts", "replay_lines"]
 

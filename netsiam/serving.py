@@ -1,8 +1,9 @@
-"""Model artifact: a directory with ``encoder.keras``, ``prototypes.json`` and ``manifest.json``.
+"""Serving, shared by trainer and detector: load a model artifact, embed windows, classify them.
 
-The manifest is written last and records the SHA-256 of the other two files, so a reader never
-mistakes a half-written or tampered artifact for a good one. Loading uses Keras safe mode
-(no Lambda layers or pickled code) and checks the manifest against the model's shapes.
+An artifact is a directory with ``encoder.keras``, ``prototypes.json`` and ``manifest.json``. The
+manifest is written last and records the SHA-256 of the other two files, so a reader never mistakes
+a half-written or tampered artifact for a good one. Loading uses Keras safe mode (no Lambda layers or
+pickled code) and checks the manifest against the model's shapes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +22,30 @@ import orjson
 from netsiam.config import WindowConfig
 from netsiam.errors import NetsiamError
 from netsiam.features import FEATURES, required_metrics
+from netsiam.schemas.classes import UNKNOWN
 from netsiam.traceio import atomic_write_bytes
 
-__all__ = ["Artifact", "Prototypes", "UNKNOWN", "default_model_path", "load_artifact"]
+__all__ = [
+    "ENCODER_FILE",
+    "FORMAT",
+    "MANIFEST_FILE",
+    "PROTOTYPES_FILE",
+    "Artifact",
+    "Prototypes",
+    "default_model_path",
+    "load_artifact",
+]
 
 FORMAT = 1
-UNKNOWN = "unknown"
 ENCODER_FILE, PROTOTYPES_FILE, MANIFEST_FILE = "encoder.keras", "prototypes.json", "manifest.json"
 
 
 def default_model_path() -> Path:
-    """The small model shipped inside the package (``make model`` regenerates it)."""
-    return Path(__file__).resolve().parent.parent / "netsiam" / "default_model"
+    """The small model shipped as package data (``make model`` regenerates it)."""
+    path = resources.files("netsiam") / "default_model"
+    if not isinstance(path, Path):  # e.g. a zipped install: Keras needs real files
+        raise NetsiamError(f"the shipped model is not on the file system ({path}); pass --model DIR")
+    return path
 
 
 def _sha256(path: Path) -> str:

@@ -1,0 +1,94 @@
+"""Micro-batches: the windows of one encoder call, and the call itself (safe on the embed thread).
+
+:func:`run_batch` derives features, embeds (one encoder call, or a few when that avoids padding) and
+classifies by nearest prototype; :meth:`~netsiam.detector.pipeline.Pipeline.apply` then debounces the
+result in window order on the main thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from netsiam.features import derive
+from netsiam.serving import Artifact
+
+if TYPE_CHECKING:
+    from .sources import TP, SourceState
+
+__all__ = ["SPLIT_COST", "Batch", "BatchResult", "WindowRef", "embed_pieces", "run_batch"]
+
+SPLIT_COST = 32  # one more encoder call costs about as much as embedding this many windows (CPU, measured)
+
+
+class WindowRef(NamedTuple):
+    """Where a pending window came from: what :meth:`Pipeline.apply` needs besides its embedding."""
+
+    state: SourceState   # the source's state (debounce, rewind bookkeeping)
+    end_ts: float        # record time of the window's last sample
+    offset: int          # offset of that record (the event's cause)
+    kafka_ts_ms: int     # its Kafka timestamp (record -> event latency)
+    live: bool           # at or above the committed offset: its events are published
+    start: int           # offset of the window's first record (rewind marker)
+
+
+@dataclass
+class Batch:
+    """Windows waiting for one embed call, with the snapshot of positions they complete."""
+
+    raw: np.ndarray                  # (N, T, R)
+    items: list[WindowRef]
+    artifact: Artifact
+    positions: dict[TP, int]         # next offset per partition once this batch is applied
+    seq: int                         # eviction sequence number at the snapshot
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class BatchResult:
+    names: np.ndarray      # (N,) class per window (UNKNOWN beyond every threshold)
+    nearest: np.ndarray    # (N,) distance to the chosen prototype
+    dists: np.ndarray      # (N, C)
+    emb: np.ndarray        # (N, D)
+    seconds: float
+
+
+def embed_pieces(n: int) -> list[int]:
+    """Sizes of the encoder calls for ``n`` windows. ``Artifact.embed`` pads a call to a power of two
+    (few compiled shapes), so 520 windows would cost 1024; split off the largest power of two while
+    that saves more than a call costs: 520 -> [512, 8], 300 -> [256, 44], 200 -> [200].
+    Measured on the 2-core machine: 520 windows 48 -> 24 ms, 300: 26 -> 19 ms."""
+    out = []
+    while n:
+        padded = 1 << (n - 1).bit_length()
+        half = padded >> 1
+        if n > half and half + (1 << (n - half - 1).bit_length()) + SPLIT_COST < padded:
+            out.append(half)
+            n -= half
+        else:
+            out.append(n)
+            break
+    return out
+
+
+def run_batch(batch: Batch) -> BatchResult:
+    """Derive features, embed, classify. Pure; safe on a worker thread."""
+    t0 = time.perf_counter()
+    art = batch.artifact
+    x = derive(batch.raw, art.features)
+    sizes = embed_pieces(len(x))
+    if len(sizes) == 1:
+        emb = art.embed(x, batch_size=max(1024, len(x)))
+    else:
+        parts, i = [], 0
+        for k in sizes:
+            parts.append(art.embed(x[i:i + k], batch_size=max(1024, k)))
+            i += k
+        emb = np.concatenate(parts)
+    names, nearest, dists = art.prototypes.classify(emb)
+    return BatchResult(names, nearest, dists, emb, time.perf_counter() - t0)

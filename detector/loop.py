@@ -1,0 +1,331 @@
+"""The daemon's main loop: poll, feed the pipeline, embed micro-batches, publish, commit.
+
+Per round (main thread): ``poll`` -> :meth:`Pipeline.feed` -> when a micro-batch is due
+(``detector.batch_max`` windows, ``detector.batch_wait_ms`` since the oldest, or at once when the
+consumer has caught up) the embed thread runs it while the next records are consumed -> its result
+is applied in order (debounce) -> outputs go to the publisher (:mod:`.delivery`) -> offsets are
+committed once acknowledged (:mod:`.offsets`). Consumption pauses while outputs go unacknowledged
+(bounded memory) and resumes by itself. Shutdown drains, waits for acks and commits; an error that
+re-sending cannot cure exits 1 without committing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kafka.errors import KafkaError
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from netsiam.config import Config
+from netsiam.errors import NetsiamError
+from netsiam.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs, quiet_kafka_logs
+from netsiam.serving import Artifact
+
+from .batch import Batch, BatchResult, run_batch
+from .delivery import ACK_OVERDUE_S, FatalError, Publisher
+from .health import HealthServer
+from .metrics import DetectorMetrics
+from .offsets import Offsets, RebalanceListener, RewindMarkers, fmt_offsets
+from .outbox import Outbox
+from .pipeline import Pipeline
+from .reload import ArtifactWatcher, freeze_heap
+from .tansu import TansuWorkarounds
+
+__all__ = ["HOUSEKEEPING_S", "SHUTDOWN_FLUSH_S", "Batcher", "Daemon"]
+
+log = logging.getLogger("netsiam.detector")
+
+PRODUCER_MAX_BLOCK_MS = 5000  # send() waits this long for metadata at most (then: a failed send, retried)
+SHUTDOWN_FLUSH_S = 60.0
+HOUSEKEEPING_S = 2.0        # lag, broker reachability, gauges
+SWEEP_S = 10.0              # idle-source eviction sweep
+
+
+class Batcher:
+    """One micro-batch at a time on the embed thread, applied to the pipeline in order."""
+
+    def __init__(self, pipeline: Pipeline, cfg: Config, on_applied: Callable[[Batch], None]) -> None:
+        self.pipeline = pipeline
+        self.det = cfg.detector
+        self._on_applied = on_applied
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netsiam-embed")
+        self._inflight: concurrent.futures.Future[BatchResult] | None = None
+        self._batch: Batch | None = None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing pending and nothing embedding: every output of what was fed has been emitted."""
+        return self._inflight is None and not self.pipeline.pending
+
+    def poll_timeout_ms(self) -> int:
+        if self._inflight is not None:
+            return 5
+        if self.pipeline.pending:
+            left = self.det.batch_wait_ms - (time.monotonic() - self.pipeline.pending_since) * 1000
+            return max(0, int(left))
+        return 100
+
+    def pump(self, final: bool, caught_up: bool) -> None:
+        p, det = self.pipeline, self.det
+        if self._inflight is not None and (self._inflight.done() or final or p.pending >= det.batch_max):
+            self._finish()  # done, or back-pressure: the embed thread is behind
+        if self._inflight is None and p.pending:
+            # Under backlog a batch fills up to batch_max or waits batch_wait_ms; once the consumer has
+            # caught up (the last poll was not full) waiting gains nothing but latency.
+            due = (final or caught_up or p.pending >= det.batch_max
+                   or (time.monotonic() - p.pending_since) * 1000 >= det.batch_wait_ms)
+            if due:
+                batch = p.take_batch(det.batch_max)
+                assert batch is not None
+                self._batch = batch
+                self._inflight = self._executor.submit(run_batch, batch)
+
+    def drain(self) -> None:
+        """Embed and apply everything fed so far."""
+        while not self.idle:
+            self.pump(final=True, caught_up=True)
+
+    def _finish(self) -> None:
+        assert self._inflight is not None and self._batch is not None
+        try:
+            res = self._inflight.result()
+        except Exception as e:  # noqa: BLE001 - a model that cannot embed must not commit anything
+            raise FatalError(f"embedding failed: {type(e).__name__}: {e}") from e
+        batch = self._batch
+        self._inflight = self._batch = None
+        self.pipeline.apply(batch, res)
+        self._on_applied(batch)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class Daemon:
+    """One detector process. ``run()`` blocks until :meth:`request_stop` (or a signal in the CLI)."""
+
+    # set by run() once the broker answered; ready() reads them only after _broker_up turned True
+    consumer: Any
+    publisher: Publisher
+    offsets: Offsets
+    outbox: Outbox
+
+    def __init__(self, cfg: Config, artifact: Artifact, model_path: Path | None = None, *,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.cfg = cfg
+        self.model_path = model_path
+        self.registry = registry if registry is not None else REGISTRY
+        self.metrics = DetectorMetrics(self.registry)
+        self.pipeline = Pipeline(cfg, artifact, self.metrics)
+        self.batcher = Batcher(self.pipeline, cfg, lambda b: self.offsets.applied(b.positions, b.seq))
+        self.metrics_port: int | None = None
+        self.started = threading.Event()      # set once consuming (tests wait on it)
+        self._stop = threading.Event()
+        self._watcher: ArtifactWatcher | None = None
+        self._paused = False                    # consumption paused: outputs not acknowledged
+        self._broker_up = False
+        self._caught_up = False
+        self._last_house = 0.0
+        self._last_data = -1e9                  # monotonic time a poll last returned records
+        self._last_sweep = time.monotonic()
+        self.metrics.set_model(artifact.version, None)
+
+    # -- control -------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the loop to drain, commit and return (safe from a signal handler or another thread)."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        if self._watcher is not None:
+            self._watcher.trigger()
+
+    def ready(self) -> tuple[bool, str]:
+        """For /healthz (any thread)."""
+        if not self._broker_up:
+            return False, "broker unreachable"
+        if not self.offsets.assigned:
+            return False, "no partitions assigned"
+        overdue = self.publisher.ledger.overdue_s_safe()
+        if overdue > ACK_OVERDUE_S:
+            return False, f"publishing not acknowledged for {overdue:.0f} s"
+        return True, "ok"
+
+    # -- main ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        quiet_kafka_logs()
+        cfg, k = self.cfg, self.cfg.kafka
+        with contextlib.ExitStack() as stack:
+            server = HealthServer(self.registry, cfg.metrics.host, cfg.metrics.port, self.ready).start()
+            stack.callback(server.stop)
+            self.metrics_port = server.port
+            log.info("metrics listening on http://%s:%d/metrics (also /healthz, /livez)", server.host, server.port)
+            stack.callback(self.batcher.close)
+            self._open(stack)
+            if self.model_path is not None:
+                self._watcher = ArtifactWatcher(self.model_path, cfg.detector.reload_poll_s,
+                                                on_failure=self._reload_failed).start()
+                stack.callback(self._watcher.stop)
+            log.info("consuming topic=%s group=%s bootstrap=%s model=%s", k.topics.samples, k.group_id,
+                     k.bootstrap_servers, self.pipeline.artifact.version)
+            self.started.set()
+            try:
+                while not self._stop.is_set():
+                    self._round()
+                self.batcher.drain()
+                self.outbox.publish(self.pipeline.take_outbox())
+                self.publisher.wait_all_acked(SHUTDOWN_FLUSH_S, self._broker_up)
+                self.offsets.final_commit(self.publisher.ledger.sent)
+                self.outbox.log_unlogged()
+            except FatalError as e:
+                log.error("stopping without commit: %s", e)
+                return 1
+            consumed = self.registry.get_sample_value("netsiam_records_consumed_total") or 0.0
+            log.info("stopped: consumed %d records, committed %s", int(consumed), fmt_offsets(self.offsets.committed))
+        return 0
+
+    def _open(self, stack: contextlib.ExitStack) -> None:
+        """Producer, consumer and rewind-marker clients, each closed when ``stack`` unwinds."""
+        from kafka import KafkaConsumer
+
+        k = self.cfg.kafka
+        try:
+            with contextlib.ExitStack() as opening:
+                self.consumer = KafkaConsumer(**consumer_kwargs(k, None, k.group_id))
+                opening.callback(self.consumer.close, autocommit=False)
+                # the output topics that exist now are the ones awaited after an outage
+                rules = TansuWorkarounds(self.consumer.topics, (k.topics.faults, k.topics.deadletter))
+                self.publisher = Publisher({**producer_kwargs(k, None, idempotent=False),
+                                            "max_block_ms": PRODUCER_MAX_BLOCK_MS}, self.metrics, rules)
+                stack.callback(self.publisher.close, 10)
+                stack.push(opening.pop_all())  # the consumer closes (leaves the group) before the producer
+            markers = RewindMarkers(client_kwargs(k), k.group_id)
+            stack.callback(markers.close)
+        except KafkaError as e:
+            raise NetsiamError(f"cannot reach the broker at {k.bootstrap_servers}: {e}") from None
+        self.metrics.events_pending.set_function(self.publisher.ledger.pending_safe)
+        self.offsets = Offsets(self.consumer, markers, self.pipeline, self.metrics)
+        self.outbox = Outbox(self.publisher, k.topics, HOUSEKEEPING_S)
+        self.consumer.subscribe([k.topics.samples], listener=RebalanceListener(self.offsets))
+
+    def _round(self) -> None:
+        """One poll and everything it makes due."""
+        polled = self.consumer.poll(timeout_ms=self.batcher.poll_timeout_ms())
+        skip: set[Any] = set()
+        if self.offsets.rebalanced:
+            skip = self.offsets.apply_rebalance(self._paused)
+            self._housekeeping(time.monotonic())
+        self._backpressure()
+        n = 0
+        offsets = self.offsets
+        for tp, msgs in polled.items():
+            n += len(msgs)
+            if tp not in skip and tp in offsets.assigned:
+                self.pipeline.feed(tp, msgs, offsets.suppress_below(tp))
+        self._caught_up = n < self.cfg.kafka.max_poll_records
+        if n:
+            self._last_data = time.monotonic()
+        self.batcher.pump(final=False, caught_up=self._caught_up)
+        self.outbox.publish(self.pipeline.take_outbox())
+        self.publisher.recover(self._broker_up)
+        offsets.maybe_commit(self.batcher.idle, self.publisher.ledger.sent, self.publisher.ledger.acked_below)
+        now = time.monotonic()
+        if now - self._last_house >= HOUSEKEEPING_S:
+            self._housekeeping(now)
+        if self._watcher is not None:
+            art = self._watcher.take()
+            if art is not None:
+                self._swap(art)
+
+    def _backpressure(self) -> None:
+        """Pause consumption while outputs go unacknowledged (bounded memory; resumes by itself)."""
+        stall = self.publisher.ledger.congested()
+        assigned = self.offsets.assigned
+        if stall == self._paused:
+            if stall and assigned:
+                self.consumer.pause(*assigned)  # partitions (re)assigned meanwhile were resumed
+            return
+        self._paused = stall
+        if assigned:
+            (self.consumer.pause if stall else self.consumer.resume)(*assigned)
+        if stall:
+            log.warning("consumption paused: %d output(s) unacknowledged, oldest %.1f s",
+                        self.publisher.ledger.pending_safe(), self.publisher.ledger.oldest_unacked_s())
+        else:
+            log.info("consumption resumed: outputs acknowledged")
+
+    # -- model reload --------------------------------------------------------------------------
+    def _reload_failed(self, why: str) -> None:
+        self.metrics.model_reload_failures.inc()
+        log.error("model reload refused, the old model keeps serving: %s", why)
+
+    def _swap(self, art: Artifact) -> None:
+        self.batcher.drain()  # the pending windows belong to the old model
+        self.outbox.publish(self.pipeline.take_outbox())
+        old = self.pipeline.artifact
+        reset = self.pipeline.swap_artifact(art)
+        self.metrics.set_model(art.version, old.version)
+        self.metrics.model_reloads.inc()
+        log.info("model reloaded version=%s (was %s)%s", art.version, old.version,
+                 "; window or features changed, per-source buffers reset" if reset else "")
+        del old
+        if gc.get_freeze_count():
+            # the old model is garbage now (Keras objects hold cycles) but frozen: one full collection
+            # (a pause of a few hundred ms, once per reload) frees it, then the new heap is frozen
+            gc.unfreeze()
+            freeze_heap()
+
+    # -- housekeeping --------------------------------------------------------------------------
+    def _housekeeping(self, now: float) -> None:
+        self._last_house = now
+        m = self.metrics
+        tps = sorted(self.offsets.assigned)
+        up, ends = self._probe_broker(now, tps)
+        # publishing stalled counts as unreachable too: nothing gets out
+        age = self.publisher.ledger.oldest_unacked_s()
+        m.broker_up.set(1 if up and tps and age <= ACK_OVERDUE_S else 0)
+        if up:
+            self.publisher.check_stall(age)
+        for tp in tps:
+            # Tansu's ListOffsets(latest) lags the real end; the fetch high watermark does not
+            end = max(ends.get(tp) or 0, self.consumer.highwater(tp) or 0)
+            pos = self.pipeline.positions.get(tp, self.offsets.committed.get(tp, 0))
+            m.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, end - pos))
+        if now - self._last_sweep >= SWEEP_S:
+            self._last_sweep = now
+            n = self.pipeline.evict_idle()
+            if n:
+                log.info("evicted %d idle source(s)", n)
+        m.sources_tracked.set(len(self.pipeline.sources))
+        self.outbox.log_round(now)
+
+    def _probe_broker(self, now: float, tps: list[Any]) -> tuple[bool, dict[Any, int]]:
+        """Is the broker reachable, and the partitions' end offsets if they had to be asked for."""
+        c = self.consumer
+        ends: dict[Any, int] = {}
+        # Records polled since the last round and a fetch high watermark for every partition: the
+        # broker answers and the lag is known, so skip the probe (a blocking round trip, up to
+        # ~100 ms on Tansu, that would stall the stream). Otherwise (idle, or just assigned) probe.
+        streaming = (now - self._last_data < HOUSEKEEPING_S and bool(tps)
+                     and all(c.highwater(tp) is not None for tp in tps))
+        up = True
+        try:
+            if not streaming:
+                ends = c.end_offsets(tps, timeout_ms=1000) if tps else {}
+                if not tps:
+                    c.topics()  # still a metadata round trip
+        except (KafkaError, OSError) as e:
+            up = False
+            if self._broker_up:
+                log.warning("broker unreachable: %s", type(e).__name__)
+                self.publisher.broker_lost("broker unreachable")
+        if up and not self._broker_up:
+            log.info("broker reachable")
+        self._broker_up = up
+        return up, ends

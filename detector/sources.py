@@ -1,0 +1,64 @@
+"""Per-source state in the daemon, and the restart rule it keeps.
+
+:meth:`SourceState.resync_offset` is an offset from which replaying the partition rebuilds the
+source's state exactly: the first record of the last window embedded (the window buffer: records have
+strictly increasing slots, so the record ``T`` records back lies at or before the window's first slot,
+gap fill included) or, earlier, the first record of the first window since the source's tracker was
+last quiet (a :class:`~netsiam.debounce.FaultTracker` whose ``quiet`` is true acts like a new one,
+whatever came before; tests/test_pipeline.py checks this property).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Hashable
+from typing import NamedTuple
+
+from netsiam.config import DebounceConfig, WindowConfig
+from netsiam.debounce import FaultTracker
+from netsiam.features import RAW_METRICS
+from netsiam.windowing import WindowBuffer
+
+__all__ = ["TP", "Evicted", "SourceState"]
+
+TP = Hashable  # a kafka TopicPartition (a (topic, partition) named tuple) or any hashable in tests
+
+
+class Evicted(NamedTuple):
+    """An evicted source's resync offset, kept while a commit taken before the eviction may need it."""
+
+    seq: int      # eviction sequence number
+    tp: TP
+    resync: int
+
+
+class SourceState:
+    """Everything held for one source: window ring buffer, debounce state, rewind bookkeeping."""
+
+    __slots__ = ("alive", "buf", "epoch", "first_offset", "last_ts", "last_win_start", "name", "offsets", "tp",
+                 "tracker")
+
+    def __init__(self, name: str, tp: TP, offset: int, window: WindowConfig, debounce: DebounceConfig) -> None:
+        self.name = name
+        self.tp = tp
+        self.buf = WindowBuffer(window, len(RAW_METRICS))
+        self.tracker = FaultTracker(debounce)
+        self.offsets: deque[int] = deque(maxlen=window.length)  # offsets of the last T records
+        self.first_offset = offset
+        self.last_ts = -math.inf
+        self.last_win_start: int | None = None  # first record of the last applied window
+        self.epoch: int | None = None           # first record of the first window since the tracker was quiet
+        self.alive = True
+
+    def reset_buffer(self, window: WindowConfig) -> None:
+        self.buf = WindowBuffer(window, len(RAW_METRICS))
+        self.offsets = deque(maxlen=window.length)
+
+    def resync_offset(self) -> int:
+        """Oldest offset a replay must start from to rebuild this state exactly (module docstring)."""
+        if self.epoch is not None:
+            return self.epoch
+        if self.last_win_start is not None:
+            return self.last_win_start
+        return self.first_offset

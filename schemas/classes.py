@@ -1,0 +1,14 @@
+"""Class names that are contract values: labels in label files and feedback, ``fault`` in events.
+
+The one definition everything imports (trainer, detector, serving, debounce, plots).
+"""
+
+from __future__ import annotations
+
+__all__ = ["BLOCKED", "CAPACITY_LIMIT", "KNOWN_LABELS", "NORMAL", "UNKNOWN"]
+
+NORMAL = "normal"                  # time no label interval covers
+BLOCKED = "blocked"                # all traffic blocked
+CAPACITY_LIMIT = "capacity_limit"  # the path admits only part of the offered load
+UNKNOWN = "unknown"                # the novelty verdict: far from every prototype; never a label
+KNOWN_LABELS = (NORMAL, BLOCKED, CAPACITY_LIMIT)
