@@ -80,12 +80,8 @@ class TrainingConfig:
     outlier_shift: tuple[float, ...] = (3.0, 8.0)
     thinning: float = 0.0
     thinning_keep: tuple[float, ...] = (0.2, 1.0)
-    blips: float = 0.0
-    recovery_s: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.blips >= 0.0, "training.blips", "must be >= 0")
-        _check(self.recovery_s >= 0.0, "training.recovery_s", "must be >= 0")
         _check(self.loss in ("triplet", "lossless"), "training.loss", "must be 'triplet' or 'lossless'")
         _check(self.margin > 0, "training.margin", "must be > 0")
         _check(self.epochs >= 1 and self.steps_per_epoch >= 1, "training", "epochs and steps must be >= 1")

@@ -19,6 +19,7 @@ from netsiam.trainer.dataset import build_windows
 from netsiam.trainer.simulate import SimParams, simulate
 from netsiam.trainer.train import (
     Exposure,
+    in_aftermath,
     label_runs,
     load_windows,
     outlier_scales,
@@ -292,3 +293,12 @@ def test_lossless_variant_trains_and_is_recorded(data: dict[str, tuple[Path, Pat
     assert art.manifest["training"]["loss"] == "lossless" and art.manifest["history"]["loss"][0] > 0
     assert list((tmp_path / "tb" / "train").glob("events.out.tfevents.*"))
     assert load_artifact(tmp_path / "m").prototypes.classes == art.prototypes.classes
+
+
+def test_aftermath_marks_the_normal_windows_right_after_a_fault() -> None:
+    end_ts, labels = _timeline([("normal", 10), ("blocked", 5), ("normal", 50)])
+    groups = np.full(len(end_ts), "0:a", dtype=object)
+    after = in_aftermath(end_ts, groups, labels, 35.0)
+    assert np.flatnonzero(after).tolist() == list(range(15, 50))     # 35 s after the last blocked window
+    other = np.full(len(end_ts), "1:b", dtype=object)
+    assert not in_aftermath(end_ts, other, np.full(len(end_ts), "normal", dtype=object), 35.0).any()

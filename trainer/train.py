@@ -52,7 +52,7 @@ from netsiam.trainer.dataset import LabelledWindows, build_windows
 from netsiam.trainer.mining import balanced_batch, fixed_batches, random_triplets, triplet_batches
 from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
 
-__all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "in_recovery", "load_windows", "pair_auc",
+__all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "in_aftermath", "load_windows", "pair_auc",
            "label_runs", "split_validation", "train"]
 
 SNAPSHOTS_FILE, HISTORY_FILE, CHECKPOINT_FILE = "snapshots.npz", "history.json", "checkpoint.weights.h5"
@@ -60,6 +60,7 @@ VAR_FLOOR = 1e-6          # a feature constant in training must not divide by ~0
 MONITOR_PER_CLASS = 300   # training windows per class behind the per-epoch validation prototypes
 VAL_BATCHES = (4, 16)     # fixed validation batches: at least 4, at most 16, else ~one pass over val
 MIN_TRAIN_WINDOWS = 2     # per class: a prototype and a spread need at least two
+AFTERMATH_S = 35.0        # after a fault: its calls time out (SIP timer B, 32 s) and its backlog is answered
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -93,24 +94,18 @@ def label_runs(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray) -> np
     return runs
 
 
-def in_recovery(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray, recovery_s: float) -> np.ndarray:
-    """(N,) normal windows ending within ``recovery_s`` after their group's last fault window.
-
-    The seconds after a fault ends are neither the fault nor clean normal: the backlog answered in a
-    burst, retransmissions draining, calls of the fault timing out. Trained as normal they teach the
-    encoder that slow answers and stray failures are normal, and a new fault made of slow answers is
-    then called normal; trained as the fault they delay every clear. They train nothing.
-    """
+def in_aftermath(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray, seconds: float) -> np.ndarray:
+    """(N,) normal windows ending within ``seconds`` after their group's last fault window: the backlog
+    answered in a burst, retransmissions draining, the fault's calls timing out; normal by label, far
+    from clean normal traffic."""
     out = np.zeros(len(end_ts), dtype=bool)
-    if recovery_s <= 0:
-        return out
     order = np.lexsort((end_ts, groups))
     last_fault: dict[object, float] = {}
     for k in order:
         g = groups[k]
         if labels[k] != NORMAL:
             last_fault[g] = end_ts[k]
-        elif g in last_fault and end_ts[k] - last_fault[g] <= recovery_s:
+        elif g in last_fault and end_ts[k] - last_fault[g] <= seconds:
             out[k] = True
     return out
 
@@ -246,43 +241,6 @@ def thinned_copies(rng: np.random.Generator, lw: LabelledWindows, copies: float,
     lo, hi = keep_range
     keep = lo * (hi / lo) ** rng.random(n)
     raw = thin_windows(rng, lw.raw[pick], keep)
-    return LabelledWindows(raw, derive(raw, features), lw.end_ts[pick], lw.sources[pick], lw.labels[pick],
-                           lw.straddle[pick])
-
-
-def blip_windows(rng: np.random.Generator, raw: np.ndarray, min_tail: int = 3) -> np.ndarray:
-    """Normal raw windows (N, T, R) with a 1-2 s burst of failures or retransmissions that ends at least
-    ``min_tail`` seconds before the window does: stray calls of an earlier fault timing out, a BYE
-    retransmitted, a hiccup. A per-second rule ignores such a burst (it needs two anomalous seconds in
-    a row); an encoder that sees it for a whole window must learn to as well, or it raises a fault for
-    as long as the burst stays in its window.
-    """
-    i = {m: j for j, m in enumerate(RAW_METRICS)}
-    out = np.array(raw, dtype=np.float64, copy=True)
-    n, t_len = out.shape[:2]
-    for k in range(n):
-        width = 1 + int(rng.random() < 0.3)
-        at = int(rng.integers(0, max(1, t_len - min_tail - width + 1)))
-        sl = slice(at, at + width)
-        offered = np.maximum(out[k, sl, i["OutgoingCall"]], 1.0)
-        size = np.round(offered * rng.uniform(0.2, 1.5, width))
-        if rng.random() < 0.6:                                   # calls failing at once
-            out[k, sl, i["FailedCall"]] += size
-            out[k, at:, i["CurrentCall"]] = np.maximum(out[k, at:, i["CurrentCall"]] - size.sum(), 0.0)
-        else:                                                    # a burst of retransmissions
-            out[k, sl, i["Retransmissions"]] += size
-    return out
-
-
-def blipped_copies(rng: np.random.Generator, lw: LabelledWindows, copies: float, features: Sequence[str]
-                   ) -> LabelledWindows:
-    """``round(copies * n_normal)`` normal windows of ``lw`` with a burst (:func:`blip_windows`), derived."""
-    normal = np.flatnonzero((lw.labels == NORMAL) & ~lw.straddle)
-    n = int(round(copies * len(normal)))
-    if n == 0:
-        return lw.subset(np.zeros(len(lw), dtype=bool))
-    pick = rng.choice(normal, n)
-    raw = blip_windows(rng, lw.raw[pick])
     return LabelledWindows(raw, derive(raw, features), lw.end_ts[pick], lw.sources[pick], lw.labels[pick],
                            lw.straddle[pick])
 
@@ -478,11 +436,12 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     lw, groups = load_windows(cfg, data_paths, label_paths)                     # x: (N, T, F)
     # Every window is labelled by its last sample, onset and offset windows (straddling a label change)
     # included: they teach the encoder to name a fault from its first seconds, and normal soon after it.
-    keep = ~np.isin(lw.labels, list(exclude_labels)) & ~in_recovery(lw.end_ts, groups, lw.labels, tc.recovery_s)
+    keep = ~np.isin(lw.labels, list(exclude_labels))
     lw, groups = lw.subset(keep), groups[keep]
     in_train, in_val, overlapping = split_validation(lw.end_ts, groups, lw.labels, tc.val_fraction,
                                                      span_s=(w.length - 1) * w.interval_s)
     tr, va = lw.subset(in_train), lw.subset(in_val)
+    va_aftermath = in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S)[in_val]
     classes = class_order(lw.labels)
     if len(classes) < 2:
         raise NetsiamError(f"training needs windows of at least two classes, found {classes or 'none'}")
@@ -500,9 +459,6 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     if tc.thinning > 0:                        # + copies of training windows as at lower loads
         extra = thinned_copies(np.random.default_rng([tc.seed, 4]), tr, tc.thinning, tc.thinning_keep, cfg.features)
         tr, n_thinned = _concat(tr, extra), len(extra)
-    if tc.blips > 0:                           # + normal copies with a stray burst well before their end
-        extra = blipped_copies(np.random.default_rng([tc.seed, 5]), tr, tc.blips, cfg.features)
-        tr, n_thinned = _concat(tr, extra), n_thinned + len(extra)
     cls_id = {c: i for i, c in enumerate(classes)}
     y_tr = np.array([cls_id[c] for c in tr.labels], np.int64)
     y_va = np.array([cls_id[c] for c in va.labels], np.int64)
@@ -574,8 +530,11 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
 
     # 5. prototypes on training windows, thresholds on validation windows, metrics ------------------------
     emb_tr, emb_va = monitor.embed(tr.x), monitor.embed(va.x)                  # (N, D) each
-    # prototypes and thresholds from windows inside one label: an onset window is half normal by design
-    core_tr, core_va = _core(tr), _core(va)
+    # prototypes and thresholds from windows inside one label (an onset window is half normal by design);
+    # thresholds from normal windows outside a fault's aftermath, which the debounce handles on its own
+    # (an unknown window nearest normal after a fault counts as normal): calibrated on it, the normal
+    # threshold grew to its cap and a new fault made of slow answers was called normal
+    core_tr, core_va = _core(tr), _core(va, ~va_aftermath)
     protos = fit_prototypes(emb_tr[core_tr], tr.labels[core_tr], cfg.prototypes, classes=classes, seed=tc.seed)
     calibrated = calibrate_thresholds(protos, emb_va[core_va], va.labels[core_va], cfg.prototypes)
     metrics = _metrics(protos, emb_va, va.labels, calibrated)
@@ -622,9 +581,10 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     return artifact
 
 
-def _core(lw: LabelledWindows) -> np.ndarray:
-    """(N,) windows that do not straddle a label change, or every window of a class with fewer than 2 such."""
-    core = ~lw.straddle
+def _core(lw: LabelledWindows, keep: np.ndarray | None = None) -> np.ndarray:
+    """(N,) windows that do not straddle a label change (and are in ``keep``), or every window of a class
+    with fewer than 2 such."""
+    core = ~lw.straddle if keep is None else ~lw.straddle & keep
     for c in np.unique(lw.labels):
         m = lw.labels == c
         if np.sum(core & m) < 2:
