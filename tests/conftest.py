@@ -12,6 +12,8 @@ classes cleanly (checked in test_pipeline), so episode-level assertions are mean
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -449,3 +451,45 @@ def check_episodes(evs: Sequence[dict[str, Any]], labels: Sequence[LabelInterval
         assert ep.start <= mine[0]["window_end"] <= ep.end + 30, (ep, mine[0])
         matched += len(mine)
     assert matched == len(evs), "events outside every labelled episode"
+
+
+# -- SIPp on loopback (collector tests) ------------------------------------------------------------------
+def free_udp_base(n: int, lo: int = 40000, hi: int = 60000) -> int:
+    """A port P with P..P+n-1 free for UDP and TCP on 127.0.0.1 right now (SIPp peers, relay)."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(lo, hi - n)
+        socks: list[socket.socket] = []
+        try:
+            for p in range(base, base + n):
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+def start_sipp(args: Sequence[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """``sipp ARGS -nostdin`` in the background (stderr to ``log``); stop it with :func:`stop_sipp`."""
+    with log.open("ab") as f:
+        return subprocess.Popen(["sipp", *args, "-nostdin"], cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=f)
+
+
+def stop_sipp(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    """SIGKILL by default: the statistics file ends on its last whole period (as record_sipp does)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)  # a frozen SIPp must be able to die
+        proc.send_signal(sig)
+    proc.wait(10)
+
+
+needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp is not installed (apt-get install sip-tester)")

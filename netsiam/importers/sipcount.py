@@ -86,6 +86,7 @@ class _Bin:
 class _Element:
     next_bin: int                 # first interval not emitted yet
     last_active: int              # last interval with a message (or a timeout) of this element
+    emitted_active: int           # the same among the intervals emitted so far (decides silence)
     bins: dict[int, _Bin] = field(default_factory=dict)
     deltas: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # CurrentCall changes
     current: int = 0
@@ -194,7 +195,7 @@ class SipCounter:
                 self.dropped_elements += 1
                 return None
             k = self.bin_of(m.time)
-            el = self.elements[m.dst] = _Element(next_bin=k, last_active=k)
+            el = self.elements[m.dst] = _Element(next_bin=k, last_active=k, emitted_active=k)
         call = _Call(call_id=m.call_id, element=m.dst, invite_time=m.time, invite_seq=m.cseq_seq)
         if len(self.calls) >= MAX_CALLS:
             del self.calls[next(iter(self.calls))]
@@ -237,7 +238,9 @@ class SipCounter:
             for k in range(el.next_bin, upto_bin):
                 b = el.bins.pop(k, None)
                 el.current += el.deltas.pop(k, 0)
-                if b is None and k - el.last_active > idle_bins:
+                if b is not None:
+                    el.emitted_active = k
+                elif k - el.emitted_active > idle_bins:
                     continue  # silent for IDLE_S: no records until its next message
                 b = b or _Bin()
                 el.detail.update(n for n in b.counts if n.startswith("sip_req_"))
