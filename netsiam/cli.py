@@ -30,6 +30,7 @@ HANDLERS = {
     "broker": "netsiam.detector.broker:cli_broker",
     "plot": "netsiam.trainer.plots:cli_plot",
     "collect": "netsiam.collect.cli:cli_collect",
+    "dump": "netsiam.collect.cli:cli_dump",
 }
 
 

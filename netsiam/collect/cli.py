@@ -1,7 +1,8 @@
-"""``netsiam collect sipp|pcap``: arguments, signals, metrics endpoint, glue.
+"""``netsiam collect sipp|pcap`` and ``netsiam dump``: arguments, signals, metrics endpoint, glue.
 
     netsiam collect sipp STAT.csv [STAT2.csv ...] --source NAME [--follow] (--bootstrap HOST:PORT | -o TRACE.jsonl|-)
     netsiam collect pcap --interface IF [--filter BPF] (--bootstrap HOST:PORT | -o TRACE.jsonl|-)
+    netsiam dump --bootstrap HOST:PORT [--from TS] [--to TS] [--source NAME ...] -o TRACE.jsonl [--labels LABELS.csv]
 
 SIGTERM/SIGINT stop a collector cleanly: it stops reading, waits for outstanding acks, saves its
 state and exits 0. Logs go to stderr; records to ``-o -`` go to stdout.
@@ -20,7 +21,7 @@ from typing import Any
 
 from netsiam.config import Config
 
-__all__ = ["DEFAULT_METRICS_PORTS", "add_parsers", "cli_collect"]
+__all__ = ["DEFAULT_METRICS_PORTS", "add_parsers", "cli_collect", "cli_dump"]
 
 log = logging.getLogger("netsiam.collect")
 
@@ -41,7 +42,7 @@ def _outputs(q: argparse.ArgumentParser, kind: str) -> None:
 
 
 def add_parsers(sub: Any, common: Any) -> None:
-    """Add ``collect`` to the ``netsiam`` sub-command parser."""
+    """Add ``collect`` and ``dump`` to the ``netsiam`` sub-command parser."""
     p = sub.add_parser("collect", help="live input: follow SIPp statistics or capture SIP, publish records")
     csub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     q = csub.add_parser("sipp", help="follow a running SIPp's -trace_stat file(s): one source")
@@ -61,6 +62,17 @@ def add_parsers(sub: Any, common: Any) -> None:
                    help="also write the SIP packets to this capture file (overwritten): `import pcap` on it "
                         "gives the same records")
     _outputs(q, "pcap")
+
+    p = sub.add_parser("dump", help="topics -> trace JSONL for a time range, fault events -> draft labels CSV")
+    common(p)
+    p.add_argument("--bootstrap", required=True, help="HOST:PORT")
+    p.add_argument("--topic", default=None, help="samples topic (default: kafka.topics.samples)")
+    p.add_argument("--faults-topic", default=None, help="fault events topic (default: kafka.topics.faults)")
+    p.add_argument("--from", dest="start", default=None, help="first ts to keep (epoch or RFC 3339)")
+    p.add_argument("--to", dest="end", default=None, help="keep ts before this (epoch or RFC 3339)")
+    p.add_argument("--source", action="append", default=[], help="keep only this source (repeatable)")
+    p.add_argument("-o", "--output", required=True, help="trace JSONL to write")
+    p.add_argument("--labels", default=None, help="also write raised/cleared episodes as a draft labels CSV")
 
 
 def _setup_logging() -> None:
@@ -137,3 +149,12 @@ def _collect_pcap(args: argparse.Namespace, cfg: Config, sink: Any, metrics: Any
     n = c.run()
     log.info("collect pcap: %d record(s) handed over, %d pending", n, sink.pending)
     return 1 if sink.pending else 0
+
+
+def cli_dump(args: argparse.Namespace, cfg: Config) -> int:
+    from netsiam.collect.dump import dump
+
+    dump(args.bootstrap, args.topic or cfg.kafka.topics.samples, args.output, kafka=cfg.kafka,
+         start=args.start, end=args.end, sources=args.source,
+         faults_topic=args.faults_topic or cfg.kafka.topics.faults, labels=args.labels)
+    return 0
