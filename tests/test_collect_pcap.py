@@ -197,3 +197,32 @@ def test_capture_failure_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2
     last = r.stderr.decode().strip().splitlines()[-1]
     assert last.startswith("netsiam collect: error: capture on nosuchif0 ended") and "nosuchif0" in last
+
+
+@pytest.mark.parametrize("back_port", ["5070", "5060"])   # the relay's second leg from another port, or the same
+def test_a_proxied_call_is_one_call_at_each_hop(back_port: str) -> None:
+    """UAC -> relay -> UAS with one Call-ID (a proxy keeps it): the relay's leg and the UAS's leg are
+    each one call at their own element, not retransmissions at the first."""
+    uac, relay, relay2, uas = "10.0.0.1:5060", "10.0.0.2:5060", f"10.0.0.2:{back_port}", "10.0.0.3:5060"
+
+    def msg(t: float, src: str, dst: str, method: str = "", status: int = 0, cseq: str = "INVITE",
+            seq: int = 1) -> SipMessage:
+        return SipMessage(t, src, dst, method, status, cseq, seq, "call-1")
+
+    msgs = [msg(10.0, uac, relay, "INVITE"), msg(10.01, relay, uac, "", 100), msg(10.02, relay2, uas, "INVITE"),
+            msg(10.03, uas, relay2, "", 100), msg(10.04, uas, relay2, "", 200), msg(10.05, relay, uac, "", 200),
+            msg(10.06, uac, relay, "ACK", cseq="ACK"), msg(10.07, relay2, uas, "ACK", cseq="ACK"),
+            msg(12.0, uac, relay, "BYE", cseq="BYE", seq=2), msg(12.01, relay2, uas, "BYE", cseq="BYE", seq=2),
+            msg(12.02, uas, relay2, "", 200, "BYE", 2), msg(12.03, relay, uac, "", 200, "BYE", 2),
+            msg(12.5, "10.0.0.1:40000", relay, "INFO", cseq="INFO", seq=3),   # the UAC from another port
+            msg(12.6, relay, uac, "", 200, "INFO", 3)]
+    recs = records_from_messages(msgs)
+    by = {s: [r for r in recs if r.source == s] for s in (relay, uas)}
+    assert {r.source for r in recs} == {relay, uas}
+    for s, rs in by.items():
+        total = {k: sum(r.metrics.get(k, 0) for r in rs) for k in ("OutgoingCall", "SuccessfulCall", "FailedCall",
+                                                                   "Retransmissions")}
+        assert total == {"OutgoingCall": 1, "SuccessfulCall": 1, "FailedCall": 0, "Retransmissions": 0}, (s, total)
+        assert rs[0].metrics["CurrentCall"] == 1 and rs[-1].metrics["CurrentCall"] == 0
+    assert sum(r.metrics.get("sip_req_INFO", 0) for r in by[relay]) == 1
+    assert sum(r.metrics["sip_resp_2xx"] for r in by[relay]) == 3 and sum(r.metrics["sip_resp_2xx"] for r in by[uas]) == 2

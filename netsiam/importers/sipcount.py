@@ -2,8 +2,11 @@
 ``netsiam import pcap`` (a capture file) and ``netsiam collect pcap`` (a live capture).
 
 The element under observation is the one that RECEIVES the INVITEs; its source name is
-``ip:port`` (``[ip]:port`` for IPv6). Every SIP message of a dialogue (same Call-ID) is
-attributed to the element that received the dialogue's first INVITE. Per interval, the raw
+``ip:port`` (``[ip]:port`` for IPv6). A call leg is a Call-ID between the INVITE's sender and
+receiver: a proxy or relay forwards the same Call-ID to the next hop, which is another leg, counted
+at the element that receives it (the relay, then the far end), not a retransmission of the first.
+Every message of a leg (the same two endpoints, or, when a UA answers from another port, one of
+them the leg's element) is attributed to that leg's element. Per interval, the raw
 vocabulary of :mod:`netsiam.features` is rebuilt from the messages, the way SIPp would count
 it from the calling side:
 
@@ -66,7 +69,8 @@ class SipMessage:
 @dataclass(eq=False, slots=True)
 class _Call:
     call_id: str
-    element: str
+    element: str          # received the INVITE
+    peer: str             # sent it
     invite_time: float
     invite_seq: int
     final: bool = False  # a final response arrived (or the INVITE timed out)
@@ -102,7 +106,7 @@ class SipCounter:
 
     def __init__(self, interval_s: float = 1.0) -> None:
         self.interval_s = interval_s
-        self.calls: dict[str, _Call] = {}            # insertion order: oldest first (for MAX_CALLS)
+        self.calls: dict[str, list[_Call]] = {}      # Call-ID -> its legs; oldest Call-ID first (MAX_CALLS)
         self.elements: dict[str, _Element] = {}
         self.invites: deque[_Call] = deque()  # awaiting a final response, in INVITE order
         self.byes: deque[_Call] = deque()  # awaiting the BYE's answer, in BYE order
@@ -152,8 +156,11 @@ class SipCounter:
             self._end(c, (c.bye_time or 0.0) + INVITE_TIMEOUT_S)
         while self.ended and self.ended[0][0] + CALL_TTL_S <= now:
             _, call_id, call = self.ended.popleft()
-            if self.calls.get(call_id) is call:
-                del self.calls[call_id]
+            legs = self.calls.get(call_id)
+            if legs is not None and call in legs:
+                legs.remove(call)
+                if not legs:
+                    del self.calls[call_id]
         if now >= self._orphan_sweep:
             self._orphan_sweep = now + CALL_TTL_S
             self.orphans = {k: v for k, v in self.orphans.items() if v[1] + CALL_TTL_S > now}
@@ -161,7 +168,7 @@ class SipCounter:
     def add(self, m: SipMessage) -> None:
         """Count one message; messages must come in time order."""
         self.expire(m.time)
-        call = self.calls.get(m.call_id)
+        call = self._leg(m)
         if call is None and m.method == "INVITE":
             call = self._new_call(m)
         if call is not None:
@@ -196,14 +203,30 @@ class SipCounter:
                 return None
             k = self.bin_of(m.time)
             el = self.elements[m.dst] = _Element(next_bin=k, last_active=k, emitted_active=k)
-        call = _Call(call_id=m.call_id, element=m.dst, invite_time=m.time, invite_seq=m.cseq_seq)
-        if len(self.calls) >= MAX_CALLS:
-            del self.calls[next(iter(self.calls))]
-        self.calls[m.call_id] = call
+        call = _Call(call_id=m.call_id, element=m.dst, peer=m.src, invite_time=m.time, invite_seq=m.cseq_seq)
+        legs = self.calls.get(m.call_id)
+        if legs is None:
+            if len(self.calls) >= MAX_CALLS:
+                del self.calls[next(iter(self.calls))]
+            legs = self.calls[m.call_id] = []
+        legs.append(call)
         self.invites.append(call)
         self._bin(el, m.time).counts["OutgoingCall"] += 1
         self._delta(el, m.time, +1)
         return call
+
+    def _leg(self, m: SipMessage) -> _Call | None:
+        """The leg a message belongs to: its two endpoints; an INVITE between other endpoints starts a
+        new leg (the next hop of a proxy); any other message, the leg whose element sent or got it."""
+        legs = self.calls.get(m.call_id)
+        if not legs:
+            return None
+        for c in legs:
+            if (m.dst == c.element and m.src == c.peer) or (m.src == c.element and m.dst == c.peer):
+                return c
+        if m.method == "INVITE":
+            return None
+        return next((c for c in legs if m.dst == c.element or m.src == c.element), None)
 
     def _orphan_element(self, m: SipMessage) -> str | None:
         """A message outside any INVITE dialogue (OPTIONS, REGISTER...) of a known element."""
