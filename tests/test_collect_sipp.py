@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -278,3 +279,11 @@ def test_follow_restart_no_duplicate_no_gap(tmp_path: Path, sig: int) -> None:
     run_until(0, 20)
     run_until(20, len(lines))
     assert lines_of(out) == imported([DATA / "sipp_small_stat.csv"])
+
+
+def test_verb_stops_quietly_when_the_pipe_closes() -> None:
+    p = subprocess.run(f"{shlex.quote(sys.executable)} -m netsiam collect sipp {DATA / 'sipp_a_stat.csv'} "
+                       "--source s -o - | head -n 2", shell=True, cwd=REPO, capture_output=True, timeout=120,
+                       executable="/bin/bash", text=True)
+    assert p.stdout.splitlines() == [v.decode() for v in imported([DATA / "sipp_a_stat.csv"])[:2]]
+    assert "Traceback" not in p.stderr and "Broken pipe" not in p.stderr, p.stderr

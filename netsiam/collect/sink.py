@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -80,8 +81,13 @@ class StreamSink:
         return 1 << 30
 
     def put(self, key: str, value: bytes, ts: float, token: object = None) -> None:
-        self._out.write(value + b"\n")
-        self._out.flush()  # a pipe reader sees each record as soon as it is made
+        try:
+            self._out.write(value + b"\n")
+            self._out.flush()  # a pipe reader sees each record as soon as it is made
+        except BrokenPipeError:  # `-o - | head`: the reader has what it wanted; stop quietly
+            if not self._own:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Stopped from None
         self.metrics.acked(ts, time.time())
         self._done.append(token)
 
