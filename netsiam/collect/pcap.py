@@ -11,7 +11,10 @@ Every interval is published once it is over plus ``lateness_s`` (packets reach t
 little after their capture time; a reorder buffer puts them back in time order). A message later
 than that is counted in the next open interval (``netsiam_collect_errors_total{reason="late_message"}``).
 Memory is bounded: the counter forgets ended dialogues and emitted intervals, and tshark resets
-its own dissection state every ``SESSION_RESET_PACKETS`` packets (``-M``).
+its own dissection state every ``SESSION_RESET_PACKETS`` packets (``-M``). While the broker is away
+records wait in the sink's buffer (one per element and second: the default 100000 holds a day of
+one element); once it is full the collector stops reading, the pipe fills and the capture drops
+packets (dumpcap counts them), since a live wire cannot wait.
 """
 
 from __future__ import annotations
