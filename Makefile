@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-fast demo lint model bench bench-quick soak clean
+.PHONY: install test test-fast demo demo-live lint model bench bench-quick soak clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ test-fast: install
 
 demo: install
 	$(PY) -m netsiam.demo
+
+# Live: real SIPp UAC -> relay -> UAS on loopback, both collectors, broker, daemon; a UAS freeze and a
+# 503 surge; prints the wall-clock timeline (needs sipp, tshark/dumpcap and capture rights on lo).
+demo-live: install
+	$(PY) deploy/testbed/live_demo.py
 
 lint: install
 	$(VENV)/bin/ruff check .

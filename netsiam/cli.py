@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from netsiam.collect.cli import add_parsers as add_collect_parsers
 from netsiam.config import Config, load_config
 from netsiam.errors import NetsiamError
 
@@ -28,6 +29,8 @@ HANDLERS = {
     "detect": "netsiam.detector.cli:cli_detect",
     "broker": "netsiam.broker.embedded:cli_broker",
     "plot": "netsiam.trainer.plots:cli_plot",
+    "collect": "netsiam.collect.cli:cli_collect",
+    "dump": "netsiam.collect.cli:cli_dump",
 }
 
 
@@ -143,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="for `plot dashboard`: one source (default: all)")
     p.add_argument("--range", default="1h", help="for `plot dashboard`: time range, e.g. 15m, 1h")
     p.add_argument("-o", "--output", required=True)
+    add_collect_parsers(sub, _common)
     return ap
 
 

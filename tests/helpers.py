@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,9 +32,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
+import pytest
 
 from netsiam.config import Config, KafkaConfig, TopicsConfig, WindowConfig
 from netsiam.features import DEFAULT_FEATURES, RAW_METRICS, derive, required_metrics
+from netsiam.importers.sipp import import_sipp
 from netsiam.traceio import LabelInterval, Record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -583,3 +587,94 @@ def check_episodes(evs: Sequence[dict[str, Any]], labels: Sequence[LabelInterval
         assert ep.start <= mine[0]["window_end"] <= ep.end + 30, (ep, mine[0])
         matched += len(mine)
     assert matched == len(evs), "events outside every labelled episode"
+
+
+# -- SIPp on loopback (collector tests) ------------------------------------------------------------------
+def free_udp_base(n: int, lo: int = 40000, hi: int = 60000) -> int:
+    """A port P with P..P+n-1 free for UDP and TCP on 127.0.0.1 right now (SIPp peers, relay)."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(lo, hi - n)
+        socks: list[socket.socket] = []
+        try:
+            for p in range(base, base + n):
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+def start_sipp(args: Sequence[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """``sipp ARGS -nostdin`` in the background (stderr to ``log``); stop it with :func:`stop_sipp`."""
+    with log.open("ab") as f:
+        return subprocess.Popen(["sipp", *args, "-nostdin"], cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=f)
+
+
+def stop_sipp(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    """SIGKILL by default: the statistics file ends on its last whole period (as record_sipp does)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)  # a frozen SIPp must be able to die
+        proc.send_signal(sig)
+    proc.wait(10)
+
+
+needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp is not installed (apt-get install sip-tester)")
+
+
+# -- shared by the collector and deploy tests ------------------------------------------------------------
+_EPOCH = re.compile(r"(\d{4}-\d\d-\d\d\t\d\d:\d\d:\d\d\.\d+\t)(\d+\.\d+)")
+DATA = REPO / "tests" / "data"
+
+
+def stat_text(name: str, shift_s: float = 0.0) -> str:
+    """A fixture's statistics text; ``shift_s`` moves every timestamp (another SIPp run)."""
+    text = (DATA / f"{name}_stat.csv").read_text()
+    if shift_s:
+        text = _EPOCH.sub(lambda m: f"{m.group(1)}{float(m.group(2)) + shift_s:.6f}", text)
+    return text
+
+
+def imported(paths: list[Path], source: str = "s") -> list[bytes]:
+    return [orjson.dumps(r.to_json()) for r in import_sipp(paths, source)]
+
+
+def capture_rights() -> str:
+    """'' when this process can capture on lo, else why not."""
+    for tool in ("tshark", "dumpcap"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install tshark)"
+    r = subprocess.run(["dumpcap", "-L", "-i", "lo"], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        why = next((ln for ln in r.stderr.splitlines() if ln.strip() and "Running as" not in ln), "")
+        return f"no capture rights on lo (dumpcap needs CAP_NET_RAW + CAP_NET_ADMIN): {why}"
+    return ""
+
+
+CAPTURE_SKIP = capture_rights()
+
+
+def unit_directives(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+
+
+needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                                           reason="systemd-analyze not installed (package systemd)")

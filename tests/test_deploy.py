@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import needs_systemd_analyze, unit_directives
 
 from netsiam.dashboard.cli import main as dashboard_main
 from netsiam.dashboard.grafana import grafana_json
@@ -60,8 +61,6 @@ PROMETHEUS = shutil.which("prometheus")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None,
                                       reason="prometheus not installed (apt-get install prometheus)")
-needs_systemd_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None,
-                                           reason="systemd-analyze not installed (package systemd)")
 
 REQUIRED_ALERTS = {
     "NetsiamFaultActive", "NetsiamDetectorDown", "NetsiamConsumerLagGrowing", "NetsiamDeadLetterRateHigh",
@@ -299,17 +298,6 @@ def rule_exprs() -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 # systemd
 # ---------------------------------------------------------------------------------------------
-
-
-def unit_directives(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";", "[")):
-            continue
-        key, _, value = line.partition("=")
-        out.setdefault(key.strip(), []).append(value.strip())
-    return out
 
 
 def test_unit_has_the_required_settings() -> None:

@@ -31,7 +31,10 @@ from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS
 from netsiam.traceio import Record
 
-__all__ = ["REQUIRED_COLUMNS", "StatRow", "import_sipp", "parse_stat_file"]
+__all__ = [
+    "MIN_PERIOD_S", "PARTIAL_PERIOD", "REQUIRED_COLUMNS", "StatHeader", "StatRow", "import_sipp", "is_header",
+    "parse_header", "parse_row", "parse_stat_file",
+]
 
 PERIOD_SUFFIX = "(P)"
 GAUGES = ("CurrentCall",)
@@ -84,38 +87,17 @@ def parse_stat_file(path: str | os.PathLike[str]) -> tuple[Path, list[StatRow]]:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise NetsiamError(f"{p}: empty file, not SIPp statistics")
-    header = lines[0]
-    if not header.startswith("StartTime") or len(header) <= len("StartTime"):
-        raise NetsiamError(f"{p}: not a SIPp -trace_stat file (header does not start with StartTime)")
-    delim = header[len("StartTime")]  # SIPp's -stat_delimiter, ';' by default
-    columns = _split(header, delim)
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise NetsiamError(f"{p}: not a SIPp -trace_stat file (missing columns: {', '.join(missing)})")
-    index = {name: i for i, name in enumerate(columns)}
-    wanted = [(i, c.removesuffix(PERIOD_SUFFIX)) for i, c in enumerate(columns) if _is_metric(c)]
+    header = parse_header(lines[0], str(p))
     rows: list[StatRow] = []
     last = len(lines) - 1
     for k, line in enumerate(lines[1:], start=1):
         where = f"{p}:{k + 1}"
-        fields = _split(line, delim)
-        if len(fields) < len(columns):
+        row = parse_row(header, line, where)
+        if row is None:
             if k == last:
                 continue  # a row cut short by a killed or still-running SIPp
-            raise NetsiamError(f"{where}: {len(fields)} fields, header has {len(columns)}")
-        ts = _epoch(fields[index["CurrentTime"]], where)
-        start = _epoch(fields[index["LastResetTime"]], where)
-        metrics: dict[str, float] = {}
-        for i, name in wanted:
-            try:
-                v = _value(fields[i], f"{where} {columns[i]}")
-            except NetsiamError:
-                if name in RAW_METRICS:
-                    raise
-                continue                      # a column the model never reads: never a reason to refuse
-            if v < SENTINEL:
-                metrics[name] = v
-        rows.append(StatRow(start=start, ts=ts, metrics=metrics))
+            raise NetsiamError(f"{where}: {len(_split(line, header.delim))} fields, header has {len(header.columns)}")
+        rows.append(row)
     rows = _whole_periods(rows)
     if not rows:
         raise NetsiamError(f"{p}: no complete statistics period (SIPp ran for less than one -fd period?)")
@@ -123,6 +105,58 @@ def parse_stat_file(path: str | os.PathLike[str]) -> tuple[Path, list[StatRow]]:
         if b.ts <= a.ts:
             raise NetsiamError(f"{p}: CurrentTime goes backwards at {b.ts:.6f}")
     return p, rows
+
+
+@dataclass(frozen=True, slots=True)
+class StatHeader:
+    """A statistics file's header line: the delimiter and where each column is."""
+
+    delim: str
+    columns: tuple[str, ...]
+    index: dict[str, int]
+    wanted: tuple[tuple[int, str], ...]  # (column index, metric name) of every metric column
+
+
+def is_header(line: str) -> bool:
+    """True for a SIPp -trace_stat header line (a SIPp that restarts writes one again)."""
+    return line.startswith("StartTime") and len(line) > len("StartTime")
+
+
+def parse_header(line: str, where: str) -> StatHeader:
+    """The header line of a statistics file (raises NetsiamError naming ``where``)."""
+    if not is_header(line):
+        raise NetsiamError(f"{where}: not a SIPp -trace_stat file (header does not start with StartTime)")
+    delim = line[len("StartTime")]  # SIPp's -stat_delimiter, ';' by default
+    columns = tuple(_split(line, delim))
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise NetsiamError(f"{where}: not a SIPp -trace_stat file (missing columns: {', '.join(missing)})")
+    wanted = tuple((i, c.removesuffix(PERIOD_SUFFIX)) for i, c in enumerate(columns) if _is_metric(c))
+    return StatHeader(delim, columns, {name: i for i, name in enumerate(columns)}, wanted)
+
+
+def parse_row(header: StatHeader, line: str, where: str) -> StatRow | None:
+    """One data line -> its row; None when the line has fewer fields than the header (cut short).
+
+    Sentinels and unreadable values of columns the model never reads are left out; a bad value
+    in a column the model reads, or a bad timestamp, raises NetsiamError naming ``where``.
+    """
+    fields = _split(line, header.delim)
+    if len(fields) < len(header.columns):
+        return None
+    ts = _epoch(fields[header.index["CurrentTime"]], where)
+    start = _epoch(fields[header.index["LastResetTime"]], where)
+    metrics: dict[str, float] = {}
+    for i, name in header.wanted:
+        try:
+            v = _value(fields[i], f"{where} {header.columns[i]}")
+        except NetsiamError:
+            if name in RAW_METRICS:
+                raise
+            continue                      # a column the model never reads: never a reason to refuse
+        if v < SENTINEL:
+            metrics[name] = v
+    return StatRow(start=start, ts=ts, metrics=metrics)
 
 
 def _read_text(p: Path) -> str:

@@ -1,0 +1,160 @@
+"""``netsiam collect sipp|pcap`` and ``netsiam dump``: arguments, signals, metrics endpoint, glue.
+
+    netsiam collect sipp STAT.csv [STAT2.csv ...] --source NAME [--follow] (--bootstrap HOST:PORT | -o TRACE.jsonl|-)
+    netsiam collect pcap --interface IF [--filter BPF] (--bootstrap HOST:PORT | -o TRACE.jsonl|-)
+    netsiam dump --bootstrap HOST:PORT [--from TS] [--to TS] [--source NAME ...] -o TRACE.jsonl [--labels LABELS.csv]
+
+SIGTERM/SIGINT stop a collector cleanly: it stops reading, waits for outstanding acks, saves its
+state and exits 0. Logs go to stderr; records to ``-o -`` go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from netsiam.config import Config
+
+__all__ = ["DEFAULT_METRICS_PORTS", "add_parsers", "cli_collect", "cli_dump"]
+
+log = logging.getLogger("netsiam.collect")
+
+# /metrics of each collector with --bootstrap (the daemon has 9108); with -o only when asked
+DEFAULT_METRICS_PORTS = {"sipp": 9109, "pcap": 9110}
+
+
+def _outputs(q: argparse.ArgumentParser, kind: str) -> None:
+    g = q.add_mutually_exclusive_group(required=True)
+    g.add_argument("--bootstrap", help="HOST:PORT of the Kafka cluster to publish to")
+    g.add_argument("-o", "--output", help="append records to this JSON Lines file instead; - = stdout")
+    q.add_argument("--topic", default=None, help="samples topic (default: kafka.topics.samples)")
+    q.add_argument("--metrics-port", type=int, default=None,
+                   help=f"/metrics port (default {DEFAULT_METRICS_PORTS[kind]} with --bootstrap, none with -o; "
+                        "0 = any free port)")
+    q.add_argument("--buffer", type=int, default=None,
+                   help="records held while the broker is away before reading blocks (default 100000)")
+
+
+def add_parsers(sub: Any, common: Any) -> None:
+    """Add ``collect`` and ``dump`` to the ``netsiam`` sub-command parser."""
+    p = sub.add_parser("collect", help="live input: follow SIPp statistics or capture SIP, publish records")
+    csub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    q = csub.add_parser("sipp", help="follow a running SIPp's -trace_stat file(s): one source")
+    common(q)
+    q.add_argument("files", nargs="+", help="SIPp statistics files of one source (parts of one run, or restarts)")
+    q.add_argument("--source", required=True, help="source name of these records")
+    q.add_argument("--follow", action="store_true", help="keep following the files (like tail -F)")
+    q.add_argument("--state", default=None,
+                   help="state file: resume after the last published row (default with --bootstrap: "
+                        "$STATE_DIRECTORY or ~/.local/state/netsiam; 'none' = no state)")
+    _outputs(q, "sipp")
+    q = csub.add_parser("pcap", help="capture SIP on an interface: per-second records per SIP peer")
+    common(q)
+    q.add_argument("--interface", "-i", required=True, help="capture interface (e.g. eth0, lo)")
+    q.add_argument("--filter", "-f", default="", help="capture filter (BPF), e.g. 'udp port 5060'")
+    q.add_argument("--write", default="", metavar="CAPTURE.pcapng",
+                   help="also write the SIP packets to this capture file (overwritten): `import pcap` on it "
+                        "gives the same records")
+    _outputs(q, "pcap")
+
+    p = sub.add_parser("dump", help="topics -> trace JSONL for a time range, fault events -> draft labels CSV")
+    common(p)
+    p.add_argument("--bootstrap", required=True, help="HOST:PORT")
+    p.add_argument("--topic", default=None, help="samples topic (default: kafka.topics.samples)")
+    p.add_argument("--faults-topic", default=None, help="fault events topic (default: kafka.topics.faults)")
+    p.add_argument("--from", dest="start", default=None, help="first ts to keep (epoch or RFC 3339)")
+    p.add_argument("--to", dest="end", default=None, help="keep ts before this (epoch or RFC 3339)")
+    p.add_argument("--source", action="append", default=[], help="keep only this source (repeatable)")
+    p.add_argument("-o", "--output", required=True, help="trace JSONL to write")
+    p.add_argument("--labels", default=None, help="also write raised/cleared episodes as a draft labels CSV")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python logs every refused connection at ERROR; the collector says once that the broker is away
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cli_collect(args: argparse.Namespace, cfg: Config) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from netsiam.collect.metrics import CollectMetrics
+    from netsiam.collect.sink import DEFAULT_MAX_PENDING, KafkaSink, Sink, StreamSink
+
+    _setup_logging()
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    metrics = CollectMetrics(CollectorRegistry(), args.kind)
+    port = args.metrics_port
+    if port is None and args.bootstrap:
+        port = DEFAULT_METRICS_PORTS[args.kind]
+    server = None
+    if port is not None:
+        server, _ = start_http_server(port, addr=cfg.metrics.host, registry=metrics.registry)
+        log.info("metrics listening on http://%s:%d/metrics", cfg.metrics.host, server.server_port)
+    topic = args.topic or cfg.kafka.topics.samples
+    sink: Sink
+    if args.bootstrap:
+        sink = KafkaSink(args.bootstrap, topic, metrics, kafka=cfg.kafka,
+                         max_pending=args.buffer or DEFAULT_MAX_PENDING, stop=stop)
+    else:
+        sink = StreamSink(args.output, metrics)
+    try:
+        if args.kind == "sipp":
+            return _collect_sipp(args, sink, metrics, stop)
+        return _collect_pcap(args, cfg, sink, metrics, stop)
+    finally:
+        sink.close()
+        if server is not None:
+            server.shutdown()
+
+
+def _collect_sipp(args: argparse.Namespace, sink: Any, metrics: Any, stop: threading.Event) -> int:
+    from netsiam.collect.sipp import SippCollector
+    from netsiam.collect.state import CollectState, default_state_path
+
+    if args.state == "none" or (args.state is None and not args.bootstrap):
+        state_path = None
+    else:
+        state_path = Path(args.state) if args.state else default_state_path("sipp", args.source)
+    state = CollectState.load(state_path, args.source)
+    if state_path is not None:
+        log.info("state %s: resuming after ts %.6f", state_path, state.last_ts)
+    c = SippCollector(args.files, args.source, sink, state, metrics, follow=args.follow, stop=stop)
+    n = c.run()
+    log.info("collect sipp: %d record(s) of %s handed over, %d pending", n, args.source, sink.pending)
+    return 1 if sink.pending else 0
+
+
+def _collect_pcap(args: argparse.Namespace, cfg: Config, sink: Any, metrics: Any, stop: threading.Event) -> int:
+    from netsiam.collect.pcap import PcapCollector
+
+    c = PcapCollector(args.interface, args.filter, sink, metrics, interval_s=cfg.window.interval_s,
+                     write=args.write, stop=stop)
+    n = c.run()
+    log.info("collect pcap: %d record(s) handed over, %d pending", n, sink.pending)
+    return 1 if sink.pending else 0
+
+
+def cli_dump(args: argparse.Namespace, cfg: Config) -> int:
+    from netsiam.collect.dump import dump
+
+    dump(args.bootstrap, args.topic or cfg.kafka.topics.samples, args.output, kafka=cfg.kafka,
+         start=args.start, end=args.end, sources=args.source,
+         faults_topic=args.faults_topic or cfg.kafka.topics.faults, labels=args.labels)
+    return 0
