@@ -302,3 +302,26 @@ def test_aftermath_marks_the_normal_windows_right_after_a_fault() -> None:
     assert np.flatnonzero(after).tolist() == list(range(15, 50))     # 35 s after the last blocked window
     other = np.full(len(end_ts), "1:b", dtype=object)
     assert not in_aftermath(end_ts, other, np.full(len(end_ts), "normal", dtype=object), 35.0).any()
+
+
+@pytest.mark.slow
+def test_one_real_recording_with_its_faults_early_trains(tmp_path: Path) -> None:
+    """A single 9-minute real SIPp recording whose faults all fall in its first half (validation is
+    chosen per class, not the wall-clock tail), a 40-second one that is too short for a class (one
+    line naming each class's windows), and a real recording with SIPp's int64 sentinels."""
+    from netsiam.importers.sipp import import_sipp
+    from netsiam.trainer.corpus import load_corpus
+
+    rec = next(r for r in load_corpus() if r.name == "r15_h2")
+    trace = tmp_path / "r.jsonl"
+    write_trace(trace, [r for r in import_sipp([rec.stat], rec.source)])
+    cfg = override(Config(), {"training.epochs": 1, "training.steps_per_epoch": 3})
+    art = train(cfg, [trace], [rec.labels], tmp_path / "m", quiet=True)
+    assert art.prototypes.classes == ["normal", "blocked", "capacity_limit"]
+    assert art.manifest["validation_overlaps_training"] == []
+
+    data = Path(__file__).parent / "data"
+    small = tmp_path / "small.jsonl"
+    write_trace(small, import_sipp([data / "sipp_small_stat.csv"], "127.0.0.1:25360"))
+    with pytest.raises(NetsiamError, match=r"blocked has 0 training and 0 validation windows"):
+        train(cfg, [small], [data / "sipp_small_labels.csv"], tmp_path / "s", quiet=True)

@@ -46,7 +46,7 @@ from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS, derive, required_metrics
 from netsiam.schemas.classes import KNOWN_LABELS, NORMAL
 from netsiam.serving import FORMAT, Artifact, Prototypes
-from netsiam.traceio import atomic_write_bytes
+from netsiam.traceio import atomic_write_bytes, read_labels
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule
 from netsiam.trainer.dataset import LabelledWindows, build_windows
 from netsiam.trainer.mining import balanced_batch, fixed_batches, random_triplets, triplet_batches
@@ -442,7 +442,9 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
                                                      span_s=(w.length - 1) * w.interval_s)
     tr, va = lw.subset(in_train), lw.subset(in_val)
     va_aftermath = in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S)[in_val]
-    classes = class_order(lw.labels)
+    # every labelled class, even one no window ends in (an episode shorter than the start of the first window)
+    labelled = {iv.label for p in label_paths for iv in read_labels(p)} - set(exclude_labels)
+    classes = class_order(np.array(sorted(set(lw.labels.tolist()) | labelled), dtype=object))
     if len(classes) < 2:
         raise NetsiamError(f"training needs windows of at least two classes, found {classes or 'none'}")
     need = {c: (int(np.sum(tr.labels == c)), int(np.sum(va.labels == c))) for c in classes}
