@@ -234,7 +234,8 @@ class Daemon:
         self.batcher.pump(final=False, caught_up=self._caught_up)
         self.outbox.publish(self.pipeline.take_outbox())
         self.publisher.recover(self._broker_up)
-        offsets.maybe_commit(self.batcher.idle, self.publisher.ledger.sent, self.publisher.ledger.acked_below)
+        offsets.maybe_commit(self.batcher.idle, self.publisher.ledger.sent, self.publisher.ledger.acked_below,
+                             self._broker_up)
         now = time.monotonic()
         if now - self._last_house >= HOUSEKEEPING_S:
             self._housekeeping(now)

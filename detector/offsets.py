@@ -103,10 +103,14 @@ class Offsets:
         self._snap = (positions, seq)
 
     # -- commits -------------------------------------------------------------------------------
-    def maybe_commit(self, idle: bool, sent: int, acked_below: Callable[[int], bool]) -> None:
+    def maybe_commit(self, idle: bool, sent: int, acked_below: Callable[[int], bool], broker_up: bool = True) -> None:
         """Take a candidate at most every COMMIT_INTERVAL_S and commit it as soon as every output sent
         before it is acked; outputs sent after it do not delay it, so a steady stream of dead letters
-        cannot starve the commits and nothing blocks on acks. ``idle``: nothing pending or embedding."""
+        cannot starve the commits and nothing blocks on acks. ``idle``: nothing pending or embedding.
+        While the broker is known to be away nothing is committed: the commit would block the loop for
+        the client's request timeout (~20 s measured) and a later commit covers the same offsets."""
+        if not broker_up:
+            return
         if self._cand is None:
             if time.monotonic() - self._last_commit < COMMIT_INTERVAL_S:
                 return
