@@ -576,7 +576,7 @@ def check_episodes(evs: Sequence[dict[str, Any]], labels: Sequence[LabelInterval
                    margin_s: float = 60.0) -> None:
     """One ``raised`` and one ``cleared`` per labelled episode, with its fault; nothing else. An
     episode ending within ``margin_s`` of the trace's end may still be active (no ``cleared`` yet)."""
-    from netsiam.trainer.evaluate import episodes_from_intervals
+    from netsiam.trainer.detection import episodes_from_intervals
 
     matched = 0
     for ep in episodes_from_intervals(labels):

@@ -35,7 +35,7 @@ from netsiam.replay import replay_lines
 from netsiam.schemas import load_schema
 from netsiam.schemas.deadletter import validate_dead_letter
 from netsiam.serving import default_model_path, load_artifact
-from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
+from netsiam.trainer.detection import detect_events, episodes_from_intervals
 
 
 @pytest.fixture(scope="module")

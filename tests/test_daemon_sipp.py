@@ -33,7 +33,7 @@ from netsiam.replay import replay_lines
 from netsiam.schemas.event import event_id
 from netsiam.serving import default_model_path, load_artifact
 from netsiam.traceio import read_labels
-from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
+from netsiam.trainer.detection import detect_events, episodes_from_intervals
 
 DATA = REPO / "tests" / "data"
 

@@ -21,19 +21,20 @@ from netsiam.serving import Artifact
 from netsiam.traceio import LabelInterval, write_labels, write_trace
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule, split_support
 from netsiam.trainer.dataset import LabelledWindows
-from netsiam.trainer.evaluate import (
+from netsiam.trainer.detection import (
     Episode,
     Event,
-    accuracy,
     alarm_share,
-    confusion,
     detect_events,
     episodes_from_intervals,
     episodes_from_windows,
-    evaluate,
-    evaluate_detailed,
     false_alarms_per_hour,
     match_episodes,
+)
+from netsiam.trainer.evaluate import evaluate, evaluate_detailed
+from netsiam.trainer.scores import (
+    accuracy,
+    confusion,
     open_set_truth,
     pair_scores,
     per_class_metrics,

@@ -38,7 +38,7 @@ from netsiam.features import derive
 from netsiam.schemas import load_schema
 from netsiam.schemas.deadletter import DeadLetter, validate_dead_letter
 from netsiam.schemas.event import event_id
-from netsiam.trainer.evaluate import detect_events, episodes_from_intervals
+from netsiam.trainer.detection import detect_events, episodes_from_intervals
 
 
 def run_all(p: Pipeline, parts: dict[Any, list[Msg]], chunk: int = 500,

@@ -15,20 +15,13 @@ from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
 from netsiam.serving import load_artifact
 from netsiam.traceio import write_labels, write_trace
+from netsiam.trainer.augment import thin_windows
 from netsiam.trainer.dataset import build_windows
+from netsiam.trainer.outliers import Exposure, outlier_scales, synthetic_outliers
+from netsiam.trainer.scores import pair_scores, roc_auc
 from netsiam.trainer.simulate import SimParams, simulate
-from netsiam.trainer.train import (
-    Exposure,
-    in_aftermath,
-    label_runs,
-    load_windows,
-    outlier_scales,
-    pair_auc,
-    split_validation,
-    synthetic_outliers,
-    thin_windows,
-    train,
-)
+from netsiam.trainer.split import in_aftermath, label_runs, load_windows, split_validation
+from netsiam.trainer.train import train
 
 
 def sim_files(tmp: Path, name: str, sources: int, minutes: float, seed: int,
@@ -105,13 +98,17 @@ def test_load_windows_keeps_recordings_apart(data: dict[str, tuple[Path, Path]])
     np.testing.assert_array_equal(lw.labels[: len(one)], one.labels)   # labels paired by position
 
 
+def _pair_auc(emb: np.ndarray, labels: np.ndarray) -> float | None:
+    return roc_auc(*pair_scores(emb, labels))
+
+
 def test_pair_auc_matches_the_definition() -> None:
     emb = np.array([[0.0, 0, 0], [0.1, 0, 0], [1, 1, 1], [0.9, 1, 1]])
-    assert pair_auc(emb, np.array(["a", "a", "b", "b"])) == 1.0
+    assert _pair_auc(emb, np.array(["a", "a", "b", "b"])) == 1.0
     # a pair at opposite corners (farther than every mixed pair) and a tight pair: AUC 1/2
     corners = np.array([[0.0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5], [0.5, 0.5, 0.6]])
-    assert pair_auc(corners, np.array(["a", "a", "b", "b"])) == 0.5
-    assert pair_auc(emb, np.array(["a", "a", "a", "a"])) is None
+    assert _pair_auc(corners, np.array(["a", "a", "b", "b"])) == 0.5
+    assert _pair_auc(emb, np.array(["a", "a", "a", "a"])) is None
 
 
 # ------------------------------------------------------------------------------------ augmentation
@@ -268,7 +265,7 @@ def test_train_end_to_end_separates_faults_on_held_out_data(data: dict[str, tupl
     truth = lw.labels[keep]
     assert (truth == "blocked").sum() >= 10
     assert np.mean(nearest == truth) > 0.95
-    assert pair_auc(emb_t.astype(np.float64), truth) > 0.98
+    assert _pair_auc(emb_t.astype(np.float64), truth) > 0.98
     assert np.mean(names[truth == "blocked"] == "blocked") > 0.9
 
 

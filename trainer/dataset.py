@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ class LabelledWindows:
     def subset(self, mask: np.ndarray) -> LabelledWindows:
         return LabelledWindows(self.raw[mask], self.x[mask], self.end_ts[mask], self.sources[mask],
                                self.labels[mask], self.straddle[mask])
+
+    @classmethod
+    def concat(cls, parts: Sequence[LabelledWindows]) -> LabelledWindows:
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(cls)})
 
 
 def load_trace(path: str | Path, cfg: Config) -> list[tuple[str, float, tuple[float, ...]]]:

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from scipy.stats import rankdata
 
 from netsiam.config import Config, DebounceConfig, PrototypeConfig
 from netsiam.errors import NetsiamError
@@ -52,116 +51,22 @@ from netsiam.trainer.detection import (
     Episode,
     Event,
     alarm_share,
-    detect_events,
     episodes_from_intervals,
     episodes_from_windows,
-    false_alarms_per_hour,
-    match_episodes,
     score_detection,
 )
+from netsiam.trainer.scores import (
+    accuracy,
+    confusion,
+    open_set_truth,
+    pair_scores,
+    per_class_metrics,
+    roc_auc,
+    roc_curve,
+)
 
-__all__ = [
-    "MAX_PAIRS",
-    "Episode",
-    "Evaluation",
-    "Event",
-    "accuracy",
-    "alarm_share",
-    "cli_evaluate",
-    "config_for_artifact",
-    "confusion",
-    "detect_events",
-    "episodes_from_intervals",
-    "episodes_from_windows",
-    "evaluate",
-    "evaluate_detailed",
-    "false_alarms_per_hour",
-    "format_summary",
-    "load_labelled",
-    "match_episodes",
-    "open_set_truth",
-    "pair_scores",
-    "per_class_metrics",
-    "roc_auc",
-    "roc_curve",
-]
-
-MAX_PAIRS = 200_000
-PAIR_SEED = 0
-
-
-# --------------------------------------------------------------------------- window metrics
-
-
-def open_set_truth(labels: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """A label with a prototype stays; any other label's right answer is ``unknown``."""
-    known = set(classes)
-    return np.array([lab if lab in known else UNKNOWN for lab in labels], dtype=object)
-
-
-def accuracy(pred: np.ndarray, truth: np.ndarray) -> float | None:
-    """Share of equal entries; None for no entries."""
-    return float(np.mean(np.asarray(pred) == np.asarray(truth))) if len(truth) else None
-
-
-def confusion(truth: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> np.ndarray:
-    """(L, L) counts, rows = true label, columns = predicted, both in ``labels`` order."""
-    idx = {lab: i for i, lab in enumerate(labels)}
-    m = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    np.add.at(m, (np.array([idx[t] for t in truth], dtype=np.int64),
-                  np.array([idx[p] for p in pred], dtype=np.int64)), 1)
-    return m
-
-
-def per_class_metrics(truth: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """{label: precision, recall, f1, support}; an undefined ratio is 0 (sklearn ``zero_division=0``)."""
-    out: dict[str, dict[str, Any]] = {}
-    for c in labels:
-        tp = int(np.sum((truth == c) & (pred == c)))
-        n_pred, n_true = int(np.sum(pred == c)), int(np.sum(truth == c))
-        p = tp / n_pred if n_pred else 0.0
-        r = tp / n_true if n_true else 0.0
-        out[c] = {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "support": n_true}
-    return out
-
-
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """ROC AUC = P(score of a random positive > a random negative), ties 1/2 (Mann-Whitney U)."""
-    positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(scores)  # average ranks: a tie counts one half
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, tpr) at every distinct threshold, from (0, 0) to (1, 1)."""
-    positive = np.asarray(positive, dtype=bool)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    s, pos = np.asarray(scores)[order], positive[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # end of each group of tied scores
-    tp, fp = np.cumsum(pos)[last], np.cumsum(~pos)[last]
-    n_pos, n_neg = max(int(positive.sum()), 1), max(int((~positive).sum()), 1)
-    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
-
-
-def pair_scores(emb: np.ndarray, labels: np.ndarray, max_pairs: int = MAX_PAIRS,
-                seed: int = PAIR_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """(score = -distance, same label) for all pairs i < j, or ``max_pairs`` random pairs i != j."""
-    n = len(emb)
-    if n < 2:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    if n * (n - 1) // 2 <= max_pairs:
-        i, j = np.triu_indices(n, k=1)
-    else:
-        rng = np.random.default_rng(seed)
-        i = rng.integers(0, n, max_pairs)
-        j = rng.integers(0, n - 1, max_pairs)
-        j = j + (j >= i)  # uniform over j != i
-    d = np.sqrt(((np.asarray(emb, np.float64)[i] - np.asarray(emb, np.float64)[j]) ** 2).sum(axis=1))
-    return -d, np.asarray(labels)[i] == np.asarray(labels)[j]
-
+__all__ = ["Evaluation", "cli_evaluate", "config_for_artifact", "evaluate", "evaluate_detailed", "format_summary",
+           "load_labelled"]
 
 # --------------------------------------------------------------------------- the report
 

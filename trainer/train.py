@@ -1,25 +1,17 @@
 """``netsiam train``: traces + labels -> model artifact. Reads top to bottom:
 
-1. data: window every trace exactly as the daemon will; windows straddling a label change are
-   kept out of training and validation (their one label is half wrong); per source, the last
-   ``val_fraction`` of its time span is validation, and training windows end at least one window
-   length before it, so no sample is in both. Optionally (``training.thinning``) the training
-   windows get thinned copies: the same windows with calls dropped at random, as the same testbed
-   would show them at a lower load (a real recording comes at one load; the simulator spans many).
+1. data: every trace windowed exactly as the daemon will, each window labelled by its last sample
+   (onset and offset windows included); validation chosen per class (``trainer.split``); optionally
+   thinned copies of the training windows, as at a lower load (``trainer.augment``).
 2. normalisation: mean/variance of the training windows, baked into the encoder and the manifest.
-3. model + objective: the siamese encoder (one network embeds every window) trained on P x K
-   class-balanced batches with the mixed semi-hard/random triplet loss (trainer.losses), plus
-   synthetic outliers (``training.outlier_fraction``, :class:`Exposure`): training windows with one
-   or two features pushed far outside their class's spread, which are negatives of every class and
-   positives of none. Without them the triplet loss is satisfied by any map that separates the
-   known classes, and a new fault lands wherever that map happens to send it (often onto a known
-   class); with them the encoder learns to send what no known class looks like away from all of
-   them, where the distance thresholds call it ``unknown``.
-4. fit: per epoch the validation loss on fixed validation batches (with fixed outliers made from
-   validation windows), the validation n-way accuracy (nearest median prototype of training
-   embeddings), an embedding snapshot of fixed validation windows, TensorBoard logs; the best
-   weights by validation loss are checkpointed and restored.
-5. prototypes on training windows, thresholds calibrated on validation windows, metrics.
+3. model + objective: the siamese encoder (one network embeds every window) on P x K class-balanced
+   batches with the mixed semi-hard/random triplet loss (``trainer.losses``), plus synthetic outliers
+   that are negatives of every class (``trainer.outliers``).
+4. fit: per epoch the validation loss on fixed validation batches, the validation n-way accuracy, an
+   embedding snapshot of fixed validation windows, TensorBoard scalars; the best weights by
+   validation loss are checkpointed and restored.
+5. prototypes on training windows, thresholds calibrated on validation windows, the no-learning
+   baselines fitted on the same windows, metrics.
 6. artifact: encoder.keras, prototypes.json, manifest.json (+ history.json, snapshots.npz).
 
 Keras/TensorFlow are imported only once the data has loaded, so a bad path fails fast with one line.
@@ -32,28 +24,30 @@ import dataclasses
 import hashlib
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
-from scipy.stats import rankdata
 
 from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
-from netsiam.features import RAW_METRICS, derive, required_metrics
-from netsiam.schemas.classes import KNOWN_LABELS, NORMAL
+from netsiam.features import required_metrics
 from netsiam.serving import FORMAT, Artifact, Prototypes
 from netsiam.traceio import atomic_write_bytes, read_labels
+from netsiam.trainer.augment import thinned_copies
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule
-from netsiam.trainer.dataset import LabelledWindows, build_windows
-from netsiam.trainer.mining import balanced_batch, fixed_batches, random_triplets, triplet_batches
+from netsiam.trainer.dataset import LabelledWindows
+from netsiam.trainer.mining import fixed_batches, triplet_batches
+from netsiam.trainer.outliers import Exposure
 from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
+from netsiam.trainer.scores import pair_scores, roc_auc
+from netsiam.trainer.split import class_order, in_aftermath, load_windows, split_validation
+from netsiam.trainer.tblog import ScalarLog
 
-__all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "in_aftermath", "load_windows", "pair_auc",
-           "label_runs", "split_validation", "train"]
+__all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "train"]
 
 SNAPSHOTS_FILE, HISTORY_FILE, CHECKPOINT_FILE = "snapshots.npz", "history.json", "checkpoint.weights.h5"
 VAR_FLOOR = 1e-6          # a feature constant in training must not divide by ~0 at inference
@@ -61,129 +55,6 @@ MONITOR_PER_CLASS = 300   # training windows per class behind the per-epoch vali
 VAL_BATCHES = (4, 16)     # fixed validation batches: at least 4, at most 16, else ~one pass over val
 MIN_TRAIN_WINDOWS = 2     # per class: a prototype and a spread need at least two
 AFTERMATH_S = 35.0        # after a fault: its calls time out (SIP timer B, 32 s) and its backlog is answered
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-def load_windows(cfg: Config, data_paths: Sequence[str | Path],
-                 label_paths: Sequence[str | Path]) -> tuple[LabelledWindows, np.ndarray]:
-    """Window each trace on its own -> (windows, group (N,): "file:source", what the time split runs on).
-
-    Labels pair with traces by position when the counts match, else every label file applies to
-    every trace (the rule of build_windows).
-    """
-    if not data_paths or not label_paths:
-        raise NetsiamError("need at least one --data trace and one --labels file")
-    paired = len(label_paths) == len(data_paths)
-    parts, groups = [], []
-    for i, path in enumerate(data_paths):
-        lw = build_windows([path], [label_paths[i]] if paired else list(label_paths), cfg)
-        parts.append(lw)
-        groups.append(np.array([f"{i}:{s}" for s in lw.sources], dtype=object))
-    cat = {f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(LabelledWindows)}
-    return LabelledWindows(**cat), np.concatenate(groups)
-
-
-def label_runs(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(N,) run id: consecutive windows (by time) of one group carrying one label share a run."""
-    order = np.lexsort((end_ts, groups))
-    g, lab = groups[order], labels[order]
-    new_run = np.r_[True, (g[1:] != g[:-1]) | (lab[1:] != lab[:-1])]
-    runs = np.empty(len(end_ts), dtype=np.int64)
-    runs[order] = np.cumsum(new_run) - 1
-    return runs
-
-
-def in_aftermath(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray, seconds: float) -> np.ndarray:
-    """(N,) normal windows ending within ``seconds`` after their group's last fault window: the backlog
-    answered in a burst, retransmissions draining, the fault's calls timing out; normal by label, far
-    from clean normal traffic."""
-    out = np.zeros(len(end_ts), dtype=bool)
-    order = np.lexsort((end_ts, groups))
-    last_fault: dict[object, float] = {}
-    for k in order:
-        g = groups[k]
-        if labels[k] != NORMAL:
-            last_fault[g] = end_ts[k]
-        elif g in last_fault and end_ts[k] - last_fault[g] <= seconds:
-            out[k] = True
-    return out
-
-
-def split_validation(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray, val_fraction: float,
-                     span_s: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Validation chosen per class, never the wall-clock tail of a recording.
-
-    A class with at least 3 runs (episodes, or normal stretches between them) holds out whole
-    runs: every ``round(1 / val_fraction)``-th of its runs in time order, the last one of each
-    block. A class with fewer runs holds out the last ``val_fraction`` of each run's windows.
-    Training windows never share a sample with a validation window of their group (``span_s``: a
-    window's first to last sample); where that would leave a class fewer than 2 training windows
-    (a very short single episode) the overlap is allowed and the class is named in the returned
-    list. -> (train mask, validation mask, classes whose validation overlaps training).
-    """
-    n = len(end_ts)
-    runs = label_runs(end_ts, groups, labels)
-    val = np.zeros(n, dtype=bool)
-    every = max(2, int(round(1.0 / val_fraction))) if val_fraction > 0 else 0
-    for c in np.unique(labels):
-        ids = np.unique(runs[labels == c])
-        ids = ids[np.argsort([end_ts[runs == r].min() for r in ids], kind="stable")]
-        if every and len(ids) >= 3:
-            val |= np.isin(runs, ids[every - 1::every] if len(ids) >= every else ids[-1:])
-            continue
-        for r in ids:
-            idx = np.flatnonzero(runs == r)
-            idx = idx[np.argsort(end_ts[idx], kind="stable")]
-            k = int(np.ceil(val_fraction * len(idx))) if len(idx) >= 3 else 0
-            if k:
-                val[idx[-k:]] = True
-    train = ~val & ~_overlaps(end_ts, groups, val, span_s)
-    overlapping = []
-    for c in np.unique(labels):
-        m = labels == c
-        if np.sum(train & m) < 2 and np.sum(~val & m) >= 2:
-            train |= ~val & m
-            overlapping.append(str(c))
-    return train, val, overlapping
-
-
-def _overlaps(end_ts: np.ndarray, groups: np.ndarray, mask: np.ndarray, span_s: float) -> np.ndarray:
-    """(N,) whether each window shares a sample with a window of ``mask`` in its group."""
-    out = np.zeros(len(end_ts), dtype=bool)
-    for g in np.unique(groups[mask]):
-        in_g = groups == g
-        ref = np.sort(end_ts[in_g & mask])
-        t = end_ts[in_g]
-        j = np.searchsorted(ref, t)
-        near = np.full(len(t), np.inf)
-        near = np.minimum(near, np.abs(ref[np.minimum(j, len(ref) - 1)] - t))
-        near = np.minimum(near, np.abs(ref[np.maximum(j - 1, 0)] - t))
-        out[in_g] = near <= span_s
-    return out
-
-
-def class_order(labels: np.ndarray) -> list[str]:
-    """normal, the known faults, then any other label alphabetically."""
-    present = set(labels.tolist())
-    return [c for c in KNOWN_LABELS if c in present] + sorted(present - set(KNOWN_LABELS))
-
-
-def pair_auc(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0) -> float | None:
-    """ROC AUC of -distance for "same label" over window pairs (as ``netsiam evaluate`` reports it)."""
-    n = len(emb)
-    if n * (n - 1) // 2 <= max_pairs:
-        i, j = np.triu_indices(n, k=1)
-    else:
-        rng = np.random.default_rng(seed)
-        i, j = rng.integers(0, n, max_pairs), rng.integers(0, n - 1, max_pairs)
-        j = j + (j >= i)
-    pos = labels[i] == labels[j]
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(-np.sqrt(((emb[i] - emb[j]) ** 2).sum(axis=1)))
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _stratified(rng: np.random.Generator, labels: np.ndarray, n: int) -> np.ndarray:
@@ -196,142 +67,6 @@ def _stratified(rng: np.random.Generator, labels: np.ndarray, n: int) -> np.ndar
                 take.append(int(pools[c][0]))
                 pools[c] = pools[c][1:]
     return np.sort(np.asarray(take, dtype=np.int64))
-
-
-# ----------------------------------------------------------------------------------------------- thinning
-
-def thin_windows(rng: np.random.Generator, raw: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Raw windows (N, T, R) as the same testbed would show them at ``keep`` (N,) times the load.
-
-    Every call is kept with probability ``keep`` (binomial thinning of the per-interval counters);
-    ``CurrentCall`` is rebuilt from a thinned start plus thinned arrivals minus thinned departures,
-    so it stays a continuous gauge; a second whose calls were all thinned away reports no response
-    time (0), as SIPp does for a second without answers. A recording at one load thus trains a
-    model for many (the simulator spans loads anyway; a single real recording does not).
-    """
-    i = {m: j for j, m in enumerate(RAW_METRICS)}
-    raw = np.asarray(raw, dtype=np.float64)
-    p = np.asarray(keep, dtype=np.float64)[:, None]                               # (N, 1)
-    out = raw.copy()
-
-    def thin(counts: np.ndarray) -> np.ndarray:
-        return rng.binomial(np.maximum(np.rint(counts), 0).astype(np.int64), p).astype(np.float64)
-
-    for m in ("OutgoingCall", "SuccessfulCall", "FailedCall", "Retransmissions"):
-        out[..., i[m]] = thin(raw[..., i[m]])
-    cur, offered = raw[..., i["CurrentCall"]], raw[..., i["OutgoingCall"]]
-    departed = np.maximum(offered[:, 1:] - np.diff(cur, axis=1), 0.0)               # (N, T-1)
-    start = rng.binomial(np.maximum(np.rint(cur[:, :1]), 0).astype(np.int64), p)    # (N, 1)
-    steps = out[:, 1:, i["OutgoingCall"]] - thin(departed)
-    out[..., i["CurrentCall"]] = np.maximum(np.concatenate([start, start + np.cumsum(steps, axis=1)], axis=1), 0)
-    # answers ~ this second's calls (responses take milliseconds); a second without calls keeps its value
-    kept = rng.binomial(np.maximum(np.rint(offered), 0).astype(np.int64), p)
-    out[..., i["ResponseTime1"]] = np.where((kept > 0) | (offered <= 0), raw[..., i["ResponseTime1"]], 0.0)
-    return out
-
-
-def thinned_copies(rng: np.random.Generator, lw: LabelledWindows, copies: float, keep_range: Sequence[float],
-                   features: Sequence[str]) -> LabelledWindows:
-    """``round(copies * N)`` thinned copies of random windows of ``lw`` (keep ~ log-uniform in
-    ``keep_range``), derived like any window; labels, sources and times are the originals'."""
-    n = int(round(copies * len(lw)))
-    if n == 0 or len(lw) == 0:
-        return lw.subset(np.zeros(len(lw), dtype=bool))
-    pick = rng.integers(len(lw), size=n)
-    lo, hi = keep_range
-    keep = lo * (hi / lo) ** rng.random(n)
-    raw = thin_windows(rng, lw.raw[pick], keep)
-    return LabelledWindows(raw, derive(raw, features), lw.end_ts[pick], lw.sources[pick], lw.labels[pick],
-                           lw.straddle[pick])
-
-
-def _concat(a: LabelledWindows, b: LabelledWindows) -> LabelledWindows:
-    return LabelledWindows(**{f.name: np.concatenate([getattr(a, f.name), getattr(b, f.name)])
-                              for f in dataclasses.fields(LabelledWindows)})
-
-
-# ----------------------------------------------------------------------------------------------- outliers
-
-def outlier_scales(x: np.ndarray, class_ids: np.ndarray, floor_share: float = 0.25) -> np.ndarray:
-    """(C, F) how far each class's windows spread in each feature: the std of its windows' means,
-    at least ``floor_share`` of the feature's std over all training values (so a feature that is
-    ~constant in a class, like retransmissions in normal traffic, still gets a sensible step)."""
-    means = x.mean(axis=1)                                                       # (N, F)
-    floor = floor_share * x.reshape(-1, x.shape[-1]).std(axis=0)                 # (F,)
-    return np.stack([np.maximum(means[class_ids == c].std(axis=0), floor) for c in range(int(class_ids.max()) + 1)])
-
-
-def synthetic_outliers(rng: np.random.Generator, x: np.ndarray, class_ids: np.ndarray, n: int, scales: np.ndarray,
-                       lo_hi: Sequence[float], floor: np.ndarray, min_span: int = 10) -> np.ndarray:
-    """``n`` windows no known class produces: training windows with one or two features shifted.
-
-    x: (N, T, F) training windows of classes ``class_ids``. Each outlier starts from a random
-    training window and shifts 1 or 2 random features by ``U(low, high)`` times that class's spread
-    in the feature (``scales`` (C, F), :func:`outlier_scales`), over the whole window or from a
-    random step on (an onset), up or down at random; a shift down that would take the feature
-    below ``floor`` (its smallest training value: counters and times do not go negative) goes up
-    instead. -> (n, T, F).
-    """
-    n_win, t_len, n_feat = x.shape
-    base = rng.integers(n_win, size=n)
-    out = x[base].astype(np.float32)                                             # (n, T, F)
-    lo, hi = float(lo_hi[0]), float(lo_hi[1])
-    for i in range(n):
-        feats = rng.choice(n_feat, size=1 + int(rng.random() < 0.5), replace=False)
-        start = 0 if rng.random() < 0.5 else int(rng.integers(0, t_len - min_span + 1))
-        for f in feats:
-            shift = rng.uniform(lo, hi) * scales[class_ids[base[i]], f]
-            seg = out[i, start:, f]
-            if rng.random() < 0.5 and (seg - shift).min() >= floor[f]:
-                shift = -shift
-            out[i, start:, f] = seg + shift
-    return out
-
-
-class Exposure:
-    """P x K class-balanced batches plus ``n_out`` synthetic outliers (outlier exposure).
-
-    Each outlier row gets a label of its own (P, P+1, ...): it has no positive, so it is never
-    an anchor of the mined loss, only a negative of every known row; its random triplet is
-    (itself, itself, a random known row), whose hinge pushes it ``margin`` away from that row. The
-    encoder thus learns to map what no known class looks like away from every class, so the
-    per-class distance thresholds can call a new fault ``unknown``. Outliers are always made from
-    the windows given to :meth:`batch`, with the spreads and floors of the TRAINING windows.
-    """
-
-    def __init__(self, x_train: np.ndarray, ids_train: np.ndarray, k: int, n_out: int, lo_hi: Sequence[float]):
-        self.ids = np.asarray(ids_train, dtype=np.int64)
-        self.k, self.n_out, self.lo_hi = k, n_out, tuple(lo_hi)
-        self.scales = outlier_scales(x_train, self.ids)                          # (C, F)
-        self.floor = x_train.min(axis=(0, 1))                                    # (F,)
-
-    def batch(self, rng: np.random.Generator, x: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One batch from windows ``x`` of ``class_ids``: (P*K + n_out, T, F), (P*K + n_out, 3)."""
-        present = np.unique(class_ids)
-        rows, ids = balanced_batch(rng, [np.flatnonzero(class_ids == c) for c in present], self.k)
-        ids = present[ids]
-        pos, neg = random_triplets(rng, ids)
-        n_known, n_out = len(ids), self.n_out
-        xo = synthetic_outliers(rng, x, class_ids, n_out, self.scales, self.lo_hi, self.floor)
-        out_rows = n_known + np.arange(n_out)
-        # a known row's random negative may be an outlier too (they are negatives of every class)
-        neg = np.where(rng.random(n_known) < n_out / (n_known + n_out), rng.choice(out_rows, n_known), neg)
-        first_id = len(self.scales)
-        y = np.concatenate([np.stack([ids, pos, neg], axis=1),
-                            np.stack([first_id + np.arange(n_out), out_rows, rng.integers(0, n_known, n_out)], axis=1)])
-        return np.concatenate([x[rows], xo]), y.astype(np.float32)
-
-    def batches(self, rng: np.random.Generator, x: np.ndarray, class_ids: np.ndarray
-                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Endless training batches."""
-        while True:
-            yield self.batch(rng, x, class_ids)
-
-    def fixed(self, rng: np.random.Generator, x: np.ndarray, class_ids: np.ndarray, n_batches: int
-              ) -> tuple[np.ndarray, np.ndarray]:
-        """``n_batches`` batches stacked (the validation set: the same every epoch)."""
-        parts = [self.batch(rng, x, class_ids) for _ in range(n_batches)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -372,56 +107,6 @@ class _Monitor:
             self.t = now
 
 
-class _ScalarLog:
-    """TensorBoard scalars per epoch, laid out like ``keras.callbacks.TensorBoard`` (LOGDIR/train and
-    LOGDIR/validation, tags ``epoch_loss``, ``epoch_n_way_acc``...). Keras' own callback needs TensorFlow,
-    which a torch or jax host may lack, so the event files are written with TensorFlow's summary ops when
-    it is installed, else with the ``tensorboard`` package's writer, else not at all (said once)."""
-
-    def __init__(self, logdir: Path, say: Any) -> None:
-        self.write: Any = None
-        self.closers: list[Any] = []
-        try:
-            import tensorflow as tf
-        except ImportError:
-            tf = None
-        if tf is not None:
-            writers = {k: tf.summary.create_file_writer(str(logdir / k)) for k in ("train", "validation")}
-            meta = tf.compat.v1.SummaryMetadata(plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
-
-            def write_tf(which: str, tag: str, value: float, step: int) -> None:
-                with writers[which].as_default():
-                    tf.summary.write(tag, tf.constant(value), step=step, metadata=meta)
-
-            self.write, self.closers = write_tf, [w.close for w in writers.values()]
-            return
-        try:
-            from tensorboard.compat.proto.event_pb2 import Event
-            from tensorboard.compat.proto.summary_pb2 import Summary
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
-        except ImportError:
-            say(f"TensorBoard logs skipped: neither tensorflow nor tensorboard is installed ({logdir})")
-            return
-        files = {k: EventFileWriter(str(logdir / k)) for k in ("train", "validation")}
-
-        def write_tb(which: str, tag: str, value: float, step: int) -> None:
-            files[which].add_event(Event(wall_time=time.time(), step=step,
-                                         summary=Summary(value=[Summary.Value(tag=tag, simple_value=value)])))
-
-        self.write, self.closers = write_tb, [f.close for f in files.values()]
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        if self.write is None:
-            return
-        for key, value in logs.items():
-            which, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-            self.write(which, f"epoch_{name}", float(value), epoch)
-
-    def close(self) -> None:
-        for close in self.closers:
-            close()
-
-
 def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path], out_dir: str | Path, *,
           epochs: int | None = None, seed: int | None = None, exclude_labels: Sequence[str] = (),
           logdir: str | Path | None = None, quiet: bool = False) -> Artifact:
@@ -460,7 +145,7 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     n_thinned = 0
     if tc.thinning > 0:                        # + copies of training windows as at lower loads
         extra = thinned_copies(np.random.default_rng([tc.seed, 4]), tr, tc.thinning, tc.thinning_keep, cfg.features)
-        tr, n_thinned = _concat(tr, extra), len(extra)
+        tr, n_thinned = LabelledWindows.concat([tr, extra]), len(extra)
     cls_id = {c: i for i, c in enumerate(classes)}
     y_tr = np.array([cls_id[c] for c in tr.labels], np.int64)
     y_va = np.array([cls_id[c] for c in va.labels], np.int64)
@@ -516,7 +201,7 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
         keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True, save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=tc.patience),
     ]
-    tb = _ScalarLog(Path(logdir or out / "logs"), say)
+    tb = ScalarLog(Path(logdir or out / "logs"), say)
     callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=tb.on_epoch_end, on_train_end=lambda _l: tb.close()))
     t_fit = time.perf_counter()
     fit = encoder.fit(batches, steps_per_epoch=tc.steps_per_epoch, epochs=tc.epochs, validation_data=(vx, vy),
@@ -605,7 +290,7 @@ def _metrics(protos: Prototypes, emb: np.ndarray, labels: np.ndarray, calibrated
     return {"val_n_way_accuracy": float(np.mean(nearest == labels)),
             "val_window_accuracy": float(np.mean(names == labels)),
             "val_unknown_rate": float(np.mean(names == "unknown")),
-            "val_pair_auc": pair_auc(emb, labels),
+            "val_pair_auc": roc_auc(*pair_scores(emb, labels)),
             "val_per_class": per_class}
 
 
