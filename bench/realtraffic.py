@@ -9,7 +9,8 @@ daemon's debounce, on the same windows.
 ``--select`` holds out only the VALIDATION recordings (``val_*``): what recipes, thresholds and
 debounce settings are chosen on. ``--report`` holds out every other recording (never used for a
 choice) and writes ``bench/realtraffic.json``; the worst recording is what counts.
-``--set KEY=VALUE`` overrides config keys (``window.length=10``) for a candidate recipe.
+``--set KEY=VALUE`` overrides config keys (``window.length=10``) for a candidate recipe, ``--sim-set``
+the simulator's (``min_gap_s=5``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--report", action="store_true", help="hold out every reported recording")
     ap.add_argument("--only", nargs="*", default=None, help="hold out these recordings")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE (YAML values)")
+    ap.add_argument("--sim-set", nargs="*", default=[], help="simulator overrides KEY=VALUE (min_gap_s=5)")
     ap.add_argument("--no-sim", action="store_true", help="train on the corpus alone")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=None, help="keep imported traces here (default: a temp dir)")
@@ -131,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         sim = None
         if not args.no_sim:
             sim = (tmp / "sim.jsonl", tmp / "sim.csv")
-            records, labels = simulate(TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED, TRAIN_PARAMS)
+            params = replace(TRAIN_PARAMS, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sim_set)})
+            records, labels = simulate(TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED, params)
             write_trace(sim[0], records)
             write_labels(sim[1], labels)
         t0 = time.perf_counter()
         res = run(cfg, held, traces, sim, Path(args.models) if args.models else tmp, args.seed)
-    doc = {"overrides": args.set, "sim": not args.no_sim, "seed": args.seed, "held_out": held,
+    doc = {"overrides": args.set, "sim_overrides": args.sim_set, "sim": not args.no_sim, "seed": args.seed, "held_out": held,
            "seconds": round(time.perf_counter() - t0, 1), "recordings": res}
     if args.output or args.report:
         path = Path(args.output) if args.output else HERE / "realtraffic.json"
