@@ -192,6 +192,19 @@ def test_detection_grace_and_already_active() -> None:
     assert not match_episodes([ep], [other], grace_s=100.0)[0][0]["detected"]
 
 
+def test_back_to_back_episodes_each_keep_their_own_raise() -> None:
+    # a surge 5 s after a freeze: the surge's raise falls in the freeze's grace but is the surge's event
+    eps = [Episode("a", "blocked", 0.0, 40.0), Episode("a", "capacity_limit", 45.0, 85.0)]
+    ev = [Event("a", "blocked", 0.0, 2.0, 43.0, 43.0), Event("a", "capacity_limit", 45.0, 47.0, 88.0, 88.0)]
+    rep, useful = match_episodes(eps, ev, grace_s=10.0)
+    assert [r["raised"] for r in rep] == [["blocked"], ["capacity_limit"]]
+    assert [r["clear_s"] for r in rep] == [3.0, 3.0] and useful == [True, True]
+    # a raise that spans both (still up when the next began) belongs to both
+    long = [Event("a", "blocked", 0.0, 2.0, 60.0, 60.0)]
+    rep, _ = match_episodes(eps, long, grace_s=10.0)
+    assert rep[1]["already_active"] and rep[1]["detected_label"] == "blocked"
+
+
 def test_episodes_from_intervals_and_windows() -> None:
     ivs = [LabelInterval("a", 10, 20, "blocked"), LabelInterval("a", 20, 30, "blocked"),
            LabelInterval("a", 40, 50, "normal"), LabelInterval("b", 5, 8, "capacity_limit")]

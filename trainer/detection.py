@@ -108,10 +108,19 @@ def episodes_from_windows(sources: np.ndarray, end_ts: np.ndarray, labels: np.nd
     return eps
 
 
-def _matches(ev: Event, ep: Episode, grace_s: float) -> bool:
+def _matches(ev: Event, ep: Episode, grace_s: float, next_start: float) -> bool:
     overlaps = ev.started_at <= ep.end and ev.end >= ep.start
     raised_in = ep.start <= ev.raised_at <= ep.end + grace_s
-    return ev.source == ep.source and (overlaps or raised_in)
+    # raised once the source's next episode has begun: that episode's event, not a late raise of this one
+    return ev.source == ep.source and (overlaps or raised_in) and ev.raised_at < next_start
+
+
+def _next_starts(episodes: Sequence[Episode]) -> list[float]:
+    """Per episode, the start of the next episode of the same source (inf for the last)."""
+    starts: dict[str, list[float]] = {}
+    for ep in episodes:
+        starts.setdefault(ep.source, []).append(ep.start)
+    return [min((s for s in starts[ep.source] if s > ep.start), default=np.inf) for ep in episodes]
 
 
 def match_episodes(episodes: Sequence[Episode], events: Sequence[Event], grace_s: float,
@@ -128,8 +137,8 @@ def match_episodes(episodes: Sequence[Episode], events: Sequence[Event], grace_s
         by_src.setdefault(ev.source, []).append(n)
     useful = [False] * len(events)
     out: list[dict[str, Any]] = []
-    for ep in episodes:
-        hits = [n for n in by_src.get(ep.source, []) if _matches(events[n], ep, grace_s)]
+    for ep, next_start in zip(episodes, _next_starts(episodes), strict=True):
+        hits = [n for n in by_src.get(ep.source, []) if _matches(events[n], ep, grace_s, next_start)]
         for n in hits:
             useful[n] = True
         hits.sort(key=lambda n: events[n].raised_at)
