@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import free_udp_base
 
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS
@@ -297,30 +297,12 @@ def test_gzip_compressed_statistics_import_the_same(tmp_path: Path) -> None:
 # -- the recorder itself ---------------------------------------------------------------------
 
 
-def _free_port_block(n: int = 30) -> int:
-    """A UDP port base with n free ports above it (SIPp needs P..P+29)."""
-    for base in range(27000, 40000, 97):
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    pytest.skip("no free block of UDP ports on 127.0.0.1")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian: sip-tester) is not installed")
 def test_recorder_makes_a_labelled_trace(tmp_path: Path) -> None:
     """One short corpus recording through the fault relay: a frozen far end, a 503 surge, calls held
     until the UAC's timeout, and a path losing every call; each shows its signature in the counters."""
-    port = _free_port_block()
+    port = free_udp_base(30)
     spec = tmp_path / "corpus.yaml"
     spec.write_text("""recordings:
   - {name: t, source: sbc-t, rate: 20, hold_s: 1, hold: fixed, timeout_s: 2, minutes: 0.6, seed: 3,
