@@ -265,6 +265,20 @@ def write_config(path: Path, cfg: Config) -> Path:
 
 
 # -- Kafka helpers --------------------------------------------------------------------------------------
+def _static_token_provider() -> Any:
+    from kafka.net.sasl.oauth import AbstractTokenProvider
+
+    class StaticTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
+        """kafka.sasl_oauth_token_provider in tests: ``helpers:StaticTokenProvider``."""
+
+        def token(self) -> str:
+            return "t0k3n"
+
+    return StaticTokenProvider
+
+
+StaticTokenProvider = _static_token_provider()
+
 class Msg(NamedTuple):
     """A consumed Kafka record as the pipeline reads it (kafka-python's ConsumerRecord, minus the rest)."""
 

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -53,6 +53,7 @@ class SippCollector:
         self.follow, self.poll_s = follow, poll_s
         self.stop = stop or threading.Event()
         self.published = 0
+        self.tick: Callable[[], object] = lambda: None   # called every round (the systemd watchdog)
         self._last_put = state.last_ts
         self._last_save = 0.0
         metrics.sources.set(1)
@@ -68,6 +69,7 @@ class SippCollector:
         held: deque[StatRow] = deque()       # read, not handed over yet (at most one read's worth)
         try:
             while not self.stop.is_set():
+                self.tick()
                 if not held:
                     rows: list[StatRow] = []
                     for f in self.followers:
