@@ -65,6 +65,7 @@ needs_prometheus = pytest.mark.skipif(PROMETHEUS is None,
 REQUIRED_ALERTS = {
     "NetsiamFaultActive", "NetsiamDetectorDown", "NetsiamConsumerLagGrowing", "NetsiamDeadLetterRateHigh",
     "NetsiamModelReloadFailing", "NetsiamRecordToEventLatencyHigh", "NetsiamBrokerUnreachable",
+    "NetsiamMassFault", "NetsiamInputStalled",
 }
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
                 "unless", "offset", "inf", "nan", "atan2"}
