@@ -23,7 +23,7 @@ from netsiam.collect.metrics import CollectMetrics
 from netsiam.collect.sink import Sink, Stopped
 from netsiam.collect.state import CollectState
 from netsiam.collect.statfollow import StatFollower
-from netsiam.errors import NetsiamError
+from netsiam.errors import NetsiamError, UsageError
 from netsiam.importers.sipp import StatRow
 
 __all__ = ["POLL_S", "SippCollector"]
@@ -40,9 +40,9 @@ class SippCollector:
                  metrics: CollectMetrics, *, follow: bool = False, poll_s: float = POLL_S,
                  stop: threading.Event | None = None) -> None:
         if not source:
-            raise NetsiamError("collect sipp: a source name is required")
+            raise UsageError("collect sipp: a source name is required")
         if not paths:
-            raise NetsiamError("collect sipp: no statistics files given")
+            raise UsageError("collect sipp: no statistics files given")
         for p in paths:
             if str(p).endswith(".gz"):
                 raise NetsiamError(f"{p}: a compressed file is finished, not followed: use `netsiam import sipp`")
