@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml deploy/install-system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[tf,test]'
 	@# PyTorch (CPU) lets the tests prove the .keras artifact runs under KERAS_BACKEND=torch too;
 	@# optional: the cross-backend test skips, with its reason, where it cannot be installed.
 	$(PY) -m pip install -q --disable-pip-version-check 'torch==2.13.0' \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# System tools the tests use: sipp (sip-tester), tshark, prometheus + promtool.
+# System tools the tests use: sipp (sip-tester), tshark, prometheus + promtool, alertmanager + amtool.
 # Installed with apt when missing and apt is usable (root); otherwise the tests that need them skip
 # with a visible reason.
 set -u
@@ -7,6 +7,7 @@ need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-system-deps: apt-get not available; missing: ${need[*]} (tests needing them will skip)" >&2

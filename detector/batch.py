@@ -19,7 +19,8 @@ from netsiam.serving import Artifact
 if TYPE_CHECKING:
     from .sources import TP, SourceState
 
-__all__ = ["SPLIT_COST", "Batch", "BatchResult", "WindowRef", "embed_pieces", "run_batch"]
+__all__ = ["EVICTED", "SILENT_CLEARED", "SILENT_RAISED", "SPLIT_COST", "Batch", "BatchResult", "Marker", "WindowRef",
+           "embed_pieces", "run_batch"]
 
 SPLIT_COST = 32  # one more encoder call costs about as much as embedding this many windows (CPU, measured)
 
@@ -29,24 +30,49 @@ class WindowRef(NamedTuple):
 
     state: SourceState   # the source's state (debounce, rewind bookkeeping)
     end_ts: float        # record time of the window's last sample
+    tp: TP               # partition of that record
     offset: int          # offset of that record (the event's cause)
     kafka_ts_ms: int     # its Kafka timestamp (record -> event latency)
     live: bool           # at or above the committed offset: its events are published
     start: int           # offset of the window's first record (rewind marker)
 
 
+SILENT_RAISED = "silent_raised"    # the source sent nothing for detector.silent_after_s
+SILENT_CLEARED = "silent_cleared"  # a silent source sent again
+EVICTED = "evicted"                # the source's state is dropped (idle, or over detector.max_sources)
+
+
+class Marker(NamedTuple):
+    """A decision :meth:`Pipeline.feed` made about a source without a window, queued behind that
+    source's earlier windows so that :meth:`Pipeline.apply` sees everything in record order."""
+
+    kind: str            # SILENT_RAISED | SILENT_CLEARED | EVICTED
+    state: SourceState
+    started_at: float    # the silence's start (the slot after its last record); EVICTED: unused
+    window_end: float    # the record time the transition is stamped with
+    tp: TP               # partition of the record that caused it (commits wait for its events)
+    offset: int          # that record's offset (wall-clock silence: the partition's next offset)
+    kafka_ts_ms: int     # its Kafka timestamp; 0 when no record caused it (no latency to report)
+    live: bool           # at or above the committed offset: its events are published
+
+
 @dataclass
 class Batch:
-    """Windows waiting for one embed call, with the snapshot of positions they complete."""
+    """Windows waiting for one embed call (and markers between them), with the snapshot of positions
+    they complete."""
 
-    raw: np.ndarray                  # (N, T, R)
-    items: list[WindowRef]
+    raw: np.ndarray                  # (N, T, R): the windows only, in item order
+    items: list[WindowRef | Marker]
     artifact: Artifact
     positions: dict[TP, int]         # next offset per partition once this batch is applied
-    seq: int                         # eviction sequence number at the snapshot
+    seq: int                         # eviction sequence number once applied (set by Pipeline.apply)
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.raw)
 
 
 @dataclass
@@ -80,6 +106,10 @@ def run_batch(batch: Batch) -> BatchResult:
     """Derive features, embed, classify. Pure; safe on a worker thread."""
     t0 = time.perf_counter()
     art = batch.artifact
+    if not len(batch.raw):  # markers only: nothing to embed
+        n_classes = len(art.prototypes.classes)
+        return BatchResult(np.empty(0, dtype=object), np.empty(0), np.empty((0, n_classes)), np.empty((0, 0)),
+                           time.perf_counter() - t0)
     x = derive(batch.raw, art.features)
     sizes = embed_pieces(len(x))
     if len(sizes) == 1:

@@ -7,6 +7,12 @@ is applied in order (debounce) -> outputs go to the publisher (:mod:`.delivery`)
 committed once acknowledged (:mod:`.offsets`). Consumption pauses while outputs go unacknowledged
 (bounded memory) and resumes by itself. Shutdown drains, waits for acks and commits; an error that
 re-sending cannot cure exits 1 without committing.
+
+Under systemd (``Type=notify``) the loop reports ``READY=1`` once it consumes and ``WATCHDOG=1`` after
+rounds that made progress: a loop stuck in a call, or an embed call that never returns, stops the
+pings and systemd restarts the daemon (exact restart makes that safe). A partition that receives
+nothing for ``detector.silent_after_s`` by the wall clock, while the broker answers and the consumer
+is caught up, makes its sources ``silent`` (pipeline.py).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import concurrent.futures
 import contextlib
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +32,9 @@ from kafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from netsiam.config import Config
-from netsiam.errors import NetsiamError
+from netsiam.errors import ServiceError
 from netsiam.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs, quiet_kafka_logs
+from netsiam.sdnotify import Watchdog, notify
 from netsiam.serving import Artifact
 
 from .batch import Batch, BatchResult, run_batch
@@ -45,8 +53,7 @@ log = logging.getLogger("netsiam.detector")
 
 PRODUCER_MAX_BLOCK_MS = 5000  # send() waits this long for metadata at most (then: a failed send, retried)
 SHUTDOWN_FLUSH_S = 60.0
-HOUSEKEEPING_S = 2.0        # lag, broker reachability, gauges
-SWEEP_S = 10.0              # idle-source eviction sweep
+HOUSEKEEPING_S = 2.0        # lag, broker reachability, gauges, wall-clock silence
 
 
 class Batcher:
@@ -59,11 +66,16 @@ class Batcher:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netsiam-embed")
         self._inflight: concurrent.futures.Future[BatchResult] | None = None
         self._batch: Batch | None = None
+        self._submitted = 0.0   # monotonic time the batch in flight was handed to the embed thread
 
     @property
     def idle(self) -> bool:
         """Nothing pending and nothing embedding: every output of what was fed has been emitted."""
         return self._inflight is None and not self.pipeline.pending
+
+    def inflight_s(self) -> float:
+        """How long the batch on the embed thread has been running (0 when none is)."""
+        return 0.0 if self._inflight is None or self._inflight.done() else time.monotonic() - self._submitted
 
     def poll_timeout_ms(self) -> int:
         if self._inflight is not None:
@@ -86,6 +98,7 @@ class Batcher:
                 batch = p.take_batch(det.batch_max)
                 assert batch is not None
                 self._batch = batch
+                self._submitted = time.monotonic()
                 self._inflight = self._executor.submit(run_batch, batch)
 
     def drain(self) -> None:
@@ -134,8 +147,10 @@ class Daemon:
         self._caught_up = False
         self._last_house = 0.0
         self._last_data = -1e9                  # monotonic time a poll last returned records
-        self._last_sweep = time.monotonic()
+        self._fed_at: dict[Any, float] = {}     # monotonic time each partition last had records fed
+        self.watchdog = Watchdog()
         self.metrics.set_model(artifact.version, None)
+        self.metrics.track_sources(self._source_times)
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -175,9 +190,15 @@ class Daemon:
             log.info("consuming topic=%s group=%s bootstrap=%s model=%s", k.topics.samples, k.group_id,
                      k.bootstrap_servers, self.pipeline.artifact.version)
             self.started.set()
+            notify("READY=1", f"STATUS=consuming {k.topics.samples} (model {self.pipeline.artifact.version})")
             try:
                 while not self._stop.is_set():
                     self._round()
+                    # progress: the round returned, and no embed call has been stuck for half the
+                    # watchdog period (the loop keeps polling while the embed thread works)
+                    if self.batcher.inflight_s() < self.watchdog.interval_s / 2:
+                        self.watchdog.ping()
+                notify("STOPPING=1", "STATUS=draining: finishing the batch, waiting for acks, committing")
                 self.batcher.drain()
                 self.outbox.publish(self.pipeline.take_outbox())
                 self.publisher.wait_all_acked(SHUTDOWN_FLUSH_S, self._broker_up)
@@ -208,9 +229,9 @@ class Daemon:
             markers = RewindMarkers(client_kwargs(k), k.group_id)
             stack.callback(markers.close)
         except KafkaError as e:
-            raise NetsiamError(f"cannot reach the broker at {k.bootstrap_servers}: {e}") from None
+            raise ServiceError(f"cannot reach the broker at {k.bootstrap_servers}: {e}") from None
         self.metrics.events_pending.set_function(self.publisher.ledger.pending_safe)
-        self.offsets = Offsets(self.consumer, markers, self.pipeline, self.metrics)
+        self.offsets = Offsets(self.consumer, markers, self.pipeline, self.metrics, k.auto_offset_reset)
         self.outbox = Outbox(self.publisher, k.topics, HOUSEKEEPING_S)
         self.consumer.subscribe([k.topics.samples], listener=RebalanceListener(self.offsets))
 
@@ -224,10 +245,12 @@ class Daemon:
         self._backpressure()
         n = 0
         offsets = self.offsets
+        now = time.monotonic()
         for tp, msgs in polled.items():
             n += len(msgs)
             if tp not in skip and tp in offsets.assigned:
                 self.pipeline.feed(tp, msgs, offsets.suppress_below(tp))
+                self._fed_at[tp] = now
         self._caught_up = n < self.cfg.kafka.max_poll_records
         if n:
             self._last_data = time.monotonic()
@@ -298,13 +321,35 @@ class Daemon:
             end = max(ends.get(tp) or 0, self.consumer.highwater(tp) or 0)
             pos = self.pipeline.positions.get(tp, self.offsets.committed.get(tp, 0))
             m.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, end - pos))
-        if now - self._last_sweep >= SWEEP_S:
-            self._last_sweep = now
-            n = self.pipeline.evict_idle()
-            if n:
-                log.info("evicted %d idle source(s)", n)
+        if up and not self._paused:
+            self._wall_silence(now, tps, ends)
         m.sources_tracked.set(len(self.pipeline.sources))
         self.outbox.log_round(now)
+        ok, why = self.ready()
+        notify(f"STATUS={'consuming' if ok else 'not ready: ' + why}, {len(self.pipeline.sources)} source(s)")
+
+    def _wall_silence(self, now: float, tps: list[Any], ends: dict[Any, int]) -> None:
+        """Partitions that received nothing for silent_after_s while caught up: their sources are
+        silent (no record will come to show it in record time)."""
+        after = self.cfg.detector.silent_after_s
+        if not after:
+            return
+        for tp in tps:
+            last = self._fed_at.setdefault(tp, now)
+            pos = self.pipeline.positions.get(tp)
+            if now - last < after or pos is None:
+                continue
+            end = max(ends.get(tp) or 0, self.consumer.highwater(tp) or 0)
+            if pos >= end:
+                n = self.pipeline.silence_partition(tp)
+                if n:
+                    log.info("partition %s-%d: nothing for %.0f s, %d source(s) silent", tp.topic, tp.partition,
+                             now - last, n)
+
+    def _source_times(self) -> list[tuple[str, float]]:
+        """(source, ts of its newest record) of every tracked source, for /metrics (HTTP thread: the
+        dict is copied in one step, under the GIL)."""
+        return [(st.name, st.last_ts) for st in list(self.pipeline.sources.values()) if st.last_ts > -math.inf]
 
     def _probe_broker(self, now: float, tps: list[Any]) -> tuple[bool, dict[Any, int]]:
         """Is the broker reachable, and the partitions' end offsets if they had to be asked for."""

@@ -9,19 +9,44 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from netsiam.schemas.record import REASONS
 
-__all__ = ["DetectorMetrics"]
+__all__ = ["DetectorMetrics", "SourceTimes"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
+class SourceTimes(Collector):
+    """``netsiam_source_last_record_timestamp_seconds{source}``: one series per tracked source (at most
+    detector.max_sources), read from the daemon's state at scrape time rather than set per record. The
+    dashboard lists its sources from it, and a silent one shows how long it has been quiet."""
+
+    NAME = "netsiam_source_last_record_timestamp_seconds"
+    HELP = "Record time (ts) of the newest record of each tracked source (Unix time)."
+
+    def __init__(self, read: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=["source"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(self.NAME, self.HELP, labels=["source"])
+        for source, ts in self._read():
+            fam.add_metric([source], ts)
+        yield fam
+
+
 class DetectorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         r = registry
         self.records_consumed = Counter(
             "netsiam_records_consumed_total", "Records read from the samples topic.", registry=r)
@@ -87,6 +112,10 @@ class DetectorMetrics:
             registry=r)
         self.last_commit = Gauge(
             "netsiam_last_commit_timestamp_seconds", "Unix time of the last offset commit.", registry=r)
+
+    def track_sources(self, read: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        """Export :class:`SourceTimes` from ``read`` (the daemon's tracked sources)."""
+        self.registry.register(SourceTimes(read))
 
     def set_model(self, version: str, old: str | None) -> None:
         """The serving model: its info series (the previous version's removed) and load time."""

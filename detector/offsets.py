@@ -80,8 +80,10 @@ class Offsets:
     """Assignment, commits and replay positions of the daemon's consumer (main thread, except the
     ``note_*`` rebalance callbacks, which only queue)."""
 
-    def __init__(self, consumer: Any, markers: RewindMarkers, pipeline: Pipeline, metrics: DetectorMetrics) -> None:
+    def __init__(self, consumer: Any, markers: RewindMarkers, pipeline: Pipeline, metrics: DetectorMetrics,
+                 reset: str = "earliest") -> None:
         self.consumer = consumer
+        self.reset = reset                        # kafka.auto_offset_reset: where a partition without a commit starts
         self.markers = markers
         self.pipeline = pipeline
         self.metrics = metrics
@@ -256,8 +258,9 @@ class Offsets:
         committed = self._committed_offset(tp)
         if committed is None:
             self._suppress.pop(tp, None)
-            self.consumer.seek_to_beginning(tp)
-            log.info("partition %s-%d: no committed offset, starting from the earliest", tp.topic, tp.partition)
+            (self.consumer.seek_to_end if self.reset == "latest" else self.consumer.seek_to_beginning)(tp)
+            log.info("partition %s-%d: no committed offset, starting from the %s (kafka.auto_offset_reset)",
+                     tp.topic, tp.partition, self.reset)
             return
         self.committed[tp] = committed
         self._suppress[tp] = committed

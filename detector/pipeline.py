@@ -6,22 +6,30 @@ letters; :func:`~netsiam.detector.batch.run_batch` embeds a micro-batch on the e
 :meth:`Pipeline.apply` (main thread, in batch order) debounces and emits events. Time is record time
 only (windows, debounce, ``started_at``, idle eviction), so a replay at any speed gives the same events.
 
+Silence (:mod:`.liveness`): a source that sends nothing for ``detector.silent_after_s`` while records
+keep coming on its partition raises the fault ``silent`` (started at the slot after its last record,
+stamped at that record's ts + silent_after_s), cleared by its next record; a partition that receives
+nothing at all for that long by the wall clock raises it for all its sources (:meth:`silence_partition`).
+A silent source's debounce starts over, its named fault cleared first. A source idle for
+``detector.idle_evict_s`` is forgotten, and a fault still active on it is cleared first: eviction never
+drops a fault without its ``cleared``. These decisions are made in feed() but queued as markers behind
+the source's pending windows, so apply() sees every source's windows and transitions in record order.
+
 Restart rule (:mod:`.sources`): the daemon stores, beside each commit, the minimum
 :meth:`~.sources.SourceState.resync_offset` of each partition and, after a restart, replays from there
 with publishing suppressed below the committed offset: every event at or after it is published again
 with the same ``started_at``, hence the same ``event_id``. Exact unless the replay treats a record
 differently: the per-partition stream clock (``max_clock_skew_s``) is rebuilt from the replayed records
-only, and ``max_sources`` evicts by what is in memory.
+only, ``max_sources`` evicts by what is in memory, and a silence seen by the wall clock is not in the
+records (a replay raises it again only if the partition is quiet again, or the records show the gap).
 """
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -30,13 +38,14 @@ from prometheus_client import CollectorRegistry
 from netsiam.config import Config
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.deadletter import DeadLetter
-from netsiam.schemas.event import FaultEvent
 from netsiam.schemas.record import RecordError, decode_record
 from netsiam.serving import Artifact
 
-from .batch import Batch, BatchResult, WindowRef
+from .batch import EVICTED, SILENT_CLEARED, SILENT_RAISED, Batch, BatchResult, Marker, WindowRef
+from .liveness import Liveness
 from .metrics import DetectorMetrics
 from .sources import TP, Evicted, SourceState
+from .transitions import Emitter, EventOut, marker_transitions
 
 __all__ = ["EventOut", "Message", "Pipeline", "same_windowing"]
 
@@ -56,16 +65,6 @@ class Message(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class EventOut:
-    """A fault event to publish, with the record that caused it (for latency and commits)."""
-
-    event: FaultEvent
-    tp: TP
-    offset: int
-    record_ts_ms: int
 
 
 def _utf8_ok(s: str) -> bool:
@@ -95,11 +94,14 @@ class Pipeline:
         self.outbox: list[DeadLetter | EventOut] = []
         self.positions: dict[TP, int] = {}        # next offset to read, per partition fed
         self.clock: dict[TP, float] = {}          # max accepted record ts, per partition
-        self._pending: list[np.ndarray] = []
-        self._meta: list[WindowRef] = []
-        self.pending_since = 0.0                  # monotonic time the oldest pending window appeared
-        self._seq = 0                             # counts evictions, orders them against snapshots
+        self._pending: list[np.ndarray | None] = []   # windows (None for a marker), in item order
+        self._meta: list[WindowRef | Marker] = []
+        self.pending_since = 0.0                  # monotonic time the oldest pending item appeared
+        self._seq = 0                             # counts applied evictions, orders them against snapshots
         self._graveyard: list[Evicted] = []       # evicted states a pending commit may still need
+        self._leaving: dict[int, SourceState] = {}  # evicted by feed(), eviction not applied yet (by id)
+        self._live = Liveness(cfg.detector.silent_after_s, cfg.detector.idle_evict_s)
+        self._emitter = Emitter(self.metrics, self.outbox, wall)
         self.artifact = artifact
         self._set_artifact(artifact)
 
@@ -126,7 +128,8 @@ class Pipeline:
     # -- step 1: records -----------------------------------------------------------------------
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Windows and markers fed but not applied yet."""
+        return len(self._meta)
 
     def _dead(self, m: Message, reason: str, detail: str, source: str | None = None) -> None:
         self.outbox.append(DeadLetter(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, reason,
@@ -145,6 +148,7 @@ class Pipeline:
         interval = self.window.interval_s
         skew, idle = self.det.max_clock_skew_s, self.det.idle_evict_s
         sources, pending, meta = self.sources, self._pending, self._meta
+        silent_after, due, heard, inf = self.det.silent_after_s, self._live.due, self._live.heard, math.inf
         floor = math.floor
         clock = self.clock.get(tp)
         n_live = n_valid = n_ignored = 0
@@ -189,12 +193,20 @@ class Pipeline:
                     self._dead(m, "out_of_order", f"ts {ts:.3f} is {clock - ts:.0f} s behind the stream",
                                rec.source)
                 continue
+            if ts > due.get(tp, inf):
+                # a source on this partition may be past its silence or idle deadline
+                self._scan(tp, ts, off, m.timestamp, live)
             st = sources.get(rec.source)
             if st is None or ts - st.last_ts > idle:
                 # idle by record time, decided here on arrival so it does not depend on sweep timing
                 if st is not None:
-                    self._evict(st)
-                st = self._new_source(rec.source, tp, off)
+                    if silent_after and st.silence is None:  # silent before it was idle, as the scan says
+                        self._mark(st, SILENT_RAISED, st.last_ts + silent_after, tp, off, m.timestamp, live)
+                    self._mark(st, EVICTED, st.last_ts + idle, tp, off, m.timestamp, live)
+                st = self._new_source(rec.source, tp, off, ts, m.timestamp, live)
+            elif silent_after and st.silence is None and ts - st.last_ts > silent_after:
+                # its own record shows the gap (another source was first in the partition's queue)
+                self._mark(st, SILENT_RAISED, st.last_ts + silent_after, tp, off, m.timestamp, live)
             try:
                 win = st.buf.push(floor(ts / interval + 0.5), rec.values)
             except ValueError as e:
@@ -206,12 +218,15 @@ class Pipeline:
             st.offsets.append(off)
             st.last_ts = ts
             st.tp = tp
+            if st.silence is not None:
+                self._mark(st, SILENT_CLEARED, ts, tp, off, m.timestamp, live)
+            heard(st, tp)
             n_valid += live
             if rec.ignored and live:
                 n_ignored += rec.ignored
             if win is not None:
                 pending.append(win)
-                meta.append(WindowRef(st, ts, off, m.timestamp, live, st.offsets[0]))
+                meta.append(WindowRef(st, ts, tp, off, m.timestamp, live, st.offsets[0]))
         if clock is not None:
             self.clock[tp] = clock
         self.positions[tp] = msgs[-1].offset + 1
@@ -224,34 +239,52 @@ class Pipeline:
         if n_ignored:
             self.metrics.metric_values_ignored.inc(n_ignored)
 
-    def _new_source(self, name: str, tp: TP, offset: int) -> SourceState:
+    def _new_source(self, name: str, tp: TP, offset: int, ts: float, kafka_ts_ms: int, live: bool) -> SourceState:
         if len(self.sources) >= self.det.max_sources:
             # Least recently seen (record time) go first; a chunk at a time keeps this O(n) rare.
             n = max(1, self.det.max_sources // 100)
             for old in heapq.nsmallest(n, self.sources.values(), key=lambda s: s.last_ts):
-                self._evict(old)
+                self._mark(old, EVICTED, ts, tp, offset, kafka_ts_ms, live)
         st = SourceState(name, tp, offset, self.window, self.debounce)
         self.sources[name] = st
         return st
 
-    def _evict(self, st: SourceState) -> None:
-        """Drop a source's state. Its resync offset is kept until no commit can need it."""
-        if self.sources.get(st.name) is st:
-            del self.sources[st.name]
-        st.alive = False
-        self._seq += 1
-        self._graveyard.append(Evicted(self._seq, st.tp, st.resync_offset()))
-        if st.tracker.active is not None:
-            self._fault_gauges(st.name, st.tracker.active, False)
-        self.metrics.sources_evicted.inc()
+    def _mark(self, st: SourceState, kind: str, window_end: float, tp: TP, offset: int, kafka_ts_ms: int,
+              live: bool) -> None:
+        """Decide about ``st`` now (feed side) and queue the transition for apply()."""
+        if kind == SILENT_RAISED:
+            st.silence = st.last_ts + self.window.interval_s   # the first sample that did not come
+            started = st.silence
+        elif kind == SILENT_CLEARED:
+            started, st.silence = st.silence or 0.0, None
+        else:  # EVICTED: detached now (a record may start a new state), forgotten once applied
+            started = 0.0
+            if self.sources.get(st.name) is st:
+                del self.sources[st.name]
+            self._live.forget(st)
+            self._leaving[id(st)] = st
+            self.metrics.sources_evicted.inc()
+        if not self._meta:
+            self.pending_since = time.monotonic()
+        self._pending.append(None)
+        self._meta.append(Marker(kind, st, started, window_end, tp, offset, kafka_ts_ms, live))
 
-    def evict_idle(self) -> int:
-        """Sweep sources idle longer than ``idle_evict_s`` behind their partition's clock."""
-        idle = self.det.idle_evict_s
-        stale = [st for st in self.sources.values() if self.clock.get(st.tp, st.last_ts) - st.last_ts > idle]
-        for st in stale:
-            self._evict(st)
-        return len(stale)
+    def _scan(self, tp: TP, ts: float, offset: int, kafka_ts_ms: int, live: bool) -> None:
+        silent, idle = self._live.scan(tp, ts)
+        for st in silent:
+            self._mark(st, SILENT_RAISED, st.last_ts + self.det.silent_after_s, tp, offset, kafka_ts_ms, live)
+        for st in idle:
+            self._mark(st, EVICTED, st.last_ts + self.det.idle_evict_s, tp, offset, kafka_ts_ms, live)
+
+    def silence_partition(self, tp: TP) -> int:
+        """The wall clock says ``tp`` has received nothing for ``silent_after_s`` (the daemon checks
+        that it is caught up and the broker answers): every source on it still heard is silent. The
+        transitions are the ones a later record would make (same stamps, same event ids)."""
+        sts = self._live.silence_all(tp)
+        for st in sts:
+            self._mark(st, SILENT_RAISED, st.last_ts + self.det.silent_after_s, tp, self.positions.get(tp, 0), 0,
+                       True)
+        return len(sts)
 
     def drop_partitions(self, tps: set[TP]) -> int:
         """Forget every source on ``tps`` (revoked, or about to be replayed from its marker)."""
@@ -259,9 +292,14 @@ class Pipeline:
         for st in gone:
             if self.sources.get(st.name) is st:
                 del self.sources[st.name]
+        leaving = [st for st in self._leaving.values() if st.tp in tps]
+        for st in leaving:
+            del self._leaving[id(st)]
+        for st in gone + leaving:
+            if st.alive:
+                self._emitter.clear_gauges(st)
             st.alive = False
-            if st.tracker.active is not None:
-                self._fault_gauges(st.name, st.tracker.active, False)
+        self._live.drop(tps)
         for tp in tps:
             self.positions.pop(tp, None)
             self.clock.pop(tp, None)
@@ -277,41 +315,39 @@ class Pipeline:
         wins, self._pending = self._pending[:n], self._pending[n:]
         items, self._meta = self._meta[:n], self._meta[n:]
         # Commit position per partition once this batch is applied: everything fed, except records
-        # from the first window still waiting in a later batch onwards.
+        # from the first window (or marker) still waiting in a later batch onwards.
         positions = dict(self.positions)
         for w in self._meta:
-            if w.offset < positions.get(w.state.tp, w.offset + 1):
-                positions[w.state.tp] = w.offset
+            if w.offset < positions.get(w.tp, w.offset + 1):
+                positions[w.tp] = w.offset
         if self._pending:
             self.pending_since = time.monotonic()
-        return Batch(np.stack(wins), items, self.artifact, positions, self._seq)
+        raw = [w for w in wins if w is not None]
+        shape = (0, self.window.length, len(RAW_METRICS))
+        return Batch(np.stack(raw) if raw else np.empty(shape), items, self.artifact, positions, self._seq)
 
     # -- step 3: debounce ----------------------------------------------------------------------
-    def _fault_gauges(self, source: str, fault: str, on: bool) -> None:
-        m = self.metrics
-        if on:
-            m.fault_active.labels(source=source, fault=fault).set(1)
-            m.active_faults.labels(fault=fault).inc()
-        else:
-            with contextlib.suppress(KeyError):
-                m.fault_active.remove(source, fault)
-            m.active_faults.labels(fault=fault).dec()
-
     def apply(self, batch: Batch, res: BatchResult) -> int:
-        """Debounce the batch's windows in order; returns the number of events put in the outbox."""
+        """Debounce the batch's windows and markers in order; returns the number of events put in the outbox."""
         m = self.metrics
-        n = len(batch)
-        m.windows_embedded.inc(n)
-        m.embed_batch_size.observe(n)
-        m.embed_batch_seconds.observe(res.seconds)
-        for cls, cnt in zip(*np.unique(res.names.astype(str), return_counts=True), strict=True):
-            m.classifications.labels(**{"class": str(cls)}).inc(int(cnt))
+        n = batch.n_windows
+        if n:
+            m.windows_embedded.inc(n)
+            m.embed_batch_size.observe(n)
+            m.embed_batch_seconds.observe(res.seconds)
+            for cls, cnt in zip(*np.unique(res.names.astype(str), return_counts=True), strict=True):
+                m.classifications.labels(**{"class": str(cls)}).inc(int(cnt))
         classes = list(batch.artifact.prototypes.classes)
         version = batch.artifact.version
         names = res.names
-        nearest = np.asarray(classes, dtype=object)[res.dists.argmin(axis=1)]   # ignoring thresholds
+        nearest = np.asarray(classes, dtype=object)[res.dists.argmin(axis=1)] if n else names  # ignoring thresholds
         n_events = 0
-        for i, w in enumerate(batch.items):
+        i = -1
+        for w in batch.items:
+            if isinstance(w, Marker):
+                n_events += self._apply_marker(w, version)
+                continue
+            i += 1
             st = w.state
             st.last_win_start = w.start
             trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]))
@@ -324,18 +360,20 @@ class Pipeline:
             row = res.dists[i]
             distances = {c: round(float(row[j]), 6) for j, c in enumerate(classes)}
             emb = tuple(round(float(v), 6) for v in res.emb[i])
-            now = self.wall()
-            for t in trans:
-                if st.alive:
-                    self._fault_gauges(st.name, t.fault, t.state == "raised")
-                if not w.live:
-                    continue
-                ev = FaultEvent(source=st.name, state=t.state, fault=t.fault, window_end=t.window_end,
-                                detected_at=now, started_at=t.started_at, distance=round(float(res.nearest[i]), 6),
-                                distances=distances, embedding=emb, model_version=version)
-                self.outbox.append(EventOut(ev, st.tp, w.offset, w.kafka_ts_ms))
-                n_events += 1
+            n_events += self._emitter.emit(st, trans, w, version, round(float(res.nearest[i]), 6), distances, emb)
+        batch.seq = self._seq  # the snapshot this batch completes includes its evictions
         return n_events
+
+    def _apply_marker(self, mk: Marker, version: str) -> int:
+        st = mk.state
+        trans = marker_transitions(mk)
+        n = self._emitter.emit(st, trans, mk, version) if trans else 0
+        if mk.kind == EVICTED:
+            st.alive = False
+            if self._leaving.pop(id(st), None) is not None:
+                self._seq += 1
+                self._graveyard.append(Evicted(self._seq, st.tp, st.resync_offset()))
+        return n
 
     # -- rewind markers ------------------------------------------------------------------------
     def resync_offsets(self, positions: dict[TP, int], seq: int) -> dict[TP, int]:
@@ -345,12 +383,13 @@ class Pipeline:
         their eviction can still be committed; older graveyard entries are dropped here.
         """
         out = dict(positions)
-        for st in self.sources.values():
-            tp = st.tp
-            if tp in out:
-                r = st.resync_offset()
-                if r < out[tp]:
-                    out[tp] = r
+        for states in (self.sources.values(), self._leaving.values()):
+            for st in states:
+                tp = st.tp
+                if tp in out:
+                    r = st.resync_offset()
+                    if r < out[tp]:
+                        out[tp] = r
         keep = []
         for g in self._graveyard:
             if g.seq > seq:  # evicted after the snapshot: the snapshot's state still had it
@@ -365,5 +404,6 @@ class Pipeline:
         return self._seq
 
     def take_outbox(self) -> list[DeadLetter | EventOut]:
-        out, self.outbox = self.outbox, []
+        out = self.outbox[:]
+        self.outbox.clear()  # the same list: the emitter appends to it
         return out

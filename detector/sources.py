@@ -36,8 +36,8 @@ class Evicted(NamedTuple):
 class SourceState:
     """Everything held for one source: window ring buffer, debounce state, rewind bookkeeping."""
 
-    __slots__ = ("alive", "buf", "epoch", "first_offset", "last_ts", "last_win_start", "name", "offsets", "tp",
-                 "tracker")
+    __slots__ = ("alive", "buf", "epoch", "first_offset", "last_ts", "last_win_start", "name", "offsets", "silence",
+                 "silent_fault", "tp", "tracker")
 
     def __init__(self, name: str, tp: TP, offset: int, window: WindowConfig, debounce: DebounceConfig) -> None:
         self.name = name
@@ -49,7 +49,11 @@ class SourceState:
         self.last_ts = -math.inf
         self.last_win_start: int | None = None  # first record of the last applied window
         self.epoch: int | None = None           # first record of the first window since the tracker was quiet
-        self.alive = True
+        self.alive = True                       # False once its eviction is applied (or its partition dropped)
+        # the silent fault: as feed() decided it (started_at, or None) and as apply() has published it;
+        # they differ while the decision waits in the queue behind the source's earlier windows
+        self.silence: float | None = None
+        self.silent_fault: float | None = None
 
     def reset_buffer(self, window: WindowConfig) -> None:
         self.buf = WindowBuffer(window, len(RAW_METRICS))

@@ -1,22 +1,41 @@
-"""``netsiam <verb>``: argument parsing and dispatch. Each verb's work lives in its own module.
+"""``netsiam <verb>``: argument parsing, configuration, logging and exit status. Each verb's work lives
+in its own module (:data:`HANDLERS`); the parsers are in :mod:`netsiam.cli_args`.
 
-Errors a user can fix (bad input, missing file, mismatched artifact) end with a one-line message
-and a non-zero exit, never a traceback; set NETSIAM_DEBUG=1 to see one for an internal error.
+Conventions every verb follows (docs/cli.md):
+
+- errors a user can fix end with a one-line message, never a traceback (NETSIAM_DEBUG=1 shows one
+  for an internal error); the exit status says which kind (:mod:`netsiam.errors`): 1 runtime, 2 usage,
+  3 data, 4 configuration;
+- the configuration is ``--config``, else ``$NETSIAM_CONFIG``, else ``/etc/netsiam/config.yaml``,
+  else the built-in defaults, with ``NETSIAM_<SECTION>__<KEY>`` overrides (:mod:`netsiam.settings`);
+  the choice is logged at INFO;
+- ``-`` reads standard input where a file is read and writes standard output where one is written;
+  while data goes to stdout, a verb's own messages go to stderr;
+- TensorFlow's start-up lines are kept out of the output (:mod:`netsiam.quiet`), and a host with
+  PyTorch but no TensorFlow serves with ``KERAS_BACKEND=torch`` without being told.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import importlib.util
+import io
+import logging
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
 
-from netsiam.collect.cli import add_parsers as add_collect_parsers
-from netsiam.config import Config, load_config
-from netsiam.errors import NetsiamError
+from netsiam import quiet
+from netsiam.cli_args import build_parser
+from netsiam.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_RUNTIME, NetsiamError, UsageError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["HANDLERS", "build_parser", "main"]
+
+log = logging.getLogger("netsiam.cli")
 
 # verb -> "module:function"; functions take (args, cfg) and return an exit code
 HANDLERS = {
@@ -33,144 +52,112 @@ HANDLERS = {
     "dump": "netsiam.collect.cli:cli_dump",
 }
 
+LONG_RUNNING = {"detect", "broker", "collect"}   # their log lines carry a timestamp
+# Arguments naming files a verb reads whose module opens them by path (possibly twice): ``-`` is
+# spooled to a temporary file first. replay and import read ``-`` themselves, as a stream.
+SPOOLED_INPUTS = {"train": ("data", "labels"), "evaluate": ("data", "labels"), "prototypes": ("data", "labels"),
+                  "plot": ("data", "labels")}
+OUTPUTS = {"simulate": ("output", "labels"), "import": ("output",), "evaluate": ("json_out",), "dump": ("output",),
+           "collect": ("output",)}
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="config.yaml (default: built-in defaults)")
+
+def _setup_logging(verb: str) -> None:
+    """netsiam's own loggers at INFO (or $NETSIAM_LOG_LEVEL), everyone else's at WARNING, on stderr."""
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if verb in LONG_RUNNING else "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=fmt)
+    level = os.environ.get("NETSIAM_LOG_LEVEL", "INFO").upper()
+    logging.getLogger("netsiam").setLevel(level if level in logging.getLevelNamesMapping() else logging.INFO)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="netsiam", description="Streaming fault classifier for telecom signalling.")
-    sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
+def _choose_backend() -> None:
+    """KERAS_BACKEND=torch on a host with PyTorch and no TensorFlow (``pip install netsiam[torch]``),
+    unless the operator chose a backend. Looks up the packages without importing them."""
+    if "KERAS_BACKEND" in os.environ or sys.modules.get("tensorflow") is not None:
+        return
+    if not _installed("tensorflow") and _installed("torch"):
+        os.environ["KERAS_BACKEND"] = "torch"
 
-    p = sub.add_parser("simulate", help="write a synthetic signalling trace + labels with injected faults")
-    _common(p)
-    p.add_argument("--sources", type=int, default=8)
-    p.add_argument("--minutes", type=float, default=30.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--faults", default=None,
-                   help="comma-separated fault kinds to inject (default: blocked,capacity_limit)")
-    p.add_argument("--min-load", type=float, default=None, help="lowest base offered load, calls/s")
-    p.add_argument("--max-load", type=float, default=None, help="highest base offered load, calls/s")
-    p.add_argument("-o", "--output", required=True, help="trace JSONL to write")
-    p.add_argument("--labels", required=True, help="labels CSV to write")
-    p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("import", help="convert SIPp statistics or a SIP capture into records")
-    isub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
-    q = isub.add_parser("sipp", help="SIPp -trace_stat CSV files")
-    _common(q)
-    q.add_argument("files", nargs="+")
-    q.add_argument("--source", required=True)
-    q.add_argument("-o", "--output", required=True)
-    q = isub.add_parser("pcap", help="a SIP capture (pcap/pcapng), via tshark")
-    _common(q)
-    q.add_argument("file")
-    q.add_argument("-o", "--output", required=True)
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
-    p = sub.add_parser("train", help="trace(s) + labels -> model artifact")
-    _common(p)
-    p.add_argument("--data", action="append", required=True, help="trace JSONL (repeatable)")
-    p.add_argument("--labels", action="append", required=True, help="labels CSV (repeatable)")
-    p.add_argument("-o", "--output", required=True, help="artifact directory to write")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--loss", choices=["triplet", "lossless"], default=None)
-    p.add_argument("--exclude-label", action="append", default=[],
-                   help="leave this class out of training (to test novelty); repeatable")
-    p.add_argument("--logdir", default=None, help="TensorBoard log directory (default: ARTIFACT/logs)")
-    p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("evaluate", help="artifact + trace + labels -> report")
-    _common(p)
-    p.add_argument("--model", default=None, help="artifact directory (default: the shipped model)")
-    p.add_argument("--data", action="append", required=True)
-    p.add_argument("--labels", action="append", required=True)
-    p.add_argument("--json", dest="json_out", default=None, help="write the report as JSON here")
-    p.add_argument("--plots", default=None, help="write PNG plots into this directory")
-    p.add_argument("--novel", action="append", default=[],
-                   help="label that the model never saw (report how often it is 'unknown'); repeatable")
+class _TextToStderr(io.TextIOBase):
+    """``sys.stdout`` while a verb writes its data to stdout (``-o -``): its printed messages go to
+    stderr, the data (written as bytes to ``.buffer``) stays alone on stdout."""
 
-    p = sub.add_parser("prototypes", help="add/list/remove classes without retraining")
-    psub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    q = psub.add_parser("add", help="add (or replace) a class from a few labelled windows")
-    _common(q)
-    q.add_argument("--model", required=True)
-    q.add_argument("--name", required=True)
-    q.add_argument("--data", action="append", required=True)
-    q.add_argument("--labels", action="append", required=True)
-    q.add_argument("--label", default=None, help="label in the labels file to take (default: --name)")
-    q.add_argument("--max-examples", type=int, default=None, help="use at most this many windows")
-    q = psub.add_parser("list", help="list classes")
-    _common(q)
-    q.add_argument("--model", required=True)
-    q = psub.add_parser("remove", help="remove a class")
-    _common(q)
-    q.add_argument("--model", required=True)
-    q.add_argument("--name", required=True)
+    def __init__(self, real: Any) -> None:
+        self.buffer = real.buffer
 
-    p = sub.add_parser("replay", help="publish a trace to Kafka")
-    _common(p)
-    p.add_argument("trace")
-    p.add_argument("--bootstrap", required=True, help="HOST:PORT")
-    p.add_argument("--topic", default=None)
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--speed", type=float, help="recorded pace x SPEED")
-    g.add_argument("--max", action="store_true", help="as fast as possible")
-    p.add_argument("--quiet", action="store_true")
+    def write(self, s: str) -> int:
+        return sys.stderr.write(s)
 
-    p = sub.add_parser("detect", help="run the daemon")
-    _common(p)
-    p.add_argument("--bootstrap", default=None, help="HOST:PORT (overrides kafka.bootstrap_servers)")
-    p.add_argument("--model", default=None, help="artifact directory (overrides detector.model)")
-    p.add_argument("--metrics-port", type=int, default=None)
-    p.add_argument("--group", default=None, help="consumer group (overrides kafka.group_id)")
+    def flush(self) -> None:
+        sys.stderr.flush()
+        self.buffer.flush()
 
-    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (foreground)")
-    _common(p)
-    p.add_argument("--port", type=int, default=9092)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--cert", default=None,
-                   help="PEM certificate: serve TLS on --port (clients: kafka.security_protocol SSL, "
-                        "ssl_cafile naming this certificate or its CA)")
-    p.add_argument("--key", default=None, help="PEM private key of --cert (not needed if --cert holds it)")
-    p.add_argument("--no-topics", action="store_true", help="do not create the configured topics")
+    def writable(self) -> bool:
+        return True
 
-    p = sub.add_parser("plot", help="embedding scatter / training animation / dashboard picture")
-    _common(p)
-    p.add_argument("what", nargs="?", default="embedding", choices=["embedding", "animate", "dashboard"])
-    p.add_argument("--model", default=None)
-    p.add_argument("--data", action="append", default=[])
-    p.add_argument("--labels", action="append", default=[])
-    p.add_argument("--animate", action="store_true", help="same as `plot animate`")
-    p.add_argument("--prometheus", default="http://127.0.0.1:9090", help="for `plot dashboard`")
-    p.add_argument("--source", default=None, help="for `plot dashboard`: one source (default: all)")
-    p.add_argument("--range", default="1h", help="for `plot dashboard`: time range, e.g. 15m, 1h")
-    p.add_argument("-o", "--output", required=True)
-    add_collect_parsers(sub, _common)
-    return ap
+
+@contextmanager
+def _stdio(args: Any) -> Iterator[None]:
+    """``-`` arguments: spool stdin for verbs that open their inputs by path; keep stdout for data."""
+    with ExitStack() as stack:
+        names = SPOOLED_INPUTS.get(args.verb, ())
+        dashes = [(n, i) for n in names for i, v in enumerate(getattr(args, n, None) or []) if v == "-"]
+        if len(dashes) > 1:
+            raise UsageError("only one input can be read from stdin (-)")
+        if dashes:
+            name, i = dashes[0]
+            tmp = stack.enter_context(tempfile.NamedTemporaryFile(prefix="netsiam-stdin-", suffix=".txt"))
+            shutil.copyfileobj(sys.stdin.buffer, tmp)
+            tmp.flush()
+            getattr(args, name)[i] = tmp.name
+        if any(getattr(args, n, None) == "-" for n in OUTPUTS.get(args.verb, ())):
+            real = sys.stdout
+            sys.stdout = _TextToStderr(real)
+            stack.callback(setattr, sys, "stdout", real)
+        yield
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)   # a usage error exits 2 here (argparse)
+    _choose_backend()
+    quiet.install()                          # before anything can import TensorFlow
+    _setup_logging(args.verb)
     try:
-        cfg: Config = load_config(args.config if getattr(args, "config", None) else None)
+        from netsiam.settings import resolve_config
+
+        cfg, choice = resolve_config(getattr(args, "config", None))
+        log.info("%s", choice.describe())
         module_name, func_name = HANDLERS[args.verb].split(":")
         handler = getattr(importlib.import_module(module_name), func_name)
-        return int(handler(args, cfg) or 0)
+        with _stdio(args):
+            return int(handler(args, cfg) or 0)
     except NetsiamError as e:
-        print(f"netsiam {args.verb}: error: {e}", file=sys.stderr)
-        return 2
+        _error(args.verb, str(e))
+        return e.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        _error(args.verb, str(e))   # a file named on the command line or in the config
+        return EXIT_DATA
     except (OSError, MemoryError) as e:
-        print(f"netsiam {args.verb}: error: {e}", file=sys.stderr)
-        return 2
+        _error(args.verb, str(e))   # e.g. a port in use, a full disk: the host, not the input
+        return EXIT_RUNTIME
     except Exception as e:  # noqa: BLE001 - one line for users; NETSIAM_DEBUG=1 shows the traceback
         if os.environ.get("NETSIAM_DEBUG"):
             raise
-        print(f"netsiam {args.verb}: internal error: {type(e).__name__}: {e} (NETSIAM_DEBUG=1 for details)",
-              file=sys.stderr)
-        return 1
+        _error(args.verb, f"internal error: {type(e).__name__}: {e} (NETSIAM_DEBUG=1 for details)", prefix=False)
+        return EXIT_RUNTIME
+
+
+def _error(verb: str, message: str, prefix: bool = True) -> None:
+    print(f"netsiam {verb}: {'error: ' if prefix else ''}{message}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from netsiam.errors import NetsiamError
+from netsiam.errors import ConfigError
 from netsiam.features import DEFAULT_FEATURES, FEATURES
 
 __all__ = [
@@ -27,12 +27,14 @@ __all__ = [
     "MetricsConfig",
     "ModelConfig",
     "PrototypeConfig",
+    "SECRET_KEYS",
     "TopicsConfig",
     "TrainingConfig",
     "WindowConfig",
     "from_dict",
     "load_config",
     "override",
+    "read_config_data",
 ]
 
 
@@ -138,6 +140,7 @@ class DetectorConfig:
     debounce: DebounceConfig = field(default_factory=DebounceConfig)
     batch_max: int = 1024
     batch_wait_ms: int = 50
+    silent_after_s: float = 30.0
     idle_evict_s: float = 900.0
     max_sources: int = 100_000
     max_record_bytes: int = 65_536
@@ -148,6 +151,10 @@ class DetectorConfig:
         _check(self.batch_max >= 1, "detector.batch_max", "must be >= 1")
         _check(self.batch_wait_ms >= 0, "detector.batch_wait_ms", "must be >= 0")
         _check(self.max_sources >= 1, "detector.max_sources", "must be >= 1")
+        _check(self.idle_evict_s > 0, "detector.idle_evict_s", "must be > 0")
+        # silence must be noticed before the source's state (and its fault) is dropped
+        _check(self.silent_after_s == 0 or 0 < self.silent_after_s < self.idle_evict_s, "detector.silent_after_s",
+               "must be 0 (off) or in (0, idle_evict_s)")
 
 
 @dataclass(frozen=True)
@@ -158,18 +165,32 @@ class TopicsConfig:
     samples_partitions: int = 4
 
 
+# kafka-python's security options, each reachable from config.yaml (netsiam/kafka_io.py passes them
+# through). ssl_context is not: the ssl_* keys are what kafka-python builds one from.
+SECRET_KEYS = ("sasl_password", "ssl_password")
+
+
 @dataclass(frozen=True)
 class KafkaConfig:
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "netsiam-detector"
     client_id: str = "netsiam"
+    auto_offset_reset: str = "earliest"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""
     sasl_password: str = ""
+    sasl_kerberos_name: str = ""
+    sasl_kerberos_service_name: str = "kafka"
+    sasl_kerberos_domain_name: str = ""
+    sasl_oauth_token_provider: str = ""
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
+    ssl_password: str = ""
+    ssl_crlfile: str = ""
+    ssl_ciphers: str = ""
+    ssl_check_hostname: bool = True
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     max_poll_records: int = 2000
@@ -178,8 +199,12 @@ class KafkaConfig:
     def __post_init__(self) -> None:
         _check(self.security_protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
                "kafka.security_protocol", "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        _check(self.auto_offset_reset in ("earliest", "latest"), "kafka.auto_offset_reset",
+               "must be earliest or latest")
+        _check(self.sasl_oauth_token_provider == "" or ":" in self.sasl_oauth_token_provider,
+               "kafka.sasl_oauth_token_provider", "must be module:attribute")
 
-    def __repr__(self) -> str:  # never print the password
+    def __repr__(self) -> str:  # never print the passwords
         return f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, group_id={self.group_id!r}, ...)"
 
 
@@ -207,7 +232,8 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["kafka"]["sasl_password"] = "***" if self.kafka.sasl_password else ""
+        for key in SECRET_KEYS:
+            d["kafka"][key] = "***" if getattr(self.kafka, key) else ""
         return _lists(d)
 
 
@@ -221,7 +247,7 @@ def _lists(obj: Any) -> Any:
 
 def _check(ok: bool, key: str, why: str) -> None:
     if not ok:
-        raise NetsiamError(f"config {key}: {why}")
+        raise ConfigError(f"config {key}: {why}")
 
 
 T = TypeVar("T")
@@ -232,28 +258,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise NetsiamError(f"config {key}: expected a mapping, got {type(value).__name__}")
+            raise ConfigError(f"config {key}: expected a mapping, got {type(value).__name__}")
         return from_dict(tp, value, prefix=key + ".")  # type: ignore[arg-type]
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
-            raise NetsiamError(f"config {key}: expected a list, got {type(value).__name__}")
+            raise ConfigError(f"config {key}: expected a list, got {type(value).__name__}")
         return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         for alt in typing.get_args(tp):
             try:
                 return _coerce(value, alt, key)
-            except NetsiamError:
+            except ConfigError:
                 continue
-        raise NetsiamError(f"config {key}: {value!r} does not match {tp}")
+        raise ConfigError(f"config {key}: {value!r} does not match {tp}")
     if tp is type(None):
         if value is None:
             return None
-        raise NetsiamError(f"config {key}: expected null")
+        raise ConfigError(f"config {key}: expected null")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
-        raise NetsiamError(f"config {key}: expected {tp.__name__}, got {type(value).__name__} ({value!r})")
+        raise ConfigError(f"config {key}: expected {tp.__name__}, got {type(value).__name__} ({value!r})")
     return value
 
 
@@ -263,25 +289,35 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise NetsiamError(f"config: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"config: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
 
 
-def load_config(path: str | Path | None) -> Config:
-    """Load ``config.yaml``; ``None`` gives the built-in defaults (the same values config.yaml lists)."""
-    if path is None:
-        return Config()
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """The mapping a config file holds (not yet validated: :func:`from_dict` does that)."""
     p = Path(path)
     if not p.is_file():
-        raise NetsiamError(f"config file not found: {p}")
+        raise ConfigError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise NetsiamError(f"config {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"config {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config {p}: cannot read it ({e})") from None
     if not isinstance(data, dict):
-        raise NetsiamError(f"config {p}: top level must be a mapping")
-    return from_dict(Config, data)
+        raise ConfigError(f"config {p}: top level must be a mapping")
+    return data
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load ``config.yaml``; ``None`` gives the built-in defaults (the same values config.yaml lists).
+
+    This reads one file only; the CLI's lookup order and environment overrides are in
+    :mod:`netsiam.settings`."""
+    if path is None:
+        return Config()
+    return from_dict(Config, read_config_data(path))
 
 
 def override(cfg: T, dotted: dict[str, Any]) -> T:

@@ -66,6 +66,13 @@ class FaultTracker:
         tracker fed the windows from here on makes the same transitions (a replay may start here)."""
         return self._normal_streak >= self._cfg.clear_m and not self._aftermath
 
+    def release(self, window_end: float) -> list[Transition]:
+        """Start over as a new tracker; a fault still active ends with its ``cleared`` at ``window_end``
+        (the daemon stops judging the source: it went silent, or its state is dropped)."""
+        out = [Transition("cleared", self._active, self._started_at, window_end)] if self._active else []
+        self.__init__(self._cfg)  # type: ignore[misc]
+        return out
+
     def _named_majority(self) -> str | None:
         """The named class holding raise_k of the last raise_n windows (ties: most recent)."""
         counts = Counter(c for c, _ in self._recent if c not in (NORMAL, UNKNOWN))

@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 
 from netsiam.config import KafkaConfig
-from netsiam.errors import NetsiamError
+from netsiam.errors import ConfigError
 
 __all__ = ["FETCH_MAX_WAIT_MS", "client_kwargs", "consumer_kwargs", "producer_kwargs", "quiet_kafka_logs"]
 
@@ -25,7 +26,7 @@ def client_kwargs(kcfg: KafkaConfig, bootstrap: str | None = None) -> dict[str, 
     """Connection and security settings common to every kafka-python client (never logged)."""
     servers = [s.strip() for s in (bootstrap or kcfg.bootstrap_servers).split(",") if s.strip()]
     if not servers:
-        raise NetsiamError("kafka.bootstrap_servers is empty")
+        raise ConfigError("kafka.bootstrap_servers is empty")
     kw: dict[str, Any] = {
         "bootstrap_servers": servers,
         "client_id": kcfg.client_id,
@@ -36,16 +37,42 @@ def client_kwargs(kcfg: KafkaConfig, bootstrap: str | None = None) -> dict[str, 
     }
     if kcfg.security_protocol.startswith("SASL"):
         if not kcfg.sasl_mechanism:
-            raise NetsiamError(f"kafka.sasl_mechanism is required with {kcfg.security_protocol}")
+            raise ConfigError(f"kafka.sasl_mechanism is required with {kcfg.security_protocol}")
         kw["sasl_mechanism"] = kcfg.sasl_mechanism
         # kafka-python names these "plain" but uses them for SCRAM too
         kw["sasl_plain_username"] = kcfg.sasl_username or None
         kw["sasl_plain_password"] = kcfg.sasl_password or None
-    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        for key in ("sasl_kerberos_name", "sasl_kerberos_service_name", "sasl_kerberos_domain_name"):
+            if getattr(kcfg, key):
+                kw[key] = getattr(kcfg, key)
+        if kcfg.sasl_oauth_token_provider:
+            kw["sasl_oauth_token_provider"] = _import_provider(kcfg.sasl_oauth_token_provider)
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_crlfile", "ssl_ciphers"):
         value = getattr(kcfg, key)
         if value:
             kw[key] = value
+    if not kcfg.ssl_check_hostname:  # only when turned off: kafka-python's default is to check
+        kw["ssl_check_hostname"] = False
     return kw
+
+
+def _import_provider(spec: str) -> Any:
+    """``module:attribute`` -> a kafka-python OAuth token provider (an instance, or a class or factory
+    called without arguments): an object cannot be written in YAML, its import path can."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"kafka.sasl_oauth_token_provider: cannot import {spec}: {e}") from None
+    from kafka.net.sasl.oauth import AbstractTokenProvider
+
+    if isinstance(obj, AbstractTokenProvider):
+        return obj
+    if callable(obj):
+        obj = obj()
+    if not isinstance(obj, AbstractTokenProvider):
+        raise ConfigError(f"kafka.sasl_oauth_token_provider: {spec} is not a kafka.net.sasl.oauth.AbstractTokenProvider")
+    return obj
 
 
 def consumer_kwargs(kcfg: KafkaConfig, bootstrap: str | None, group_id: str | None) -> dict[str, Any]:
@@ -53,7 +80,9 @@ def consumer_kwargs(kcfg: KafkaConfig, bootstrap: str | None, group_id: str | No
         **client_kwargs(kcfg, bootstrap),
         "group_id": group_id,
         "enable_auto_commit": False,            # commits follow the producer's acks (detector/offsets.py)
-        "auto_offset_reset": "earliest",        # a new group reads the whole topic: nothing is skipped
+        # earliest (default): a new group reads the whole topic, nothing is skipped; latest: only what
+        # arrives from now on (detector/offsets.py seeks the same way when no offset is committed)
+        "auto_offset_reset": kcfg.auto_offset_reset,
         "session_timeout_ms": kcfg.session_timeout_ms,
         "heartbeat_interval_ms": kcfg.heartbeat_interval_ms,
         "max_poll_records": kcfg.max_poll_records,

@@ -12,16 +12,15 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from netsiam.config import Config, KafkaConfig
-from netsiam.errors import NetsiamError
+from netsiam.errors import ServiceError, UsageError
 from netsiam.kafka_io import producer_kwargs, quiet_kafka_logs
 from netsiam.schemas.timeparse import parse_ts
-from netsiam.traceio import read_trace
+from netsiam.traceio import STDIO, read_trace
 
 __all__ = ["ReplayStats", "cli_replay", "key_and_ts", "replay_lines"]
 
@@ -63,13 +62,13 @@ def replay_lines(lines: Iterable[bytes], bootstrap: str, topic: str, *, speed: f
     from tqdm import tqdm
 
     if speed is not None and not speed > 0:
-        raise NetsiamError(f"--speed must be > 0, got {speed}")
+        raise UsageError(f"--speed must be > 0, got {speed}")
     quiet_kafka_logs()
     try:
         producer = KafkaProducer(**producer_kwargs(kafka or KafkaConfig(), bootstrap,
                                                    linger_ms=20 if speed is None else 2))
     except KafkaError as e:
-        raise NetsiamError(f"cannot reach the broker at {bootstrap}: {e}") from None
+        raise ServiceError(f"cannot reach the broker at {bootstrap}: {e}") from None
     failed = 0
     first_error: list[str] = []
 
@@ -109,16 +108,20 @@ def replay_lines(lines: Iterable[bytes], bootstrap: str, topic: str, *, speed: f
     return ReplayStats(sent - failed, failed, time.monotonic() - t0, first_error[0] if first_error else "")
 
 
-def _count_lines(path: Path) -> int:
+def _count_lines(path: str) -> int:
     return sum(1 for _ in read_trace(path))
 
 
 def cli_replay(args: Any, cfg: Config) -> int:
-    """``netsiam replay TRACE --bootstrap H:P [--topic T] (--speed X | --max) [--quiet]``."""
-    path = Path(args.trace)
+    """``netsiam replay TRACE|- [--bootstrap H:P] [--topic T] (--speed X | --max) [--quiet]``.
+
+    The broker and every client setting (TLS, SASL) come from ``kafka.*``; ``--bootstrap`` overrides
+    only the address."""
+    bootstrap = args.bootstrap or cfg.kafka.bootstrap_servers
     topic = args.topic or cfg.kafka.topics.samples
-    total = None if args.quiet else _count_lines(path)
-    stats = replay_lines((line for _, line in read_trace(path)), args.bootstrap, topic,
+    # the progress bar's total needs a first pass over the file: not for stdin, nor when quiet
+    total = None if args.quiet or args.trace == STDIO else _count_lines(args.trace)
+    stats = replay_lines((line for _, line in read_trace(args.trace)), bootstrap, topic,
                          speed=None if args.max else args.speed, kafka=cfg.kafka,
                          progress=not args.quiet, total=total)
     print(f"replay: sent {stats.sent} records to {topic} in {stats.seconds:.2f} s ({stats.rate:,.0f} records/s)"

@@ -2,6 +2,7 @@
 
 A record is ``{"source": str, "ts": float, "metrics": {name: number}}`` (schemas/record.schema.json).
 Labels are ``source,start,end,label`` rows; time not covered by a row is ``normal``.
+A path of ``-`` reads standard input or writes standard output.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import orjson
 from netsiam.errors import NetsiamError
 
 __all__ = [
+    "STDIO",
     "LabelInterval",
     "Record",
     "atomic_write_bytes",
@@ -30,6 +33,7 @@ __all__ = [
 ]
 
 LABEL_FIELDS = ("source", "start", "end", "label")
+STDIO = "-"  # as a path: standard input when read, standard output when written
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +55,18 @@ class LabelInterval:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write a file so readers see the old or the new content, never a torn one."""
+    """Write a file so readers see the old or the new content, never a torn one (``-``: stdout)."""
+    if os.fspath(path) == STDIO:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
     path = Path(path)
+    if path.exists() and not path.is_file():
+        # /dev/null, a FIFO, /dev/stdout: written into, never replaced (a rename would put a regular
+        # file in place of the device node)
+        with path.open("wb") as f:
+            f.write(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     umask = os.umask(0)
@@ -84,14 +98,21 @@ def write_trace(path: str | os.PathLike[str], records: Iterable[Record | dict[st
 
 def read_trace(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
     """Yield (line number, raw bytes) of each non-empty line; decoding is the schema module's job."""
+    if os.fspath(path) == STDIO:
+        yield from _lines(sys.stdin.buffer)
+        return
     p = Path(path)
     if not p.is_file():
         raise NetsiamError(f"trace file not found: {p}")
     with p.open("rb") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.strip()
-            if line:
-                yield lineno, line
+        yield from _lines(f)
+
+
+def _lines(f: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    for lineno, line in enumerate(f, start=1):
+        line = line.strip()
+        if line:
+            yield lineno, line
 
 
 def write_labels(path: str | os.PathLike[str], intervals: Iterable[LabelInterval]) -> int:
@@ -108,13 +129,19 @@ def write_labels(path: str | os.PathLike[str], intervals: Iterable[LabelInterval
 
 def read_labels(path: str | os.PathLike[str]) -> list[LabelInterval]:
     """Read and validate a labels CSV (see schemas.labels for the row rules)."""
-    from netsiam.schemas.labels import parse_label_row
-
+    if os.fspath(path) == STDIO:
+        return _labels(io.TextIOWrapper(sys.stdin.buffer, newline="", encoding="utf-8"), "<stdin>")
     p = Path(path)
     if not p.is_file():
         raise NetsiamError(f"labels file not found: {p}")
     with p.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or [h.strip() for h in reader.fieldnames] != list(LABEL_FIELDS):
-            raise NetsiamError(f"{p}: not a labels CSV (header must be {','.join(LABEL_FIELDS)})")
-        return [parse_label_row(row, where=f"{p}:{i}") for i, row in enumerate(reader, start=2)]
+        return _labels(f, str(p))
+
+
+def _labels(f: Iterable[str], name: str) -> list[LabelInterval]:
+    from netsiam.schemas.labels import parse_label_row
+
+    reader = csv.DictReader(f)
+    if reader.fieldnames is None or [h.strip() for h in reader.fieldnames] != list(LABEL_FIELDS):
+        raise NetsiamError(f"{name}: not a labels CSV (header must be {','.join(LABEL_FIELDS)})")
+    return [parse_label_row(row, where=f"{name}:{i}") for i, row in enumerate(reader, start=2)]

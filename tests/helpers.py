@@ -250,7 +250,9 @@ def make_config(broker: Any, topics: TopicsConfig, group: str | None = None, **d
     return Config(
         kafka=KafkaConfig(bootstrap_servers=broker.bootstrap, group_id=group or unique("g"), topics=topics,
                           session_timeout_ms=6000, heartbeat_interval_ms=1000),
-        detector=DetectorConfig(**{"batch_wait_ms": 20, "reload_poll_s": 0.2, **detector}),
+        # silent_after_s: 10 min, so that a test comparing the daemon with an offline run never waits long
+        # enough for the wall clock to make its sources silent (the offline run has no wall clock)
+        detector=DetectorConfig(**{"batch_wait_ms": 20, "reload_poll_s": 0.2, "silent_after_s": 600.0, **detector}),
         metrics=MetricsConfig(port=0),
     )
 
@@ -265,6 +267,20 @@ def write_config(path: Path, cfg: Config) -> Path:
 
 
 # -- Kafka helpers --------------------------------------------------------------------------------------
+def _static_token_provider() -> Any:
+    from kafka.net.sasl.oauth import AbstractTokenProvider
+
+    class StaticTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
+        """kafka.sasl_oauth_token_provider in tests: ``helpers:StaticTokenProvider``."""
+
+        def token(self) -> str:
+            return "t0k3n"
+
+    return StaticTokenProvider
+
+
+StaticTokenProvider = _static_token_provider()
+
 class Msg(NamedTuple):
     """A consumed Kafka record as the pipeline reads it (kafka-python's ConsumerRecord, minus the rest)."""
 

@@ -63,7 +63,7 @@ def test_episodes_clip_and_pair() -> None:
 
 def test_dump_errors_are_one_line(broker: Any, tmp_path: Path) -> None:
     r = dump("--bootstrap", broker.bootstrap, "--topic", "no-such-topic-here", "-o", str(tmp_path / "t.jsonl"))
-    assert r.returncode == 2 and "topic no-such-topic-here does not exist" in r.stderr
+    assert r.returncode == 3 and "topic no-such-topic-here does not exist" in r.stderr
     r = dump("--bootstrap", broker.bootstrap, "--from", "yesterday", "-o", str(tmp_path / "t.jsonl"))
     assert r.returncode == 2 and "bad time 'yesterday'" in r.stderr
 

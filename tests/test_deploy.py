@@ -39,7 +39,7 @@ from helpers import needs_systemd_analyze, unit_directives
 
 from netsiam.dashboard.cli import main as dashboard_main
 from netsiam.dashboard.grafana import grafana_json
-from netsiam.dashboard.panels import DASHBOARD_UID, DETECTOR_JOB, PANELS, VARIABLES
+from netsiam.dashboard.panels import ANNOTATIONS, DASHBOARD_UID, DETECTOR_JOB, PANELS, VARIABLES
 from netsiam.dashboard.picture import cli_plot_dashboard, render_dashboard
 from netsiam.dashboard.prometheus import expand, fetch_panels
 from netsiam.dashboard.prometheus import scrape_interval as prometheus_scrape_interval
@@ -65,6 +65,7 @@ needs_prometheus = pytest.mark.skipif(PROMETHEUS is None,
 REQUIRED_ALERTS = {
     "NetsiamFaultActive", "NetsiamDetectorDown", "NetsiamConsumerLagGrowing", "NetsiamDeadLetterRateHigh",
     "NetsiamModelReloadFailing", "NetsiamRecordToEventLatencyHigh", "NetsiamBrokerUnreachable",
+    "NetsiamMassFault", "NetsiamInputStalled",
 }
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
                 "unless", "offset", "inf", "nan", "atan2"}
@@ -80,7 +81,18 @@ TARGET_LABELS = {"job", "instance"}
 def metric_catalogue() -> dict[str, set[str]]:
     """Exported series name -> label names, parsed from detector/metrics.py (no import needed)."""
     out: dict[str, set[str]] = {}
-    for node in ast.walk(ast.parse(METRICS_PY.read_text())):
+    tree = ast.parse(METRICS_PY.read_text())
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        # a custom collector: NAME = "..." and GaugeMetricFamily(..., labels=[...]) read at scrape time
+        names = [a.value.value for a in cls.body if isinstance(a, ast.Assign) and isinstance(a.value, ast.Constant)
+                 and any(isinstance(t, ast.Name) and t.id == "NAME" for t in a.targets)]
+        fams = [c for c in ast.walk(cls) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
+                and c.func.id == "GaugeMetricFamily"]
+        if names and fams:
+            labels_kw = next(k.value for k in fams[0].keywords if k.arg == "labels")
+            assert isinstance(labels_kw, ast.List)
+            out[names[0]] = {e.value for e in labels_kw.elts if isinstance(e, ast.Constant)}
+    for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
             continue
         kind = node.func.id
@@ -287,7 +299,8 @@ class LocalPrometheus:
 
 
 def all_panel_exprs() -> list[tuple[str, str]]:
-    return [(p.title, t.expr) for p in PANELS for t in p.targets]
+    """Every query of the dashboard: panels and annotations."""
+    return [(p.title, t.expr) for p in PANELS for t in p.targets] + [(a.name, a.expr) for a in ANNOTATIONS]
 
 
 def rule_exprs() -> list[tuple[str, str]]:
@@ -454,7 +467,13 @@ def test_grafana_dashboard_structure() -> None:
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["DS_PROMETHEUS"]["type"] == "datasource" and variables["DS_PROMETHEUS"]["query"] == "prometheus"
     assert variables["source"]["type"] == "query"
-    assert variables["source"]["definition"] == "label_values(netsiam_fault_active, source)"
+    # every tracked source, faulted or not: a bounded series the daemon always exports
+    assert variables["source"]["definition"] == "label_values(netsiam_source_last_record_timestamp_seconds, source)"
+    assert "netsiam_source_last_record_timestamp_seconds" in metric_catalogue()
+    notes = [a for a in dash["annotations"]["list"] if not a.get("builtIn")]
+    assert [a["expr"] for a in notes] == [a.expr for a in ANNOTATIONS]
+    assert all("netsiam_fault_active" in a["expr"] and "$source" in a["expr"] and a["enable"] for a in notes)
+    assert {"source", "fault"} <= set(notes[0]["tagKeys"].split(","))
     assert variables["source"]["includeAll"] and variables["source"]["allValue"] == ".*"
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)) == len(PANELS)
@@ -515,7 +534,7 @@ def test_catalogue_matches_the_live_registry() -> None:
     from netsiam.detector.metrics import DetectorMetrics
 
     reg = CollectorRegistry()
-    DetectorMetrics(reg)
+    DetectorMetrics(reg).track_sources(lambda: [("sbc-1", 1795384000.0)])
     catalogue = metric_catalogue()
     families = list(reg.collect())
     suffix = {"counter": "_total", "histogram": "_bucket", "gauge": "", "summary": "_sum"}
@@ -599,6 +618,7 @@ class SyntheticDetector:
         m.model_loaded.set(time.time() - 300)
         m.broker_up.set(1)
         m.sources_tracked.set(3)
+        m.track_sources(lambda: [(f"sbc-{i}", time.time() - i) for i in (1, 2, 3)])
         m.fault_active.labels(source="sbc-1", fault="blocked").set(1)
         m.fault_active.labels(source="sbc-2", fault="capacity_limit").set(1)
         m.active_faults.labels(fault="blocked").set(1)
@@ -655,6 +675,10 @@ def test_render_dashboard_against_real_prometheus(tmp_path: Path) -> None:
             assert timeline == {"sbc-1 blocked", "sbc-2 capacity_limit"}
             version = [s.name(t.legend) for t, s in by_key["model_version"].series]
             assert version == ["2026.11.22-abc123"]
+            # $source lists every tracked source, sbc-3 (no fault) too
+            (_, query, _), = [v for v in VARIABLES if v[0] == "source"]
+            metric = re.fullmatch(r"label_values\((\w+), source\)", query).group(1)  # type: ignore[union-attr]
+            assert prom.api("/api/v1/label/source/values", **{"match[]": metric})["data"] == ["sbc-1", "sbc-2", "sbc-3"]
             only = fetch_panels(prom.url, source="sbc-1", range_s=60, step_s=1, scrape_interval_s=1,
                                 panels=[PANELS[0]])
             assert only[0].series and only[0].series[0][1].values[-1] == 1.0  # one active fault on sbc-1

@@ -214,26 +214,56 @@ def noisy(model: Model) -> NoisyArtifact:
     return NoisyArtifact(model.head, protos, model.window, "noisy-1")
 
 
-@pytest.mark.parametrize("cut", [0.17, 0.46, 0.71])
+T0 = 1795384000.0      # the labelled test trace's first ts
+QUIET_GAP = (250.0, 330.0)  # sbc-1 sends nothing here (normal time): silent, then back
+GONE_AT = 440.0             # sbc-5 sends nothing from here on (inside a blocked episode): silent, then forgotten
+SHORT_GAP = (650.0, 670.0)  # sbc-2: 20 s, shorter than silent_after_s: not silent
+IDLE_S = 300.0
+
+
+def gapped(lines: Sequence[bytes]) -> list[bytes]:
+    """The labelled trace with sources going quiet: a gap, a departure, a gap too short to matter."""
+    out = []
+    for b in lines:
+        r = orjson.loads(b)
+        t = r["ts"] - T0
+        if ((r["source"] == "sbc-1" and QUIET_GAP[0] <= t < QUIET_GAP[1]) or (r["source"] == "sbc-5" and t >= GONE_AT)
+                or (r["source"] == "sbc-2" and SHORT_GAP[0] <= t < SHORT_GAP[1])):
+            continue
+        out.append(b)
+    return out
+
+
+def silent_cfg(**debounce: int) -> Config:
+    return override(Config(), {"detector.idle_evict_s": IDLE_S,
+                               **{f"detector.debounce.{k}": v for k, v in debounce.items()}})
+
+
+@pytest.mark.parametrize("cut", [0.17, 0.25, 0.46, 0.71])
 @pytest.mark.parametrize("pipelined", [False, True])
-@pytest.mark.parametrize("kind", ["clean", "noisy"])
+@pytest.mark.parametrize("kind", ["clean", "noisy", "silent"])
 def test_restart_from_markers_reproduces_every_event(model: Model, trace: Any, cut: float, pipelined: bool,
                                                      kind: str) -> None:
     """Crash after a commit, restart from the stored markers: the union of both runs' events equals
-    an uninterrupted run, and the replayed ones carry the same ids (the restart rule)."""
+    an uninterrupted run, and the replayed ones carry the same ids (the restart rule). ``silent``:
+    sources go quiet and come back, or leave and are forgotten (markers between the windows)."""
     lines, _ = trace
-    parts = partitioned(lines, 3)
     # a debounce quick to raise unknown and to switch, so the wobble makes many hard cases to rebuild
-    cfg = override(Config(), {"detector.debounce.raise_n": 3, "detector.debounce.unknown_after": 6,
-                              "detector.debounce.switch_after": 3})
+    hard = {"raise_n": 3, "unknown_after": 6, "switch_after": 3}
+    cfg = silent_cfg(**hard) if kind == "silent" else override(
+        Config(), {f"detector.debounce.{k}": v for k, v in hard.items()})
+    parts = partitioned(gapped(lines) if kind == "silent" else lines, 3)
 
     def art() -> Any:
-        return model.fake() if kind == "clean" else noisy(model)
+        return noisy(model) if kind == "noisy" else model.fake()
 
     full = events(run_all(Pipeline(cfg, art()), parts))
     if kind == "noisy":  # the wobble must actually produce the hard cases
         assert any(e["fault"] == "unknown" for e in full)
         assert len(full) > 20 + len(events(run_all(Pipeline(cfg, model.fake()), parts)))
+    if kind == "silent":  # and the gaps theirs: back from silence, a fault cleared by it, an eviction
+        assert sorted((e["source"], e["state"]) for e in full if e["fault"] == "silent") == [
+            ("sbc-1", "cleared"), ("sbc-1", "raised"), ("sbc-5", "cleared"), ("sbc-5", "raised")]
 
     # run 1: feed a prefix; commit a snapshot (as the daemon does, maybe with a batch still pending)
     p1 = Pipeline(cfg, art())
@@ -333,8 +363,13 @@ def test_idle_sources_reset_by_record_time_and_max_sources_caps_state(model: Mod
     st = p.sources["s249"]
     p.feed((TOPIC, 0), [msg(250, "s249", base + 70)])  # gap > idle_evict_s: a fresh state
     assert p.sources["s249"] is not st and p.sources["s249"].first_offset == 250
-    n = len(p.sources)
-    assert p.evict_idle() == n - 1 and list(p.sources) == ["s249"]  # the rest are > 60 s behind the clock
+    assert list(p.sources) == ["s249"]  # the rest are > 60 s behind that record: forgotten at once
+    embed_all(p)
+    out = [o.event for o in p.take_outbox() if isinstance(o, EventOut)]
+    # each went silent before it was forgotten (the silence raised, then cleared by the eviction)
+    assert {(e.source, e.state) for e in out} == {(f"s{i}", s) for i in range(150, 250) for s in ("raised", "cleared")}
+    assert all(e.fault == "silent" for e in out)
+    assert p.metrics.active_faults.labels(fault="silent")._value.get() == 0
 
 
 def test_swap_artifact_resets_buffers_only_when_windowing_changes(model: Model, trace: Any) -> None:
@@ -351,3 +386,90 @@ def test_swap_artifact_resets_buffers_only_when_windowing_changes(model: Model, 
     assert all(s.buf.last_slot is None for s in p.sources.values())
 
 
+
+
+# -- silence ------------------------------------------------------------------------------------------
+def silent_run(model: Model, lines: Sequence[bytes], cfg: Config) -> tuple[Pipeline, list[dict[str, Any]]]:
+    p = Pipeline(cfg, model.fake())
+    return p, events(run_all(p, partitioned(lines, 3)))
+
+
+def last_ts_before(lines: Sequence[bytes], source: str, t: float) -> float:
+    return max(r["ts"] for r in map(orjson.loads, lines) if r["source"] == source and r["ts"] - T0 < t)
+
+
+def test_a_source_that_stops_sending_is_silent_until_it_sends_again(model: Model, trace: Any) -> None:
+    lines = gapped(trace[0])
+    cfg = silent_cfg()
+    p, evs = silent_run(model, lines, cfg)
+    after = cfg.detector.silent_after_s
+    schema = jsonschema.Draft202012Validator(load_schema("event"))
+    for e in evs:
+        schema.validate({**e, "detected_at": 0.0})
+    silent = [e for e in evs if e["fault"] == "silent"]
+    gap_last = last_ts_before(lines, "sbc-1", QUIET_GAP[0])
+    back = min(r["ts"] for r in map(orjson.loads, lines) if r["source"] == "sbc-1" and r["ts"] - T0 >= QUIET_GAP[1])
+    gone_last = last_ts_before(lines, "sbc-5", GONE_AT)
+    stamps = [(e["source"], e["state"], e["started_at"], e["window_end"]) for e in silent]
+    assert sorted(stamps) == [
+        ("sbc-1", "cleared", gap_last + 1, back),
+        ("sbc-1", "raised", gap_last + 1, gap_last + after),
+        ("sbc-5", "cleared", gone_last + 1, gone_last + IDLE_S),   # forgotten: cleared, never left open
+        ("sbc-5", "raised", gone_last + 1, gone_last + after),
+    ]
+    for e in silent:
+        assert e["embedding"] == [] and e["distances"] == {} and e["distance"] == 0.0
+        assert e["event_id"] == event_id(e["source"], "silent", e["started_at"], e["state"])
+    # sbc-5 went quiet inside a blocked episode: that fault is cleared when the silence is raised
+    five = [(e["state"], e["fault"], e["window_end"]) for e in evs if e["source"] == "sbc-5"]
+    i = five.index(("raised", "silent", gone_last + after))
+    assert five[i - 1] == ("cleared", "blocked", gone_last + after) and five[i + 1:] == [
+        ("cleared", "silent", gone_last + IDLE_S)]
+    assert not [e for e in evs if e["source"] == "sbc-2" and e["fault"] == "silent"]  # 20 s: not silent
+    # nothing is left active for sources that are gone; the gauges agree with the events
+    assert "sbc-5" not in p.sources
+    active: set[tuple[str, str]] = set()
+    for e in evs:  # in the order they were emitted
+        (active.add if e["state"] == "raised" else active.discard)((e["source"], e["fault"]))
+    gauges = {(s.labels["source"], s.labels["fault"]) for fam in p.metrics.fault_active.collect()
+              for s in fam.samples}
+    assert gauges == active and "sbc-5" not in {s for s, _ in gauges}
+    assert p.metrics.active_faults.labels(fault="silent")._value.get() == 0
+
+
+def test_silence_seen_by_the_wall_clock_makes_the_events_records_would(model: Model, trace: Any) -> None:
+    """A partition that receives nothing: the daemon's wall clock raises the silence, with the very
+    events a later record would have raised (same stamps, same ids)."""
+    lines = gapped(trace[0])
+    cfg = silent_cfg()
+    _, full = silent_run(model, lines, cfg)
+    gone_last = last_ts_before(lines, "sbc-5", GONE_AT)
+    parts = partitioned(lines, 3)
+    tp = next(tp for tp, msgs in parts.items() if any(m.key == b"sbc-5" for m in msgs))
+    p = Pipeline(cfg, model.fake())
+    # the stream stops right after sbc-5's last record
+    run_all(p, {t: [m for m in msgs if orjson.loads(m.value)["ts"] <= gone_last] for t, msgs in parts.items()})
+    n = p.silence_partition(tp)
+    assert n == len({m.key for m in parts[tp]})  # every source on it
+    assert p.silence_partition(tp) == 0           # once
+    embed_all(p)
+    wall = {e["event_id"]: e for e in events(p.take_outbox())}
+    rec = {e["event_id"]: e for e in full if e["source"] == "sbc-5" and e["window_end"] == gone_last + 30}
+    assert rec and all(same_event(wall[i], e) for i, e in rec.items())
+
+
+def test_evicting_a_faulted_source_over_max_sources_clears_its_fault(model: Model, trace: Any) -> None:
+    lines, labels = trace
+    iv = next(iv for iv in labels if iv.label == "blocked")
+    inside = [b for b in lines if (r := orjson.loads(b))["source"] == iv.source and r["ts"] < iv.start + 40]
+    cfg = Config(detector=DetectorConfig(max_sources=1))
+    p = Pipeline(cfg, model.fake())
+    run_all(p, {(TOPIC, 0): [Msg(TOPIC, 0, i, 0, None, b) for i, b in enumerate(inside)]})
+    assert p.sources[iv.source].tracker.active == "blocked"
+    other = orjson.dumps({**orjson.loads(inside[-1]), "source": "newcomer"})
+    p.feed((TOPIC, 0), [Msg(TOPIC, 0, len(inside), 0, None, other)])
+    embed_all(p)
+    out = events(p.take_outbox())
+    assert [(e["source"], e["state"], e["fault"]) for e in out] == [(iv.source, "cleared", "blocked")]
+    assert out[0]["window_end"] == orjson.loads(other)["ts"] and list(p.sources) == ["newcomer"]
+    assert not list(p.metrics.fault_active.collect())[0].samples

@@ -11,7 +11,7 @@ from helpers import lstm_encoder, manifest, prototypes_at, small_artifact
 
 from netsiam.cli import main
 from netsiam.config import PrototypeConfig, WindowConfig
-from netsiam.errors import NetsiamError
+from netsiam.errors import EXIT_DATA, NetsiamError
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.classes import KNOWN_LABELS, UNKNOWN
 from netsiam.serving import Prototypes, load_artifact
@@ -262,7 +262,7 @@ def test_cli_errors_are_one_line_and_leave_the_artifact_alone(model_dir: Path, t
         (["list", "--model", str(tmp_path / "no-model")], "not found"),
     ]
     for argv, message in cases:
-        assert main(["prototypes", *argv]) == 2
+        assert main(["prototypes", *argv]) == EXIT_DATA
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert (model_dir / "prototypes.json").read_bytes() == before
@@ -272,7 +272,7 @@ def test_cli_refuses_to_remove_the_last_class(tmp_path: Path, capsys: pytest.Cap
     d = lstm_artifact(tmp_path / "m")
     for name in ("normal", "blocked"):
         assert main(["prototypes", "remove", "--model", str(d), "--name", name]) == 0
-    assert main(["prototypes", "remove", "--model", str(d), "--name", "capacity_limit"]) == 2
+    assert main(["prototypes", "remove", "--model", str(d), "--name", "capacity_limit"]) == EXIT_DATA
     assert "only class" in capsys.readouterr().err
     assert orjson.loads((d / "prototypes.json").read_bytes())["classes"].keys() == {"capacity_limit"}
 

@@ -28,7 +28,7 @@ from types import FrameType, TracebackType
 from typing import IO, Any
 
 from netsiam.config import Config, KafkaConfig, TopicsConfig
-from netsiam.errors import NetsiamError
+from netsiam.errors import NetsiamError, ServiceError, UsageError
 from netsiam.kafka_io import client_kwargs, quiet_kafka_logs
 
 from .tls_front import TlsFront, server_context
@@ -119,7 +119,7 @@ def _ensure_free(host: str, port: int) -> None:
         try:
             s.bind((host or "0.0.0.0", port))
         except OSError as e:
-            raise NetsiamError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+            raise ServiceError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -181,7 +181,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], host: str, port: int, kcfg: Kafka
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             detail = _tail(log_path) or "see its output above"
-            raise NetsiamError(f"broker exited with status {proc.returncode} before it was ready ({detail})")
+            raise ServiceError(f"broker exited with status {proc.returncode} before it was ready ({detail})")
         if _port_open("127.0.0.1" if tls else probe, inner or port):
             try:
                 with _admin(f"{probe}:{port}", kcfg, timeout_ms=2000) as admin:
@@ -192,7 +192,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], host: str, port: int, kcfg: Kafka
                 if tls:
                     last += f" (over TLS: is the certificate valid for {probe}?)"
         time.sleep(0.05)
-    raise NetsiamError(f"broker on {host}:{port} not ready in time ({last})")
+    raise ServiceError(f"broker on {host}:{port} not ready in time ({last})")
 
 
 def start_broker(
@@ -214,7 +214,7 @@ def start_broker(
     """
     quiet_kafka_logs()
     if key and not cert:
-        raise NetsiamError("--key needs --cert (the certificate, PEM)")
+        raise UsageError("--key needs --cert (the certificate, PEM)")
     tls = server_context(cert, key) if cert else None  # a bad certificate or key fails here, clearly
     if port == 0:
         port = free_port("127.0.0.1" if host in ("0.0.0.0", "") else host)
@@ -245,7 +245,7 @@ def start_broker(
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
     except OSError as e:
-        raise NetsiamError(f"cannot start the broker ({cmd[0]}): {e}") from None
+        raise ServiceError(f"cannot start the broker ({cmd[0]}): {e}") from None
     finally:
         if lp is not None and not isinstance(out, int):
             out.close()  # the child holds its own descriptor

@@ -20,7 +20,7 @@ import ssl
 import threading
 from pathlib import Path
 
-from netsiam.errors import NetsiamError
+from netsiam.errors import NetsiamError, ServiceError
 
 __all__ = ["TlsFront", "server_context"]
 
@@ -91,7 +91,7 @@ class TlsFront:
             self._server = asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
         except OSError as e:
             self.stop()
-            raise NetsiamError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
+            raise ServiceError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
         return self
 
     def stop(self) -> None:

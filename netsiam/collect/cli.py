@@ -1,8 +1,11 @@
 """``netsiam collect sipp|pcap`` and ``netsiam dump``: arguments, signals, metrics endpoint, glue.
 
-    netsiam collect sipp STAT.csv [STAT2.csv ...] --source NAME [--follow] (--bootstrap HOST:PORT | -o TRACE.jsonl|-)
-    netsiam collect pcap --interface IF [--filter BPF] (--bootstrap HOST:PORT | -o TRACE.jsonl|-)
-    netsiam dump --bootstrap HOST:PORT [--from TS] [--to TS] [--source NAME ...] -o TRACE.jsonl [--labels LABELS.csv]
+    netsiam collect sipp STAT.csv [STAT2.csv ...] --source NAME [--follow] [--bootstrap HOST:PORT | -o TRACE.jsonl|-]
+    netsiam collect pcap --interface IF [--filter BPF] [--bootstrap HOST:PORT | -o TRACE.jsonl|-]
+    netsiam dump [--bootstrap HOST:PORT] [--from TS] [--to TS] [--source NAME ...] -o TRACE.jsonl|- [--labels LABELS.csv]
+
+Without ``-o`` a collector publishes to ``kafka.bootstrap_servers`` (``--bootstrap`` overrides the
+address only; TLS and SASL settings always come from ``kafka.*``).
 
 SIGTERM/SIGINT stop a collector cleanly: it stops reading, waits for outstanding acks, saves its
 state and exits 0. Logs go to stderr; records to ``-o -`` go to stdout.
@@ -30,12 +33,12 @@ DEFAULT_METRICS_PORTS = {"sipp": 9109, "pcap": 9110}
 
 
 def _outputs(q: argparse.ArgumentParser, kind: str) -> None:
-    g = q.add_mutually_exclusive_group(required=True)
-    g.add_argument("--bootstrap", help="HOST:PORT of the Kafka cluster to publish to")
-    g.add_argument("-o", "--output", help="append records to this JSON Lines file instead; - = stdout")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--bootstrap", help="HOST:PORT of the Kafka cluster to publish to (default: kafka.bootstrap_servers)")
+    g.add_argument("-o", "--output", help="append records to this JSON Lines file instead of publishing; - = stdout")
     q.add_argument("--topic", default=None, help="samples topic (default: kafka.topics.samples)")
     q.add_argument("--metrics-port", type=int, default=None,
-                   help=f"/metrics port (default {DEFAULT_METRICS_PORTS[kind]} with --bootstrap, none with -o; "
+                   help=f"/metrics port (default {DEFAULT_METRICS_PORTS[kind]} when publishing, none with -o; "
                         "0 = any free port)")
     q.add_argument("--buffer", type=int, default=None,
                    help="records held while the broker is away before reading blocks (default 100000)")
@@ -51,7 +54,7 @@ def add_parsers(sub: Any, common: Any) -> None:
     q.add_argument("--source", required=True, help="source name of these records")
     q.add_argument("--follow", action="store_true", help="keep following the files (like tail -F)")
     q.add_argument("--state", default=None,
-                   help="state file: resume after the last published row (default with --bootstrap: "
+                   help="state file: resume after the last published row (default when publishing: "
                         "$STATE_DIRECTORY or ~/.local/state/netsiam; 'none' = no state)")
     _outputs(q, "sipp")
     q = csub.add_parser("pcap", help="capture SIP on an interface: per-second records per SIP peer")
@@ -65,13 +68,13 @@ def add_parsers(sub: Any, common: Any) -> None:
 
     p = sub.add_parser("dump", help="topics -> trace JSONL for a time range, fault events -> draft labels CSV")
     common(p)
-    p.add_argument("--bootstrap", required=True, help="HOST:PORT")
+    p.add_argument("--bootstrap", default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
     p.add_argument("--topic", default=None, help="samples topic (default: kafka.topics.samples)")
     p.add_argument("--faults-topic", default=None, help="fault events topic (default: kafka.topics.faults)")
     p.add_argument("--from", dest="start", default=None, help="first ts to keep (epoch or RFC 3339)")
     p.add_argument("--to", dest="end", default=None, help="keep ts before this (epoch or RFC 3339)")
     p.add_argument("--source", action="append", default=[], help="keep only this source (repeatable)")
-    p.add_argument("-o", "--output", required=True, help="trace JSONL to write")
+    p.add_argument("-o", "--output", required=True, help="trace JSONL to write; - = stdout")
     p.add_argument("--labels", default=None, help="also write raised/cleared episodes as a draft labels CSV")
 
 
@@ -100,6 +103,8 @@ def cli_collect(args: argparse.Namespace, cfg: Config) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
     metrics = CollectMetrics(CollectorRegistry(), args.kind)
+    if not args.output:  # publishing: to --bootstrap, else the configured cluster
+        args.bootstrap = args.bootstrap or cfg.kafka.bootstrap_servers
     port = args.metrics_port
     if port is None and args.bootstrap:
         port = DEFAULT_METRICS_PORTS[args.kind]
@@ -136,7 +141,7 @@ def _collect_sipp(args: argparse.Namespace, sink: Any, metrics: Any, stop: threa
     if state_path is not None:
         log.info("state %s: resuming after ts %.6f", state_path, state.last_ts)
     c = SippCollector(args.files, args.source, sink, state, metrics, follow=args.follow, stop=stop)
-    n = c.run()
+    n = _run_notified(c, f"following {len(args.files)} file(s) of {args.source}")
     log.info("collect sipp: %d record(s) of %s handed over, %d pending", n, args.source, sink.pending)
     return 1 if sink.pending else 0
 
@@ -146,15 +151,29 @@ def _collect_pcap(args: argparse.Namespace, cfg: Config, sink: Any, metrics: Any
 
     c = PcapCollector(args.interface, args.filter, sink, metrics, interval_s=cfg.window.interval_s,
                      write=args.write, stop=stop)
-    n = c.run()
+    n = _run_notified(c, f"capturing SIP on {args.interface}")
     log.info("collect pcap: %d record(s) handed over, %d pending", n, sink.pending)
     return 1 if sink.pending else 0
+
+
+def _run_notified(collector: Any, status: str) -> int:
+    """Run a collector under systemd's eye (Type=notify): ready once it runs, a watchdog ping every
+    round of its loop (a loop stuck in a read or a publish stops them: systemd restarts it)."""
+    from netsiam.sdnotify import Watchdog, notify
+
+    collector.tick = Watchdog().ping
+    notify("READY=1", f"STATUS={status}")
+    try:
+        return int(collector.run())
+    finally:
+        notify("STOPPING=1")
 
 
 def cli_dump(args: argparse.Namespace, cfg: Config) -> int:
     from netsiam.collect.dump import dump
 
-    dump(args.bootstrap, args.topic or cfg.kafka.topics.samples, args.output, kafka=cfg.kafka,
+    dump(args.bootstrap or cfg.kafka.bootstrap_servers, args.topic or cfg.kafka.topics.samples, args.output,
+         kafka=cfg.kafka,
          start=args.start, end=args.end, sources=args.source,
          faults_topic=args.faults_topic or cfg.kafka.topics.faults, labels=args.labels)
     return 0

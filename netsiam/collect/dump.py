@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from netsiam.config import KafkaConfig
-from netsiam.errors import NetsiamError
+from netsiam.errors import NetsiamError, ServiceError, UsageError
 from netsiam.schemas.timeparse import parse_ts
 from netsiam.traceio import LabelInterval, atomic_write_bytes, write_labels
 
@@ -49,12 +49,12 @@ def read_topic_values(bootstrap: str, topic: str, kafka: KafkaConfig | None = No
         c = KafkaConsumer(**client_kwargs(kafka or KafkaConfig(), bootstrap), enable_auto_commit=False,
                           request_timeout_ms=10_000)
     except KafkaError as e:
-        raise NetsiamError(f"cannot reach the broker at {bootstrap}: {type(e).__name__}") from None
+        raise ServiceError(f"cannot reach the broker at {bootstrap}: {type(e).__name__}") from None
     try:
         try:
             parts = c.partitions_for_topic(topic)
         except KafkaError as e:
-            raise NetsiamError(f"cannot read topic {topic} from {bootstrap}: {type(e).__name__}") from None
+            raise ServiceError(f"cannot read topic {topic} from {bootstrap}: {type(e).__name__}") from None
         if not parts:
             raise NetsiamError(f"topic {topic} does not exist on {bootstrap}")
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
@@ -69,7 +69,7 @@ def read_topic_values(bootstrap: str, topic: str, kafka: KafkaConfig | None = No
             # the fetch high watermark, not ListOffsets: the embedded broker's lags (tests/conftest.py)
             if not got and all((hw := c.highwater(tp)) is not None and c.position(tp) >= hw for tp in tps):
                 return out
-        raise NetsiamError(f"topic {topic}: not read to its end within {timeout_s:.0f} s")
+        raise ServiceError(f"topic {topic}: not read to its end within {timeout_s:.0f} s")
     finally:
         c.close()
 
@@ -80,7 +80,7 @@ def _bound(text: str | None, default: float) -> float:
     try:
         return parse_ts(text)
     except ValueError as e:
-        raise NetsiamError(f"dump: bad time {text!r}: {e}") from None
+        raise UsageError(f"dump: bad time {text!r}: {e}") from None
 
 
 def episodes_from_events(events: Sequence[dict[str, Any]], start: float, end: float,
@@ -117,7 +117,7 @@ def dump(bootstrap: str, topic: str, output: str, *, kafka: KafkaConfig | None =
          faults_topic: str = "netsiam.faults", labels: str | None = None) -> DumpResult:
     lo, hi = _bound(start, 0.0), _bound(end, math.inf)
     if hi <= lo:
-        raise NetsiamError(f"dump: --to ({hi}) must be after --from ({lo})")
+        raise UsageError(f"dump: --to ({hi}) must be after --from ({lo})")
     wanted = set(sources) or None
     kept: dict[tuple[str, float], tuple[float, str, bytes]] = {}
     skipped = duplicates = 0

@@ -30,13 +30,14 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import IO
 
 import orjson
 
 from netsiam.collect.metrics import CollectMetrics
 from netsiam.collect.sink import Sink, Stopped
-from netsiam.errors import NetsiamError
+from netsiam.errors import NetsiamError, ServiceError, UsageError
 from netsiam.importers.pcap import parse_line, tshark_fields_args
 from netsiam.importers.sipcount import SipCounter, SipMessage
 from netsiam.traceio import Record
@@ -97,13 +98,14 @@ class PcapCollector:
                  interval_s: float = 1.0, lateness_s: float = LATENESS_S, write: str = "",
                  stop: threading.Event | None = None) -> None:
         if not (interval_s > 0 and math.isfinite(interval_s)):
-            raise NetsiamError(f"collect pcap: interval must be a positive number of seconds, got {interval_s}")
+            raise UsageError(f"collect pcap: interval must be a positive number of seconds, got {interval_s}")
         self.capture_cmd, self.decode_cmd = capture_commands(interface, bpf, write)
         self.interface = interface
         self.sink, self.metrics = sink, metrics
         self.live = LiveCounter(interval_s, lateness_s)
         self.stop = stop or threading.Event()
         self.published = 0
+        self.tick: Callable[[], object] = lambda: None   # called every round (the systemd watchdog)
         self._stderr: deque[str] = deque(maxlen=20)
 
     def run(self) -> int:
@@ -136,7 +138,7 @@ class PcapCollector:
         if failed and not self.stop.is_set():
             self.metrics.error("capture")
             why = next((ln for ln in reversed(self._stderr) if ln and "Running as user" not in ln), "")
-            raise NetsiamError(f"capture on {self.interface} ended (dumpcap exit code {cap.returncode}, "
+            raise ServiceError(f"capture on {self.interface} ended (dumpcap exit code {cap.returncode}, "
                                f"tshark {dec.returncode}): {why or failed}")
         return self.published
 
@@ -149,6 +151,7 @@ class PcapCollector:
         next_tick = (math.floor(time.time() / interval) + 1) * interval + self.live.lateness_s
         try:
             while not self.stop.is_set():
+                self.tick()
                 wait = max(0.0, min(0.2, next_tick - time.time()))
                 if sel.select(wait):
                     try:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -23,7 +23,7 @@ from netsiam.collect.metrics import CollectMetrics
 from netsiam.collect.sink import Sink, Stopped
 from netsiam.collect.state import CollectState
 from netsiam.collect.statfollow import StatFollower
-from netsiam.errors import NetsiamError
+from netsiam.errors import NetsiamError, UsageError
 from netsiam.importers.sipp import StatRow
 
 __all__ = ["POLL_S", "SippCollector"]
@@ -40,9 +40,9 @@ class SippCollector:
                  metrics: CollectMetrics, *, follow: bool = False, poll_s: float = POLL_S,
                  stop: threading.Event | None = None) -> None:
         if not source:
-            raise NetsiamError("collect sipp: a source name is required")
+            raise UsageError("collect sipp: a source name is required")
         if not paths:
-            raise NetsiamError("collect sipp: no statistics files given")
+            raise UsageError("collect sipp: no statistics files given")
         for p in paths:
             if str(p).endswith(".gz"):
                 raise NetsiamError(f"{p}: a compressed file is finished, not followed: use `netsiam import sipp`")
@@ -53,6 +53,7 @@ class SippCollector:
         self.follow, self.poll_s = follow, poll_s
         self.stop = stop or threading.Event()
         self.published = 0
+        self.tick: Callable[[], object] = lambda: None   # called every round (the systemd watchdog)
         self._last_put = state.last_ts
         self._last_save = 0.0
         metrics.sources.set(1)
@@ -68,6 +69,7 @@ class SippCollector:
         held: deque[StatRow] = deque()       # read, not handed over yet (at most one read's worth)
         try:
             while not self.stop.is_set():
+                self.tick()
                 if not held:
                     rows: list[StatRow] = []
                     for f in self.followers:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .panels import DASHBOARD_UID, PANELS, VARIABLES, Panel
+from .panels import ANNOTATIONS, DASHBOARD_UID, PANELS, VARIABLES, Panel
 
 __all__ = ["grafana_dashboard", "grafana_json"]
 
@@ -60,6 +60,16 @@ def _options(p: Panel) -> dict[str, Any]:
                 "tooltip": {"mode": "single", "sort": "none"}}
     return {"legend": {"showLegend": True, "displayMode": "list", "placement": "bottom", "calcs": []},
             "tooltip": {"mode": "multi", "sort": "desc"}}
+
+
+def _annotations() -> list[dict[str, Any]]:
+    builtin = {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
+               "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"}
+    return [builtin, *({
+        "name": a.name, "datasource": dict(DS), "enable": True, "hide": False, "iconColor": a.color,
+        "expr": a.expr, "step": "5s", "titleFormat": a.title, "tagKeys": ",".join(a.tags), "textFormat": "",
+        "useValueForTime": False,
+    } for a in ANNOTATIONS)]
 
 
 def grafana_dashboard() -> dict[str, Any]:
@@ -115,11 +125,7 @@ def grafana_dashboard() -> dict[str, Any]:
         "liveNow": False,
         "weekStart": "",
         "links": [],
-        "annotations": {"list": [{
-            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
-            "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
-            "type": "dashboard",
-        }]},
+        "annotations": {"list": _annotations()},
         "templating": {"list": templating},
         "panels": panels,
     }

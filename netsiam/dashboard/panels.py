@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DASHBOARD_UID", "DETECTOR_JOB", "PANELS", "VARIABLES", "Panel", "PanelKind", "Target"]
+__all__ = ["ANNOTATIONS", "DASHBOARD_UID", "DETECTOR_JOB", "PANELS", "VARIABLES", "Annotation", "Panel", "PanelKind",
+           "Target"]
 
 DASHBOARD_UID = "netsiam"
 DETECTOR_JOB = "netsiam-detector"  # job_name in deploy/prometheus/prometheus.yml
@@ -153,8 +154,29 @@ PANELS: tuple[Panel, ...] = (
           description="Sources whose window state was dropped (idle or over detector.max_sources)."),
 )
 
-# Template variables: name -> (query, label). DS_PROMETHEUS is the datasource variable.
+# Template variables: name -> (query, label). DS_PROMETHEUS is the datasource variable. $source lists
+# every source the detector tracks (one series each, at most detector.max_sources, present whether or
+# not the source has a fault), not only the faulted ones.
 VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("instance", "label_values(netsiam_records_consumed_total, instance)", "Detector"),
-    ("source", "label_values(netsiam_fault_active, source)", "Source"),
+    ("source", "label_values(netsiam_source_last_record_timestamp_seconds, source)", "Source"),
+)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """A Grafana annotation query: a region from each series' first to last sample in the range."""
+
+    name: str
+    expr: str
+    title: str            # Grafana's titleFormat ({{label}} placeholders)
+    tags: tuple[str, ...]
+    color: str
+
+
+# A fault's region starts at its raised event and ends at its cleared one (the daemon sets
+# netsiam_fault_active on raise and removes the series on clear): on every time-series panel.
+ANNOTATIONS: tuple[Annotation, ...] = (
+    Annotation("Faults (raised → cleared)", f'max by (source, fault) ({_sel("netsiam_fault_active", _SRC)}) == 1',
+               "{{fault}} raised on {{source}}", ("source", "fault"), "red"),
 )

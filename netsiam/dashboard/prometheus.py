@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from netsiam.errors import NetsiamError
+from netsiam.errors import NetsiamError, ServiceError
 
 from .panels import DETECTOR_JOB, PANELS, Panel, Target
 
@@ -83,13 +83,13 @@ def _get(base: str, path: str, params: Mapping[str, str] | None, timeout_s: floa
         try:
             body = json.loads(e.read())
         except (ValueError, OSError):
-            raise NetsiamError(f"Prometheus {base}: HTTP {e.code} for {path}") from None
+            raise ServiceError(f"Prometheus {base}: HTTP {e.code} for {path}") from None
     except urllib.error.URLError as e:
-        raise NetsiamError(f"cannot reach Prometheus at {base}: {e.reason}") from None
+        raise ServiceError(f"cannot reach Prometheus at {base}: {e.reason}") from None
     except (TimeoutError, ValueError, OSError) as e:
-        raise NetsiamError(f"Prometheus {base}: {e}") from None
+        raise ServiceError(f"Prometheus {base}: {e}") from None
     if not isinstance(body, dict) or "status" not in body:
-        raise NetsiamError(f"Prometheus {base}: unexpected answer for {path}")
+        raise ServiceError(f"Prometheus {base}: unexpected answer for {path}")
     return body
 
 
@@ -128,7 +128,7 @@ def fetch_panels(prometheus_url: str, *, source: str | Sequence[str] | None = No
                  panels: Sequence[Panel] = PANELS) -> list[PanelData]:
     """Run every panel's queries over ``[end - range_s, end]`` with ``/api/v1/query_range``.
 
-    Raises NetsiamError when Prometheus cannot be reached; a query Prometheus rejects is
+    Raises ServiceError (a NetsiamError) when Prometheus cannot be reached; a query Prometheus rejects is
     recorded in ``PanelData.errors`` and the other panels still load.
     """
     if range_s <= 0:

@@ -22,6 +22,7 @@ import gzip
 import math
 import os
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -161,9 +162,14 @@ def parse_row(header: StatHeader, line: str, where: str) -> StatRow | None:
 
 def _read_text(p: Path) -> str:
     try:
-        data = p.read_bytes()
-        if p.suffix == ".gz":
-            data = gzip.decompress(data)
+        if str(p) == "-":  # standard input; compressed or not, by its first bytes
+            data = sys.stdin.buffer.read()
+            if data[:2] == b"\x1f\x8b":
+                data = gzip.decompress(data)
+        else:
+            data = p.read_bytes()
+            if p.suffix == ".gz":
+                data = gzip.decompress(data)
     except (gzip.BadGzipFile, EOFError):
         raise NetsiamError(f"{p}: not a gzip file") from None
     except FileNotFoundError:
