@@ -341,6 +341,7 @@ class Pipeline:
         version = batch.artifact.version
         names = res.names
         nearest = np.asarray(classes, dtype=object)[res.dists.argmin(axis=1)] if n else names  # ignoring thresholds
+        within = batch.artifact.prototypes.within(res.dists) if n else names
         n_events = 0
         i = -1
         for w in batch.items:
@@ -350,7 +351,7 @@ class Pipeline:
             i += 1
             st = w.state
             st.last_win_start = w.start
-            trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]))
+            trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]), within[i])
             if st.tracker.quiet:
                 st.epoch = None  # a replay may start after this window
             elif st.epoch is None:

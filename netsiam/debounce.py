@@ -17,11 +17,14 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   normal, an ``unknown`` window whose nearest class is ``normal`` counts as normal: the recovery
   after a fault (a burst of late answers, retransmissions draining) is beyond every threshold yet
   nearer normal than the fault, and must neither hold the fault up nor raise ``unknown`` after it.
+- ``hold_within`` (hysteresis): while a named fault is active, a ``normal`` window that is also within
+  that fault's own threshold counts as the fault, so windows the two classes share do not clear it.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from netsiam.config import DebounceConfig
@@ -88,8 +91,13 @@ class FaultTracker:
         self._started_at = self._run_start if self._run_start is not None else window_end
         return Transition("raised", fault, self._started_at, window_end)
 
-    def update(self, cls: str, window_end: float, nearest: str | None = None) -> list[Transition]:
-        """One window's class (``nearest``: its nearest class ignoring thresholds, when known)."""
+    def update(self, cls: str, window_end: float, nearest: str | None = None,
+               within: Collection[str] | None = None) -> list[Transition]:
+        """One window's class (``nearest``: its nearest class ignoring thresholds; ``within``: the classes
+        whose threshold it is within; each when known)."""
+        if (self._cfg.hold_within and within is not None and cls == NORMAL
+                and self._active not in (None, UNKNOWN) and self._active in within):
+            cls = self._active
         self._clean_streak = self._clean_streak + 1 if cls == NORMAL else 0
         if self._clean_streak >= self._cfg.clear_m:
             self._aftermath = False

@@ -89,6 +89,15 @@ class Prototypes:
             out[:, j] = d.min(axis=1)
         return out
 
+    def within(self, dist: np.ndarray) -> np.ndarray:
+        """(N, C) distances -> (N,) frozensets: the classes whose threshold each window is within."""
+        inside = np.asarray(dist) <= np.asarray(self.thresholds)[None, :]
+        codes = inside.astype(np.int64) @ (1 << np.arange(inside.shape[1], dtype=np.int64))   # (N,) bit sets
+        uniq, inv = np.unique(codes, return_inverse=True)
+        sets = np.empty(len(uniq), dtype=object)   # a few distinct patterns: one frozenset each, not one a window
+        sets[:] = [frozenset(c for j, c in enumerate(self.classes) if int(u) >> j & 1) for u in uniq]
+        return sets[inv.reshape(-1)]
+
     def classify(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, D) -> (class names (N,), distance to the chosen class (N,), all distances (N, C)).
 

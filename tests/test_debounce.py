@@ -86,3 +86,23 @@ def test_the_aftermath_of_a_named_fault_raises_no_unknown() -> None:
     seq += [("unknown", "normal")] * 8            # after plainly normal windows, a new unknown run counts again
     out = [(tr.state, tr.fault) for i, (c, n) in enumerate(seq) for tr in t.update(c, float(i), nearest=n)]
     assert out == [("raised", "blocked"), ("cleared", "blocked"), ("raised", "unknown")]
+
+
+def test_hold_within_keeps_a_fault_through_windows_both_classes_claim() -> None:
+    """Hysteresis: mid-fault windows nearer normal but within the active fault's threshold do not clear it."""
+    seq = [("capacity_limit", {"capacity_limit"})] * 3 + [("normal", {"normal", "capacity_limit"})] * 4
+    seq += [("capacity_limit", {"capacity_limit"})] * 3 + [("normal", {"normal"})] * 2
+
+    def go(cfg: DebounceConfig) -> list[tuple[str, float]]:
+        t = FaultTracker(cfg)
+        return [(tr.state, tr.window_end) for i, (c, w) in enumerate(seq) for tr in t.update(c, float(i), c, w)]
+
+    flap = go(CFG)
+    assert [s for s, _ in flap] == ["raised", "cleared", "raised", "cleared"]
+    held = go(DebounceConfig(raise_k=2, raise_n=3, clear_m=2, unknown_after=4, switch_after=3, hold_within=True))
+    assert held == [("raised", 1.0), ("cleared", 11.0)]          # one raise, cleared by plainly normal windows
+    # within another fault's threshold only: normal, the active fault clears as before
+    t = FaultTracker(DebounceConfig(raise_k=2, raise_n=3, clear_m=2, unknown_after=4, switch_after=3, hold_within=True))
+    out = [tr.state for i, (c, w) in enumerate([("blocked", {"blocked"})] * 3 + [("normal", {"normal", "capacity_limit"})] * 2)
+           for tr in t.update(c, float(i), c, w)]
+    assert out == ["raised", "cleared"]

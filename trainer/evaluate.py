@@ -111,16 +111,18 @@ class _Judge:
     grace_s: float
     seconds_per_window: float
 
-    def score(self, pred: np.ndarray, nway: np.ndarray, classes: Sequence[str], mask: np.ndarray) -> dict[str, Any]:
+    def score(self, pred: np.ndarray, nway: np.ndarray, classes: Sequence[str], mask: np.ndarray,
+              within: np.ndarray | None = None) -> dict[str, Any]:
         """Window scores on ``mask`` minus straddling windows, detection over every window of ``mask``."""
         ok = mask & ~self.lw.straddle
         det, _, _ = score_detection(self.lw.sources[mask], self.lw.end_ts[mask], pred[mask], self.lw.labels[mask],
                                     _covered(self.episodes, self.lw.subset(mask), 0.0), self.debounce, self.grace_s,
-                                    self.seconds_per_window, known=classes, nearest=nway[mask])
+                                    self.seconds_per_window, known=classes, nearest=nway[mask],
+                                    within=None if within is None else within[mask])
         return _scores(pred[ok], nway[ok], self.lw.labels[ok], classes) | {"detection": det}
 
 
-def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.ndarray,
+def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.ndarray, within: np.ndarray,
                support: LabelledWindows | None, pcfg: PrototypeConfig) -> dict[str, Any]:
     """The encoder and the no-learning baselines, scored on the same windows and episodes.
 
@@ -159,7 +161,7 @@ def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.nda
     out["support"], out["n_support"] = how, n_sup
     if not np.any(scored):
         return out | {"error": "no window left to score after the support split"}
-    out["encoder"] = judge.score(pred, nway, classes, scored)
+    out["encoder"] = judge.score(pred, nway, classes, scored, within)
     rule = ExpertRule().predict(lw.raw)
     out["expert_rule"] = judge.score(rule, rule, list(ExpertRule.classes), scored) | {
         "rule": {"retrans_share": ExpertRule().retrans_share, "failed_share": ExpertRule().failed_share}}
@@ -189,6 +191,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     classes = list(protos.classes)
     pred, _, dists = protos.classify(emb)
     nway = np.asarray(classes, dtype=object)[dists.argmin(axis=1)]
+    within = protos.within(dists)
     labels = np.asarray(lw.labels, dtype=object)
     ok = ~np.asarray(lw.straddle, dtype=bool)
 
@@ -210,7 +213,8 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=GRACE_S,
                    seconds_per_window=w.stride * w.interval_s)
     det, ep_report, events = score_detection(lw.sources, lw.end_ts, pred, labels, episodes, judge.debounce,
-                                             judge.grace_s, judge.seconds_per_window, known=classes, nearest=nway)
+                                             judge.grace_s, judge.seconds_per_window, known=classes, nearest=nway,
+                                             within=within)
 
     novel = sorted(set(novel_labels) | (set(lab_ok.tolist()) - set(classes)))
     novelty: dict[str, Any] = {}
@@ -242,7 +246,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
             "grace_s": judge.grace_s, "debounce": dataclasses.asdict(cfg.detector.debounce),
         },
         "episodes": ep_report,
-        "baselines": _baselines(artifact, judge, pred, nway, support, cfg.prototypes),
+        "baselines": _baselines(artifact, judge, pred, nway, within, support, cfg.prototypes),
         "window": dataclasses.asdict(w),
         "features": list(cfg.features),
     }
