@@ -126,7 +126,7 @@ class DebounceConfig:
     clear_m: int = 2
     unknown_after: int = 10
     switch_after: int = 5
-    hold_within: bool = False
+    hold_within: bool = True
 
     def __post_init__(self) -> None:
         _check(1 <= self.raise_k <= self.raise_n, "detector.debounce.raise_k", "must be in 1..raise_n")

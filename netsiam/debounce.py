@@ -17,7 +17,7 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   normal, an ``unknown`` window whose nearest class is ``normal`` counts as normal: the recovery
   after a fault (a burst of late answers, retransmissions draining) is beyond every threshold yet
   nearer normal than the fault, and must neither hold the fault up nor raise ``unknown`` after it.
-- ``hold_within`` (hysteresis): while a named fault is active, a ``normal`` window that is also within
+- ``hold_within`` (hysteresis, on by default): while a named fault is active, a ``normal`` window that is also within
   that fault's own threshold counts as the fault, so windows the two classes share do not clear it.
 """
 

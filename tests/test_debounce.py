@@ -97,12 +97,12 @@ def test_hold_within_keeps_a_fault_through_windows_both_classes_claim() -> None:
         t = FaultTracker(cfg)
         return [(tr.state, tr.window_end) for i, (c, w) in enumerate(seq) for tr in t.update(c, float(i), c, w)]
 
-    flap = go(CFG)
+    flap = go(DebounceConfig(raise_k=2, raise_n=3, clear_m=2, unknown_after=4, switch_after=3, hold_within=False))
     assert [s for s, _ in flap] == ["raised", "cleared", "raised", "cleared"]
-    held = go(DebounceConfig(raise_k=2, raise_n=3, clear_m=2, unknown_after=4, switch_after=3, hold_within=True))
+    held = go(CFG)                                               # on by default
     assert held == [("raised", 1.0), ("cleared", 11.0)]          # one raise, cleared by plainly normal windows
     # within another fault's threshold only: normal, the active fault clears as before
-    t = FaultTracker(DebounceConfig(raise_k=2, raise_n=3, clear_m=2, unknown_after=4, switch_after=3, hold_within=True))
+    t = FaultTracker(CFG)
     out = [tr.state for i, (c, w) in enumerate([("blocked", {"blocked"})] * 3 + [("normal", {"normal", "capacity_limit"})] * 2)
            for tr in t.update(c, float(i), c, w)]
     assert out == ["raised", "cleared"]
