@@ -98,7 +98,7 @@ def _few_shot(art: Any, traces: dict[str, tuple[Path, Path]], novel: list[str]) 
     return out
 
 
-def run(quick: bool, tmp: Path) -> dict[str, Any]:
+def run(quick: bool, tmp: Path, models: Path | None = None) -> dict[str, Any]:
     from bench.realtraffic import evaluate_recording, train_without
     from netsiam.serving import load_artifact
     from netsiam.traceio import write_labels, write_trace
@@ -135,7 +135,7 @@ def run(quick: bool, tmp: Path) -> dict[str, Any]:
     loro: dict[str, Any] = {}
     for name in reported + novel:
         t = time.perf_counter()
-        art = train_without(cfg, {name}, traces, sim, tmp / f"loro-{name}")
+        art = train_without(cfg, {name}, traces, sim, (models or tmp) / f"loro-{name}")
         loro[name] = evaluate_recording(art, traces[name]) | {"train_seconds": round(time.perf_counter() - t, 1)}
         enc = loro[name]["detectors"]["encoder"]
         print(f"1. {name}: first {enc['first_label_correct']}/{enc['episodes']}, delay {enc['median_delay_s']}"
@@ -231,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="two recordings, short training: a smoke test")
     ap.add_argument("-o", "--output", default=None, help="results JSON (default bench/accuracy.json)")
+    ap.add_argument("--models", default=None, help="keep the leave-one-out models here (default: a temp dir)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="netsiam-accuracy-") as tmp:
-        res = run(args.quick, Path(tmp))
+        res = run(args.quick, Path(tmp), Path(args.models) if args.models else None)
     res["summary"] = summary(res)
     out = Path(args.output) if args.output else HERE / ("accuracy-quick.json" if args.quick else "accuracy.json")
     out.write_text(json.dumps(res, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
