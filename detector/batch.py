@@ -62,7 +62,9 @@ def embed_pieces(n: int) -> list[int]:
     """Sizes of the encoder calls for ``n`` windows. ``Artifact.embed`` pads a call to a power of two
     (few compiled shapes), so 520 windows would cost 1024; split off the largest power of two while
     that saves more than a call costs: 520 -> [512, 8], 300 -> [256, 44], 200 -> [200].
-    Measured on the 2-core machine: 520 windows 48 -> 24 ms, 300: 26 -> 19 ms."""
+    Measured on the 2-core machine: 520 windows 48 -> 24 ms, 300: 26 -> 19 ms. The XLA fast path
+    (:mod:`netsiam.compiled`) cuts each piece by its own shapes; these pieces cost it no more than
+    one call would (checked for 1..4,096 windows)."""
     out = []
     while n:
         padded = 1 << (n - 1).bit_length()
