@@ -2,13 +2,14 @@
 
 Under the TensorFlow backend the Keras model's forward pass is wrapped in
 ``tf.function(jit_compile=True)`` and traced for a few fixed batch shapes (:data:`BUCKETS`); a call
-of any size is cut into bucket-sized chunks (:func:`plan`), the last one zero-padded. Measured on
+of any size is cut into bucket-sized chunks at the least measured cost (:func:`plan`), the last one
+zero-padded. Measured on
 the 2-core machine (bench/embed.py): a 1,024-window call costs about a third of Keras
 ``predict_on_batch``'s; a 1-window call a quarter. Keras' own ``compile(jit_compile=True)`` +
 ``predict_on_batch`` was as fast at 1,024 but 1.5x slower at batch 1 (its data adapter runs per
 call), so the model's call is traced directly.
 
-XLA needs static shapes: each bucket is compiled once (~1 s on 2 busy cores), on first use, under
+XLA needs static shapes: each bucket is compiled once (~0.6 s on 2 busy cores), on first use, under
 a lock (the daemon embeds on a worker thread while a reload may warm up another artifact). The
 first compiled bucket is checked against ``predict_on_batch`` on the same input (within
 :data:`TOLERANCE`); a backend other than TensorFlow, a model that is not a Keras model, a failed
@@ -28,18 +29,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BUCKETS", "CALL_COST", "TOLERANCE", "CompileError", "CompiledEncoder", "compile_encoder",
+__all__ = ["BUCKETS", "COSTS_MS", "TOLERANCE", "CompileError", "CompiledEncoder", "compile_encoder",
            "enabled", "plan"]
 
 log = logging.getLogger("netsiam.serving")
 
-# Powers of 4: 6 compilations cover 1..1,024, and plan() splits a size between buckets instead of
-# padding it 4x. Chunks beyond the largest bucket are cut into 1,024s: at 4,096 one call is no
-# faster per window than four (measured: 85 vs 4 x 22 ms).
-BUCKETS: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)
-# One more compiled call costs about as much as this many windows (0.3 ms per call, ~20 us per
-# window at 1,024 on the 2-core machine).
-CALL_COST = 16
+# Milliseconds per compiled call of each batch shape (shipped model, 2-core machine, best of 30 s of
+# interleaved rounds). Not linear: 512 windows cost little more than 256 (XLA's CPU code splits the
+# bigger shape across both cores), so padding 300 windows to 512 beats 256 + 64. Only the ratios
+# matter: plan() minimises their sum. Chunks beyond 1,024 are cut into 1,024s: at 4,096 one call is
+# no faster per window than four (85 vs 4 x 22 ms).
+# One window costs as much as 4 (0.50 vs 0.49 ms: the call's fixed cost), so there is no 1-window shape.
+COSTS_MS: dict[int, float] = {4: 0.49, 16: 0.72, 64: 1.70, 256: 5.95, 512: 6.72, 1024: 12.3}
+BUCKETS: tuple[int, ...] = tuple(sorted(COSTS_MS))
 TOLERANCE = 1e-5  # the compiled model must agree with Keras within this (max absolute difference)
 
 
@@ -52,43 +54,44 @@ def enabled() -> bool:
     return os.environ.get("NETSIAM_XLA", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def plan(n: int, buckets: tuple[int, ...] = BUCKETS, call_cost: int = CALL_COST) -> list[tuple[int, int]]:
-    """Chunks ``(windows taken, bucket)`` covering ``n`` windows at the least cost ``sum(call_cost +
-    bucket)``: full largest buckets first, then the cheapest split of the rest (e.g. 300 ->
-    256 + 64 padded, not 1,024; 520 -> 256 + 256 + 16 padded). Only the last chunk is padded."""
-    big = buckets[-1]
-    out = [(big, big)] * (n // big)
-    out += _best_rest(n % big, buckets, call_cost)[1]
-    return out
+def plan(n: int, costs: dict[int, float] | None = None) -> list[tuple[int, int]]:
+    """Chunks ``(windows taken, bucket)`` covering ``n`` windows at the least total cost (``costs``:
+    per bucket, default :data:`COSTS_MS`): full largest buckets first, then the cheapest cut of the
+    rest (e.g. 300 -> 512 padded, 1,100 -> 1,024 + 64 padded). Only the last chunk is padded."""
+    table = tuple(sorted((costs or COSTS_MS).items()))
+    big = table[-1][0]
+    return [(big, big)] * (n // big) + list(_best_rest(n % big, table)[1])
 
 
-@functools.lru_cache(maxsize=4096)
-def _best_rest(n: int, buckets: tuple[int, ...], call_cost: int) -> tuple[int, list[tuple[int, int]]]:
+@functools.lru_cache(maxsize=8192)
+def _best_rest(n: int, table: tuple[tuple[int, float], ...]) -> tuple[float, tuple[tuple[int, int], ...]]:
     """(cost, chunks) for ``n`` < the largest bucket; exact (memoised recursion over at most 1,024 sizes)."""
     if n == 0:
-        return 0, []
-    best: tuple[int, list[tuple[int, int]]] | None = None
-    for b in reversed(buckets):  # on a tie, the larger chunk first (fewer calls)
+        return 0.0, ()
+    best: tuple[float, tuple[tuple[int, int], ...]] | None = None
+    for b, c in reversed(table):  # on a tie, the larger chunk first (fewer calls)
+        cand: tuple[float, tuple[tuple[int, int], ...]]
         if b >= n:
-            cand = (call_cost + b, [(n, b)])
+            cand = (c, ((n, b),))
         else:
-            rest_cost, rest = _best_rest(n - b, buckets, call_cost)
-            cand = (call_cost + b + rest_cost, [(b, b), *rest])
+            rest_cost, rest = _best_rest(n - b, table)
+            cand = (c + rest_cost, ((b, b), *rest))
         if best is None or cand[0] < best[0]:
             best = cand
-    assert best is not None  # buckets is never empty
+    assert best is not None  # the table is never empty
     return best
 
 
 class CompiledEncoder:
     """A Keras encoder's forward pass, XLA-compiled per bucket; numpy (N, T, F) float32 in and out."""
 
-    def __init__(self, model: Any, buckets: tuple[int, ...] = BUCKETS) -> None:
+    def __init__(self, model: Any, costs: dict[int, float] | None = None) -> None:
         import tensorflow as tf
 
         self._tf = tf
         self.model = model
-        self.buckets = buckets
+        self.costs = dict(costs or COSTS_MS)
+        self.buckets = tuple(sorted(self.costs))
         self.shape = tuple(int(d) for d in model.input_shape[1:])   # (T, F)
         self._call = tf.function(lambda x: model(x, training=False), jit_compile=True)
         self._fns: dict[int, Callable[[Any], Any]] = {}
@@ -134,12 +137,14 @@ class CompiledEncoder:
         """(N, T, F) float32 -> (N, D) float32, one compiled call per :func:`plan` chunk."""
         tf = self._tf
         out, i = [], 0
-        for take, bucket in plan(len(x), self.buckets):
+        for take, bucket in plan(len(x), self.costs):
             chunk = x[i:i + take]
             if take != bucket:  # zero rows: the LSTM treats each window alone, padding changes nothing else
                 chunk = np.concatenate([chunk, np.zeros((bucket - take, *self.shape), np.float32)])
             out.append(self.compile(bucket)(tf.constant(chunk)).numpy()[:take])
             i += take
+        if not out:
+            return np.zeros((0, int(self.model.output_shape[-1])), np.float32)
         return np.concatenate(out) if len(out) > 1 else out[0]
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import MeanEncoder, manifest, prototypes_at, small_artifact
 
-from netsiam.compiled import BUCKETS, CALL_COST, TOLERANCE, CompiledEncoder, CompileError, plan
+from netsiam.compiled import BUCKETS, COSTS_MS, TOLERANCE, CompiledEncoder, CompileError, plan
 from netsiam.serving import Artifact, load_artifact
 
 SIZES = (1, 3, 4, 17, 64, 255, 256, 300, 700, 1024, 1025, 2500)
@@ -68,19 +68,24 @@ def test_compiled_embed_equals_keras_within_1e5(which: str, request: pytest.Fixt
     assert art.embed(x[:0]).shape == (0, 3)
 
 
-def test_plan_covers_every_size_and_pads_only_the_last_chunk() -> None:
-    assert plan(0) == [] and plan(1) == [(1, 1)] and plan(1024) == [(1024, 1024)]
-    assert plan(300) == [(256, 256), (44, 64)]                  # not one call padded to 1,024
-    assert plan(2500)[:3] == [(1024, 1024), (1024, 1024), (256, 256)]  # then 196 more, in the cheapest cut
+def test_plan_covers_every_size_at_the_least_cost_and_pads_only_the_last_chunk() -> None:
+    assert plan(0) == [] and plan(1) == [(1, 4)] and plan(1024) == [(1024, 1024)]
+    assert plan(300) == [(300, 512)]                            # 512 costs little more than 256 (COSTS_MS)
+    assert plan(2500)[:2] == [(1024, 1024), (1024, 1024)]
+    assert plan(3, {1: 1.0, 4: 10.0}) == [(1, 1)] * 3           # another cost table, another cut
+
+    def cost(chunks: list[tuple[int, int]]) -> float:
+        return sum(COSTS_MS[b] for _, b in chunks)
+
     for n in range(1, 3000):
         chunks = plan(n)
         assert sum(t for t, _ in chunks) == n
         assert all(b in BUCKETS and 0 < t <= b for t, b in chunks)
         assert all(t == b for t, b in chunks[:-1])              # only the last chunk is padded
-        # never more work than cutting into 1,024s and padding the last to the next bucket
+        # never dearer than cutting into 1,024s and padding the last to the next bucket
         last = n % 1024 or 1024
-        naive = (n - last) // 1024 * (CALL_COST + 1024) + CALL_COST + min(b for b in BUCKETS if b >= last)
-        assert sum(CALL_COST + b for _, b in chunks) <= naive
+        naive = [(1024, 1024)] * ((n - last) // 1024) + [(last, min(b for b in BUCKETS if b >= last))]
+        assert cost(chunks) <= cost(naive) + 1e-9
 
 
 def test_switched_off_by_environment_serves_plain_keras(small: Artifact, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,6 +131,6 @@ def test_outputs_that_disagree_with_keras_are_refused(small: Artifact, monkeypat
 
 def test_warm_up_compiles_the_buckets_ahead(small: Artifact, tmp_path: Path) -> None:
     art = Artifact(small.encoder, small.prototypes, small.manifest)
-    art.warm_up((1, 16))
+    art.warm_up((4, 16))
     enc = art.compiled_encoder()
-    assert enc is not None and set(enc._fns) == {1, 16}
+    assert enc is not None and set(enc._fns) == {4, 16}
