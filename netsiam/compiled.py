@@ -3,11 +3,11 @@
 Under the TensorFlow backend the Keras model's forward pass is wrapped in
 ``tf.function(jit_compile=True)`` and traced for a few fixed batch shapes (:data:`BUCKETS`); a call
 of any size is cut into bucket-sized chunks at the least measured cost (:func:`plan`), the last one
-zero-padded. Measured on
-the 2-core machine (bench/embed.py): a 1,024-window call costs about a third of Keras
-``predict_on_batch``'s; a 1-window call a quarter. Keras' own ``compile(jit_compile=True)`` +
-``predict_on_batch`` was as fast at 1,024 but 1.5x slower at batch 1 (its data adapter runs per
-call), so the model's call is traced directly.
+zero-padded. Measured with ``make bench`` on the 2-core machine (bench/embed.py): twice the windows
+per second of Keras ``predict_on_batch`` at 1,024 windows, 2.5x at 1. Keras' own
+``compile(jit_compile=True)`` + ``predict_on_batch`` was within 15% from 64 to 8,192 windows (faster
+at 700: it compiles that exact size, as it does every distinct size the daemon meets) but 1.4-2.5x
+slower at batch 1 (its data adapter runs on every call), so the model's call is traced directly.
 
 XLA needs static shapes: each bucket is compiled once (~0.6 s on 2 busy cores), on first use, under
 a lock (the daemon embeds on a worker thread while a reload may warm up another artifact). The
@@ -35,8 +35,8 @@ __all__ = ["BUCKETS", "COSTS_MS", "TOLERANCE", "CompileError", "CompiledEncoder"
 log = logging.getLogger("netsiam.serving")
 
 # Milliseconds per compiled call of each batch shape (shipped model, 2-core machine, best of 30 s of
-# interleaved rounds). Not linear: 512 windows cost little more than 256 (XLA's CPU code splits the
-# bigger shape across both cores), so padding 300 windows to 512 beats 256 + 64. Only the ratios
+# interleaved rounds). Not linear: 512 windows cost little more than 256 (measured, twice; the cause
+# in XLA's generated code was not examined), so padding 300 windows to 512 beats 256 + 64. Only the ratios
 # matter: plan() minimises their sum. Chunks beyond 1,024 are cut into 1,024s: at 4,096 one call is
 # no faster per window than four (85 vs 4 x 22 ms).
 # One window costs as much as 4 (0.50 vs 0.49 ms: the call's fixed cost), so there is no 1-window shape.
@@ -57,7 +57,7 @@ def enabled() -> bool:
 def plan(n: int, costs: dict[int, float] | None = None) -> list[tuple[int, int]]:
     """Chunks ``(windows taken, bucket)`` covering ``n`` windows at the least total cost (``costs``:
     per bucket, default :data:`COSTS_MS`): full largest buckets first, then the cheapest cut of the
-    rest (e.g. 300 -> 512 padded, 1,100 -> 1,024 + 64 padded). Only the last chunk is padded."""
+    rest (e.g. 300 -> 512 padded, 1,100 -> 1,024 + 64 + 16 padded). Only the last chunk is padded."""
     table = tuple(sorted((costs or COSTS_MS).items()))
     big = table[-1][0]
     return [(big, big)] * (n // big) + list(_best_rest(n % big, table)[1])
