@@ -125,3 +125,16 @@ def test_process_figures_come_from_psutil() -> None:
     assert rss_mib(gone.pid) is None                                 # reaped: no such process
     assert cpu_seconds(me) > 0
     assert ForeignCpu([me])() >= 0.0
+
+
+@pytest.mark.slow
+def test_cpu_split_reports_each_stage_with_the_fast_path_off_and_on(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.cpusplit import main
+
+    assert main(["--sources", "4", "--minutes", "2"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["cpusplit_records"] == 4 * 120
+    for mode in ("plain", "compiled"):
+        split = res[f"cpusplit_us_per_record_{mode}"]
+        assert all(split[k] > 0 for k in ("feed", "embed", "apply"))
+        assert split["total"] == pytest.approx(split["feed"] + split["embed"] + split["apply"], abs=0.2)
