@@ -10,9 +10,9 @@ at 700: it compiles that exact size, as it does every distinct size the daemon m
 slower at batch 1 (its data adapter runs on every call), so the model's call is traced directly.
 
 XLA needs static shapes: each bucket is compiled once (~0.6 s on 2 busy cores), on first use, under
-a lock (the daemon embeds on a worker thread while a reload may warm up another artifact). The
-first compiled bucket is checked against ``predict_on_batch`` on the same input (within
-:data:`TOLERANCE`); a backend other than TensorFlow, a model that is not a Keras model, a failed
+a lock (the daemon embeds on a worker thread while a reload may warm up another artifact). Each
+compiled bucket is checked against ``predict_on_batch`` on the same input, windows drawn from the
+model's input statistics (within :data:`TOLERANCE`); a backend other than TensorFlow, a model that is not a Keras model, a failed
 compilation or a failed check all make :func:`compile_encoder` / :meth:`CompiledEncoder.embed`
 give up, and the caller serves through plain Keras instead. ``NETSIAM_XLA=0`` in the environment
 turns the fast path off for every command (``detect`` and ``evaluate`` alike, so they embed the same way).
@@ -85,7 +85,8 @@ def _best_rest(n: int, table: tuple[tuple[int, float], ...]) -> tuple[float, tup
 class CompiledEncoder:
     """A Keras encoder's forward pass, XLA-compiled per bucket; numpy (N, T, F) float32 in and out."""
 
-    def __init__(self, model: Any, costs: dict[int, float] | None = None) -> None:
+    def __init__(self, model: Any, costs: dict[int, float] | None = None,
+                 inputs: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         import tensorflow as tf
 
         self._tf = tf
@@ -95,7 +96,10 @@ class CompiledEncoder:
         self.shape = tuple(int(d) for d in model.input_shape[1:])   # (T, F)
         self._call = tf.function(lambda x: model(x, training=False), jit_compile=True)
         self._fns: dict[int, Callable[[Any], Any]] = {}
-        self._checked = False
+        # (mean, std) per feature of the model's inputs (the manifest's normalisation): the check's
+        # probe must look like real windows, where a badly conditioned model shows its rounding
+        self._inputs = inputs
+        self._logged = False
         self._lock = threading.Lock()
 
     def compile(self, bucket: int) -> Callable[[Any], Any]:
@@ -110,25 +114,67 @@ class CompiledEncoder:
                 self._fns[bucket] = fn
         return fn
 
+    def _probe(self, bucket: int) -> np.ndarray:
+        """Deterministic windows in the model's input range (standard normal without statistics):
+        every other one steady (the same sample at every step, as most real traffic is), where a
+        model's terms cancel and rounding shows; the rest noise."""
+        rng = np.random.default_rng(bucket)
+        z = rng.normal(0.0, 1.0, (bucket, *self.shape))
+        z[::2] = rng.normal(0.0, 1.0, (len(z[::2]), 1, self.shape[1]))
+        if self._inputs is not None:
+            mean, std = self._inputs
+            z = z * std + mean
+        return z.astype(np.float32)
+
     def _compile(self, bucket: int) -> Callable[[Any], Any]:
         tf = self._tf
+        probe = self._probe(bucket)
         try:
             fn = self._call.get_concrete_function(tf.TensorSpec((bucket, *self.shape), tf.float32))
-            # the first call compiles; a deterministic probe doubles as the equality check
-            probe = np.random.default_rng(bucket).normal(0.0, 1.0, (bucket, *self.shape)).astype(np.float32)
-            got = fn(tf.constant(probe)).numpy()
+            got = fn(tf.constant(probe)).numpy()  # the first call compiles
         except Exception as e:  # noqa: BLE001 - TF/XLA raise many types; any of them means plain Keras
             raise CompileError(f"XLA compilation failed for batch {bucket}: {type(e).__name__}: "
                                f"{str(e).strip()[:200]}") from e
-        if not self._checked:
-            want = np.asarray(self.model.predict_on_batch(probe))
-            diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
-            if not diff <= TOLERANCE:
-                raise CompileError(f"XLA output differs from Keras by {diff:.2e} (> {TOLERANCE:g})")
-            self._checked = True
-            log.info("encoder compiled by XLA (batch shapes %s; within %.1e of Keras; NETSIAM_XLA=0 turns it off)",
-                     ",".join(map(str, self.buckets)), diff)
+        if not self._logged:
+            self._check_conditioning()
+        # Every shape is checked (XLA orders a large shape's sums differently from a small one's).
+        want = np.asarray(self.model.predict_on_batch(probe))
+        diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+        if not diff <= TOLERANCE:
+            raise CompileError(f"XLA output differs from Keras by {diff:.2e} at batch {bucket} (> {TOLERANCE:g})")
+        if not self._logged:
+            self._logged = True
+            log.info("encoder compiled by XLA (batch shapes %s, each checked within %g of Keras; "
+                     "NETSIAM_XLA=0 turns it off)", ",".join(map(str, self.buckets)), TOLERANCE)
         return fn
+
+    def _check_conditioning(self, n: int = 16) -> None:
+        """Refuse a model whose outputs float32 rounding alone can move by more than :data:`TOLERANCE`.
+
+        XLA sums in another order than TensorFlow's kernels (and in another order for large shapes
+        than for small ones), so each input carries a different last-bit error, moved into the output
+        by the model's sensitivity to it. Bound, per window and output: sum over inputs of
+        |d output / d input| x |input| x float32 epsilon. A test model fitted to a nearly constant
+        feature (weights ~2e5) has a bound of 2.3e-2, and its XLA and Keras embeddings did differ
+        by 1.9e-2 at 256 windows and up (3e-8 below): an event would depend on the batch its window
+        fell in. The shipped model's bound is 3-6e-6 (measured difference: 7e-7)."""
+        tf = self._tf
+        # windows near the inputs' mean (a steady normal stream sits there; far out, a sigmoid
+        # saturates and hides the sensitivity): spreads of 0, 0.01, 0.1 and 1 standard deviation
+        rng = np.random.default_rng(0)
+        z = rng.normal(0.0, 1.0, (n, *self.shape)) * np.resize([0.0, 0.01, 0.1, 1.0], n)[:, None, None]
+        mean, std = self._inputs if self._inputs is not None else (0.0, 1.0)
+        x = tf.constant((z * std + mean).astype(np.float32))
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y = self.model(x, training=False)
+            outs = [y[:, d] for d in range(int(y.shape[-1]))]
+        ax = np.abs(x.numpy())
+        bound = max(float((np.abs(tape.gradient(o, x).numpy()) * ax).sum(axis=(1, 2)).max()) for o in outs)
+        bound *= float(np.finfo(np.float32).eps)
+        if not bound <= TOLERANCE:
+            raise CompileError(f"the model is too sensitive to float32 rounding for a compiled copy to match "
+                               f"Keras within {TOLERANCE:g} (bound {bound:.1e})")
 
     def warm_up(self, buckets: tuple[int, ...] | None = None) -> None:
         """Compile ``buckets`` (default: all) now, not on first use."""
@@ -150,8 +196,8 @@ class CompiledEncoder:
         return np.concatenate(out) if len(out) > 1 else out[0]
 
 
-def compile_encoder(model: Any) -> CompiledEncoder | None:
-    """A :class:`CompiledEncoder` for ``model``, or None (with the reason logged at debug) where the
+def compile_encoder(model: Any, inputs: tuple[np.ndarray, np.ndarray] | None = None) -> CompiledEncoder | None:
+    """A :class:`CompiledEncoder` for ``model`` (``inputs``: mean and std per feature, for its checks), or None (with the reason logged at debug) where the
     fast path does not apply: switched off, another Keras backend, or not a Keras model."""
     if not enabled():
         log.debug("compiled embedding off (NETSIAM_XLA)")
@@ -165,4 +211,4 @@ def compile_encoder(model: Any) -> CompiledEncoder | None:
         return None
     if not isinstance(model, keras.Model):
         return None
-    return CompiledEncoder(model)
+    return CompiledEncoder(model, inputs=inputs)

@@ -179,9 +179,18 @@ class Artifact:
     def compiled_encoder(self) -> CompiledEncoder | None:
         """The XLA fast path for this artifact's encoder, or None where it does not apply."""
         if self._compiled is None and self._try_compiled:
-            self._compiled = compile_encoder(self.encoder)
+            self._compiled = compile_encoder(self.encoder, self._input_stats())
             self._try_compiled = self._compiled is not None
         return self._compiled
+
+    def _input_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean, std) per feature from the manifest: what the fast path's checks feed the model."""
+        norm = self.manifest.get("normalisation") or {}
+        try:
+            mean, std = np.asarray(norm["mean"], np.float64), np.asarray(norm["std"], np.float64)
+        except (KeyError, TypeError, ValueError):
+            return None
+        return (mean, std) if mean.shape == std.shape == (len(self.features),) else None
 
     def warm_up(self, sizes: tuple[int, ...] = (1, 2, *BUCKETS)) -> None:
         """Compile (or trace) the encoder for these batch sizes now, so the first batches do not

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import MeanEncoder, manifest, prototypes_at, small_artifact
+from helpers import MeanEncoder, Model, keras_encoder, manifest, prototypes_at, small_artifact
 
 from netsiam.compiled import BUCKETS, COSTS_MS, TOLERANCE, CompiledEncoder, CompileError, plan
 from netsiam.serving import Artifact, load_artifact
@@ -150,3 +150,18 @@ def test_the_daemons_batch_is_one_compiled_call_cut_by_cost(small: Artifact) -> 
     want = _keras(art, derive(raw, art.features))
     assert float(np.abs(res.emb - want).max()) <= TOLERANCE
     assert list(res.names) == list(art.prototypes.classify(want)[0])
+
+
+def test_a_model_too_sensitive_to_rounding_serves_through_keras(model: Model, caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon tests' linear model (weights ~2e5 on a nearly constant feature): its XLA and Keras
+    embeddings of real windows differ by 2e-2 at 256 windows and up, so its events would depend on
+    the batch a window fell in. Refused before any shape serves; the embeddings are Keras'."""
+    man = manifest(length=model.window.length, stride=model.window.stride, mean=model.head.mean,
+                   std=np.sqrt(model.head.var))
+    art = small_artifact(keras_encoder(model.head, model.window), model.prototypes, man)
+    x = np.broadcast_to(model.head.mean.astype(np.float32), (300, art.window.length, len(art.features))).copy()
+    with caplog.at_level(logging.WARNING, logger="netsiam.serving"):
+        got = art.embed(x)
+    assert "too sensitive to float32 rounding" in caplog.text
+    assert art.compiled_encoder() is None
+    np.testing.assert_array_equal(got, art.embed_plain(x))
