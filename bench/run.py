@@ -10,7 +10,8 @@ Benchmarks, in order (``--only NAME`` picks some):
 * ``decode``: record decode + validate vs plain ``json.loads`` of the same bytes;
 * ``train``: train the default model (``make model``'s recipe) in a fresh process; its artifact is
   the model every later benchmark serves (unless ``--model`` names one);
-* ``embed``: the daemon's per-micro-batch embed function vs a raw Keras call (bench/embed.py);
+* ``embed``: the daemon's per-micro-batch embed function (the XLA-compiled encoder) vs a raw Keras
+  ``predict_on_batch`` (bench/embed.py);
 * ``e2e``: daemon throughput vs a bare consumer, two daemons vs one, record->event latency at half
   the daemon's maximum rate, on the embedded broker (bench/e2e.py);
 * ``rss``: memory at 10, 1k and 10k sources (bench/rss.py);
@@ -39,12 +40,12 @@ HERE = Path(__file__).resolve().parent
 
 # key -> (comparison, target): the issue's targets, shown next to the figures (never asserted in tests)
 TARGETS: dict[str, tuple[str, float]] = {
-    "embed_ratio": (">=", 1.0),
+    "embed_ratio": (">=", 1.2),
     "e2e_ratio": (">=", 0.8),
     "p99_latency_ms": ("<=", 250.0),
     "train_seconds": ("<=", 180.0),
     "rss_kib_per_source_beyond_window": ("<=", 10.0),
-    "gpu_embed_ratio": (">=", 0.5),
+    "gpu_embed_ratio": (">=", 0.7),
     "bench_seconds": ("<=", 600.0),
 }
 

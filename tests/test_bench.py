@@ -23,6 +23,8 @@ if str(REPO) not in sys.path:  # bench/ is a top-level folder of the repository,
 NUMERIC_KEYS = (
     "decode_ratio",
     "embed_ratio",
+    "embed_plain_ratio",
+    "embed_max_abs_diff",
     "e2e_ratio",
     "e2e_two_procs_ratio",
     "p50_latency_ms",
@@ -53,6 +55,7 @@ def test_bench_quick_reports_every_key(tmp_path: Path) -> None:
         assert res[key] is None or isinstance(res[key], int | float), (key, res[key])
         if res[key] is None:
             assert res.get("gpu_note"), "a null GPU ratio says why"
+    assert res["embed_compiled"] is True  # TensorFlow backend: the daemon embedded through XLA
     assert res["latency_events"] > 0
     assert res["machine"]["quick"] is True
     assert "| `e2e_ratio` |" in p.stdout  # the markdown table
@@ -64,8 +67,8 @@ def test_table_marks_targets() -> None:
     table = _table({"machine": {}, "e2e_ratio": 0.5, "embed_ratio": 1.2, "gpu_embed_ratio": None,
                     "detail": {"a": {"b": 1}}, "cpu": {"bare": 1.0}})
     assert "| `e2e_ratio` | 0.5 | >= 0.8: MISSED |" in table
-    assert "| `embed_ratio` | 1.2 | >= 1: ok |" in table
-    assert "| `gpu_embed_ratio` | null | >= 0.5: n/a |" in table
+    assert "| `embed_ratio` | 1.2 | >= 1.2: ok |" in table
+    assert "| `gpu_embed_ratio` | null | >= 0.7: n/a |" in table
     assert "| `cpu` | bare=1.0 |" in table
     assert "detail" not in table
 
@@ -122,3 +125,16 @@ def test_process_figures_come_from_psutil() -> None:
     assert rss_mib(gone.pid) is None                                 # reaped: no such process
     assert cpu_seconds(me) > 0
     assert ForeignCpu([me])() >= 0.0
+
+
+@pytest.mark.slow
+def test_cpu_split_reports_each_stage_with_the_fast_path_off_and_on(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.cpusplit import main
+
+    assert main(["--sources", "4", "--minutes", "2"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["cpusplit_records"] == 4 * 120
+    for mode in ("plain", "compiled"):
+        split = res[f"cpusplit_us_per_record_{mode}"]
+        assert all(split[k] > 0 for k in ("feed", "embed", "apply"))
+        assert split["total"] == pytest.approx(split["feed"] + split["embed"] + split["apply"], abs=0.2)

@@ -1,0 +1,214 @@
+"""The CPU fast path of :meth:`netsiam.serving.Artifact.embed`: the encoder compiled by XLA.
+
+Under the TensorFlow backend the Keras model's forward pass is wrapped in
+``tf.function(jit_compile=True)`` and traced for a few fixed batch shapes (:data:`BUCKETS`); a call
+of any size is cut into bucket-sized chunks at the least measured cost (:func:`plan`), the last one
+zero-padded. Measured with ``make bench`` on the 2-core machine (bench/embed.py): twice the windows
+per second of Keras ``predict_on_batch`` at 1,024 windows, 2.5x at 1. Keras' own
+``compile(jit_compile=True)`` + ``predict_on_batch`` was within 15% from 64 to 8,192 windows (faster
+at 700: it compiles that exact size, as it does every distinct size the daemon meets) but 1.4-2.5x
+slower at batch 1 (its data adapter runs on every call), so the model's call is traced directly.
+
+XLA needs static shapes: each bucket is compiled once (~0.6 s on 2 busy cores), on first use, under
+a lock (the daemon embeds on a worker thread while a reload may warm up another artifact). Each
+compiled bucket is checked against ``predict_on_batch`` on the same input, windows drawn from the
+model's input statistics (within :data:`TOLERANCE`); a backend other than TensorFlow, a model that is not a Keras model, a failed
+compilation or a failed check all make :func:`compile_encoder` / :meth:`CompiledEncoder.embed`
+give up, and the caller serves through plain Keras instead. ``NETSIAM_XLA=0`` in the environment
+turns the fast path off for every command (``detect`` and ``evaluate`` alike, so they embed the same way).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BUCKETS", "COSTS_MS", "TOLERANCE", "CompileError", "CompiledEncoder", "compile_encoder",
+           "enabled", "plan"]
+
+log = logging.getLogger("netsiam.serving")
+
+# Milliseconds per compiled call of each batch shape (shipped model, 2-core machine, best of 30 s of
+# interleaved rounds). Not linear: 512 windows cost little more than 256 (measured, twice; the cause
+# in XLA's generated code was not examined), so padding 300 windows to 512 beats 256 + 64. Only the ratios
+# matter: plan() minimises their sum. Chunks beyond 1,024 are cut into 1,024s: at 4,096 one call is
+# no faster per window than four (85 vs 4 x 22 ms).
+# One window costs as much as 4 (0.50 vs 0.49 ms: the call's fixed cost), so there is no 1-window shape.
+COSTS_MS: dict[int, float] = {4: 0.49, 16: 0.72, 64: 1.70, 256: 5.95, 512: 6.72, 1024: 12.3}
+BUCKETS: tuple[int, ...] = tuple(sorted(COSTS_MS))
+TOLERANCE = 1e-5  # the compiled model must agree with Keras within this (max absolute difference)
+
+
+class CompileError(RuntimeError):
+    """The compiled path cannot serve this model: use plain Keras."""
+
+
+def enabled() -> bool:
+    """False when ``NETSIAM_XLA`` is set to 0/false/no/off (the operator's kill switch)."""
+    return os.environ.get("NETSIAM_XLA", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def plan(n: int, costs: dict[int, float] | None = None) -> list[tuple[int, int]]:
+    """Chunks ``(windows taken, bucket)`` covering ``n`` windows at the least total cost (``costs``:
+    per bucket, default :data:`COSTS_MS`): full largest buckets first, then the cheapest cut of the
+    rest (e.g. 300 -> 512 padded, 1,100 -> 1,024 + 64 + 16 padded). Only the last chunk is padded."""
+    table = tuple(sorted((costs or COSTS_MS).items()))
+    big = table[-1][0]
+    return [(big, big)] * (n // big) + list(_best_rest(n % big, table)[1])
+
+
+@functools.lru_cache(maxsize=8192)
+def _best_rest(n: int, table: tuple[tuple[int, float], ...]) -> tuple[float, tuple[tuple[int, int], ...]]:
+    """(cost, chunks) for ``n`` < the largest bucket; exact (memoised recursion over at most 1,024 sizes)."""
+    if n == 0:
+        return 0.0, ()
+    best: tuple[float, tuple[tuple[int, int], ...]] | None = None
+    for b, c in reversed(table):  # on a tie, the larger chunk first (fewer calls)
+        cand: tuple[float, tuple[tuple[int, int], ...]]
+        if b >= n:
+            cand = (c, ((n, b),))
+        else:
+            rest_cost, rest = _best_rest(n - b, table)
+            cand = (c + rest_cost, ((b, b), *rest))
+        if best is None or cand[0] < best[0]:
+            best = cand
+    assert best is not None  # the table is never empty
+    return best
+
+
+class CompiledEncoder:
+    """A Keras encoder's forward pass, XLA-compiled per bucket; numpy (N, T, F) float32 in and out."""
+
+    def __init__(self, model: Any, costs: dict[int, float] | None = None,
+                 inputs: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self.model = model
+        self.costs = dict(costs or COSTS_MS)
+        self.buckets = tuple(sorted(self.costs))
+        self.shape = tuple(int(d) for d in model.input_shape[1:])   # (T, F)
+        self._call = tf.function(lambda x: model(x, training=False), jit_compile=True)
+        self._fns: dict[int, Callable[[Any], Any]] = {}
+        # (mean, std) per feature of the model's inputs (the manifest's normalisation): the check's
+        # probe must look like real windows, where a badly conditioned model shows its rounding
+        self._inputs = inputs
+        self._logged = False
+        self._lock = threading.Lock()
+
+    def compile(self, bucket: int) -> Callable[[Any], Any]:
+        """The compiled function for ``bucket`` windows (traced and compiled on first use)."""
+        fn = self._fns.get(bucket)
+        if fn is not None:
+            return fn
+        with self._lock:
+            fn = self._fns.get(bucket)
+            if fn is None:
+                fn = self._compile(bucket)
+                self._fns[bucket] = fn
+        return fn
+
+    def _probe(self, bucket: int) -> np.ndarray:
+        """Deterministic windows in the model's input range (standard normal without statistics):
+        every other one steady (the same sample at every step, as most real traffic is), where a
+        model's terms cancel and rounding shows; the rest noise."""
+        rng = np.random.default_rng(bucket)
+        z = rng.normal(0.0, 1.0, (bucket, *self.shape))
+        z[::2] = rng.normal(0.0, 1.0, (len(z[::2]), 1, self.shape[1]))
+        if self._inputs is not None:
+            mean, std = self._inputs
+            z = z * std + mean
+        return z.astype(np.float32)
+
+    def _compile(self, bucket: int) -> Callable[[Any], Any]:
+        tf = self._tf
+        probe = self._probe(bucket)
+        try:
+            fn = self._call.get_concrete_function(tf.TensorSpec((bucket, *self.shape), tf.float32))
+            got = fn(tf.constant(probe)).numpy()  # the first call compiles
+        except Exception as e:  # noqa: BLE001 - TF/XLA raise many types; any of them means plain Keras
+            raise CompileError(f"XLA compilation failed for batch {bucket}: {type(e).__name__}: "
+                               f"{str(e).strip()[:200]}") from e
+        if not self._logged:
+            self._check_conditioning()
+        # Every shape is checked (XLA orders a large shape's sums differently from a small one's).
+        want = np.asarray(self.model.predict_on_batch(probe))
+        diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+        if not diff <= TOLERANCE:
+            raise CompileError(f"XLA output differs from Keras by {diff:.2e} at batch {bucket} (> {TOLERANCE:g})")
+        if not self._logged:
+            self._logged = True
+            log.info("encoder compiled by XLA (batch shapes %s, each checked within %g of Keras; "
+                     "NETSIAM_XLA=0 turns it off)", ",".join(map(str, self.buckets)), TOLERANCE)
+        return fn
+
+    def _check_conditioning(self, n: int = 16) -> None:
+        """Refuse a model whose outputs float32 rounding alone can move by more than :data:`TOLERANCE`.
+
+        XLA sums in another order than TensorFlow's kernels (and in another order for large shapes
+        than for small ones), so each input carries a different last-bit error, moved into the output
+        by the model's sensitivity to it. Bound, per window and output: sum over inputs of
+        |d output / d input| x |input| x float32 epsilon. A test model fitted to a nearly constant
+        feature (weights ~2e5) has a bound of 2.3e-2, and its XLA and Keras embeddings did differ
+        by 1.9e-2 at 256 windows and up (3e-8 below): an event would depend on the batch its window
+        fell in. The shipped model's bound is 3-6e-6 (measured difference: 7e-7)."""
+        tf = self._tf
+        # windows near the inputs' mean (a steady normal stream sits there; far out, a sigmoid
+        # saturates and hides the sensitivity): spreads of 0, 0.01, 0.1 and 1 standard deviation
+        rng = np.random.default_rng(0)
+        z = rng.normal(0.0, 1.0, (n, *self.shape)) * np.resize([0.0, 0.01, 0.1, 1.0], n)[:, None, None]
+        mean, std = self._inputs if self._inputs is not None else (0.0, 1.0)
+        x = tf.constant((z * std + mean).astype(np.float32))
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y = self.model(x, training=False)
+            outs = [y[:, d] for d in range(int(y.shape[-1]))]
+        ax = np.abs(x.numpy())
+        bound = max(float((np.abs(tape.gradient(o, x).numpy()) * ax).sum(axis=(1, 2)).max()) for o in outs)
+        bound *= float(np.finfo(np.float32).eps)
+        if not bound <= TOLERANCE:
+            raise CompileError(f"the model is too sensitive to float32 rounding for a compiled copy to match "
+                               f"Keras within {TOLERANCE:g} (bound {bound:.1e})")
+
+    def warm_up(self, buckets: tuple[int, ...] | None = None) -> None:
+        """Compile ``buckets`` (default: all) now, not on first use."""
+        for b in buckets or self.buckets:
+            self.compile(b)
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """(N, T, F) float32 -> (N, D) float32, one compiled call per :func:`plan` chunk."""
+        tf = self._tf
+        out, i = [], 0
+        for take, bucket in plan(len(x), self.costs):
+            chunk = x[i:i + take]
+            if take != bucket:  # zero rows: the LSTM treats each window alone, padding changes nothing else
+                chunk = np.concatenate([chunk, np.zeros((bucket - take, *self.shape), np.float32)])
+            out.append(self.compile(bucket)(tf.constant(chunk)).numpy()[:take])
+            i += take
+        if not out:
+            return np.zeros((0, int(self.model.output_shape[-1])), np.float32)
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+def compile_encoder(model: Any, inputs: tuple[np.ndarray, np.ndarray] | None = None) -> CompiledEncoder | None:
+    """A :class:`CompiledEncoder` for ``model`` (``inputs``: mean and std per feature, for its checks), or None (with the reason logged at debug) where the
+    fast path does not apply: switched off, another Keras backend, or not a Keras model."""
+    if not enabled():
+        log.debug("compiled embedding off (NETSIAM_XLA)")
+        return None
+    try:
+        import keras
+    except ImportError:
+        return None
+    if keras.backend.backend() != "tensorflow":
+        log.debug("compiled embedding needs the TensorFlow backend, not %s", keras.backend.backend())
+        return None
+    if not isinstance(model, keras.Model):
+        return None
+    return CompiledEncoder(model, inputs=inputs)
