@@ -340,7 +340,7 @@ class Pipeline:
         classes = list(batch.artifact.prototypes.classes)
         version = batch.artifact.version
         names = res.names
-        nearest = np.asarray(classes, dtype=object)[res.dists.argmin(axis=1)] if n else names  # ignoring thresholds
+        nearest = batch.artifact.prototypes.nearest(res.dists) if n else names
         within = batch.artifact.prototypes.within(res.dists) if n else names
         n_events = 0
         i = -1

@@ -92,6 +92,10 @@ class Prototypes:
             out[:, j] = d.min(axis=1)
         return out
 
+    def nearest(self, dist: np.ndarray) -> np.ndarray:
+        """(N, C) distances -> (N,) the nearest class of each window, thresholds ignored."""
+        return np.asarray(self.classes, dtype=object)[np.asarray(dist).argmin(axis=1)]
+
     def within(self, dist: np.ndarray) -> np.ndarray:
         """(N, C) distances -> (N,) frozensets: the classes whose threshold each window is within."""
         inside = np.asarray(dist) <= np.asarray(self.thresholds)[None, :]

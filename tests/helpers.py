@@ -245,8 +245,11 @@ def fit_model() -> Model:
 # -- broker -------------------------------------------------------------------------------------------
 def make_config(broker: Any, topics: TopicsConfig, group: str | None = None, **detector: Any) -> Config:
     """A config pointing at the session broker and this test's topics, with fast group settings."""
-    from netsiam.config import DetectorConfig, MetricsConfig
+    from netsiam.config import DebounceConfig, DetectorConfig, MetricsConfig
 
+    # hold_within off: the linear test model's thresholds (10) hold every window, under which the
+    # hysteresis would keep every fault up; tests serving the shipped model pass debounce=DebounceConfig()
+    detector = {"debounce": DebounceConfig(hold_within=False), **detector}
     return Config(
         kafka=KafkaConfig(bootstrap_servers=broker.bootstrap, group_id=group or unique("g"), topics=topics,
                           session_timeout_ms=6000, heartbeat_interval_ms=1000),

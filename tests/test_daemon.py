@@ -30,7 +30,7 @@ from helpers import (
 )
 from prometheus_client import CollectorRegistry
 
-from netsiam.config import Config
+from netsiam.config import Config, DebounceConfig
 from netsiam.replay import replay_lines
 from netsiam.schemas import load_schema
 from netsiam.schemas.deadletter import validate_dead_letter
@@ -52,8 +52,9 @@ def test_labelled_trace_gives_one_raised_and_one_cleared_per_episode(
     from netsiam.traceio import Record
 
     w, x, _, _ = labelled_windows([Record(**orjson.loads(b)) for b in lines], labels, model.window)
-    names, _, _ = model.prototypes.classify(load_artifact(model_dir).embed(x))  # the very encoder served
-    offline = detect_events(w.sources, w.end_ts, names, Config().detector.debounce)
+    names, _, dists = model.prototypes.classify(load_artifact(model_dir).embed(x))  # the very encoder served
+    offline = detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, model.prototypes.nearest(dists),
+                            model.prototypes.within(dists))
     n_events = len(offline) + sum(e.cleared_at is not None for e in offline)
     replay_lines(lines, broker.bootstrap, topics.samples)
     with running(cfg, model_dir) as d:
@@ -220,15 +221,16 @@ def test_shipped_model_daemon_acts_exactly_as_the_offline_evaluation(broker: Any
     path = default_model_path()
     art = load_artifact(path)
     replay_lines(lines, broker.bootstrap, topics.samples)
-    with running(make_config(broker, topics), path) as d:
+    with running(make_config(broker, topics, debounce=DebounceConfig()), path) as d:   # the shipped defaults
         wait_until(lambda: value(d, "netsiam_records_consumed_total") >= len(lines), 60, "all consumed")
         time.sleep(1.0)
     evs = events_of(read_topic(broker.bootstrap, topics.faults))
     from netsiam.traceio import Record
 
     w, x, _, _ = labelled_windows([Record(**orjson.loads(b)) for b in lines], labels, art.window)
-    names, _, _ = art.prototypes.classify(art.embed(x))
-    offline = detect_events(w.sources, w.end_ts, names, Config().detector.debounce)
+    names, _, dists = art.prototypes.classify(art.embed(x))
+    offline = detect_events(w.sources, w.end_ts, names, DebounceConfig(), art.prototypes.nearest(dists),
+                            art.prototypes.within(dists))
     assert sorted((e.source, e.fault, e.started_at, e.raised_at) for e in offline) == sorted(
         (e["source"], e["fault"], e["started_at"], e["window_end"]) for e in evs if e["state"] == "raised")
     eps = episodes_from_intervals(labels)

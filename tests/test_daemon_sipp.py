@@ -27,7 +27,7 @@ from helpers import (
     wait_until,
 )
 
-from netsiam.config import Config
+from netsiam.config import DebounceConfig
 from netsiam.importers.sipp import import_sipp
 from netsiam.replay import replay_lines
 from netsiam.schemas.event import event_id
@@ -58,12 +58,13 @@ def test_real_sipp_recording_gives_one_raised_and_one_cleared_per_episode(
 
     # what the offline evaluation computes for the very windows and encoder the daemon serves
     w, x, _, _ = labelled_windows(records, labels, art.window)
-    names, _, _ = art.prototypes.classify(art.embed(x))
-    offline = detect_events(w.sources, w.end_ts, names, Config().detector.debounce)
+    names, _, dists = art.prototypes.classify(art.embed(x))
+    offline = detect_events(w.sources, w.end_ts, names, DebounceConfig(), art.prototypes.nearest(dists),
+                            art.prototypes.within(dists))
     n_events = len(offline) + sum(e.cleared_at is not None for e in offline)
 
     replay_lines(lines, broker.bootstrap, topics.samples)
-    with running(make_config(broker, topics), path) as d:
+    with running(make_config(broker, topics, debounce=DebounceConfig()), path) as d:   # the shipped defaults
         wait_until(lambda: value(d, "netsiam_records_consumed_total") >= len(lines), 60, "all records consumed")
         wait_until(lambda: value(d, "netsiam_windows_embedded_total") >= len(x), 60, "all windows embedded")
         read_topic(broker.bootstrap, topics.faults, until=lambda m: len(m) >= n_events, timeout_s=60, idle_s=1.0)

@@ -73,7 +73,7 @@ def trace() -> tuple[list[bytes], list[Any]]:
 
 def test_records_to_events_match_labels_and_offline_evaluation(model: Model, trace: Any) -> None:
     lines, labels = trace
-    cfg = Config()
+    cfg = override(Config(), {"detector.debounce.hold_within": False})   # the linear model's thresholds hold everything
     art = model.fake()
     p = Pipeline(cfg, art)
     out = run_all(p, partitioned(lines))
@@ -91,8 +91,9 @@ def test_records_to_events_match_labels_and_offline_evaluation(model: Model, tra
             assert e["window_end"] > e["started_at"]
     # identical to the offline evaluation over the same windows (evaluate judges as the daemon acts)
     w, x, _, _ = labelled_windows_from_lines(lines, labels, model.window)
-    names, _, _ = model.prototypes.classify(model.head.embed(x))
-    offline = detect_events(w.sources, w.end_ts, names, cfg.detector.debounce)
+    names, _, dists = model.prototypes.classify(model.head.embed(x))
+    offline = detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, model.prototypes.nearest(dists),
+                            model.prototypes.within(dists))
     ends = {(e["source"], e["fault"], e["started_at"], e["state"]): e["window_end"] for e in evs}
     assert len(ends) == len(evs)
     assert sorted((e.source, e.fault, e.started_at, e.raised_at, e.cleared_at) for e in offline) == sorted(

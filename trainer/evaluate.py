@@ -190,7 +190,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     protos = artifact.prototypes
     classes = list(protos.classes)
     pred, _, dists = protos.classify(emb)
-    nway = np.asarray(classes, dtype=object)[dists.argmin(axis=1)]
+    nway = protos.nearest(dists)
     within = protos.within(dists)
     labels = np.asarray(lw.labels, dtype=object)
     ok = ~np.asarray(lw.straddle, dtype=bool)
