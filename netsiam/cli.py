@@ -133,7 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from netsiam.settings import resolve_config
 
         cfg, choice = resolve_config(getattr(args, "config", None))
-        log.info("%s", choice.describe())
+        # services and Kafka verbs say which config (brokers, security) they run on; an offline verb keeps
+        # stderr to its one-line error
+        log.log(logging.INFO if args.verb in (*LONG_RUNNING, "replay", "dump") else logging.DEBUG, "%s", choice.describe())
         module_name, func_name = HANDLERS[args.verb].split(":")
         handler = getattr(importlib.import_module(module_name), func_name)
         with _stdio(args):

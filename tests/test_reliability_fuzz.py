@@ -160,8 +160,6 @@ def test_100k_hostile_records_through_the_pipeline(model: Model) -> None:
         dead, events = dead + d, events + e
         for k, n in r.items():
             reasons[k] = reasons.get(k, 0) + n
-        if c % 10 == 0:
-            p.evict_idle()
         if c == 20:
             rss0 = _rss_bytes()
     consumed = reg.get_sample_value("netsiam_records_consumed_total")
