@@ -135,7 +135,11 @@ def run(quick: bool, tmp: Path, models: Path | None = None) -> dict[str, Any]:
     loro: dict[str, Any] = {}
     for name in reported + novel:
         t = time.perf_counter()
-        art = train_without(cfg, {name}, traces, sim, (models or tmp) / f"loro-{name}")
+        out_dir = (models or tmp) / f"loro-{name}"
+        if models is not None and (out_dir / "manifest.json").is_file():
+            art = load_artifact(out_dir)      # kept by an earlier run with the same recipe: judged again, not retrained
+        else:
+            art = train_without(cfg, {name}, traces, sim, out_dir)
         loro[name] = evaluate_recording(art, traces[name]) | {"train_seconds": round(time.perf_counter() - t, 1)}
         enc = loro[name]["detectors"]["encoder"]
         print(f"1. {name}: first {enc['first_label_correct']}/{enc['episodes']}, delay {enc['median_delay_s']}"
@@ -201,7 +205,8 @@ def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
             for n, v in rep.items() if "raw_nearest_prototype" in v["detectors"]]
     b = min(beat) if beat else (None, None)
     add("leave one out: window accuracy minus the raw prototype's", b, None, "> 0", None if b[0] is None else b[0] > 0)
-    nov = [(v["novelty"][NOVEL]["unknown_rate"], n) for n, v in res["leave_one_out"].items() if NOVEL in v["novelty"]]
+    nov = [(v["novelty"][NOVEL]["unknown_rate"], n) for n, v in res["leave_one_out"].items()
+           if v["novelty"].get(NOVEL, {}).get("unknown_rate") is not None]
     nv = min(nov) if nov else (None, None)
     add(f"never-seen {NOVEL}: share of its windows unknown", nv, 0.0, TARGETS["novel_unknown"],
         None if nv[0] is None else nv[0] >= TARGETS["novel_unknown"])
@@ -231,13 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="two recordings, short training: a smoke test")
     ap.add_argument("-o", "--output", default=None, help="results JSON (default bench/accuracy.json)")
-    ap.add_argument("--models", default=None, help="keep the leave-one-out models here (default: a temp dir)")
+    ap.add_argument("--models", default=None,
+                    help="keep the leave-one-out models here, and reuse those already there (default: a temp dir)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="netsiam-accuracy-") as tmp:
         res = run(args.quick, Path(tmp), Path(args.models) if args.models else None)
-    res["summary"] = summary(res)
     out = Path(args.output) if args.output else HERE / ("accuracy-quick.json" if args.quick else "accuracy.json")
-    out.write_text(json.dumps(res, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
+
+    def write() -> None:
+        out.write_text(json.dumps(res, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
+
+    write()                        # the measurements first: a summary that fails must not lose an hour of them
+    res["summary"] = summary(res)
+    write()
     print(table(res["summary"]))
     print(f"\n{out} written ({res['seconds']:.0f} s)")
     return 0
