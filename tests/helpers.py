@@ -610,26 +610,12 @@ def check_episodes(evs: Sequence[dict[str, Any]], labels: Sequence[LabelInterval
 
 # -- SIPp on loopback (collector tests) ------------------------------------------------------------------
 def free_udp_base(n: int, lo: int = 40000, hi: int = 60000) -> int:
-    """A port P with P..P+n-1 free for UDP and TCP on 127.0.0.1 right now (SIPp peers, relay)."""
-    import random
+    """A port P with P..P+n-1 free for UDP and TCP on 127.0.0.1 right now (the live testbed's search)."""
+    if str(REPO / "deploy" / "testbed") not in sys.path:
+        sys.path.insert(0, str(REPO / "deploy" / "testbed"))
+    from live_demo import free_port_base
 
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(lo, hi - n)
-        socks: list[socket.socket] = []
-        try:
-            for p in range(base, base + n):
-                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                    s = socket.socket(socket.AF_INET, kind)
-                    socks.append(s)
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
+    return free_port_base(n, lo, hi)
 
 
 def start_sipp(args: Sequence[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:

@@ -74,8 +74,8 @@ class LiveBed:
     warm_start: float = 0.0
 
     def __post_init__(self) -> None:
-        self.port = _free_base(30)                 # the testbed's SIP ports: P .. P+25
-        self.kafka_port = _free_base(1)
+        self.port = free_port_base(30)                 # the testbed's SIP ports: P .. P+25
+        self.kafka_port = free_port_base(1)
         self.bootstrap = f"{HOST}:{self.kafka_port}"
         self.tag = f"live-{random.randrange(16**8):08x}"
         self.faults_topic = f"{self.tag}.faults"
@@ -262,11 +262,11 @@ def _wait(cond: Any, timeout_s: float, what: str, proc: subprocess.Popen[bytes] 
     raise RuntimeError(f"{what} did not start within {timeout_s:.0f} s")
 
 
-def _free_base(n: int) -> int:
-    """P with P..P+n-1 free for UDP and TCP on 127.0.0.1 now."""
+def free_port_base(n: int, lo: int = 20000, hi: int = 60000) -> int:
+    """P with P..P+n-1 free for UDP and TCP on 127.0.0.1 now (SIPp peers, relay, broker)."""
     rng = random.Random()
     for _ in range(200):
-        base, socks = rng.randrange(20000, 60000 - n), []
+        base, socks = rng.randrange(lo, hi - n), []
         try:
             for p in range(base, base + n):
                 for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
