@@ -185,7 +185,8 @@ class Daemon:
             self._open(stack)
             if self.model_path is not None:
                 self._watcher = ArtifactWatcher(self.model_path, cfg.detector.reload_poll_s,
-                                                on_failure=self._reload_failed).start()
+                                                on_failure=self._reload_failed,
+                                                serving=lambda: self.pipeline.artifact).start()
                 stack.callback(self._watcher.stop)
             log.info("consuming topic=%s group=%s bootstrap=%s model=%s", k.topics.samples, k.group_id,
                      k.bootstrap_servers, self.pipeline.artifact.version)

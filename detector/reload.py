@@ -59,8 +59,10 @@ class ArtifactWatcher:
     """Background loader: ``take()`` returns a freshly loaded artifact once, or None."""
 
     def __init__(self, path: Path, poll_s: float, *, on_failure: Callable[[str], None],
-                 prepare: Callable[[Artifact], None] = warm_up) -> None:
+                 prepare: Callable[[Artifact], None] = warm_up,
+                 serving: Callable[[], Artifact | None] = lambda: None) -> None:
         self.path = path
+        self._serving = serving   # the artifact served now: an unchanged encoder is reused, not reloaded
         self.poll_s = max(0.05, poll_s)
         self._on_failure = on_failure
         self._prepare = prepare
@@ -103,9 +105,14 @@ class ArtifactWatcher:
             self._forced = False
             self._sig = sig  # a refused state is not retried until the files change again
             try:
-                art = load_artifact(self.path)
-                self._prepare(art)
+                served = self._serving()
+                art = load_artifact(self.path, reuse=served)
+                if served is None or art.encoder is not served.encoder:   # a reused encoder is warm already
+                    self._prepare(art)
             except NetsiamError as e:
+                if artifact_signature(self.path) != sig:   # caught between two files of one save: next poll
+                    self._wake.set()
+                    continue
                 self._on_failure(str(e))
                 continue
             except Exception as e:  # noqa: BLE001 - whatever a broken artifact raises, keep serving

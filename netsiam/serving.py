@@ -264,8 +264,13 @@ def _read_json(path: Path) -> Any:
     return _parse_json(data, path)
 
 
-def load_artifact(path: str | Path | None = None) -> Artifact:
-    """Load and validate an artifact directory (default: the shipped model)."""
+def load_artifact(path: str | Path | None = None, reuse: Artifact | None = None) -> Artifact:
+    """Load and validate an artifact directory (default: the shipped model).
+
+    ``reuse``: an artifact already loaded; if its encoder file has the same hash, its encoder (and
+    compiled fast path) is taken instead of loading and compiling another: a prototypes-only change
+    (feedback, rollback, ``prototypes add``) then reloads in milliseconds, not seconds.
+    """
     import keras
 
     p = Path(path) if path else default_model_path()
@@ -299,6 +304,13 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
         window = WindowConfig(**manifest["window"])
     except (TypeError, NetsiamError) as e:
         raise NetsiamError(f"{p / MANIFEST_FILE}: bad window ({e})") from None
+    if reuse is not None and reuse.manifest.get("files", {}).get(ENCODER_FILE) == manifest["files"][ENCODER_FILE] \
+            and reuse.window == window and reuse.features == tuple(manifest["features"]):
+        protos = Prototypes.from_json(_parse_json(verified[PROTOTYPES_FILE], p / PROTOTYPES_FILE),
+                                      dim=int(reuse.encoder.output_shape[-1]))
+        art = Artifact(reuse.encoder, protos, manifest, p)
+        art._compiled, art._try_compiled = reuse._compiled, reuse._try_compiled
+        return art
     try:
         with tempfile.TemporaryDirectory(prefix="netsiam-load-") as tmp:
             f = Path(tmp) / ENCODER_FILE
