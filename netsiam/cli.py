@@ -50,9 +50,12 @@ HANDLERS = {
     "plot": "netsiam.trainer.plots:cli_plot",
     "collect": "netsiam.collect.cli:cli_collect",
     "dump": "netsiam.collect.cli:cli_dump",
+    "feedback": "netsiam.trainer.feedback:cli_feedback",
+    "learn": "netsiam.trainer.learn:cli_learn",
+    "model": "netsiam.model_cli:cli_model",
 }
 
-LONG_RUNNING = {"detect", "broker", "collect"}   # their log lines carry a timestamp
+LONG_RUNNING = {"detect", "broker", "collect", "learn"}   # their log lines carry a timestamp
 # Arguments naming files a verb reads whose module opens them by path (possibly twice): ``-`` is
 # spooled to a temporary file first. replay and import read ``-`` themselves, as a stream.
 SPOOLED_INPUTS = {"train": ("data", "labels"), "evaluate": ("data", "labels"), "prototypes": ("data", "labels"),

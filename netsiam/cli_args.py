@@ -6,6 +6,7 @@ Parsing only; :mod:`netsiam.cli` runs the verbs. The invocations in docs/cli.md 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from netsiam.collect.cli import add_parsers as add_collect_parsers
@@ -135,6 +136,41 @@ def build_parser() -> argparse.ArgumentParser:
     _common(q)
     q.add_argument("--model", required=True, help="artifact directory to change (in place)")
     q.add_argument("--name", required=True, help="class name")
+
+    p = sub.add_parser("feedback", help="relabel a raised event: the served model learns from its episode")
+    _common(p)
+    p.add_argument("event_id", metavar="EVENT_ID", help="event_id of the episode's raised (or cleared) event")
+    p.add_argument("--label", required=True, help="normal (a false alarm), a known class, or a new class name")
+    p.add_argument("--bootstrap", default=None,
+                   help="HOST:PORT to read the event and the samples from (default: kafka.bootstrap_servers, "
+                        "unless --data is given)")
+    p.add_argument("--model", default=None, help="artifact directory the daemon serves from (default: detector.model)")
+    p.add_argument("--data", default=None, help="trace JSONL holding the episode's samples (instead of the samples topic)")
+    p.add_argument("--by", default=os.environ.get("USER", ""), help="who says so (kept in the model's lineage; "
+                   "default: $USER)")
+    p.add_argument("--note", default="", help="free text kept in the model's lineage")
+
+    p = sub.add_parser("learn", help="apply feedback messages from Kafka to the served model (a service)")
+    _common(p)
+    p.add_argument("--bootstrap", default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
+    p.add_argument("--model", default=None, help="artifact directory the daemon serves from (default: detector.model)")
+    p.add_argument("--group", default=None, help="consumer group (default: kafka.group_id + '-learn')")
+
+    p = sub.add_parser("model", help="versions of a served model: history, rollback, copy")
+    msub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = msub.add_parser("history", help="list the versions kept (feedback lineage), * = served")
+    _common(q)
+    q.add_argument("--model", default=None, help="artifact directory (default: detector.model, else the shipped model)")
+    q.add_argument("--json", action="store_true", help="JSON on stdout")
+    q = msub.add_parser("rollback", help="serve a kept version again")
+    _common(q)
+    q.add_argument("version", metavar="VERSION", help="a version from `model history` (or an event's model_version)")
+    q.add_argument("--model", default=None, help="artifact directory (default: detector.model)")
+    q.add_argument("--by", default=os.environ.get("USER", ""), help="who rolls back (logged)")
+    q = msub.add_parser("copy", help="copy a model (default: the shipped one) into a directory to serve and teach")
+    _common(q)
+    q.add_argument("directory", metavar="DIR", help="new artifact directory")
+    q.add_argument("--model", default=None, help="artifact to copy (default: the shipped model)")
 
     p = sub.add_parser("replay", help="publish a trace to Kafka")
     _common(p)

@@ -107,6 +107,7 @@ class PrototypeConfig:
     min_support: int = 5
     min_threshold: float = 0.7  # floor on every class threshold (embedding units; the cube's edge is 1)
     max_threshold: float = 0.8  # cap on every class threshold (a floor above it wins)
+    min_separation: float = 0.2  # feedback: support points this close to another class's prototype are refused
 
     def __post_init__(self) -> None:
         _check(self.method in ("median", "mean", "medoid", "kmeans"), "prototypes.method",
@@ -117,6 +118,7 @@ class PrototypeConfig:
         _check(self.min_support >= 1, "prototypes.min_support", "must be >= 1")
         _check(self.min_threshold >= 0, "prototypes.min_threshold", "must be >= 0")
         _check(self.max_threshold > 0, "prototypes.max_threshold", "must be > 0")
+        _check(self.min_separation >= 0, "prototypes.min_separation", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class TopicsConfig:
     samples: str = "netsiam.samples"
     faults: str = "netsiam.faults"
     deadletter: str = "netsiam.deadletter"
+    feedback: str = "netsiam.feedback"
     samples_partitions: int = 4
 
 

@@ -1,4 +1,4 @@
-"""Record, label, event and dead-letter contracts: JSON Schema files beside this module and their Python
+"""Record, label, event, dead-letter and feedback contracts: JSON Schema files beside this module and their Python
 checks, and the class names (labels, faults) they use."""
 
 from __future__ import annotations

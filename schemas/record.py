@@ -33,6 +33,7 @@ REASONS: tuple[str, ...] = (
     "bad_timestamp",     # unparsable or out of range
     "duplicate",         # same source and sample interval seen before
     "out_of_order",      # older than the source's last sample, or too far from the stream clock
+    "refused",           # a feedback message `netsiam learn` could not apply (unknown event, too few windows, ...)
 )
 
 MAX_SOURCE_LEN = 256

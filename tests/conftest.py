@@ -38,12 +38,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture
 def topics(broker: Any) -> TopicsConfig:
-    """Fresh samples/faults/dead-letter topics for one test (4 sample partitions)."""
+    """Fresh samples/faults/dead-letter/feedback topics for one test (4 sample partitions)."""
     from netsiam.broker import create_topics
 
     t = unique()
     tc = TopicsConfig(samples=f"{t}.samples", faults=f"{t}.faults", deadletter=f"{t}.deadletter",
-                      samples_partitions=4)
+                      feedback=f"{t}.feedback", samples_partitions=4)
     create_topics(broker.bootstrap, tc)
     return tc
 

@@ -481,17 +481,21 @@ def background_replay(lines: list[bytes], bootstrap: str, topic: str, speed: flo
 
 
 # -- the daemon as a subprocess ----------------------------------------------------------------------------
+def start_netsiam(args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m netsiam ARGS`` as a child process, stdout and stderr appended to ``log``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with log.open("ab") as f:
+        return subprocess.Popen([sys.executable, "-m", "netsiam", *args], stdout=f, stderr=subprocess.STDOUT,
+                                env=env, cwd=REPO)
+
+
 class DaemonProc:
     """``python -m netsiam detect`` as a child process; stderr captured to a file."""
 
     def __init__(self, config: Path, model: Path, log: Path, extra: Sequence[str] = ()) -> None:
         self.log = log
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-        with log.open("ab") as f:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "netsiam", "detect", "--config", str(config), "--model", str(model),
-                 "--metrics-port", "0", *extra],
-                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        self.proc = start_netsiam(["detect", "--config", str(config), "--model", str(model), "--metrics-port", "0",
+                                   *extra], log)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -203,3 +203,32 @@ def test_label_rows() -> None:
         with pytest.raises(NetsiamError, match=msg):
             parse_label_row(bad, where="f.csv:3")
     assert math.isfinite(iv.end)
+
+
+@pytest.mark.parametrize("msg, ok", [
+    ({"event_id": "e1", "label": "capacity_limit"}, True),
+    ({"event_id": "e1", "label": "normal", "by": "noc-1", "note": "planned test"}, True),
+    ({"event_id": "e1", "label": "slow_far_end"}, True),                  # a new class
+    ({"event_id": "e1", "label": "unknown"}, False),                     # the detector's verdicts, not labels
+    ({"event_id": "e1", "label": "silent"}, False),
+    ({"event_id": "e1", "label": "9lives"}, False),
+    ({"event_id": "", "label": "normal"}, False),
+    ({"label": "normal"}, False),
+    ({"event_id": "e1", "label": "normal", "extra": 1}, False),
+    ({"event_id": "e1", "label": "normal", "by": 7}, False),
+    (["e1", "normal"], False),
+])
+def test_feedback_parser_agrees_with_its_json_schema(msg: object, ok: bool) -> None:
+    from netsiam.schemas.feedback import parse_feedback
+
+    schema_ok = jsonschema.Draft202012Validator(load_schema("feedback")).is_valid(msg)
+    try:
+        fb = parse_feedback(enc(msg))
+        parsed = True
+    except NetsiamError:
+        parsed = False
+    assert parsed == schema_ok == ok
+    if ok:
+        assert fb.to_json()["event_id"] == "e1"
+    with pytest.raises(NetsiamError, match="not JSON"):
+        parse_feedback(b"{nope")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,12 +33,14 @@ from netsiam.serving import Artifact, Prototypes, load_artifact
 __all__ = [
     "MEDOID_MAX",
     "add_class",
+    "add_support",
     "calibrate_thresholds",
     "class_points",
     "class_threshold",
     "cli_prototypes",
     "fit_prototypes",
     "format_table",
+    "support_points",
 ]
 
 MEDOID_MAX = 2000  # medoid search is O(n^2): larger classes are subsampled (fixed seed) to this many
@@ -163,15 +166,51 @@ def add_class(artifact: Artifact, name: str, x_windows: np.ndarray, pcfg: Protot
         emb = artifact.embed(x).astype(np.float64)                     # (N, T, F) -> (N, D)
     except ValueError as e:
         raise NetsiamError(f"class {name!r}: windows do not fit the model ({e})") from None
-    k = max(1, min(pcfg.per_class, len(emb) // pcfg.min_support))   # every kmeans point backed by min_support
-    pts = class_points(emb, pcfg.method, k, seed)
-    d = np.sqrt(((emb[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).min(axis=1)  # (N,)
+    protos = artifact.prototypes
+    pos = protos.classes.index(name) if name in protos.classes else None
+    if pos is not None:
+        protos.remove(name)
+    add_support(protos, name, emb, pcfg, seed=seed)
+    if pos is not None:   # a replaced class keeps its place
+        columns: list[list[Any]] = [protos.classes, protos.points, protos.thresholds, protos.support]
+        for col in columns:
+            col.insert(pos, col.pop())
+    return protos.thresholds[protos.classes.index(name)]
+
+
+def support_points(emb: np.ndarray, pcfg: PrototypeConfig, *, points: int | None = None, seed: int = 0) -> np.ndarray:
+    """Embeddings (n, D) of one class's new windows -> the point(s) (k, D) to add for them:
+    ``prototypes.method``'s, or with ``points`` up to that many k-means points, each on at least
+    ``min_support`` windows."""
+    emb = np.asarray(emb, dtype=np.float64)
+    k = max(1, min(points or pcfg.per_class, len(emb) // pcfg.min_support))
+    return class_points(emb, "kmeans" if points else pcfg.method, k, seed)
+
+
+def add_support(protos: Prototypes, name: str, emb: np.ndarray, pcfg: PrototypeConfig, *, seed: int = 0,
+                pts: np.ndarray | None = None) -> np.ndarray:
+    """Embeddings (n, D) of windows of class ``name`` -> the class gains points fitted on them
+    (:func:`support_points`, unless ``pts`` gives them); a class not yet there is created. Returns the
+    new points (k, D).
+
+    A new class's threshold follows :func:`add_class`'s rule; a known class keeps the larger of its
+    own threshold and the one these windows give (capped by ``max_threshold`` as everywhere), so
+    support never shrinks what the class already covers.
+    """
+    emb = np.asarray(emb, dtype=np.float64)
+    pts = support_points(emb, pcfg, seed=seed) if pts is None else np.atleast_2d(pts)
+    d = np.sqrt(((emb[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).min(axis=1)  # (n,)
     thr = class_threshold(d, pcfg)
-    others = [t for c, t in zip(artifact.prototypes.classes, artifact.prototypes.thresholds, strict=True) if c != name]
+    if name in protos.classes:
+        j = protos.classes.index(name)
+        protos.set(name, np.vstack([protos.points[j], pts]), max(protos.thresholds[j], thr),
+                   protos.support[j] + len(emb))
+        return pts
+    others = [t for c, t in zip(protos.classes, protos.thresholds, strict=True) if c != name]
     if others:
         thr = max(thr, float(np.median(others)))
-    artifact.prototypes.set(name, pts, thr, len(x))
-    return thr
+    protos.set(name, pts, thr, len(emb))
+    return pts
 
 
 def format_table(protos: Prototypes) -> str:

@@ -150,14 +150,14 @@ def _admin(bootstrap: str, kcfg: KafkaConfig, timeout_ms: int = 5000) -> Iterato
 
 
 def create_topics(bootstrap: str, topics: TopicsConfig, kcfg: KafkaConfig | None = None) -> list[str]:
-    """Create the samples, faults and dead-letter topics; existing ones are left as they are.
+    """Create the samples, faults, dead-letter and feedback topics; existing ones are left as they are.
 
     Returns the names created now.
     """
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    wanted = {topics.samples: topics.samples_partitions, topics.faults: 1, topics.deadletter: 1}
+    wanted = {topics.samples: topics.samples_partitions, topics.faults: 1, topics.deadletter: 1, topics.feedback: 1}
     created = []
     with _admin(bootstrap, kcfg or KafkaConfig()) as admin:
         existing = set(admin.list_topics())
@@ -282,7 +282,7 @@ def cli_broker(args: Any, cfg: Config) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    names = "" if topics is None else f" topics={topics.samples}({topics.samples_partitions}),{topics.faults},{topics.deadletter}"
+    names = "" if topics is None else f" topics={topics.samples}({topics.samples_partitions}),{topics.faults},{topics.deadletter},{topics.feedback}"
     tls = " tls=on" if bp.front is not None else ""
     print(f"netsiam broker: ready on {bp.bootstrap} pid={bp.proc.pid}{tls}{names}", flush=True)
     try:

@@ -37,8 +37,9 @@ class DumpResult:
 
 
 def read_topic_values(bootstrap: str, topic: str, kafka: KafkaConfig | None = None,
-                      timeout_s: float = 600.0) -> list[bytes]:
-    """Every message value of ``topic``, each partition read from its start to the high watermark seen."""
+                      timeout_s: float = 600.0, key: bytes | None = None) -> list[bytes]:
+    """Every message value of ``topic`` (only those keyed ``key``, if given), each partition read from
+    its start to the high watermark seen."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
@@ -65,7 +66,7 @@ def read_topic_values(bootstrap: str, topic: str, kafka: KafkaConfig | None = No
         while time.monotonic() < deadline:
             got = c.poll(500)
             for msgs in got.values():
-                out.extend(m.value for m in msgs if m.value is not None)
+                out.extend(m.value for m in msgs if m.value is not None and (key is None or m.key == key))
             # the fetch high watermark, not ListOffsets: the embedded broker's lags (tests/conftest.py)
             if not got and all((hw := c.highwater(tp)) is not None and c.position(tp) >= hw for tp in tps):
                 return out

@@ -1,0 +1,57 @@
+"""Feedback messages (schemas/feedback.schema.json): an operator relabels a raised fault event."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from netsiam.errors import NetsiamError
+from netsiam.schemas.classes import SILENT, UNKNOWN
+
+__all__ = ["Feedback", "parse_feedback"]
+
+_LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")   # the same names a labels CSV accepts
+_FIELDS = {"event_id", "label", "by", "note"}
+
+
+@dataclass(frozen=True)
+class Feedback:
+    event_id: str
+    label: str
+    by: str = ""
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.event_id or len(self.event_id) > 128:
+            raise NetsiamError("event_id must be 1-128 characters")
+        if not _LABEL_RE.match(self.label):
+            raise NetsiamError(f"bad label {self.label!r} (letters, digits, _ . -; starts with a letter)")
+        if self.label in (UNKNOWN, SILENT):
+            raise NetsiamError(f"{self.label!r} is the detector's verdict, not a label")
+        if len(self.by) > 256 or len(self.note) > 4096:
+            raise NetsiamError("'by' is at most 256 characters, 'note' 4096")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event_id": self.event_id, "label": self.label, "by": self.by, "note": self.note}
+
+
+def parse_feedback(data: bytes) -> Feedback:
+    """One message's bytes -> Feedback, or NetsiamError saying what is wrong."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise NetsiamError(f"not JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise NetsiamError("not a JSON object")
+    extra = set(obj) - _FIELDS
+    if extra:
+        raise NetsiamError(f"unknown field(s) {sorted(extra)}")
+    for key in ("event_id", "label"):
+        if key not in obj:
+            raise NetsiamError(f"missing {key!r}")
+    if not all(isinstance(obj.get(k, ""), str) for k in _FIELDS):
+        raise NetsiamError("every field is a string")
+    return Feedback(obj["event_id"], obj["label"], obj.get("by", ""), obj.get("note", ""))

@@ -1,0 +1,278 @@
+"""Operators teach the served model: a relabelled event -> its episode's windows -> prototypes -> a new version.
+
+:func:`teach` (``netsiam feedback``, and ``netsiam learn`` for messages on ``netsiam.feedback``):
+
+1. The event, by id (the ``raised`` or the ``cleared`` id of one episode): read from the faults topic; or,
+   given only a trace file, found by running the served model over it exactly as the daemon does
+   (event ids are deterministic).
+2. The episode's windows: the source's samples (samples topic, or the trace) windowed as the model
+   expects, those ending from the fault's start until it cleared (until the last sample if it has not).
+3. The support: the windows the served model called what it raised, if there are at least
+   ``prototypes.min_support``; else every window of the episode it does not call normal. A false alarm
+   (label ``normal``): every window of the episode.
+4. The change: a new label becomes a class (:func:`~netsiam.trainer.prototypes.add_support`); a known one
+   gains points fitted on the support (its threshold never shrinks). What raised the episode loses the
+   windows now nearer the new points, since the nearest prototype wins; its threshold is left as
+   calibrated, so its other windows are judged as before.
+5. A new artifact version where the daemon serves from (:func:`netsiam.versions.publish`), with its
+   lineage in the manifest; a daemon serving that directory hot-reloads it.
+
+Refused, with nothing changed: an unknown event id, an episode of ``silent`` (no windows), fewer support
+windows than ``min_support``, and support points closer than ``prototypes.min_separation`` to another
+class's prototype (the label would swallow that class). Feedback already in the served model's lineage
+(same event, same label) is not applied twice (``learn`` reads at least once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from netsiam.config import Config
+from netsiam.errors import NetsiamError, UsageError
+from netsiam.features import RAW_METRICS, derive, required_metrics
+from netsiam.schemas.classes import NORMAL, SILENT
+from netsiam.schemas.event import event_id as make_event_id
+from netsiam.schemas.feedback import Feedback
+from netsiam.schemas.record import RecordError, decode_record
+from netsiam.serving import Artifact, load_artifact
+from netsiam.versions import lineage, locked, publish, writable_model
+from netsiam.windowing import Windows, windows_from_records
+
+from .detection import Event, detect_events
+from .prototypes import add_support, support_points
+
+__all__ = ["Episode", "Outcome", "cli_feedback", "describe", "episode_from_events", "support_windows", "teach",
+           "trace_events", "update_prototypes"]
+
+Rows = list[tuple[str, float, tuple[float, ...]]]
+# A false alarm says every window of the episode is normal, and an episode is a path through the
+# embedding (onset, plateau, recovery), not one blob: up to this many k-means points cover the whole path
+# (one median left its ends nearer the fault). A class keeps prototypes.method (the median): robust to
+# the onset and recovery windows of the few episodes it learns from.
+FALSE_ALARM_POINTS = 4
+
+
+@dataclass(frozen=True)
+class Episode:
+    """The fault episode an event belongs to."""
+
+    source: str
+    fault: str
+    started_at: float
+    end: float            # the cleared event's window end; inf while the fault is active
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str           # new_class | support | false_alarm | already_applied
+    label: str
+    episode: Episode
+    windows: int          # support windows used
+    version: str          # the version served now
+    parent: str
+    left_out: tuple[str, ...] = ()   # classes whose prototype part of the episode sat on (that part not learned)
+
+
+def episode_from_events(events: Sequence[dict[str, Any]], event_id: str) -> Episode:
+    """The episode of event ``event_id`` among fault events (dicts as published)."""
+    hit = next((e for e in events if isinstance(e, dict) and e.get("event_id") == event_id), None)
+    if hit is None:
+        raise NetsiamError(f"no fault event with id {event_id!r}")
+    try:
+        src, fault, started = str(hit["source"]), str(hit["fault"]), float(hit["started_at"])
+    except (KeyError, TypeError, ValueError):
+        raise NetsiamError(f"event {event_id!r} is not a fault event") from None
+    if fault == SILENT:
+        raise NetsiamError(f"event {event_id!r} is a silent source: there are no windows to learn from")
+    end = math.inf
+    for e in events:
+        if (isinstance(e, dict) and e.get("state") == "cleared" and e.get("source") == src and e.get("fault") == fault
+                and isinstance(e.get("started_at"), int | float) and abs(float(e["started_at"]) - started) < 5e-4):
+            end = float(e["window_end"])
+    return Episode(src, fault, started, end)
+
+
+def _decode(values: Sequence[bytes], art: Artifact, max_bytes: int) -> Rows:
+    """Sample messages -> (source, ts, values) rows; what the daemon dead-lettered is left out here too."""
+    required = frozenset(required_metrics(art.features))
+    rows = []
+    for v in values:
+        try:
+            r = decode_record(v, RAW_METRICS, required, max_bytes)
+        except RecordError:
+            continue
+        rows.append((r.source, r.ts, r.values))
+    return rows
+
+
+def _windows(rows: Rows, art: Artifact) -> tuple[Windows, np.ndarray]:
+    """Rows -> windows as the daemon makes them, and their derived features (N, T, F)."""
+    w = windows_from_records(rows, art.window, len(RAW_METRICS))
+    if len(w) == 0:
+        raise NetsiamError(f"no complete window (length {art.window.length}) in the samples")
+    return w, derive(w.raw, art.features)
+
+
+def trace_events(rows: Rows, art: Artifact, cfg: Config) -> list[Event]:
+    """The events the daemon serving ``art`` raises for these samples (its windows, classes and debounce)."""
+    w, x = _windows(rows, art)
+    return _events(w, x, art, cfg)
+
+
+def _events(w: Windows, x: np.ndarray, art: Artifact, cfg: Config) -> list[Event]:
+    names, _, dist = art.prototypes.classify(art.embed(x))
+    return detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, art.prototypes.nearest(dist),
+                         art.prototypes.within(dist))
+
+
+def _episode_from_trace(w: Windows, x: np.ndarray, art: Artifact, cfg: Config, eid: str) -> Episode:
+    """Run the served model and the daemon's debounce over a trace; the episode whose event id is ``eid``."""
+    for ev in _events(w, x, art, cfg):
+        if eid in (make_event_id(ev.source, ev.fault, ev.started_at, s) for s in ("raised", "cleared")):
+            return Episode(ev.source, ev.fault, ev.started_at, math.inf if ev.cleared_at is None else ev.cleared_at)
+    raise NetsiamError(f"no fault event with id {eid!r} in this trace as the model at hand judges it "
+                       "(an event of another model version? pass --bootstrap to read the faults topic)")
+
+
+def support_windows(x: np.ndarray, names: np.ndarray, ep: Episode, label: str, min_support: int) -> np.ndarray:
+    """Which of the episode's windows (classified ``names`` by the served model) support ``label``."""
+    if label == NORMAL:
+        sel = np.ones(len(x), dtype=bool)
+    else:
+        sel = names == ep.fault
+        if sel.sum() < min_support:
+            sel = names != NORMAL
+    if sel.sum() < min_support:
+        raise NetsiamError(f"the episode of {ep.fault} on {ep.source} has {int(sel.sum())} window(s) to learn "
+                           f"{label!r} from, need at least {min_support} (prototypes.min_support)")
+    return sel
+
+
+def update_prototypes(art: Artifact, label: str, emb: np.ndarray, cfg: Config) -> tuple[Artifact, list[str]]:
+    """A copy of ``art`` whose prototypes learned ``label`` from ``emb`` (n, D), and the classes whose
+    prototype some of the support sits on (those points, and their windows, are left out: they would
+    swallow that class). Refused when every point would."""
+    pcfg = cfg.prototypes
+    pts = support_points(emb, pcfg, points=FALSE_ALARM_POINTS if label == NORMAL else None)   # (k, D)
+    protos = art.prototypes
+    others = [(c, p) for c, p in zip(protos.classes, protos.points, strict=True) if c != label]
+    keep, swallowed = [], []
+    for i, p in enumerate(pts):
+        near = min(((float(np.sqrt(((q - p) ** 2).sum(-1)).min()), c) for c, q in others), default=(np.inf, ""))
+        if near[0] < pcfg.min_separation:
+            swallowed.append((near[1], near[0]))
+        else:
+            keep.append(i)
+    if not keep:
+        cls, d = min(swallowed, key=lambda t: t[1])
+        raise NetsiamError(f"these windows sit on {cls}'s prototype ({d:.3f} from it, prototypes.min_separation "
+                           f"{pcfg.min_separation}): labelling them {label!r} would swallow {cls}")
+    nearest_pt = np.sqrt(((emb[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).argmin(axis=1)   # (n,)
+    mine = np.isin(nearest_pt, keep)
+    if mine.sum() < pcfg.min_support:
+        raise NetsiamError(f"{int(mine.sum())} window(s) of the episode are clear of other classes' prototypes "
+                           f"({', '.join(sorted({c for c, _ in swallowed}))}), need at least {pcfg.min_support}")
+    new = copy.copy(art)
+    new.manifest = copy.deepcopy(art.manifest)
+    new.prototypes = copy.deepcopy(protos)
+    add_support(new.prototypes, label, emb[mine], pcfg, pts=pts[keep])
+    return new, sorted({c for c, _ in swallowed})
+
+
+def _read_kafka(bootstrap: str, cfg: Config, topic: str, key: bytes | None = None) -> list[bytes]:
+    from netsiam.collect.dump import read_topic_values
+
+    # kafka-python logs a cancelled metadata refresh at ERROR when a reader closes; a broker that is
+    # really away raises ServiceError with one line instead
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+    return read_topic_values(bootstrap, topic, cfg.kafka, key=key)
+
+
+def teach(model: Path, fb: Feedback, cfg: Config, *, bootstrap: str | None = None,
+          data: str | None = None) -> Outcome:
+    """Apply one feedback to the artifact in ``model`` (see the module docstring); returns what it did."""
+    with locked(model):
+        art = load_artifact(model)
+        done = [e for e in lineage(model) if e.get("event_id") == fb.event_id and e.get("label") == fb.label]
+        rows: Rows | None = None
+        if data is not None:
+            from .dataset import load_trace
+
+            rows = load_trace(data, dataclasses.replace(cfg, window=art.window, features=art.features))
+        if bootstrap is not None:
+            events = []
+            for v in _read_kafka(bootstrap, cfg, cfg.kafka.topics.faults):
+                try:
+                    events.append(orjson.loads(v))
+                except orjson.JSONDecodeError:
+                    continue
+            ep = episode_from_events(events, fb.event_id)
+            if done:
+                return Outcome("already_applied", fb.label, ep, 0, art.version, str(art.manifest.get("parent")))
+            if rows is None:
+                rows = _decode(_read_kafka(bootstrap, cfg, cfg.kafka.topics.samples, ep.source.encode()), art,
+                               cfg.detector.max_record_bytes)
+            rows = [r for r in rows if r[0] == ep.source]
+            w, x = _windows(rows, art)
+        elif rows is not None:
+            w, x = _windows(rows, art)
+            ep = _episode_from_trace(w, x, art, cfg, fb.event_id)
+            if done:
+                return Outcome("already_applied", fb.label, ep, 0, art.version, str(art.manifest.get("parent")))
+        else:
+            raise UsageError("feedback needs the episode's samples: --bootstrap HOST:PORT or --data TRACE.jsonl")
+        mine = (w.sources == ep.source) & (w.end_ts >= ep.started_at - 1e-6) & (w.end_ts < ep.end)
+        if not mine.any():
+            raise NetsiamError(f"no window of {ep.source} between {ep.started_at} and {ep.end} in the samples")
+        emb = art.embed(x[mine]).astype(np.float64)                              # (n, T, F) -> (n, D)
+        names = art.prototypes.classify(emb)[0]
+        sel = support_windows(x[mine], names, ep, fb.label, cfg.prototypes.min_support)
+        known = fb.label in art.prototypes.classes
+        new, left_out = update_prototypes(art, fb.label, emb[sel], cfg)
+        action = "false_alarm" if fb.label == NORMAL else "support" if known else "new_class"
+        used = new.prototypes.support[new.prototypes.classes.index(fb.label)] - (
+            art.prototypes.support[art.prototypes.classes.index(fb.label)] if known else 0)
+        entry = {**fb.to_json(), "action": action, "source": ep.source, "fault": ep.fault,
+                 "started_at": ep.started_at, "windows": used, "left_out": left_out,
+                 "applied_at": round(time.time(), 3)}
+        version = publish(model, new, art, entry)
+        return Outcome(action, fb.label, ep, used, version, art.version, tuple(left_out))
+
+
+def describe(out: Outcome, model: Path) -> str:
+    ep = out.episode
+    what = {"new_class": f"{out.label!r} is a new class", "support": f"{out.label!r} gained support",
+            "false_alarm": "a false alarm: normal gained support",
+            "already_applied": f"already applied ({out.label!r}): nothing changed"}[out.action]
+    span = f"{ep.started_at:.0f}-{'active' if math.isinf(ep.end) else f'{ep.end:.0f}'}"
+    used = f" from {out.windows} windows" if out.windows else ""
+    left = (f" (part of the episode sits on the prototype of {', '.join(out.left_out)}: that part is left as it was)"
+            if out.left_out else "")
+    return (f"feedback: {what}{used} of the {ep.fault} episode on {ep.source} ({span}){left}; model {out.version} "
+            f"(parent {out.parent}) in {model}")
+
+
+def cli_feedback(args: argparse.Namespace, cfg: Config) -> int:
+    """``netsiam feedback EVENT_ID --label LABEL [--bootstrap] [--model] [--data] [--by] [--note]``."""
+    model = writable_model(args.model or cfg.detector.model)
+    try:
+        fb = Feedback(args.event_id, args.label, args.by or "", args.note or "")
+    except NetsiamError as e:
+        raise UsageError(str(e)) from None
+    bootstrap = args.bootstrap or (None if args.data else cfg.kafka.bootstrap_servers)
+    out = teach(model, fb, cfg, bootstrap=bootstrap, data=args.data)
+    print(describe(out, model))
+    return 0
