@@ -72,6 +72,14 @@ class DetectorMetrics:
         self.fault_active = Gauge(
             "netsiam_fault_active", "1 while a fault is raised on a source (series removed when it clears).",
             ["source", "fault"], registry=r)
+        # Grafana cannot read the faults topic: this series carries an event's evidence to its annotations.
+        # Bounded like netsiam_fault_active: one series per raised fault, removed when it clears.
+        self.fault_evidence = Gauge(
+            "netsiam_fault_evidence_info",
+            "1 while a fault is raised on a source, with its raised event's evidence (the model inputs furthest "
+            "outside their normal range, 'feature value (normal lo to hi); ...', empty when there is none) "
+            "in the evidence label; series removed when it clears.",
+            ["source", "fault", "evidence"], registry=r)
         self.active_faults = Gauge(
             "netsiam_active_faults", "Sources with a raised fault, by fault.", ["fault"], registry=r)
         self.embed_batch_seconds = Histogram(

@@ -45,7 +45,7 @@ from .batch import EVICTED, SILENT_CLEARED, SILENT_RAISED, Batch, BatchResult, M
 from .liveness import Liveness
 from .metrics import DetectorMetrics
 from .sources import TP, Evicted, SourceState
-from .transitions import Emitter, EventOut, marker_transitions
+from .transitions import Emitter, EventOut, explainer, marker_transitions
 
 __all__ = ["EventOut", "Message", "Pipeline", "same_windowing"]
 
@@ -361,7 +361,8 @@ class Pipeline:
             row = res.dists[i]
             distances = {c: round(float(row[j]), 6) for j, c in enumerate(classes)}
             emb = tuple(round(float(v), 6) for v in res.emb[i])
-            n_events += self._emitter.emit(st, trans, w, version, round(float(res.nearest[i]), 6), distances, emb)
+            n_events += self._emitter.emit(st, trans, w, version, round(float(res.nearest[i]), 6), distances, emb,
+                                           explainer(batch.raw[i], batch.artifact))
         batch.seq = self._seq  # the snapshot this batch completes includes its evictions
         return n_events
 

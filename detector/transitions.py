@@ -4,6 +4,11 @@ Windows make transitions through the debounce (:meth:`~netsiam.detector.pipeline
 markers make them without a window (:func:`marker_transitions`): a source went silent, was heard
 again, or is forgotten. Gauges follow every transition of a live state, events only those at or past
 the committed offset (a replay below it rebuilds state silently).
+
+Evidence (:mod:`netsiam.evidence`) is derived only for a window that raises a fault (rare: the hot
+path derives nothing more), and travels in the raised event and the ``netsiam_fault_evidence_info``
+series. A cleared event carries none: the window that clears looks normal, so its "evidence" would
+only say that, and a clear caused by a marker has no window at all.
 """
 
 from __future__ import annotations
@@ -11,8 +16,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from netsiam.debounce import Transition
+from netsiam.evidence import evidence_text, window_evidence
 from netsiam.schemas.classes import SILENT
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.event import FaultEvent
@@ -21,7 +30,9 @@ from .batch import SILENT_CLEARED, SILENT_RAISED, Marker, WindowRef
 from .metrics import DetectorMetrics
 from .sources import TP, SourceState
 
-__all__ = ["Emitter", "EventOut", "marker_transitions"]
+__all__ = ["Emitter", "EventOut", "Explain", "explainer", "marker_transitions"]
+
+Explain = Callable[[], list[dict[str, Any]]]   # -> the evidence of the window that made the transitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,23 +64,36 @@ def marker_transitions(mk: Marker) -> list[Transition]:
     return out + st.tracker.release(mk.window_end)
 
 
+def explainer(raw: np.ndarray, artifact: Any) -> Explain:
+    """The evidence of a raw window (T, R) under ``artifact``'s normal ranges, computed only if called."""
+    return lambda: window_evidence(raw, artifact.features, getattr(artifact, "manifest", None))
+
+
 class Emitter:
-    """Fault events into ``outbox`` and the ``netsiam_fault_active`` / ``netsiam_active_faults`` gauges."""
+    """Fault events into ``outbox`` and the ``netsiam_fault_active`` / ``netsiam_active_faults`` /
+    ``netsiam_fault_evidence_info`` gauges."""
 
     def __init__(self, metrics: DetectorMetrics, outbox: list[DeadLetter | EventOut], wall: Callable[[], float]) -> None:
         self.metrics = metrics
         self.outbox = outbox
         self.wall = wall
+        self._evidence: dict[tuple[str, str], str] = {}  # (source, fault) raised -> its evidence label
 
-    def gauges(self, source: str, fault: str, on: bool) -> None:
+    def gauges(self, source: str, fault: str, on: bool, evidence: str = "") -> None:
         m = self.metrics
         if on:
             m.fault_active.labels(source=source, fault=fault).set(1)
             m.active_faults.labels(fault=fault).inc()
+            self._evidence[(source, fault)] = evidence
+            m.fault_evidence.labels(source=source, fault=fault, evidence=evidence).set(1)
         else:
             with contextlib.suppress(KeyError):
                 m.fault_active.remove(source, fault)
             m.active_faults.labels(fault=fault).dec()
+            text = self._evidence.pop((source, fault), None)
+            if text is not None:
+                with contextlib.suppress(KeyError):
+                    m.fault_evidence.remove(source, fault, text)
 
     def clear_gauges(self, st: SourceState) -> None:
         """The state is dropped without events (its partition went to another consumer)."""
@@ -80,19 +104,26 @@ class Emitter:
 
     def emit(self, st: SourceState, trans: Sequence[Transition], cause: WindowRef | Marker, version: str,
              distance: float = 0.0, distances: dict[str, float] | None = None,
-             emb: tuple[float, ...] = ()) -> int:
+             emb: tuple[float, ...] = (), explain: Explain | None = None) -> int:
         """Gauges and events for ``trans``. Without a window (a marker) an event has distance 0, no
-        distances and an empty embedding. Returns the number of events put in the outbox."""
+        distances, an empty embedding and no evidence. ``explain`` is called at most once, for a raise.
+        Returns the number of events put in the outbox."""
         now = self.wall()
         n = 0
+        found: tuple[dict[str, Any], ...] | None = None
         for t in trans:
+            evidence: tuple[dict[str, Any], ...] = ()
+            if t.state == "raised" and explain is not None and (st.alive or cause.live):
+                if found is None:
+                    found = tuple(explain())
+                evidence = found
             if st.alive:
-                self.gauges(st.name, t.fault, t.state == "raised")
+                self.gauges(st.name, t.fault, t.state == "raised", evidence_text(evidence))
             if not cause.live:
                 continue
             ev = FaultEvent(source=st.name, state=t.state, fault=t.fault, window_end=t.window_end,
                             detected_at=now, started_at=t.started_at, distance=distance,
-                            distances=distances or {}, embedding=emb, model_version=version)
+                            distances=distances or {}, embedding=emb, model_version=version, evidence=evidence)
             self.outbox.append(EventOut(ev, cause.tp, cause.offset, cause.kafka_ts_ms))
             n += 1
         return n

@@ -34,6 +34,9 @@ class FaultEvent:
     distances: dict[str, float] = field(default_factory=dict)
     embedding: tuple[float, ...] = ()
     model_version: str = ""
+    # raised by a window: the inputs furthest outside normal (netsiam.evidence); else, and for an
+    # artifact without normal ranges, empty
+    evidence: tuple[dict[str, Any], ...] = ()
 
     @property
     def event_id(self) -> str:
@@ -42,6 +45,7 @@ class FaultEvent:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["embedding"] = list(self.embedding)
+        d["evidence"] = list(self.evidence)
         return {"event_id": self.event_id, **d}
 
     def to_bytes(self) -> bytes:

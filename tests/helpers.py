@@ -582,12 +582,13 @@ def bad_lines() -> list[tuple[bytes | None, str]]:
     ]
 
 
-EXACT_FIELDS = ("event_id", "source", "state", "fault", "window_end", "started_at", "model_version")
+EXACT_FIELDS = ("event_id", "source", "state", "fault", "window_end", "started_at", "model_version", "evidence")
 
 
 def same_event(a: dict[str, Any], b: dict[str, Any], tol: float = 1e-4) -> bool:
     """Equal up to float32 rounding: the encoder's last bit may depend on the batch a window was
-    embedded in, so distances and embeddings of a replayed event can differ in the last digit."""
+    embedded in, so distances and embeddings of a replayed event can differ in the last digit. Evidence
+    is exact: it is derived from the raising window's records alone."""
     if any(a[k] != b[k] for k in EXACT_FIELDS) or set(a["distances"]) != set(b["distances"]):
         return False
     nums_a = [a["distance"], *a["embedding"], *(a["distances"][c] for c in sorted(a["distances"]))]

@@ -3,7 +3,8 @@
 Each recording (tests/data/sipp_{a,b}_stat.csv, 15 and 50 calls/s) has four labelled fault episodes
 (blocked / capacity_limit). Imported with the project's SIPp importer and replayed to Kafka, it must
 give exactly one ``raised`` and one ``cleared`` per episode, naming the episode's fault, and nothing
-in the normal stretches -- the same events the offline evaluation computes for the same windows.
+in the normal stretches -- the same events the offline evaluation computes for the same windows --
+and each ``raised`` names the inputs that left their normal range (its ``evidence``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 from helpers import (
@@ -30,6 +32,7 @@ from helpers import (
 from netsiam.config import DebounceConfig
 from netsiam.importers.sipp import import_sipp
 from netsiam.replay import replay_lines
+from netsiam.schemas import load_schema
 from netsiam.schemas.event import event_id
 from netsiam.serving import default_model_path, load_artifact
 from netsiam.traceio import read_labels
@@ -106,3 +109,14 @@ def test_real_sipp_recording_gives_one_raised_and_one_cleared_per_episode(
     assert n_events == len(evs)
     for e in evs:
         assert e["model_version"] == art.version and e["detected_at"] > e["window_end"]
+
+    # each raise says why, in the schema's shape: a blocked path retransmits (and stops succeeding), a
+    # capacity limit fails calls; each named input is outside the normal range it is shown with
+    validator = jsonschema.Draft202012Validator(load_schema("event"))
+    plausible = {"blocked": {"retrans_log", "success_rel", "failed_log"}, "capacity_limit": {"failed_log"}}
+    for e in evs:
+        validator.validate(e)
+        assert (e["evidence"] != []) == (e["state"] == "raised"), e
+        if e["state"] == "raised":
+            assert e["evidence"][0]["feature"] in plausible[e["fault"]], e
+            assert all(v["value"] < v["normal"][0] or v["value"] > v["normal"][1] for v in e["evidence"]), e

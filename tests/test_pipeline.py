@@ -419,7 +419,7 @@ def test_a_source_that_stops_sending_is_silent_until_it_sends_again(model: Model
         ("sbc-5", "raised", gone_last + 1, gone_last + after),
     ]
     for e in silent:
-        assert e["embedding"] == [] and e["distances"] == {} and e["distance"] == 0.0
+        assert e["embedding"] == [] and e["distances"] == {} and e["distance"] == 0.0 and e["evidence"] == []
         assert e["event_id"] == event_id(e["source"], "silent", e["started_at"], e["state"])
     # sbc-5 went quiet inside a blocked episode: that fault is cleared when the silence is raised
     five = [(e["state"], e["fault"], e["window_end"]) for e in evs if e["source"] == "sbc-5"]
@@ -435,6 +435,8 @@ def test_a_source_that_stops_sending_is_silent_until_it_sends_again(model: Model
     gauges = {(s.labels["source"], s.labels["fault"]) for fam in p.metrics.fault_active.collect()
               for s in fam.samples}
     assert gauges == active and "sbc-5" not in {s for s, _ in gauges}
+    assert gauges == {(s.labels["source"], s.labels["fault"]) for fam in p.metrics.fault_evidence.collect()
+                      for s in fam.samples}   # the annotations' series: one per active fault, none left over
     assert p.metrics.active_faults.labels(fault="silent")._value.get() == 0
 
 
@@ -474,3 +476,4 @@ def test_evicting_a_faulted_source_over_max_sources_clears_its_fault(model: Mode
     assert [(e["source"], e["state"], e["fault"]) for e in out] == [(iv.source, "cleared", "blocked")]
     assert out[0]["window_end"] == orjson.loads(other)["ts"] and list(p.sources) == ["newcomer"]
     assert not list(p.metrics.fault_active.collect())[0].samples
+    assert not list(p.metrics.fault_evidence.collect())[0].samples

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import jsonschema
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netsiam.errors import NetsiamError
+from netsiam.evidence import K
 from netsiam.features import RAW_METRICS
 from netsiam.schemas import load_schema
 from netsiam.schemas.deadletter import DeadLetter, validate_dead_letter
@@ -159,6 +161,21 @@ def test_event_roundtrip_validates_against_schema_and_ids_are_deterministic() ->
     obj = json.loads(ev.to_bytes())
     jsonschema.validate(obj, load_schema("event"))
     assert obj["event_id"] == event_id("sbc-1", "blocked", 1795384120.0, "raised")
+    assert obj["evidence"] == []   # no evidence given: still the required (empty) array
+    # with evidence, as the daemon sends a raise (at most netsiam.evidence.K items)
+    why = ({"feature": "success_rel", "value": 0.02, "normal": [0.19, 1.93]},
+           {"feature": "retrans_log", "value": 4.61, "normal": [0.0, 0.38]})
+    raised = json.loads(replace(ev, evidence=why).to_bytes())
+    jsonschema.validate(raised, load_schema("event"))
+    assert raised["evidence"] == [dict(e) for e in why] and raised["event_id"] == obj["event_id"]
+    validator = jsonschema.Draft202012Validator(load_schema("event"))
+    assert validator.schema["properties"]["evidence"]["maxItems"] == K
+    old = {k: v for k, v in raised.items() if k != "evidence"}   # the contract: events carry it
+    for bad in (old, {**raised, "evidence": [{"feature": "success_rel", "value": 0.02}]},
+                {**raised, "evidence": [{**why[0], "normal": [0.19]}]},
+                {**raised, "evidence": [{**why[0], "value": "low"}]},
+                {**raised, "evidence": [{**why[0], "extra": 1}]}, {**raised, "evidence": [why[0]] * (K + 1)}):
+        assert not validator.is_valid(bad), bad
     again = FaultEvent("sbc-1", "raised", "blocked", 1795384999.0, 1795385000.0, 1795384120.0, 0.5)
     assert again.event_id == ev.event_id  # same source + fault + start -> same id
     cleared = FaultEvent("sbc-1", "cleared", "blocked", 1795384200.0, 0, 1795384120.0, 0.5)

@@ -21,7 +21,7 @@ from netsiam.trainer.outliers import Exposure, outlier_scales, synthetic_outlier
 from netsiam.trainer.scores import pair_scores, roc_auc
 from netsiam.trainer.simulate import SimParams, simulate
 from netsiam.trainer.split import in_aftermath, label_runs, load_windows, split_validation
-from netsiam.trainer.train import train
+from netsiam.trainer.train import train, training_ranges
 
 
 def sim_files(tmp: Path, name: str, sources: int, minutes: float, seed: int,
@@ -245,6 +245,9 @@ def test_train_end_to_end_separates_faults_on_held_out_data(data: dict[str, tupl
     assert len(m["history"]["loss"]) == len(m["history"]["val_loss"]) == m["metrics"]["epochs_run"]
     assert orjson.loads((out / "history.json").read_bytes()) == m["history"]
     assert m["metrics"]["val_n_way_accuracy"] > 0.9
+    # the evidence ranges: every feature, from the training windows, as --ranges-only recomputes them
+    assert list(m["normal_ranges"]) == m["features"]
+    assert training_ranges(Config(), [trace], [labels], ["retrans_storm"]) == m["normal_ranges"]
 
     with np.load(out / "snapshots.npz", allow_pickle=False) as z:
         emb, lab, epochs = z["emb"], z["labels"], z["epochs"]

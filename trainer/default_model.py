@@ -7,6 +7,11 @@ so the model sees loads and holds no recording has). ``degraded`` episodes are l
 is the one the shipped model must call ``unknown``. Then ``netsiam train`` with the config defaults
 and a fixed seed -> ``netsiam/default_model/``. TensorBoard logs and the checkpoint go to a temporary
 directory, not into the package.
+
+``--ranges-only`` rewrites only the manifest's ``normal_ranges`` (the evidence fault events quote,
+:mod:`netsiam.evidence`) from the same training windows, as :func:`~netsiam.trainer.train.train`
+computes them: the shipped model gets them without retraining (which would change every published
+figure). Training writes them itself, so ``make model`` needs no extra step.
 """
 
 from __future__ import annotations
@@ -17,15 +22,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
+
 from netsiam.config import Config, override
-from netsiam.serving import default_model_path
-from netsiam.traceio import write_labels, write_trace
+from netsiam.errors import NetsiamError
+from netsiam.evidence import MANIFEST_KEY
+from netsiam.serving import MANIFEST_FILE, default_model_path
+from netsiam.traceio import atomic_write_bytes, write_labels, write_trace
 from netsiam.trainer.corpus import NOVEL_LABEL, load_corpus, to_traces
 from netsiam.trainer.simulate import VARIED, simulate
-from netsiam.trainer.train import train
+from netsiam.trainer.train import train, training_ranges
 
 __all__ = ["EXCLUDED_LABELS", "TRAIN_MINUTES", "TRAIN_OVERRIDES", "TRAIN_PARAMS", "TRAIN_SEED", "TRAIN_SOURCES",
-           "main", "training_config", "training_data"]
+           "main", "training_config", "training_data", "write_ranges"]
 
 TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED = 32, 10.0, 1
 TRAIN_PARAMS = VARIED       # blocked + capacity_limit in their real variants; retrans_storm stays out (novel)
@@ -57,12 +66,34 @@ def training_config(base: Config | None = None) -> Config:
     return override(base or Config(), TRAIN_OVERRIDES)
 
 
+def write_ranges(model_dir: str | Path) -> dict[str, object]:
+    """Recompute the default model's normal ranges from its training windows and write them into
+    ``model_dir``'s manifest (nothing else in it changes; the manifest is not hashed); -> the ranges."""
+    path = Path(model_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise NetsiamError(f"{path}: no manifest (train the model first: make model)")
+    manifest = orjson.loads(path.read_bytes())
+    with tempfile.TemporaryDirectory(prefix="netsiam-ranges-") as tmp:
+        traces, labels = training_data(tmp)
+        ranges = training_ranges(training_config(), traces, labels, EXCLUDED_LABELS)
+    manifest[MANIFEST_KEY] = ranges
+    atomic_write_bytes(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    return ranges
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-o", "--output", default=str(default_model_path()))
     ap.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    ap.add_argument("--ranges-only", action="store_true",
+                    help="only rewrite the manifest's normal ranges (evidence), without training")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if args.ranges_only:
+        ranges = write_ranges(args.output)
+        print(f"normal ranges of {len(ranges)} features written to {Path(args.output) / MANIFEST_FILE} "
+              f"in {time.perf_counter() - t0:.0f} s")
+        return 0
     with tempfile.TemporaryDirectory(prefix="netsiam-model-") as tmp:
         traces, labels = training_data(tmp)
         staging = Path(tmp) / "artifact"

@@ -12,7 +12,9 @@
    validation loss are checkpointed and restored.
 5. prototypes on training windows, thresholds calibrated on validation windows, the no-learning
    baselines fitted on the same windows, metrics.
-6. artifact: encoder.keras, prototypes.json, manifest.json (+ history.json, snapshots.npz).
+6. artifact: encoder.keras, prototypes.json, manifest.json (+ history.json, snapshots.npz). The manifest
+   also holds each feature's normal range (``normal_ranges``, from the training windows of clean
+   normal traffic), which fault events quote as their evidence (``netsiam.evidence``).
 
 Keras/TensorFlow are imported only once the data has loaded, so a bad path fails fast with one line.
 """
@@ -34,7 +36,9 @@ import orjson
 
 from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
+from netsiam.evidence import MANIFEST_KEY, normal_ranges, ranges_to_json
 from netsiam.features import required_metrics
+from netsiam.schemas.classes import NORMAL
 from netsiam.serving import FORMAT, Artifact, Prototypes
 from netsiam.traceio import atomic_write_bytes, read_labels
 from netsiam.trainer.augment import thinned_copies
@@ -47,7 +51,7 @@ from netsiam.trainer.scores import pair_scores, roc_auc
 from netsiam.trainer.split import class_order, in_aftermath, load_windows, split_validation
 from netsiam.trainer.tblog import ScalarLog
 
-__all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "train"]
+__all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "split_windows", "train", "training_ranges"]
 
 SNAPSHOTS_FILE, HISTORY_FILE, CHECKPOINT_FILE = "snapshots.npz", "history.json", "checkpoint.weights.h5"
 VAR_FLOOR = 1e-6          # a feature constant in training must not divide by ~0 at inference
@@ -118,15 +122,11 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
 
     # 1. data ------------------------------------------------------------------------------------------
-    lw, groups = load_windows(cfg, data_paths, label_paths)                     # x: (N, T, F)
-    # Every window is labelled by its last sample, onset and offset windows (straddling a label change)
-    # included: they teach the encoder to name a fault from its first seconds, and normal soon after it.
-    keep = ~np.isin(lw.labels, list(exclude_labels))
-    lw, groups = lw.subset(keep), groups[keep]
-    in_train, in_val, overlapping = split_validation(lw.end_ts, groups, lw.labels, tc.val_fraction,
-                                                     span_s=(w.length - 1) * w.interval_s)
+    lw, groups, in_train, in_val, overlapping = split_windows(cfg, data_paths, label_paths, exclude_labels)
     tr, va = lw.subset(in_train), lw.subset(in_val)
-    va_aftermath = in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S)[in_val]
+    aftermath = in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S)
+    va_aftermath = aftermath[in_val]
+    ranges = _normal_ranges(lw, in_train, aftermath, cfg)                     # before any thinned copies
     # every labelled class, even one no window ends in (an episode shorter than the start of the first window)
     labelled = {iv.label for p in label_paths for iv in read_labels(p)} - set(exclude_labels)
     classes = class_order(np.array(sorted(set(lw.labels.tolist()) | labelled), dtype=object))
@@ -255,6 +255,7 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
         "excluded_labels": sorted(set(exclude_labels)),
         "validation_overlaps_training": overlapping,
         "baselines": baselines,
+        MANIFEST_KEY: ranges,
         "train_seconds": round(time.perf_counter() - t_start, 2),
     }
     artifact = Artifact(final, protos, manifest, out)
@@ -266,6 +267,40 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     say(f"validation: n-way accuracy {metrics['val_n_way_accuracy']:.4f}, pair AUC {_f(metrics['val_pair_auc'])}, "
         f"accuracy with unknown {metrics['val_window_accuracy']:.4f}")
     return artifact
+
+
+def split_windows(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
+                  exclude_labels: Sequence[str] = ()) -> tuple[LabelledWindows, np.ndarray, np.ndarray, np.ndarray,
+                                                               list[str]]:
+    """Step 1: every trace windowed, excluded labels dropped, validation chosen per class.
+
+    -> (windows, group (N,), train mask, validation mask, classes whose validation overlaps training).
+    """
+    w = cfg.window
+    lw, groups = load_windows(cfg, data_paths, label_paths)                     # x: (N, T, F)
+    # Every window is labelled by its last sample, onset and offset windows (straddling a label change)
+    # included: they teach the encoder to name a fault from its first seconds, and normal soon after it.
+    keep = ~np.isin(lw.labels, list(exclude_labels))
+    lw, groups = lw.subset(keep), groups[keep]
+    in_train, in_val, overlapping = split_validation(lw.end_ts, groups, lw.labels, cfg.training.val_fraction,
+                                                     span_s=(w.length - 1) * w.interval_s)
+    return lw, groups, in_train, in_val, overlapping
+
+
+def _normal_ranges(lw: LabelledWindows, in_train: np.ndarray, aftermath: np.ndarray, cfg: Config) -> dict[str, Any]:
+    """The evidence ranges (netsiam.evidence) from the training windows of clean normal traffic: inside
+    one label and outside a fault's aftermath, whose timeouts and answered backlog are normal by label
+    only (on the default model's data they would lift failed_log's 99th percentile from 0.86 to 2.7,
+    above a capacity limit's median of 2.5)."""
+    clean = in_train & (lw.labels == NORMAL) & ~lw.straddle & ~aftermath
+    return ranges_to_json(normal_ranges(lw.x[clean], cfg.features))
+
+
+def training_ranges(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
+                    exclude_labels: Sequence[str] = ()) -> dict[str, Any]:
+    """The manifest's ``normal_ranges`` exactly as :func:`train` computes them, without training."""
+    lw, groups, in_train, _, _ = split_windows(cfg, data_paths, label_paths, exclude_labels)
+    return _normal_ranges(lw, in_train, in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S), cfg)
 
 
 def _core(lw: LabelledWindows, keep: np.ndarray | None = None) -> np.ndarray:

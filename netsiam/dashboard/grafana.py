@@ -67,7 +67,7 @@ def _annotations() -> list[dict[str, Any]]:
                "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"}
     return [builtin, *({
         "name": a.name, "datasource": dict(DS), "enable": True, "hide": False, "iconColor": a.color,
-        "expr": a.expr, "step": "5s", "titleFormat": a.title, "tagKeys": ",".join(a.tags), "textFormat": "",
+        "expr": a.expr, "step": "5s", "titleFormat": a.title, "tagKeys": ",".join(a.tags), "textFormat": a.text,
         "useValueForTime": False,
     } for a in ANNOTATIONS)]
 

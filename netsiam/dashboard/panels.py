@@ -172,11 +172,14 @@ class Annotation:
     title: str            # Grafana's titleFormat ({{label}} placeholders)
     tags: tuple[str, ...]
     color: str
+    text: str = ""        # Grafana's textFormat (same placeholders)
 
 
-# A fault's region starts at its raised event and ends at its cleared one (the daemon sets
-# netsiam_fault_active on raise and removes the series on clear): on every time-series panel.
+# A fault's region starts at its raised event and ends at its cleared one, on every time-series panel,
+# with the raised event's evidence as its text: the daemon sets netsiam_fault_evidence_info (beside
+# netsiam_fault_active, for every raised fault) on raise and removes the series on clear.
 ANNOTATIONS: tuple[Annotation, ...] = (
-    Annotation("Faults (raised → cleared)", f'max by (source, fault) ({_sel("netsiam_fault_active", _SRC)}) == 1',
-               "{{fault}} raised on {{source}}", ("source", "fault"), "red"),
+    Annotation("Faults (raised → cleared)",
+               f'max by (source, fault, evidence) ({_sel("netsiam_fault_evidence_info", _SRC)}) == 1',
+               "{{fault}} on {{source}}", ("source", "fault"), "red", text="{{evidence}}"),
 )

@@ -1,0 +1,133 @@
+"""Evidence: why a window was raised, in the operator's terms -- the model inputs furthest outside normal.
+
+A fault event carries ``evidence``: up to :data:`K` derived features (:mod:`netsiam.features`), each
+``{"feature": "success_rel", "value": 0.02, "normal": [0.97, 1.0]}``: its value in the window and the
+range it keeps in normal traffic. The model itself decides the fault; evidence only describes the
+window in the feature units a person can check against the traffic.
+
+* The **value** of a feature is the mean of the window's last :data:`TAIL` samples: a fault is raised
+  about 2 s into it, so the window's tail carries it (its head is still normal), and a mean over 3
+  samples keeps a one-second glitch from dominating.
+* Its **normal range** is the 1st..99th percentile of that same statistic over the training windows of
+  clean normal traffic (:func:`normal_ranges`), rounded outward to :data:`DECIMALS` decimals; values
+  are rounded to the same precision and compared with it, so what an event shows is what was decided.
+* Features are ranked by how far outside their range they are, in units of the statistic's standard
+  deviation over those windows (its **scale**): one unit for every feature, whatever its own units
+  (concurrency_delta spans tens, retrans_log tenths). The interquartile range would be zero for
+  retransmissions, which are 0 in almost every normal window.
+
+The ranges are written into the artifact manifest under :data:`MANIFEST_KEY`; an artifact without them
+(trained before evidence existed) gives empty evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from netsiam.features import derive
+
+__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "QUANTILES", "TAIL", "NormalRange", "evidence", "evidence_text",
+           "normal_ranges", "ranges_from_manifest", "ranges_to_json", "window_evidence"]
+
+MANIFEST_KEY = "normal_ranges"
+TAIL = 3                      # samples at the window's end that make a feature's value (changing it needs new ranges)
+QUANTILES = (0.01, 0.99)      # the normal range: 98 % of clean normal windows fall inside it
+DECIMALS = 2                  # the precision values and ranges are reported (and compared) at
+K = 3                         # at most this many features per event: the few that explain it
+_SCALE_FLOOR = 10.0 ** -DECIMALS  # a feature constant in normal traffic: deviations below the precision mean nothing
+
+
+class NormalRange(NamedTuple):
+    lo: float
+    hi: float
+    scale: float   # std of the statistic over normal windows (>= the reported precision)
+
+
+def _tail(x: np.ndarray) -> np.ndarray:
+    """(..., T, F) -> (..., F): each feature's value (mean of the last TAIL samples)."""
+    return np.asarray(x, np.float64)[..., -TAIL:, :].mean(axis=-2)
+
+
+def _round(v: float) -> float:
+    return round(float(v), DECIMALS) + 0.0   # + 0.0: no -0.0 in an event
+
+
+def normal_ranges(x_normal: np.ndarray, features: Sequence[str]) -> dict[str, NormalRange]:
+    """Derived windows of normal traffic (N, T, F) -> each feature's normal range and scale; {} for N = 0."""
+    x_normal = np.asarray(x_normal)
+    if x_normal.ndim != 3 or x_normal.shape[-1] != len(features):
+        raise ValueError(f"normal windows must be (N, T, {len(features)}), got {x_normal.shape}")
+    if not len(x_normal):
+        return {}
+    s = _tail(x_normal)                                                     # (N, F)
+    lo, hi = np.quantile(s, QUANTILES, axis=0)                              # (F,) each
+    p = 10.0 ** DECIMALS
+    # outward to the reported precision (the inner round first: 0.29 * 100 is 28.999...)
+    lo, hi = np.floor(np.round(lo * p, 6)) / p, np.ceil(np.round(hi * p, 6)) / p
+    sd = np.maximum(s.std(axis=0), _SCALE_FLOOR)
+    return {f: NormalRange(_round(lo[j]), _round(hi[j]), round(float(sd[j]), 4)) for j, f in enumerate(features)}
+
+
+def ranges_to_json(ranges: Mapping[str, NormalRange]) -> dict[str, Any]:
+    """For the manifest: ``{feature: {"normal": [lo, hi], "scale": s}}``."""
+    return {f: {"normal": [r.lo, r.hi], "scale": r.scale} for f, r in ranges.items()}
+
+
+def ranges_from_manifest(manifest: Mapping[str, Any] | None) -> dict[str, NormalRange]:
+    """The manifest's ranges; {} when it has none. A malformed entry is skipped, not raised: this runs
+    in the daemon at a raise, and a bad range must cost that feature's evidence, not the event."""
+    raw = (manifest or {}).get(MANIFEST_KEY)
+    out: dict[str, NormalRange] = {}
+    if not isinstance(raw, Mapping):
+        return out
+    for f, entry in raw.items():
+        try:
+            (lo, hi), scale = entry["normal"], entry["scale"]
+            r = NormalRange(float(lo), float(hi), max(float(scale), _SCALE_FLOOR))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if all(math.isfinite(v) for v in r) and r.lo <= r.hi:
+            out[str(f)] = r
+    return out
+
+
+def evidence(window: np.ndarray, features: Sequence[str], ranges: Mapping[str, NormalRange],
+             k: int = K) -> list[dict[str, Any]]:
+    """One derived window (T, F) -> up to ``k`` features outside their normal range, furthest first.
+
+    When none is outside, the one closest to leaving its range (so a raised event always says
+    something when ranges exist); [] without ranges.
+    """
+    vals = _tail(window)                                                    # (F,)
+    scored = []
+    for j, f in enumerate(features):
+        r = ranges.get(f)
+        if r is None:
+            continue
+        v = _round(vals[j])
+        # > 0: scales outside the range; <= 0: scales inside it, to the nearer edge
+        d = (r.lo - v if v < r.lo else v - r.hi if v > r.hi else -min(v - r.lo, r.hi - v)) / r.scale
+        scored.append((d, j, {"feature": f, "value": v, "normal": [r.lo, r.hi]}))
+    scored.sort(key=lambda t: (-t[0], t[1]))                                # stable: feature order on ties
+    outside = [e for d, _, e in scored if d > 0][:k]
+    return outside or [e for _, _, e in scored[:1]]
+
+
+def window_evidence(raw: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,
+                    k: int = K) -> list[dict[str, Any]]:
+    """A raw window (T, R) as the daemon holds it -> its evidence under the artifact's manifest."""
+    ranges = ranges_from_manifest(manifest)
+    if not ranges:
+        return []
+    return evidence(derive(np.asarray(raw)[None], features)[0], features, ranges, k)
+
+
+def evidence_text(ev: Sequence[Mapping[str, Any]]) -> str:
+    """One line for a label or a chat message: ``success_rel 0.02 (normal 0.97 to 1.00); ...``."""
+    fmt = f".{DECIMALS}f"
+    return "; ".join(f"{e['feature']} {e['value']:{fmt}} (normal {e['normal'][0]:{fmt}} to {e['normal'][1]:{fmt}})"
+                     for e in ev)

@@ -1,0 +1,229 @@
+"""Evidence (netsiam.evidence): fault events say which inputs left their normal range.
+
+Unit checks on constructed windows, the daemon's pipeline with the numpy test model (raised events
+carry evidence, cleared ones none, the Prometheus series follows the fault), and the shipped model on
+the real-SIPp corpus: its manifest holds the ranges ``--ranges-only`` reproduces, and the evidence of
+its raises on real recordings names the inputs a person would check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import orjson
+import pytest
+from helpers import Model, embed_all, labelled_trace, labelled_windows, partitioned, trace_lines
+
+from netsiam.config import Config, override
+from netsiam.detector.pipeline import EventOut, Pipeline
+from netsiam.evidence import (
+    MANIFEST_KEY,
+    QUANTILES,
+    TAIL,
+    NormalRange,
+    evidence,
+    evidence_text,
+    normal_ranges,
+    ranges_from_manifest,
+    ranges_to_json,
+    window_evidence,
+)
+from netsiam.features import DEFAULT_FEATURES, RAW_METRICS
+from netsiam.schemas import load_schema
+from netsiam.serving import default_model_path, load_artifact
+from netsiam.traceio import Record
+
+FEATS = ("success_rel", "retrans_log", "failed_log", "concurrency_delta")
+RANGES = {"success_rel": NormalRange(0.97, 1.0, 0.01), "retrans_log": NormalRange(0.0, 0.38, 0.08),
+          "failed_log": NormalRange(0.0, 0.86, 0.17), "concurrency_delta": NormalRange(-12.22, 15.68, 4.26)}
+NORMAL_TAIL = (0.99, 0.1, 0.75, 1.0)  # every feature inside its range
+
+
+def window(tail: tuple[float, ...], head: float | None = None, t: int = 30) -> np.ndarray:
+    """(T, F): ``tail`` in the last TAIL samples, the head something else (only the tail may count)."""
+    w = np.tile(np.asarray(tail if head is None else [head] * len(tail), np.float64), (t, 1))
+    w[-TAIL:] = tail
+    return w
+
+
+# -- the statistic and the ranges -----------------------------------------------------------------------
+def test_normal_ranges_are_the_percentiles_of_the_tail_mean_rounded_outward() -> None:
+    n, t = 1001, 30
+    rng = np.random.default_rng(0)
+    x = rng.normal(50.0, 9.0, (n, t, 3))           # heads: noise far from the tails, which alone count
+    a = np.linspace(0.0, 10.0, n)
+    x[:, -TAIL:, 0] = a[:, None]                   # tail mean of a: 0 .. 10 in steps of 0.01
+    x[:, -TAIL:, 1] = 5.0                          # constant in normal traffic
+    x[:, -1, 2] = 3.0 * a                          # mean of (0.5, 0.5, 3a) = 1/3 + a
+    x[:, -TAIL:-1, 2] = 0.5
+    r = normal_ranges(x, ("a", "const", "ramp"))
+    assert r["a"] == NormalRange(0.1, 9.9, round(float(a.std()), 4))   # 1st and 99th percentile
+    assert r["const"] == NormalRange(5.0, 5.0, 0.01)                     # scale floored at the precision
+    lo, hi = np.quantile(1 / 3 + a, QUANTILES)                           # 0.4333.., 10.2333..
+    assert r["ramp"].lo == np.floor(lo * 100) / 100 == 0.43 and r["ramp"].hi == np.ceil(hi * 100) / 100 == 10.24
+    assert normal_ranges(np.zeros((0, t, 3)), ("a", "b", "c")) == {}
+    with pytest.raises(ValueError, match="must be"):
+        normal_ranges(x, ("a", "b"))
+    # to the manifest and back
+    assert ranges_from_manifest({MANIFEST_KEY: ranges_to_json(r)}) == r
+    assert ranges_from_manifest(None) == ranges_from_manifest({"format": 1}) == {}
+
+
+def test_a_malformed_manifest_entry_costs_that_feature_only() -> None:
+    good = {"normal": [0.0, 0.38], "scale": 0.08}
+    man = {MANIFEST_KEY: {"retrans_log": good, "a": {"normal": [1.0]}, "b": "x", "c": {"normal": [2, 1], "scale": 1},
+                          "d": {"normal": [0, float("nan")], "scale": 1}, "e": {"scale": 1}}}
+    assert ranges_from_manifest(man) == {"retrans_log": NormalRange(0.0, 0.38, 0.08)}
+    assert ranges_from_manifest({MANIFEST_KEY: [1, 2]}) == {}
+
+
+# -- ranking ----------------------------------------------------------------------------------------------
+def test_a_collapsed_success_ratio_is_the_evidence_with_its_value_and_range() -> None:
+    got = evidence(window((0.02, 0.1, 0.2, 1.0), head=1.0), FEATS, RANGES)
+    assert got == [{"feature": "success_rel", "value": 0.02, "normal": [0.97, 1.0]}]
+    assert evidence_text(got) == "success_rel 0.02 (normal 0.97 to 1.00)"
+
+
+def test_features_outside_are_ranked_by_how_far_in_scales_at_most_k() -> None:
+    # in scales outside: success 0.37 -> 60, retrans 4.38 -> 50, failed 2.56 -> 10, concurrency -20.74 -> 2
+    w = window((0.37, 4.38, 2.56, -20.74))
+    got = evidence(w, FEATS, RANGES)
+    assert [e["feature"] for e in got] == ["success_rel", "retrans_log", "failed_log"]
+    assert [e["feature"] for e in evidence(w, FEATS, RANGES, k=4)][-1] == "concurrency_delta"
+    assert [e["feature"] for e in evidence(window((0.96, 4.38, 2.56, 0.0)), FEATS, RANGES)] == [
+        "retrans_log", "failed_log", "success_rel"]
+    for e in got:
+        lo, hi = e["normal"]
+        assert e["value"] < lo or e["value"] > hi
+
+
+def test_a_normal_looking_window_gives_the_one_feature_nearest_its_edge() -> None:
+    got = evidence(window(NORMAL_TAIL), FEATS, RANGES)
+    # inside, in scales to the nearer edge: success 0.01/0.01 = 1, retrans 0.1/0.08 = 1.25, failed 0.11/0.17
+    # = 0.65, concurrency 13.22/4.26 = 3.1: failed_log is nearest to leaving its range
+    assert got == [{"feature": "failed_log", "value": 0.75, "normal": [0.0, 0.86]}]
+    assert evidence(window(NORMAL_TAIL), FEATS, {}) == []
+    assert evidence(window(NORMAL_TAIL), FEATS, {"failed_log": RANGES["failed_log"]}) == got  # only ranged ones
+
+
+def test_a_one_second_glitch_counts_for_a_third() -> None:
+    w = window(NORMAL_TAIL)
+    w[-1, 0] = 0.0                                 # one second without a success: tail mean 0.66
+    spike = window(NORMAL_TAIL)
+    spike[-1, 1] = 3.0                             # one second of retransmissions: tail mean 1.07
+    assert evidence(w, FEATS, RANGES)[0] == {"feature": "success_rel", "value": 0.66, "normal": [0.97, 1.0]}
+    assert evidence(spike, FEATS, RANGES)[0]["value"] == 1.07
+
+
+def test_a_raw_window_is_derived_before_it_is_explained() -> None:
+    t = 30
+    raw = np.zeros((t, len(RAW_METRICS)))
+    col = {m: i for i, m in enumerate(RAW_METRICS)}
+    raw[:, col["OutgoingCall"]] = 50.0
+    raw[:, col["SuccessfulCall"]] = 50.0
+    raw[:, col["ResponseTime1"]] = 5.0
+    raw[-TAIL:, col["SuccessfulCall"]] = 1.0       # the far end stops answering: 1 of 50
+    man = {MANIFEST_KEY: ranges_to_json({"success_rel": NormalRange(0.97, 1.0, 0.01),
+                                         "log_response_ms": NormalRange(0.29, 3.63, 0.87)})}
+    assert window_evidence(raw, DEFAULT_FEATURES, man) == [
+        {"feature": "success_rel", "value": 0.02, "normal": [0.97, 1.0]}]
+    assert window_evidence(raw, DEFAULT_FEATURES, {}) == []      # an artifact from before evidence
+
+
+# -- the daemon's pipeline (numpy test model) ----------------------------------------------------------------
+def test_raised_events_carry_evidence_cleared_none_and_the_series_follows_the_fault(model: Model) -> None:
+    lines, labels = labelled_trace()
+    _, x, lab, straddle = labelled_windows([Record(**orjson.loads(b)) for b in lines], labels, model.window)
+    art = model.fake()
+    art.manifest = {MANIFEST_KEY: ranges_to_json(normal_ranges(x[(lab == "normal") & ~straddle], DEFAULT_FEATURES))}
+    p = Pipeline(override(Config(), {"detector.debounce.hold_within": False}), art)  # as test_pipeline: linear model
+    validator = jsonschema.Draft202012Validator(load_schema("event"))
+    evs: list[dict[str, Any]] = []
+    active: set[tuple[str, str]] = set()
+    for tp, msgs in partitioned(lines).items():
+        for i in range(0, len(msgs), 300):
+            p.feed(tp, msgs[i:i + 300])
+            embed_all(p)
+            for o in p.take_outbox():
+                assert isinstance(o, EventOut)
+                e = o.event.to_json()
+                evs.append(e)
+                (active.add if e["state"] == "raised" else active.discard)((e["source"], e["fault"]))
+            series = {(s.labels["source"], s.labels["fault"]): s.labels["evidence"]
+                      for fam in p.metrics.fault_evidence.collect() for s in fam.samples}
+            assert set(series) == active   # one series per raised fault, gone when it clears
+            for (src, fault), text in series.items():
+                raised = [e for e in evs if (e["source"], e["fault"], e["state"]) == (src, fault, "raised")][-1]
+                assert text == evidence_text(raised["evidence"]) != ""
+    raised = [e for e in evs if e["state"] == "raised"]
+    assert len(raised) >= 6 and {e["fault"] for e in raised} == {"blocked", "capacity_limit"}
+    for e in evs:
+        validator.validate(e)
+        assert (e["evidence"] != []) == (e["state"] == "raised"), e
+    # the simulator's blocked episodes stop answers: the success ratio or retransmissions say so
+    for e in raised:
+        first = e["evidence"][0]
+        lo, hi = first["normal"]
+        assert first["value"] < lo or first["value"] > hi, e
+        if e["fault"] == "blocked":
+            assert {"success_rel", "retrans_log", "failed_log"} & {v["feature"] for v in e["evidence"]}, e
+
+
+# -- the shipped model on real recordings ---------------------------------------------------------------
+needs_shipped = pytest.mark.skipif(not default_model_path().is_dir(), reason="no shipped model yet (make model)")
+
+
+@needs_shipped
+def test_the_shipped_manifest_has_ranges_for_every_feature_that_ranges_only_reproduces(tmp_path: Path) -> None:
+    from netsiam.trainer.default_model import EXCLUDED_LABELS, training_config, training_data
+    from netsiam.trainer.train import training_ranges
+
+    man = orjson.loads((default_model_path() / "manifest.json").read_bytes())
+    ranges = ranges_from_manifest(man)
+    assert list(ranges) == man["features"] and list(man[MANIFEST_KEY]) == man["features"]
+    assert all(r.lo <= r.hi and r.scale > 0 for r in ranges.values())
+    traces, labels = training_data(tmp_path)
+    assert training_ranges(training_config(), traces, labels, EXCLUDED_LABELS) == man[MANIFEST_KEY], (
+        "netsiam/default_model/manifest.json's normal_ranges are stale: run "
+        "`python -m netsiam.trainer.default_model --ranges-only`")
+
+
+# The first feature of a raise's evidence, per fault, on the real-SIPp corpus: a blocked path shows
+# retransmissions and a collapsed success ratio, a capacity limit failures, a far end answering slowly
+# (the novel "degraded" episodes, raised as unknown) slow answers.
+PLAUSIBLE = {"blocked": {"retrans_log", "success_rel", "failed_log"}, "capacity_limit": {"failed_log"},
+             "unknown": {"log_response_ms", "failed_log", "retrans_log", "success_rel"}}
+
+
+@needs_shipped
+def test_the_shipped_model_explains_its_raises_on_the_real_corpus() -> None:
+    from netsiam.importers.sipp import import_sipp
+    from netsiam.trainer.corpus import load_corpus
+
+    art = load_artifact(default_model_path())
+    assert set(ranges_from_manifest(art.manifest)) == set(art.features)      # load_artifact keeps the key
+    validator = jsonschema.Draft202012Validator(load_schema("event"))
+    firsts: dict[str, list[str]] = {}
+    for rec in load_corpus():
+        p = Pipeline(Config(), art)
+        for tp, msgs in partitioned(trace_lines(import_sipp([rec.stat], rec.source))).items():
+            p.feed(tp, msgs)
+        embed_all(p)
+        for o in p.take_outbox():
+            assert isinstance(o, EventOut)
+            e = o.event.to_json()
+            validator.validate(e)
+            if e["state"] != "raised":
+                assert e["evidence"] == []
+                continue
+            assert 1 <= len(e["evidence"]) <= 3, e
+            for item in e["evidence"]:   # every feature named is outside the range it is shown with
+                lo, hi = item["normal"]
+                assert item["value"] < lo or item["value"] > hi, (rec.name, e)
+            firsts.setdefault(e["fault"], []).append(e["evidence"][0]["feature"])
+    assert len(firsts["blocked"]) >= 20 and len(firsts["capacity_limit"]) >= 20 and firsts["unknown"], firsts
+    for fault, names in firsts.items():
+        assert set(names) <= PLAUSIBLE[fault], (fault, names)
