@@ -129,6 +129,7 @@ class KafkaSink:
             raise ValueError("max_pending must be >= 1")
         kcfg = kafka or KafkaConfig()
         self.topic, self.metrics, self.max_pending = topic, metrics, max_pending
+        self._client = kcfg.client
         self.stop = stop or threading.Event()
         # checked now (a missing confluent-kafka is a config error at start, broker there or not)
         self._open_producer = producer_factory(kcfg, bootstrap, linger_ms=5, idempotent=False,
@@ -286,7 +287,7 @@ class KafkaSink:
     def _set_up(self, up: bool, why: str) -> None:
         if up != self._up:
             if up:
-                log.info("broker reachable, topic %s present: publishing", self.topic)
+                log.info("broker reachable, topic %s present: publishing with %s", self.topic, self._client)
             else:
                 log.warning("%s: holding records (%d waiting, at most %d)", why, len(self._q), self.max_pending)
         self._up = up
