@@ -16,7 +16,9 @@ Benchmarks, in order (``--only NAME`` picks some):
   the daemon's maximum rate, on the embedded broker (bench/e2e.py);
 * ``rss``: memory at 10, 1k and 10k sources (bench/rss.py);
 * ``gpu``: ``KERAS_BACKEND=torch`` embed vs raw ``torch.nn.LSTM`` on a CUDA GPU (bench/gpu.py);
-  ``gpu_embed_ratio`` is null where there is no GPU.
+  ``gpu_embed_ratio`` is null where there is no GPU;
+* ``produce``: ``replay`` with ``kafka.client: confluent-kafka`` vs kafka-python on the embedded
+  broker (bench/produce.py); not in ``--quick``, null ratio without confluent-kafka.
 """
 
 from __future__ import annotations
@@ -155,6 +157,12 @@ def bench_gpu(ctx: Ctx) -> dict[str, Any]:
         return {"gpu_embed_ratio": None, "gpu_note": f"bench.gpu failed: {str(e)[-300:]}"}
 
 
+def bench_produce(ctx: Ctx) -> dict[str, Any]:
+    from bench.produce import bench_produce as run
+
+    return run(ctx)
+
+
 BENCHES: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "decode": bench_decode,
     "train": bench_train,
@@ -162,6 +170,7 @@ BENCHES: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "e2e": bench_e2e,
     "rss": bench_rss,
     "gpu": bench_gpu,
+    "produce": bench_produce,
 }
 
 

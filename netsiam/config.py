@@ -23,6 +23,7 @@ __all__ = [
     "Config",
     "DebounceConfig",
     "DetectorConfig",
+    "KAFKA_CLIENTS",
     "KafkaConfig",
     "MetricsConfig",
     "ModelConfig",
@@ -174,9 +175,15 @@ class TopicsConfig:
 SECRET_KEYS = ("sasl_password", "ssl_password")
 
 
+# kafka.client: the library replay and the collectors publish with (netsiam/producer.py). The daemon
+# and the other consumers use kafka-python whatever this says.
+KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
+
+
 @dataclass(frozen=True)
 class KafkaConfig:
     bootstrap_servers: str = "127.0.0.1:9092"
+    client: str = "kafka-python"
     group_id: str = "netsiam-detector"
     client_id: str = "netsiam"
     auto_offset_reset: str = "earliest"
@@ -207,6 +214,7 @@ class KafkaConfig:
                "must be earliest or latest")
         _check(self.sasl_oauth_token_provider == "" or ":" in self.sasl_oauth_token_provider,
                "kafka.sasl_oauth_token_provider", "must be module:attribute")
+        _check(self.client in KAFKA_CLIENTS, "kafka.client", "must be kafka-python or confluent-kafka")
 
     def __repr__(self) -> str:  # never print the passwords
         return f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, group_id={self.group_id!r}, ...)"

@@ -18,7 +18,7 @@ import orjson
 
 from netsiam.config import Config, KafkaConfig
 from netsiam.errors import ServiceError, UsageError
-from netsiam.kafka_io import producer_kwargs, quiet_kafka_logs
+from netsiam.producer import PublishError, producer_factory
 from netsiam.schemas.timeparse import parse_ts
 from netsiam.traceio import STDIO, read_trace
 
@@ -56,24 +56,26 @@ def key_and_ts(line: bytes) -> tuple[bytes | None, float | None]:
 
 def replay_lines(lines: Iterable[bytes], bootstrap: str, topic: str, *, speed: float | None = None,
                  kafka: KafkaConfig | None = None, progress: bool = False, total: int | None = None) -> ReplayStats:
-    """Send ``lines`` to ``topic``; ``speed`` None = as fast as possible. Waits for every ack."""
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
+    """Send ``lines`` to ``topic``; ``speed`` None = as fast as possible. Waits for every ack.
+
+    The producer is ``kafka.client``'s (kafka-python, or confluent-kafka: netsiam/producer.py)."""
     from tqdm import tqdm
 
     if speed is not None and not speed > 0:
         raise UsageError(f"--speed must be > 0, got {speed}")
-    quiet_kafka_logs()
+    open_producer = producer_factory(kafka or KafkaConfig(), bootstrap, linger_ms=20 if speed is None else 2,
+                                     errors_only=True)
     try:
-        producer = KafkaProducer(**producer_kwargs(kafka or KafkaConfig(), bootstrap,
-                                                   linger_ms=20 if speed is None else 2))
-    except KafkaError as e:
+        producer = open_producer()
+    except PublishError as e:
         raise ServiceError(f"cannot reach the broker at {bootstrap}: {e}") from None
     failed = 0
     first_error: list[str] = []
 
-    def on_error(exc: Any) -> None:
+    def on_delivery(exc: BaseException | None) -> None:
         nonlocal failed
+        if exc is None:
+            return
         failed += 1
         if not first_error:
             first_error.append(f"{type(exc).__name__}: {exc}")
@@ -96,7 +98,10 @@ def replay_lines(lines: Iterable[bytes], bootstrap: str, topic: str, *, speed: f
                     if wait > 0.001:
                         producer.flush()  # what is due now goes out now, not after the sleep
                         time.sleep(wait)
-            producer.send(topic, key=key, value=line).add_errback(on_error)
+            try:
+                producer.send(topic, key, line, on_delivery)
+            except PublishError as e:
+                raise ServiceError(f"publishing to {topic} at {bootstrap} failed: {e}") from None
             sent += 1
             if sent % 1000 == 0:
                 bar.update(1000)

@@ -11,6 +11,7 @@ TensorFlow. Also: small artifacts built by hand, a fake Kafka message, Kafka and
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -639,6 +640,8 @@ def stop_sipp(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
 
 
 needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp is not installed (apt-get install sip-tester)")
+needs_confluent = pytest.mark.skipif(importlib.util.find_spec("confluent_kafka") is None,
+                                     reason="confluent-kafka is not installed (pip install 'netsiam[confluent]')")
 
 
 # -- shared by the collector and deploy tests ------------------------------------------------------------

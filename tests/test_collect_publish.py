@@ -22,6 +22,7 @@ from helpers import (
     free_udp_base,
     http_get,
     imported,
+    needs_confluent,
     needs_sipp,
     read_topic,
     start_sipp,
@@ -88,7 +89,11 @@ def _topics() -> TopicsConfig:
                         samples_partitions=2)
 
 
-def test_broker_outage_holds_records_then_blocks_and_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", ["kafka-python", pytest.param("confluent-kafka", marks=needs_confluent)])
+def test_broker_outage_holds_records_then_blocks_and_loses_nothing(tmp_path: Path, client: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With either ``kafka.client`` (the collector child reads it from the environment)."""
+    monkeypatch.setenv("NETSIAM_KAFKA__CLIENT", client)
     lines = stat_text("sipp_b").splitlines(keepends=True)
     want = imported([DATA_B])
     path = tmp_path / "stat.csv"
@@ -104,6 +109,7 @@ def test_broker_outage_holds_records_then_blocks_and_loses_nothing(tmp_path: Pat
         wait_for(lambda: c.metric("netsiam_collect_pending_records") == 0, 30, "acks", c)
         assert c.metric("netsiam_collect_broker_up") == 1
         assert c.metric("netsiam_collect_records_published_total") == 10
+        assert f"publishing with {client}" in c.log.read_text()
 
         bp.stop()                          # -- outage: 20 rows are written while the broker is away
         with path.open("a") as w:

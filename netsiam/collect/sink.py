@@ -7,8 +7,9 @@ While the broker is away records wait in the buffer; when ``max_pending`` of the
 blocks (the collector stops reading; its input keeps the rest), so nothing is dropped and memory
 stays bounded.
 
-The producer is the daemon's kind (``kafka_io.producer_kwargs(idempotent=False)``: one request in
-flight, so order holds per partition, and a producer a restarted broker accepts). When the oldest
+The producer is ``kafka.client``'s (kafka-python or confluent-kafka: :mod:`netsiam.producer`), set
+up as the daemon's (``idempotent=False``: one request in flight, so order holds per partition, and a
+producer a restarted broker accepts). When the oldest
 record waits more than :data:`PROBE_AFTER_S` the broker is probed; if it does not answer, or answers
 without the topic (the embedded broker acknowledges a produce to a missing topic and drops it), the
 producer is retired and nothing is sent until the broker and the topic are back. Then a new
@@ -19,6 +20,7 @@ reach the broker twice: consumers see an identical (source, ts) again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -31,8 +33,9 @@ from typing import IO, Any, Protocol
 
 from netsiam.collect.metrics import CollectMetrics
 from netsiam.config import KafkaConfig
+from netsiam.producer import Producer, PublishError, producer_factory
 
-__all__ = ["DEFAULT_MAX_PENDING", "KafkaSink", "Sink", "Stopped", "StreamSink", "close_now"]
+__all__ = ["DEFAULT_MAX_PENDING", "KafkaSink", "Sink", "Stopped", "StreamSink"]
 
 log = logging.getLogger("netsiam.collect")
 
@@ -114,25 +117,28 @@ class _Pending:
     ts: float
     token: object
     sent_at: float = 0.0
-    acked: bool = False   # set by the producer's I/O thread
+    acked: bool = False   # set by the delivery callback (kafka-python: its I/O thread)
 
 
 class KafkaSink:
     def __init__(self, bootstrap: str, topic: str, metrics: CollectMetrics, *, kafka: KafkaConfig | None = None,
                  max_pending: int = DEFAULT_MAX_PENDING, stop: threading.Event | None = None) -> None:
-        from netsiam.kafka_io import client_kwargs, producer_kwargs, quiet_kafka_logs
+        from netsiam.kafka_io import client_kwargs
 
         if max_pending < 1:
             raise ValueError("max_pending must be >= 1")
-        quiet_kafka_logs()
         kcfg = kafka or KafkaConfig()
         self.topic, self.metrics, self.max_pending = topic, metrics, max_pending
+        self._client = kcfg.client
         self.stop = stop or threading.Event()
-        self._producer_kw = {**producer_kwargs(kcfg, bootstrap, linger_ms=5, idempotent=False),
-                             "max_block_ms": PRODUCER_MAX_BLOCK_MS}
+        # checked now (a missing confluent-kafka is a config error at start, broker there or not)
+        self._open_producer = producer_factory(kcfg, bootstrap, linger_ms=5, idempotent=False,
+                                               max_block_ms=PRODUCER_MAX_BLOCK_MS, max_buffered=max_pending)
+        # the probe is a kafka-python metadata request whichever client publishes: one code path for
+        # "broker and topic there?" (librdkafka's metadata cache would answer without asking)
         self._probe_kw = {**client_kwargs(kcfg, bootstrap), "request_timeout_ms": 5000}
         self._probe: Any = None
-        self._producer: Any = None
+        self._producer: Producer | None = None
         self._q: deque[_Pending] = deque()
         self._done: list[object] = []   # acknowledged, not yet handed back by poll()
         self._failed = False          # a send failed (set by the producer thread too)
@@ -175,6 +181,8 @@ class KafkaSink:
         return done
 
     def _prune(self) -> None:
+        if self._producer is not None:
+            self._producer.poll(0)  # librdkafka runs delivery callbacks here only
         now = time.time()
         while self._q and self._q[0].acked:
             p = self._q.popleft()
@@ -194,7 +202,7 @@ class KafkaSink:
                 return False
             if self._producer is not None:
                 with contextlib.suppress(Exception):
-                    self._producer.flush(timeout=min(left, 0.5))
+                    self._producer.flush(min(left, 0.5))
             else:
                 time.sleep(min(left, 0.1))
         return True
@@ -208,22 +216,19 @@ class KafkaSink:
 
     # -- delivery ----------------------------------------------------------------------------
     def _send(self, p: _Pending) -> None:
-        from kafka.errors import KafkaError
-
         p.sent_at = time.monotonic()
         if self._producer is None:
             return  # held: re-sent, in order, once the broker and the topic are back
         try:
-            fut = self._producer.send(self.topic, key=p.key, value=p.value)
-        except KafkaError as e:  # no metadata within max_block_ms, producer closed...
+            self._producer.send(self.topic, p.key, p.value, functools.partial(self._delivered, p, self._gen))
+        except PublishError as e:  # no metadata or buffer room within max_block_ms, producer closed...
             self._on_fail(None, e)
-            return
-        fut.add_callback(self._on_ack, p)
-        fut.add_errback(self._on_fail, self._gen)
 
-    @staticmethod
-    def _on_ack(p: _Pending, _meta: Any) -> None:
-        p.acked = True
+    def _delivered(self, p: _Pending, gen: int, exc: BaseException | None) -> None:
+        if exc is None:
+            p.acked = True
+        else:
+            self._on_fail(gen, exc)
 
     def _on_fail(self, gen: int | None, exc: Any) -> None:
         if gen is not None and gen != self._gen:
@@ -241,7 +246,7 @@ class KafkaSink:
             self._recover(stalled=age > RESEND_AFTER_S)
 
     def _recover(self, stalled: bool = False) -> None:
-        from kafka import KafkaConsumer, KafkaProducer
+        from kafka import KafkaConsumer
         from kafka.errors import KafkaError
 
         self._next_probe = time.monotonic() + PROBE_EVERY_S
@@ -263,9 +268,9 @@ class KafkaSink:
         self._retire()
         self._failed = False
         try:
-            self._producer = KafkaProducer(**self._producer_kw)
-        except KafkaError as e:
-            log.warning("cannot create a producer (%s); retrying", type(e).__name__)
+            self._producer = self._open_producer()
+        except PublishError as e:
+            log.warning("cannot create a producer (%s); retrying", e)
             return
         todo = [p for p in self._q if not p.acked]
         if todo:
@@ -277,33 +282,14 @@ class KafkaSink:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             self._gen += 1
-            close_now(producer)
+            producer.abort()  # unsent batches dropped: the next producer re-sends them, in order
 
     def _set_up(self, up: bool, why: str) -> None:
         if up != self._up:
             if up:
-                log.info("broker reachable, topic %s present: publishing", self.topic)
+                log.info("broker reachable, topic %s present: publishing with %s", self.topic, self._client)
             else:
                 log.warning("%s: holding records (%d waiting, at most %d)", why, len(self._q), self.max_pending)
         self._up = up
         self.metrics.broker_up.set(1 if up else 0)
 
-
-def close_now(producer: Any) -> None:
-    """Close a producer at once, its unsent batches aborted (they are re-sent by the next producer).
-
-    kafka-python 3.0.12's ``close(0)`` flushes first and raises KafkaTimeoutError while records are
-    pending, leaving the producer's I/O thread running: it would go on retrying the old batches into
-    whatever answers next on that address, beside the new producer (measured: records out of order).
-    So its sender is force-closed, which aborts the batches, and then it is closed."""
-    try:
-        producer.close(0)
-        return
-    except Exception:  # noqa: BLE001 - pending records: force the sender down below
-        pass
-    sender = getattr(producer, "_sender", None)
-    if sender is not None:
-        sender.force_close()
-        sender.join(5)
-    with contextlib.suppress(Exception):
-        producer.close(0)
