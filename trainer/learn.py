@@ -56,7 +56,7 @@ def cli_learn(args: argparse.Namespace, cfg: Config) -> int:
     from kafka.errors import KafkaError
 
     from netsiam.kafka_io import consumer_kwargs, producer_kwargs, quiet_kafka_logs
-    from netsiam.sdnotify import notify
+    from netsiam.sdnotify import Watchdog, notify
 
     model = writable_model(args.model or cfg.detector.model)
     bootstrap = args.bootstrap or cfg.kafka.bootstrap_servers
@@ -77,7 +77,9 @@ def cli_learn(args: argparse.Namespace, cfg: Config) -> int:
             raise ServiceError(f"cannot reach the broker at {bootstrap}: {type(e).__name__}") from None
         log.info("learning from topic=%s into model=%s bootstrap=%s", topics.feedback, model, bootstrap)
         notify("READY=1", f"STATUS=learning from {topics.feedback} into {model}")
+        watchdog = Watchdog()
         while not stop.is_set():
+            watchdog.ping()
             for msgs in consumer.poll(500).values():
                 for msg in msgs:
                     while True:
