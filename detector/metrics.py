@@ -78,8 +78,9 @@ class DetectorMetrics:
             "netsiam_fault_evidence_info",
             "1 while a fault is raised on a source, with its raised event's evidence (the model inputs furthest "
             "outside their normal range, 'feature value (normal lo to hi); ...', empty when there is none) "
-            "in the evidence label; series removed when it clears.",
-            ["source", "fault", "evidence"], registry=r)
+            "in the evidence label, and the raised event's event_id (what `netsiam feedback` takes); series "
+            "removed when it clears.",
+            ["source", "fault", "evidence", "event_id"], registry=r)
         self.active_faults = Gauge(
             "netsiam_active_faults", "Sources with a raised fault, by fault.", ["fault"], registry=r)
         self.embed_batch_seconds = Histogram(

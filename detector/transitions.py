@@ -24,7 +24,7 @@ from netsiam.debounce import Transition
 from netsiam.evidence import evidence_text, window_evidence
 from netsiam.schemas.classes import SILENT
 from netsiam.schemas.deadletter import DeadLetter
-from netsiam.schemas.event import FaultEvent
+from netsiam.schemas.event import FaultEvent, event_id
 
 from .batch import SILENT_CLEARED, SILENT_RAISED, Marker, WindowRef
 from .metrics import DetectorMetrics
@@ -77,23 +77,24 @@ class Emitter:
         self.metrics = metrics
         self.outbox = outbox
         self.wall = wall
-        self._evidence: dict[tuple[str, str], str] = {}  # (source, fault) raised -> its evidence label
+        # (source, fault) raised -> its evidence and event_id labels (to remove the series at the clear)
+        self._evidence: dict[tuple[str, str], tuple[str, str]] = {}
 
-    def gauges(self, source: str, fault: str, on: bool, evidence: str = "") -> None:
+    def gauges(self, source: str, fault: str, on: bool, evidence: str = "", event: str = "") -> None:
         m = self.metrics
         if on:
             m.fault_active.labels(source=source, fault=fault).set(1)
             m.active_faults.labels(fault=fault).inc()
-            self._evidence[(source, fault)] = evidence
-            m.fault_evidence.labels(source=source, fault=fault, evidence=evidence).set(1)
+            self._evidence[(source, fault)] = (evidence, event)
+            m.fault_evidence.labels(source=source, fault=fault, evidence=evidence, event_id=event).set(1)
         else:
             with contextlib.suppress(KeyError):
                 m.fault_active.remove(source, fault)
             m.active_faults.labels(fault=fault).dec()
-            text = self._evidence.pop((source, fault), None)
-            if text is not None:
+            labels = self._evidence.pop((source, fault), None)
+            if labels is not None:
                 with contextlib.suppress(KeyError):
-                    m.fault_evidence.remove(source, fault, text)
+                    m.fault_evidence.remove(source, fault, *labels)
 
     def clear_gauges(self, st: SourceState) -> None:
         """The state is dropped without events (its partition went to another consumer)."""
@@ -118,7 +119,8 @@ class Emitter:
                     found = tuple(explain())
                 evidence = found
             if st.alive:
-                self.gauges(st.name, t.fault, t.state == "raised", evidence_text(evidence))
+                self.gauges(st.name, t.fault, t.state == "raised", evidence_text(evidence),
+                            event_id(st.name, t.fault, t.started_at, t.state))
             if not cause.live:
                 continue
             ev = FaultEvent(source=st.name, state=t.state, fault=t.fault, window_end=t.window_end,

@@ -475,7 +475,7 @@ def test_grafana_dashboard_structure() -> None:
     assert all("netsiam_fault_evidence_info" in a["expr"] and "$source" in a["expr"] and a["enable"] for a in notes)
     assert {"source", "fault"} <= set(notes[0]["tagKeys"].split(","))
     # a fault's region (raised -> cleared) says why: its raised event's evidence, kept by the grouping
-    assert notes[0]["textFormat"] == "{{evidence}}" and "evidence" in promql_grouping_labels(notes[0]["expr"])
+    assert notes[0]["textFormat"] == "{{evidence}} (event {{event_id}})" and "evidence" in promql_grouping_labels(notes[0]["expr"])
     assert notes[0]["titleFormat"] == "{{fault}} on {{source}}" and notes[0]["useValueForTime"] is False
     assert variables["source"]["includeAll"] and variables["source"]["allValue"] == ".*"
     ids = [p["id"] for p in dash["panels"]]
@@ -624,8 +624,8 @@ class SyntheticDetector:
         m.track_sources(lambda: [(f"sbc-{i}", time.time() - i) for i in (1, 2, 3)])
         m.fault_active.labels(source="sbc-1", fault="blocked").set(1)
         m.fault_active.labels(source="sbc-2", fault="capacity_limit").set(1)
-        m.fault_evidence.labels(source="sbc-1", fault="blocked",
-                                evidence="success_rel 0.02 (normal 0.19 to 1.93)").set(1)
+        m.fault_evidence.labels(source="sbc-1", fault="blocked", evidence="success_rel 0.02 (normal 0.19 to 1.93)",
+                                event_id="0f5e4a2c-3d1b-5c6e-9f7a-8b9c0d1e2f3a").set(1)
         m.active_faults.labels(fault="blocked").set(1)
         m.active_faults.labels(fault="capacity_limit").set(1)
         m.fault_events.labels(fault="blocked", state="raised").inc()

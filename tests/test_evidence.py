@@ -155,9 +155,12 @@ def test_raised_events_carry_evidence_cleared_none_and_the_series_follows_the_fa
             series = {(s.labels["source"], s.labels["fault"]): s.labels["evidence"]
                       for fam in p.metrics.fault_evidence.collect() for s in fam.samples}
             assert set(series) == active   # one series per raised fault, gone when it clears
+            ids = {(s.labels["source"], s.labels["fault"]): s.labels["event_id"]
+                   for fam in p.metrics.fault_evidence.collect() for s in fam.samples}
             for (src, fault), text in series.items():
                 raised = [e for e in evs if (e["source"], e["fault"], e["state"]) == (src, fault, "raised")][-1]
                 assert text == evidence_text(raised["evidence"]) != ""
+                assert ids[(src, fault)] == raised["event_id"]   # what `netsiam feedback` takes
     raised = [e for e in evs if e["state"] == "raised"]
     assert len(raised) >= 6 and {e["fault"] for e in raised} == {"blocked", "capacity_limit"}
     for e in evs:

@@ -176,10 +176,10 @@ class Annotation:
 
 
 # A fault's region starts at its raised event and ends at its cleared one, on every time-series panel,
-# with the raised event's evidence as its text: the daemon sets netsiam_fault_evidence_info (beside
+# with the raised event's evidence and id (for `netsiam feedback`) as its text: the daemon sets netsiam_fault_evidence_info (beside
 # netsiam_fault_active, for every raised fault) on raise and removes the series on clear.
 ANNOTATIONS: tuple[Annotation, ...] = (
     Annotation("Faults (raised → cleared)",
-               f'max by (source, fault, evidence) ({_sel("netsiam_fault_evidence_info", _SRC)}) == 1',
-               "{{fault}} on {{source}}", ("source", "fault"), "red", text="{{evidence}}"),
+               f'max by (source, fault, evidence, event_id) ({_sel("netsiam_fault_evidence_info", _SRC)}) == 1',
+               "{{fault}} on {{source}}", ("source", "fault"), "red", text="{{evidence}} (event {{event_id}})"),
 )
