@@ -100,8 +100,8 @@ def test_cli_plot_animate_and_dashboard(tmp_path: Path, capsys: pytest.CaptureFi
     # the dashboard picture needs a Prometheus; none listens on port 1
     assert main(["plot", "dashboard", "--prometheus", "http://127.0.0.1:1", "-o", str(tmp_path / "d.png")]) == EXIT_RUNTIME
     assert "127.0.0.1:1" in capsys.readouterr().err
-    # a usage error; trainer/plots.py raises it as a plain NetsiamError (data) for now
-    assert main(["plot", "embedding", "--model", str(model), "-o", str(tmp_path / "e.png")]) in (EXIT_USAGE, EXIT_DATA)
+    # a usage error: embedding needs --data
+    assert main(["plot", "embedding", "--model", str(model), "-o", str(tmp_path / "e.png")]) == EXIT_USAGE
     assert "--data" in capsys.readouterr().err
 
 

@@ -23,7 +23,7 @@ from matplotlib import animation  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from netsiam.config import Config  # noqa: E402
-from netsiam.errors import NetsiamError  # noqa: E402
+from netsiam.errors import NetsiamError, UsageError  # noqa: E402
 from netsiam.schemas.classes import BLOCKED, CAPACITY_LIMIT, NORMAL, UNKNOWN  # noqa: E402
 from netsiam.serving import default_model_path  # noqa: E402
 
@@ -342,7 +342,7 @@ def cli_plot(args: argparse.Namespace, cfg: Config) -> int:
         print(animate_snapshots(model / SNAPSHOTS_FILE, args.output))
         return 0
     if not args.data:
-        raise NetsiamError("plot embedding needs --data TRACE (and --labels LABELS to colour by label)")
+        raise UsageError("plot embedding needs --data TRACE (and --labels LABELS to colour by label)")
     from netsiam.serving import load_artifact
     from netsiam.trainer.evaluate import config_for_artifact, load_labelled
 
