@@ -1,45 +1,43 @@
 """``max_sources_1hz``: how many sources one daemon holds at one record per second each, lag bounded.
 
-One ``netsiam detect`` process (a subprocess, the default configuration but for the broker, fast
+One ``netsiam detect`` process (a subprocess; the default configuration but for the broker, fast
 group timeouts and silence watching off, see below) on a 4-partition topic of the embedded broker.
 A paced producer in its own process (``python -m bench.sources produce``, confluent-kafka where it
-is installed) plays N sources: every second of wall-clock time each active source sends one record
+is installed) plays N sources: every second of wall-clock time each source sends one record
 stamped with the next second of record time (``ts``), the N records spread evenly over the second
-(the sources are not in step, as a real fleet is not). Values come from simulated traffic (20
-simulated sources, faults included, source ``i`` replaying simulated source ``i % 20`` from its own
-offset, so events are not in step either). The parent tells the producer how many sources to play
-(a line on its stdin, taking effect at the next second); a source that joins first sends ``T - 1``
-records at once (ts one second apart, ending one second in the past), so that its window is full
-and its very first paced record is a decision: a decision per source per second from then on
-(``window.stride`` 1).
+(a fleet's sources are not in step). Values come from simulated traffic, faults included (20
+simulated sources; source ``i`` replays simulated source ``i % 20`` from its own offset).
 
-One step holds N sources: a settle period (at least ``SETTLE_MIN_S``, until the daemon has caught
-up with the joining sources' records, at most ``SETTLE_MAX_S``), then ``steady_s`` seconds sampled
-every ``SAMPLE_S`` (the daemon's ``/metrics``, its CPU, the producer's progress). It holds when,
-over the steady period:
+One step holds N sources, each a new generation of them: the driver stops the previous sources and
+sends ``T - 1`` records for each new one at once (``T`` the model's window), its record time
+``idle_evict_s + 100`` s past the last one sent, so the daemon forgets the previous generation (idle
+by record time) and holds these N only. Once the daemon has consumed all of it, the driver paces
+them; with a full window, each source's every paced record is a decision (``window.stride`` 1).
+After ``SETTLE_S``, ``steady_s`` seconds are sampled every ``SAMPLE_S`` (the daemon's ``/metrics``
+and CPU, the driver's progress, the machine's CPU). The step held when, over that period:
 
-* lag bounded: records sent minus ``netsiam_records_consumed_total`` stays under ``MAX_LAG_S``
-  seconds of records (2 N) at every sample (a step is cut short the moment it does not);
+* lag bounded: records sent minus ``netsiam_records_consumed_total`` stayed under ``MAX_LAG_S``
+  seconds of records (2 N) at every sample (the step is cut short the moment it does not);
 * no drift: the daemon consumed at least ``MIN_RATE_RATIO`` of the rate sent (a backlog growing by
   a few per cent of N a second can stay under 2 N for a whole steady period);
 * a decision per source per second: ``netsiam_windows_embedded_total`` grew by at least
-  ``MIN_WINDOW_RATIO`` N per second;
-* and the driver kept its pace (no record sent more than ``MAX_BEHIND_S`` after it was due): when
-  it did not, the step says ``driver`` and the search stops, as what failed was not the daemon.
+  ``MIN_WINDOW_RATIO`` N a second;
+* and the driver kept its pace (no record sent more than ``MAX_BEHIND_S`` after it was due); if it
+  did not, the step says ``driver`` and the search stops: what failed was not the daemon.
 
-The search: N doubles from ``start`` until a step fails, then bisects between the largest step
-that held and the smallest that failed, until they are within ``resolution`` of each other or the
-step/time budget is spent. ``max_sources_1hz`` is the largest N that held. Going down a step stops
-sources; with silence watching on (``detector.silent_after_s``) each would raise ``silent`` 30 s
-later, in a later step, so the benchmark daemon runs with ``silent_after_s: 0``: the per-record
-liveness bookkeeping is the same either way (the one queue per partition that also decides idle
-eviction, detector/liveness.py); only those artificial events and the wall-clock partition check
-are gone.
+The search: N doubles from ``start`` until a step fails, then bisects between the largest N that
+held and the smallest that failed, until they are within ``resolution`` or the step or time budget
+is spent. ``max_sources_1hz`` is the largest N that held. Each step starts from a daemon that has
+caught up, so a failed step's backlog does not count against the next. Silence watching is off
+(``detector.silent_after_s: 0``): every previous generation would raise ``silent`` first. The
+per-record liveness bookkeeping is the same either way (one queue per partition also decides idle
+eviction, detector/liveness.py); the wall-clock partition check (every 2 s) is off.
 
-Scraping is every ``SAMPLE_S`` (2 s): a scrape renders one series per tracked source
-(``netsiam_source_last_record_timestamp_seconds``), work done by the daemon; those lines are
-dropped before parsing here. Not in ``--quick``: the daemon's start alone takes longer than the
-smoke test allows. Manual runs: ``python -m bench.sources MODEL_DIR [--start N] [--steady-s S]``.
+The daemon's ``/metrics`` is scraped every ``SAMPLE_S``: a scrape renders one series per tracked
+source (``netsiam_source_last_record_timestamp_seconds``), work the daemon does as it would for
+Prometheus; those lines are dropped here before parsing. Not in ``--quick``: the daemon's start alone
+is longer than the smoke test allows. Manual runs: ``python -m bench.sources MODEL_DIR [--start N]
+[--steady-s S] [--max-steps K]``.
 """
 
 from __future__ import annotations
@@ -66,8 +64,8 @@ __all__ = ["Sample", "Step", "bench_sources", "judge", "next_size", "search"]
 
 PARTITIONS = 4
 SAMPLE_S = 2.0
-SETTLE_MIN_S = 4.0
-SETTLE_MAX_S = 25.0
+SETTLE_S = 3.0
+DRAIN_MAX_S = 90.0
 STEADY_S = 20.0
 MAX_LAG_S = 2.0
 MIN_RATE_RATIO = 0.97
@@ -89,120 +87,123 @@ def _templates(n: int, minutes: float, seed: int) -> list[list[Any]]:
 
 
 def produce_main(argv: list[str]) -> int:
-    """``python -m bench.sources produce --bootstrap H:P --topic T --warmup W``: play sources.
+    """``python -m bench.sources produce --bootstrap H:P --topic T --warmup W --jump J``: play sources.
 
-    stdin: a line ``N`` sets the number of sources from the next second on; ``stop`` (or EOF) ends.
-    stdout: a JSON progress line every 0.1 s (``t`` monotonic, ``k`` second, ``n`` sources, ``sent``,
-    ``acked``, ``failed``, ``behind_s`` the most a record was sent after it was due since the last
-    line, ``cpu`` seconds of this process), and a last one with ``"done": true``.
+    stdin, one command a line: ``gen N`` stops the sources playing and sends, at once, ``W`` records
+    for each of ``N`` new ones (record time ``J`` s past the last record sent, so the old sources
+    are idle by record time there and the daemon forgets them); ``go`` starts pacing them, one
+    record per source per second, spread over the second; ``stop`` (or EOF) ends.
+    stdout: a JSON progress line every 0.1 s (``t`` monotonic, ``gen`` generations started (once
+    its warm-up is sent), ``n`` sources pacing, ``sent``,
+    ``failed``, ``behind_s`` the most a paced record was sent after it was due since the last line,
+    ``cpu`` seconds of this process), and a last one with ``"done": true``.
     """
+    import queue
+
     from netsiam.config import KafkaConfig
     from netsiam.producer import producer_factory
 
     ap = argparse.ArgumentParser(prog="python -m bench.sources produce")
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic", required=True)
-    ap.add_argument("--warmup", type=int, required=True, help="records a joining source sends at once (T - 1)")
+    ap.add_argument("--warmup", type=int, required=True, help="records a new source sends at once (T - 1)")
+    ap.add_argument("--jump", type=float, required=True, help="record-time seconds between generations")
     ap.add_argument("--client", default="confluent-kafka")
     ap.add_argument("--seed", type=int, default=11)
     args = ap.parse_args(argv)
     tmpl = _templates(TEMPLATE_SOURCES, 10, args.seed)
     period = len(tmpl[0])
-    producer = producer_factory(KafkaConfig(client=args.client), args.bootstrap, linger_ms=5,
-                                max_block_ms=10_000)()
-    target = [0]
-    stop = threading.Event()
+    # linger: a few records per partition and request; 20 ms is nothing beside the 2 s lag bound
+    producer = producer_factory(KafkaConfig(client=args.client), args.bootstrap, linger_ms=20,
+                                max_block_ms=10_000, errors_only=True)()
+    commands: queue.Queue[str] = queue.Queue()
 
     def read_commands() -> None:
         for line in sys.stdin:
-            word = line.strip()
-            if word == "stop":
-                break
-            if word:
-                target[0] = int(word)
-        stop.set()
+            commands.put(line.strip())
+        commands.put("stop")
 
     threading.Thread(target=read_commands, daemon=True).start()
-    counts = {"acked": 0, "failed": 0}
+    failed = [0]
 
-    def on_delivery(exc: BaseException | None) -> None:
-        counts["failed" if exc else "acked"] += 1
+    def on_delivery(exc: BaseException | None) -> None:  # errors_only: failures only
+        failed[0] += 1
 
+    state = {"sent": 0, "behind": 0.0, "last_report": 0.0, "gen": 0}
     names: list[str] = []
     keys: list[bytes] = []
-    last: list[int] = []          # the last second each source sent (NEVER: none yet)
-    ts0 = float(math.floor(time.time()))
-    t0 = time.monotonic()
-    sent = 0
-    behind = 0.0
-    last_report = 0.0
 
-    def send(i: int, k: int) -> None:
-        nonlocal sent
+    def send(i: int, ts: float, k: int) -> None:
         metrics = tmpl[i % len(tmpl)][(k + 37 * i) % period]
-        value = orjson.dumps({"source": names[i], "ts": ts0 + k, "metrics": metrics})
-        producer.send(args.topic, keys[i], value, on_delivery)
-        last[i] = k
-        sent += 1
+        producer.send(args.topic, keys[i], orjson.dumps({"source": names[i], "ts": ts, "metrics": metrics}),
+                      on_delivery)
+        state["sent"] += 1
 
-    def report(k: int, n: int, done: bool = False) -> None:
-        nonlocal behind, last_report
-        last_report = time.monotonic()
-        line = {"t": round(last_report, 4), "k": k, "n": n, "sent": sent, **counts, "behind_s": round(behind, 4),
-                "cpu": round(time.process_time(), 3)}
-        if done:
-            line["done"] = True
-        print(json.dumps(line), flush=True)
-        behind = 0.0
+    def report(n: int, done: bool = False) -> None:
+        state["last_report"] = now = time.monotonic()
+        line = {"t": round(now, 4), "gen": state["gen"], "n": n, "sent": state["sent"], "failed": failed[0],
+                "behind_s": round(state["behind"], 4), "cpu": round(time.process_time(), 3)}
+        print(json.dumps({**line, "done": True} if done else line), flush=True)
+        state["behind"] = 0.0
 
-    k = 0
-    n = 0
-    while not stop.is_set():
-        start = t0 + k
-        wanted = target[0]
-        while len(names) < wanted:
-            names.append(f"bench-src-{len(names):06d}")
-            keys.append(names[-1].encode())
-            last.append(NEVER)
-        for i in range(n, wanted):  # joining (or returning) sources fill their window at once
-            for j in range(max(last[i] + 1, k - args.warmup), k):
-                send(i, j)
-        n = wanted
-        j = 0
-        while j < n and not stop.is_set():
-            now = time.monotonic()
-            due = min(n, int((now - start) * n) + 1)
-            if due > j:
-                behind = max(behind, now - (start + j / n))
-                for i in range(j, due):
-                    send(i, k)
-                j = due
+    base = float(math.floor(time.time()))  # record time of the generation's first second
+    n = 0            # sources pacing
+    k = 0            # the generation's second being paced (its records have ts base + k)
+    j = 0            # records of second k sent so far
+    start = 0.0      # monotonic time second ``warmup`` (the first paced one) is due
+    while True:
+        try:
+            cmd = commands.get(timeout=0.005 if n else 0.1)
+        except queue.Empty:
+            cmd = ""
+        if cmd == "stop":
+            break
+        if cmd.startswith("gen "):
+            size = int(cmd.split()[1])
+            base += k + args.jump if state["gen"] else 0
+            n, k, j = 0, args.warmup, 0
+            state["gen"] += 1
+            names = [f"bench-g{state['gen']}-{i:06d}" for i in range(size)]
+            keys = [x.encode() for x in names]
+            for w in range(args.warmup):  # in time order, as a fleet would have sent them
+                for i in range(size):
+                    send(i, base + w, w)
                 producer.poll(0)
-            else:
-                time.sleep(min(0.005, max(0.0005, start + j / n - now)))
-            if now - last_report >= 0.1:
-                report(k, n)
-        while not stop.is_set() and time.monotonic() < start + 1:  # idle second (n = 0) or done early
-            producer.poll(0)
-            time.sleep(min(0.005, max(0.0, start + 1 - time.monotonic())))
-            if time.monotonic() - last_report >= 0.1:
-                report(k, n)
-        k += 1
+            producer.flush(30)
+        elif cmd == "go":
+            n, start = len(names), time.monotonic()
+        now = time.monotonic()
+        while n:  # every paced record due by now: one per source per second, spread over the second
+            sec = start + (k - args.warmup)
+            if now < sec:
+                break
+            due = min(n, int((now - sec) * n) + 1)
+            if j < due:
+                state["behind"] = max(state["behind"], now - (sec + j / n))
+                for i in range(j, due):
+                    send(i, base + k, k)
+                j = due
+            if j < n:
+                break
+            k, j = k + 1, 0
+        producer.poll(0)
+        if now - state["last_report"] >= 0.1:
+            report(n)
     producer.close(10)
-    report(k, n, done=True)
+    report(n, done=True)
     return 0
 
 
 class Driver:
     """The producer process: commands in, progress lines out (read on a thread)."""
 
-    def __init__(self, bootstrap: str, topic: str, warmup: int, client: str, log: Path) -> None:
+    def __init__(self, bootstrap: str, topic: str, warmup: int, jump_s: float, client: str, log: Path) -> None:
         from bench.e2e import _die_with_parent
 
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.sources", "produce", "--bootstrap", bootstrap, "--topic", topic,
-             "--warmup", str(warmup), "--client", client],
+             "--warmup", str(warmup), "--jump", str(jump_s), "--client", client],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, env=child_env(), cwd=REPO,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         self._lock = threading.Lock()
@@ -226,10 +227,10 @@ class Driver:
             last, behind, self._behind = dict(self.last), self._behind, 0.0
         return last, behind
 
-    def play(self, n: int) -> None:
+    def command(self, line: str) -> None:
         stdin: IO[str] | None = self.proc.stdin
         assert stdin is not None
-        stdin.write(f"{n}\n")
+        stdin.write(f"{line}\n")
         stdin.flush()
 
     def close(self, timeout_s: float = 20.0) -> dict[str, Any]:
@@ -301,6 +302,8 @@ def judge(n: int, first: Sample, last: Sample, max_lag: float, behind_s: float) 
         "driver_cores": round((last.driver_cpu - first.driver_cpu) / dt, 2),
         "foreign_cores": round(last.foreign_cores, 2),
     }
+    stats["machine_cores"] = round(sum(stats[k] for k in ("daemon_cores", "broker_cores", "driver_cores",
+                                                         "foreign_cores")), 2)
     if behind_s > MAX_BEHIND_S:
         return False, "driver", stats
     if max_lag >= MAX_LAG_S * n:
@@ -365,6 +368,7 @@ class Bench:
         self.driver = driver
         self.broker_pid = broker_pid
         self.steady_s = steady_s
+        self.gen = 0
         self.foreign = ForeignCpu([daemon.proc.pid, broker_pid, driver.proc.pid, os.getpid()])
 
     def sample(self) -> tuple[Sample, float]:
@@ -383,28 +387,35 @@ class Bench:
             broker_cpu=cpu_seconds(self.broker_pid), driver_cpu=float(progress.get("cpu", 0.0)),
             foreign_cores=self.foreign()), behind
 
-    def hold(self, n: int) -> Step:
-        self.driver.play(n)
-        t_set = time.monotonic()
-        time.sleep(SETTLE_MIN_S)
-        while True:  # settle: the joining sources' records consumed, the daemon caught up
+    def _drained(self, gen: int, timeout_s: float) -> Sample | None:
+        """Wait until the driver has sent generation ``gen``'s warm-up and the daemon has consumed
+        every record sent; the sample then, or None after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
             s, _ = self.sample()
-            if s.lag < n:
-                break
-            if time.monotonic() - t_set > SETTLE_MAX_S:
-                return Step(n, False, "settle", {"lag_s": round(s.lag / n, 2), "loadavg": _loadavg()})
-            time.sleep(SAMPLE_S / 2)
-        first, last = s, s
+            if self.driver.take()[0].get("gen") == gen and s.consumed >= s.sent:
+                return s
+            time.sleep(0.5)
+        return None
+
+    def hold(self, n: int) -> Step:
+        """One step: a new generation of ``n`` sources, warmed up and drained, then paced."""
+        self.gen += 1
+        self.driver.command(f"gen {n}")
+        if self._drained(self.gen, DRAIN_MAX_S) is None:
+            raise RuntimeError(f"{n} sources: the warm-up was not consumed within {DRAIN_MAX_S:.0f} s")
+        self.driver.command("go")
+        time.sleep(SETTLE_S)
+        first, _ = self.sample()
         self.foreign()  # from here: the steady period's foreign CPU
-        max_lag, behind = s.lag, 0.0
-        while last.t - first.t < self.steady_s - 1e-3:
+        last, max_lag, behind = first, first.lag, 0.0
+        while last.t - first.t < self.steady_s - 1e-3 and max_lag < MAX_LAG_S * n:  # cut short once lagging
             time.sleep(max(0.0, min(SAMPLE_S, first.t + self.steady_s - time.monotonic())))
             last, b = self.sample()
             max_lag, behind = max(max_lag, last.lag), max(behind, b)
-            if max_lag >= MAX_LAG_S * n:
-                break  # cut short: it did not hold
         ok, why, stats = judge(n, first, last, max_lag, behind)
         stats["loadavg"] = _loadavg()
+        print(f"bench sources: {n} sources {why} {json.dumps(stats)}", file=sys.stderr, flush=True)
         return Step(n, ok, why, stats)
 
 
@@ -435,14 +446,15 @@ def _running(ctx: Ctx, steady_s: float) -> Iterator[tuple[Bench, str]]:
         create_topics(bp.bootstrap, topics)
         det = DetectorConfig(silent_after_s=0.0)
         with daemons(1, ctx, bp.bootstrap, topics, _unique("gsrc"), detector=det) as (d,):
-            driver = Driver(bp.bootstrap, topics.samples, warmup, client, ctx.tmp / "sources-driver.log")
+            driver = Driver(bp.bootstrap, topics.samples, warmup, det.idle_evict_s + 100, client,
+                            ctx.tmp / "sources-driver.log")
             try:
                 yield Bench(d, driver, bp.proc.pid, steady_s), client
             finally:
                 driver.close()
 
 
-def bench_sources(ctx: Ctx, start: int = 2000, steady_s: float = STEADY_S, max_steps: int = 6,
+def bench_sources(ctx: Ctx, start: int = 2500, steady_s: float = STEADY_S, max_steps: int = 6,
                   budget_s: float = 150.0) -> dict[str, Any]:
     if ctx.quick:
         return {}  # the daemon's start alone is longer than the smoke test's share
@@ -463,6 +475,11 @@ def bench_sources(ctx: Ctx, start: int = 2000, steady_s: float = STEADY_S, max_s
         "sources_max_lag_s": top.get("max_lag_s"),
         "sources_daemon_cores": top.get("daemon_cores"),
         "sources_daemon_cpu_us_per_record": top.get("daemon_cpu_us_per_record"),
+        "sources_embed_batch_mean_windows": top.get("embed_batch_mean_windows"),
+        "sources_broker_cores": top.get("broker_cores"),
+        "sources_driver_cores": top.get("driver_cores"),
+        "sources_foreign_cores": top.get("foreign_cores"),
+        "sources_machine_cores": top.get("machine_cores"),
         "sources_driver_kept_pace": all(s.why != "driver" for s in steps),
         "sources_driver_client": client,
         "sources_steady_s": steady_s,
@@ -482,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         return produce_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
-    ap.add_argument("--start", type=int, default=2000)
+    ap.add_argument("--start", type=int, default=2500)
     ap.add_argument("--steady-s", type=float, default=STEADY_S)
     ap.add_argument("--max-steps", type=int, default=6)
     args = ap.parse_args(argv)
