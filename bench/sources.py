@@ -59,6 +59,7 @@ from typing import IO, Any
 import orjson
 
 from bench.common import REPO, Ctx, child_env, trace_lines
+from bench.procstats import thread_cpu_seconds
 
 __all__ = ["Sample", "Step", "bench_sources", "judge", "next_size", "search"]
 
@@ -265,7 +266,7 @@ class Sample:
     daemon_cpu: float = 0.0
     broker_cpu: float = 0.0
     driver_cpu: float = 0.0
-    foreign_cores: float = 0.0
+    foreign_cores: float = 0.0  # every other process (the whole period, set by the caller)
 
     @property
     def lag(self) -> float:
@@ -287,23 +288,24 @@ def judge(n: int, first: Sample, last: Sample, max_lag: float, behind_s: float) 
     rate = (last.consumed - first.consumed) / dt
     wins = (last.windows - first.windows) / dt
     batches = last.batches - first.batches
-    stats = {
+    cores = {k: round((getattr(last, f"{k}_cpu") - getattr(first, f"{k}_cpu")) / dt, 2)
+             for k in ("daemon", "broker", "driver")}
+    stats: dict[str, Any] = {
         "seconds": round(dt, 1),
         "sent_per_s": round(sent_rate),
         "records_per_s": round(rate),
         "windows_per_s": round(wins),
         "max_lag_s": round(max_lag / n, 2),
         "driver_max_behind_s": round(behind_s, 3),
-        "daemon_cores": round((last.daemon_cpu - first.daemon_cpu) / dt, 2),
+        "daemon_cores": cores["daemon"],
         "daemon_cpu_us_per_record": round((last.daemon_cpu - first.daemon_cpu) / max(rate * dt, 1.0) * 1e6, 1),
         "embed_busy": round((last.embed_s - first.embed_s) / dt, 2),   # share of the embed thread's time
         "embed_batch_mean_windows": round((last.batch_windows - first.batch_windows) / batches, 1) if batches else None,
-        "broker_cores": round((last.broker_cpu - first.broker_cpu) / dt, 2),
-        "driver_cores": round((last.driver_cpu - first.driver_cpu) / dt, 2),
+        "broker_cores": cores["broker"],
+        "driver_cores": cores["driver"],
         "foreign_cores": round(last.foreign_cores, 2),
+        "machine_cores": round(sum(cores.values()) + last.foreign_cores, 2),
     }
-    stats["machine_cores"] = round(sum(stats[k] for k in ("daemon_cores", "broker_cores", "driver_cores",
-                                                         "foreign_cores")), 2)
     if behind_s > MAX_BEHIND_S:
         return False, "driver", stats
     if max_lag >= MAX_LAG_S * n:
@@ -336,7 +338,7 @@ def next_size(lo: int, hi: int | None, last: int, *, resolution: float, cap: int
     return n
 
 
-def search(hold: Callable[[int], Step], start: int, *, resolution: float = 0.2, cap: int = 64_000,
+def search(hold: Callable[[int], Step], start: int, *, resolution: float = 0.25, cap: int = 64_000,
            max_steps: int = 6, budget_s: float = 200.0, clock: Callable[[], float] = time.monotonic
            ) -> tuple[int, list[Step]]:
     """Largest N that ``hold`` says held, and every step. Stops at a ``driver`` step (the figure is
@@ -369,7 +371,8 @@ class Bench:
         self.broker_pid = broker_pid
         self.steady_s = steady_s
         self.gen = 0
-        self.foreign = ForeignCpu([daemon.proc.pid, broker_pid, driver.proc.pid, os.getpid()])
+        pids = [daemon.proc.pid, broker_pid, driver.proc.pid, os.getpid()]
+        self.foreign = lambda: ForeignCpu(pids)  # CPU cores of every other process, from now on
 
     def sample(self) -> tuple[Sample, float]:
         from bench.procstats import cpu_seconds
@@ -384,8 +387,7 @@ class Bench:
             consumed=s.value("netsiam_records_consumed_total"), windows=s.value("netsiam_windows_embedded_total"),
             embed_s=s.value("netsiam_embed_batch_seconds_sum"), batches=s.value("netsiam_embed_batch_size_count"),
             batch_windows=s.value("netsiam_embed_batch_size_sum"), daemon_cpu=self.daemon.cpu(),
-            broker_cpu=cpu_seconds(self.broker_pid), driver_cpu=float(progress.get("cpu", 0.0)),
-            foreign_cores=self.foreign()), behind
+            broker_cpu=cpu_seconds(self.broker_pid), driver_cpu=float(progress.get("cpu", 0.0))), behind
 
     def _drained(self, gen: int, timeout_s: float) -> Sample | None:
         """Wait until the driver has sent generation ``gen``'s warm-up and the daemon has consumed
@@ -405,18 +407,36 @@ class Bench:
         if self._drained(self.gen, DRAIN_MAX_S) is None:
             raise RuntimeError(f"{n} sources: the warm-up was not consumed within {DRAIN_MAX_S:.0f} s")
         self.driver.command("go")
+        started, _ = self.sample()
+        foreign = self.foreign()
         time.sleep(SETTLE_S)
         first, _ = self.sample()
-        self.foreign()  # from here: the steady period's foreign CPU
-        last, max_lag, behind = first, first.lag, 0.0
-        while last.t - first.t < self.steady_s - 1e-3 and max_lag < MAX_LAG_S * n:  # cut short once lagging
-            time.sleep(max(0.0, min(SAMPLE_S, first.t + self.steady_s - time.monotonic())))
-            last, b = self.sample()
-            max_lag, behind = max(max_lag, last.lag), max(behind, b)
-        ok, why, stats = judge(n, first, last, max_lag, behind)
+        if first.lag >= MAX_LAG_S * n:  # lagging already: what figures there are come from the settle period
+            first.foreign_cores = foreign()
+            ok, why, stats = judge(n, started, first, first.lag, 0.0)
+        else:
+            foreign = self.foreign()  # the steady period's
+            threads0 = thread_cpu_seconds(self.daemon.proc.pid)
+            last, max_lag, behind = first, first.lag, 0.0
+            while last.t - first.t < self.steady_s - 1e-3 and max_lag < MAX_LAG_S * n:  # cut short once lagging
+                time.sleep(max(0.0, min(SAMPLE_S, first.t + self.steady_s - time.monotonic())))
+                last, b = self.sample()
+                max_lag, behind = max(max_lag, last.lag), max(behind, b)
+            last.foreign_cores = foreign()
+            ok, why, stats = judge(n, first, last, max_lag, behind)
+            stats["daemon_threads_cores"] = _busiest(threads0, thread_cpu_seconds(self.daemon.proc.pid),
+                                                     last.t - first.t)
         stats["loadavg"] = _loadavg()
         print(f"bench sources: {n} sources {why} {json.dumps(stats)}", file=sys.stderr, flush=True)
         return Step(n, ok, why, stats)
+
+
+def _busiest(before: dict[str, float], after: dict[str, float], dt: float, top: int = 4) -> dict[str, float]:
+    """Cores used by each of the ``top`` busiest threads between two readings, the rest together."""
+    used = sorted(((after[k] - before.get(k, 0.0)) / max(dt, 1e-9), k) for k in after)[::-1]
+    out = {k: round(c, 2) for c, k in used[:top]}
+    out["others"] = round(sum(c for c, _ in used[top:]), 2)
+    return out
 
 
 def _loadavg() -> str:
@@ -455,7 +475,7 @@ def _running(ctx: Ctx, steady_s: float) -> Iterator[tuple[Bench, str]]:
 
 
 def bench_sources(ctx: Ctx, start: int = 2500, steady_s: float = STEADY_S, max_steps: int = 6,
-                  budget_s: float = 150.0) -> dict[str, Any]:
+                  budget_s: float = 120.0) -> dict[str, Any]:
     if ctx.quick:
         return {}  # the daemon's start alone is longer than the smoke test's share
     load0 = _loadavg()
@@ -480,6 +500,7 @@ def bench_sources(ctx: Ctx, start: int = 2500, steady_s: float = STEADY_S, max_s
         "sources_driver_cores": top.get("driver_cores"),
         "sources_foreign_cores": top.get("foreign_cores"),
         "sources_machine_cores": top.get("machine_cores"),
+        "sources_daemon_threads_cores": top.get("daemon_threads_cores"),
         "sources_driver_kept_pace": all(s.why != "driver" for s in steps),
         "sources_driver_client": client,
         "sources_steady_s": steady_s,

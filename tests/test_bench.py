@@ -134,7 +134,7 @@ def test_scrape_can_leave_the_per_source_series_out() -> None:
 
 
 def test_process_figures_come_from_psutil() -> None:
-    from bench.procstats import ForeignCpu, cpu_seconds, rss_bytes, rss_mib
+    from bench.procstats import ForeignCpu, cpu_seconds, rss_bytes, rss_mib, thread_cpu_seconds
 
     me = os.getpid()
     assert rss_bytes() > 10 * 2**20 and rss_mib(me) == pytest.approx(rss_bytes() / 2**20, rel=0.1)
@@ -142,6 +142,8 @@ def test_process_figures_come_from_psutil() -> None:
     gone.wait()
     assert rss_mib(gone.pid) is None                                 # reaped: no such process
     assert cpu_seconds(me) > 0
+    threads = thread_cpu_seconds(me)
+    assert threads["main"] > 0 and sum(threads.values()) <= cpu_seconds(me) + 0.05
     assert ForeignCpu([me])() >= 0.0
 
 
