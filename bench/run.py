@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     ap.add_argument("--only", action="append", default=[], choices=sorted(BENCHES))
-    ap.add_argument("--model", default=None, help="artifact to serve in embed/e2e/rss/gpu (default: the one "
-                                                  "the train benchmark writes)")
+    ap.add_argument("--model", default=None, help="artifact to serve in embed/e2e/rss/gpu/sources (default: the "
+                                                  "one the train benchmark writes)")
     ap.add_argument("-o", "--output", default=None, help="results JSON (default bench/results.json)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
