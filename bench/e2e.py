@@ -108,23 +108,25 @@ class DaemonProc:
         stop_process(self.proc, timeout_s)
 
 
-def daemon_config(ctx: Ctx, bootstrap: str, topics: Any, group: str) -> Path:
-    """A benchmark daemon's config file (default detector settings, fast group timeouts, any metrics port)."""
+def daemon_config(ctx: Ctx, bootstrap: str, topics: Any, group: str, detector: Any = None) -> Path:
+    """A benchmark daemon's config file (default detector settings unless ``detector`` is given, fast
+    group timeouts, any metrics port)."""
     from netsiam.config import Config, DetectorConfig, KafkaConfig, MetricsConfig
 
     cfg = Config(kafka=KafkaConfig(bootstrap_servers=bootstrap, group_id=group, topics=topics,
                                    session_timeout_ms=6000, heartbeat_interval_ms=1000),
-                 detector=DetectorConfig(), metrics=MetricsConfig(port=0))
+                 detector=detector or DetectorConfig(), metrics=MetricsConfig(port=0))
     path = ctx.tmp / f"{group}.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     return path
 
 
 @contextlib.contextmanager
-def daemons(n: int, ctx: Ctx, bootstrap: str, topics: Any, group: str) -> Iterator[list[DaemonProc]]:
+def daemons(n: int, ctx: Ctx, bootstrap: str, topics: Any, group: str, detector: Any = None
+            ) -> Iterator[list[DaemonProc]]:
     """``n`` daemon processes in ``group``, each with partitions assigned (or an error)."""
     assert ctx.model is not None
-    path = daemon_config(ctx, bootstrap, topics, group)
+    path = daemon_config(ctx, bootstrap, topics, group, detector)
     procs = [DaemonProc(path, ctx.model, ctx.tmp / f"{group}-{i}.log") for i in range(n)]
     try:
         for p in procs:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import psutil
 
-__all__ = ["ForeignCpu", "cpu_seconds", "rss_bytes", "rss_mib"]
+__all__ = ["ForeignCpu", "cpu_seconds", "rss_bytes", "rss_mib", "thread_cpu_seconds"]
 
 
 def rss_bytes(pid: int | None = None) -> int:
@@ -27,6 +28,25 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process (all its threads) so far."""
     t = psutil.Process(pid).cpu_times()
     return float(t.user + t.system)
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of each thread of a process so far, keyed ``main`` (the thread the
+    process started with) or ``NAME-TID`` (NAME: the kernel's name for it, ``/proc/PID/task/TID/comm``
+    on Linux: Python threads keep the process's, native pools such as XLA's or librdkafka's name
+    theirs)."""
+    out = {}
+    for t in psutil.Process(pid).threads():
+        if t.id == pid:
+            name = "main"
+        else:
+            try:
+                comm = Path(f"/proc/{pid}/task/{t.id}/comm").read_text().strip()
+            except OSError:
+                comm = "thread"
+            name = f"{comm}-{t.id}"
+        out[name] = float(t.user_time + t.system_time)
+    return out
 
 
 def _cpu_or_zero(pid: int) -> float:

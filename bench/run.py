@@ -19,6 +19,10 @@ Benchmarks, in order (``--only NAME`` picks some):
   ``gpu_embed_ratio`` is null where there is no GPU;
 * ``produce``: ``replay`` with ``kafka.client: confluent-kafka`` vs kafka-python on the embedded
   broker (bench/produce.py); not in ``--quick``, null ratio without confluent-kafka.
+* ``sources``: ``max_sources_1hz``, the most sources one daemon holds at one record per second
+  each, a decision per source per second, lag bounded, searched on the embedded broker with a paced
+  producer in its own process (bench/sources.py); an absolute figure (no baseline), with the load
+  average; not in ``--quick``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "rss_kib_per_source_beyond_window": ("<=", 10.0),
     "gpu_embed_ratio": (">=", 0.7),
     "bench_seconds": ("<=", 600.0),
+    "max_sources_1hz": (">=", 20000),
 }
 
 _rate = rate  # the original name, kept for callers of this module
@@ -163,6 +168,15 @@ def bench_produce(ctx: Ctx) -> dict[str, Any]:
     return run(ctx)
 
 
+def bench_sources(ctx: Ctx) -> dict[str, Any]:
+    from bench.sources import bench_sources as run
+
+    if ctx.quick:
+        return {}  # not in the smoke test: the daemon's start alone takes longer than its share
+    _ensure_model(ctx)
+    return run(ctx)
+
+
 BENCHES: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "decode": bench_decode,
     "train": bench_train,
@@ -171,6 +185,7 @@ BENCHES: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "rss": bench_rss,
     "gpu": bench_gpu,
     "produce": bench_produce,
+    "sources": bench_sources,
 }
 
 
@@ -213,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     ap.add_argument("--only", action="append", default=[], choices=sorted(BENCHES))
-    ap.add_argument("--model", default=None, help="artifact to serve in embed/e2e/rss/gpu (default: the one "
-                                                  "the train benchmark writes)")
+    ap.add_argument("--model", default=None, help="artifact to serve in embed/e2e/rss/gpu/sources (default: the "
+                                                  "one the train benchmark writes)")
     ap.add_argument("-o", "--output", default=None, help="results JSON (default bench/results.json)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()

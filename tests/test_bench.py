@@ -115,8 +115,26 @@ def test_scrape_reads_a_daemons_metrics_by_name_and_labels() -> None:
     assert buckets[-1] == (math.inf, 1.0) and dict(buckets)[0.1] == 0.0 and dict(buckets)[0.25] == 1.0
 
 
+def test_scrape_can_leave_the_per_source_series_out() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from bench.scrape import Scrape, without
+    from bench.sources import SOURCE_SERIES
+    from netsiam.detector.metrics import DetectorMetrics
+
+    reg = CollectorRegistry()
+    m = DetectorMetrics(reg)
+    m.track_sources(lambda: [(f"s{i}", 1.0 + i) for i in range(50)])
+    m.windows_embedded.inc(3)
+    text = generate_latest(reg).decode()
+    assert text.count(SOURCE_SERIES) > 50
+    kept = without(text, (SOURCE_SERIES,))
+    assert SOURCE_SERIES not in kept and Scrape(kept).value("netsiam_windows_embedded_total") == 3
+    assert Scrape(text).value(SOURCE_SERIES) == sum(1.0 + i for i in range(50))
+
+
 def test_process_figures_come_from_psutil() -> None:
-    from bench.procstats import ForeignCpu, cpu_seconds, rss_bytes, rss_mib
+    from bench.procstats import ForeignCpu, cpu_seconds, rss_bytes, rss_mib, thread_cpu_seconds
 
     me = os.getpid()
     assert rss_bytes() > 10 * 2**20 and rss_mib(me) == pytest.approx(rss_bytes() / 2**20, rel=0.1)
@@ -124,6 +142,8 @@ def test_process_figures_come_from_psutil() -> None:
     gone.wait()
     assert rss_mib(gone.pid) is None                                 # reaped: no such process
     assert cpu_seconds(me) > 0
+    threads = thread_cpu_seconds(me)
+    assert threads["main"] > 0 and sum(threads.values()) <= cpu_seconds(me) + 0.05
     assert ForeignCpu([me])() >= 0.0
 
 
@@ -138,3 +158,49 @@ def test_cpu_split_reports_each_stage_with_the_fast_path_off_and_on(capsys: pyte
         split = res[f"cpusplit_us_per_record_{mode}"]
         assert all(split[k] > 0 for k in ("feed", "embed", "apply"))
         assert split["total"] == pytest.approx(split["feed"] + split["embed"] + split["apply"], abs=0.2)
+
+
+def test_sources_search_doubles_then_bisects_to_the_largest_size_that_held() -> None:
+    from bench.sources import Step, next_size, search
+
+    assert next_size(0, None, 2000, resolution=0.2, cap=64_000) == 4000
+    assert next_size(40_000, None, 40_000, resolution=0.2, cap=64_000) == 64_000
+    assert next_size(64_000, None, 64_000, resolution=0.2, cap=64_000) is None
+    assert next_size(4000, 8000, 8000, resolution=0.2, cap=64_000) == 6000
+    assert next_size(6000, 7000, 7000, resolution=0.2, cap=64_000) is None      # within 20 %
+    assert next_size(0, 2000, 2000, resolution=0.2, cap=64_000) == 1000         # the start failed: go down
+
+    tried: list[int] = []
+
+    def hold(n: int) -> Step:
+        tried.append(n)
+        return Step(n, n <= 6500, "held" if n <= 6500 else "lag")
+
+    best, steps = search(hold, 2000, resolution=0.1, max_steps=10)
+    assert tried == [2000, 4000, 8000, 6000, 7000, 6500] and best == 6500 and len(steps) == 6
+    tried.clear()
+    best, _ = search(hold, 2000, max_steps=3)                               # the step budget cuts it short
+    assert tried == [2000, 4000, 8000] and best == 4000
+
+    def driver_limited(n: int) -> Step:
+        return Step(n, n < 4000, "held" if n < 4000 else "driver")
+
+    best, steps = search(driver_limited, 2000)
+    assert best == 2000 and steps[-1].why == "driver" and len(steps) == 2   # no bisection below the driver's limit
+
+
+def test_sources_judge_needs_bounded_lag_no_drift_a_window_per_record_and_a_paced_driver() -> None:
+    from bench.sources import Sample, judge
+
+    a = Sample(t=0.0, sent=10_000, consumed=9_500, windows=5_000, daemon_cpu=1.0)
+    b = Sample(t=20.0, sent=110_000, consumed=109_400, windows=105_000, daemon_cpu=21.0)
+    ok, why, stats = judge(5000, a, b, max_lag=1500, behind_s=0.01)
+    assert (ok, why) == (True, "held")
+    assert stats["records_per_s"] == 4995 and stats["windows_per_s"] == 5000 and stats["daemon_cores"] == 1.0
+    assert stats["max_lag_s"] == 0.3
+    assert judge(5000, a, b, max_lag=10_000, behind_s=0.01)[1] == "lag"
+    assert judge(5000, a, b, max_lag=1500, behind_s=0.9)[1] == "driver"
+    slow = Sample(t=20.0, sent=110_000, consumed=100_000, windows=96_000)           # 4.5 % behind the sent rate
+    assert judge(5000, a, slow, max_lag=9000, behind_s=0.0)[1] == "drift"
+    few = Sample(t=20.0, sent=110_000, consumed=109_400, windows=80_000)
+    assert judge(5000, a, few, max_lag=1500, behind_s=0.0)[1] == "windows"
