@@ -19,7 +19,7 @@ import confluent_kafka
 
 from netsiam.config import KafkaConfig
 from netsiam.errors import ConfigError
-from netsiam.kafka_io import RECONNECT_BACKOFF_MAX_MS
+from netsiam.kafka_io import RECONNECT_BACKOFF_MAX_MS, bootstrap_list
 from netsiam.producer import Delivery, PublishError
 
 __all__ = ["MAPPED_SASL", "ConfluentProducer", "producer_config", "security_config"]
@@ -40,11 +40,8 @@ def _refuse(key: str, why: str) -> ConfigError:
 
 def security_config(kcfg: KafkaConfig, bootstrap: str | None = None) -> dict[str, Any]:
     """Connection and security properties (never logged: they hold the passwords)."""
-    servers = [s.strip() for s in (bootstrap or kcfg.bootstrap_servers).split(",") if s.strip()]
-    if not servers:
-        raise ConfigError("kafka.bootstrap_servers is empty")
     conf: dict[str, Any] = {
-        "bootstrap.servers": ",".join(servers),
+        "bootstrap.servers": ",".join(bootstrap_list(kcfg, bootstrap)),
         "client.id": kcfg.client_id,
         "security.protocol": kcfg.security_protocol,
         "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,

@@ -28,6 +28,7 @@ from netsiam.collect.metrics import CollectMetrics
 SYSTEMD = REPO / "deploy" / "systemd"
 SIPP_UNIT = SYSTEMD / "netsiam-collect-sipp@.service"
 PCAP_UNIT = SYSTEMD / "netsiam-collect-pcap.service"
+LEARN_UNIT = SYSTEMD / "netsiam-learn.service"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
@@ -92,7 +93,8 @@ def test_units_are_hardened() -> None:
 
 
 @needs_systemd_analyze
-@pytest.mark.parametrize("unit, instance, threshold", [(SIPP_UNIT, "sbc-1", 20), (PCAP_UNIT, "", 30)])
+@pytest.mark.parametrize("unit, instance, threshold", [(SIPP_UNIT, "sbc-1", 20), (PCAP_UNIT, "", 30),
+                                                       (LEARN_UNIT, "", 20)])
 def test_unit_verifies_and_exposure_is_low(tmp_path: Path, unit: Path, instance: str, threshold: int) -> None:
     assert SYSTEMD_ANALYZE is not None
     stub = tmp_path / "netsiam"
@@ -209,9 +211,6 @@ def _invite(port: int, call_id: str) -> bytes:
             "CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
 
 
-LEARN_UNIT = SYSTEMD / "netsiam-learn.service"
-
-
 def test_learn_unit_invokes_the_cli_as_it_parses_and_may_write_only_the_models() -> None:
     one = {k: v[-1] for k, v in unit_directives(LEARN_UNIT.read_text()).items()}
     argv = shlex.split(one["ExecStart"])
@@ -223,21 +222,3 @@ def test_learn_unit_invokes_the_cli_as_it_parses_and_may_write_only_the_models()
                       "RestartPreventExitStatus": "2 3 4", "CapabilityBoundingSet": "", "UMask": "0022"}.items():
         assert one.get(key) == want, f"{key}={one.get(key)!r}"
 
-
-@needs_systemd_analyze
-def test_learn_unit_verifies_and_exposure_is_low(tmp_path: Path) -> None:
-    assert SYSTEMD_ANALYZE is not None
-    stub = tmp_path / "netsiam"
-    stub.write_text("#!/bin/sh\nexit 0\n")
-    stub.chmod(0o755)
-    copy = tmp_path / LEARN_UNIT.name
-    copy.write_text(LEARN_UNIT.read_text().replace("/usr/local/bin/netsiam", str(stub)))
-    env = dict(os.environ, SYSTEMD_UNIT_PATH=f"{tmp_path}:", SYSTEMD_LOG_LEVEL="notice")
-    r = subprocess.run([SYSTEMD_ANALYZE, "verify", str(copy)], capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0 and "netsiam" not in r.stdout + r.stderr, r.stdout + r.stderr
-    probe = subprocess.run([SYSTEMD_ANALYZE, "security", "--help"], capture_output=True, text=True, timeout=30)
-    if "--offline" not in probe.stdout:
-        pytest.skip("systemd-analyze too old for `security --offline` (needs systemd >= 250)")
-    r = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=true", "--threshold=20", "--no-pager", str(copy)],
-                       capture_output=True, text=True, timeout=60, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
