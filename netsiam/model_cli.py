@@ -12,7 +12,7 @@ import orjson
 
 from netsiam.config import Config
 from netsiam.errors import NetsiamError
-from netsiam.serving import ENCODER_FILE, MANIFEST_FILE, PROTOTYPES_FILE, load_artifact
+from netsiam.serving import ENCODER_FILE, MANIFEST_FILE, PROTOTYPES_FILE, default_model_path, load_artifact
 from netsiam.versions import VersionInfo, history, locked, rollback, writable_model
 
 __all__ = ["cli_model", "format_history"]
@@ -36,18 +36,18 @@ def format_history(versions: list[VersionInfo]) -> str:
 
 def cli_model(args: argparse.Namespace, cfg: Config) -> int:
     if args.action == "copy":
-        src = Path(args.model) if args.model else load_artifact(None).path
+        src = Path(args.model) if args.model else default_model_path()
         dest = Path(args.directory)
         if dest.exists() and any(dest.iterdir()):
             raise NetsiamError(f"{dest} exists and is not empty")
         load_artifact(src)   # copy only a good artifact
         dest.mkdir(parents=True, exist_ok=True)
         for name in (ENCODER_FILE, PROTOTYPES_FILE, MANIFEST_FILE):
-            shutil.copy2(Path(str(src)) / name, dest / name)
+            shutil.copy2(src / name, dest / name)
         print(f"copied the model {src} to {dest}: serve it with `netsiam detect --model {dest}`")
         return 0
     model = writable_model(args.model or cfg.detector.model) if args.action == "rollback" else \
-        Path(args.model or cfg.detector.model or load_artifact(None).path or ".")
+        Path(args.model or cfg.detector.model or default_model_path())
     if args.action == "history":
         versions = history(model)
         if args.json:

@@ -34,6 +34,7 @@ __all__ = [
     "PROTOTYPES_FILE",
     "Artifact",
     "Prototypes",
+    "artifact_version",
     "default_model_path",
     "load_artifact",
 ]
@@ -49,6 +50,12 @@ def default_model_path() -> Path:
     if not isinstance(path, Path):  # e.g. a zipped install: Keras needs real files
         raise NetsiamError(f"the shipped model is not on the file system ({path}); pass --model DIR")
     return path
+
+
+def artifact_version(manifest: dict[str, Any], prototypes: Prototypes) -> str:
+    """:attr:`Artifact.version` from a manifest and prototypes alone (no encoder needed to name a version)."""
+    ph = hashlib.sha256(orjson.dumps(prototypes.to_json())).hexdigest()[:8]
+    return f"{manifest['version']}+p{ph}"
 
 
 def _sha256(path: Path) -> str:
@@ -130,11 +137,13 @@ class Prototypes:
         }
 
     @classmethod
-    def from_json(cls, obj: Any, dim: int) -> Prototypes:
+    def from_json(cls, obj: Any, dim: int | None = None) -> Prototypes:
+        """``dim``: the embedding dimension every point must have (None: the first class's)."""
         try:
             protos = cls(method=str(obj.get("method", "median")))
             for name, entry in obj["classes"].items():
                 pts = np.atleast_2d(np.asarray(entry["points"], dtype=np.float64))
+                dim = pts.shape[1] if dim is None and pts.ndim == 2 else dim
                 if pts.ndim != 2 or pts.shape[1] != dim or not np.all(np.isfinite(pts)):
                     raise ValueError(f"class {name!r}: points must be finite (k, {dim})")
                 thr = float(entry["threshold"])
@@ -165,8 +174,7 @@ class Artifact:
     @property
     def version(self) -> str:
         """Model version plus a short hash of the prototypes (adding a class changes it)."""
-        ph = hashlib.sha256(orjson.dumps(self.prototypes.to_json())).hexdigest()[:8]
-        return f"{self.manifest['version']}+p{ph}"
+        return artifact_version(self.manifest, self.prototypes)
 
     def embed(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """(N, T, F) derived features -> (N, D) embeddings, float32.

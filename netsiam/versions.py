@@ -24,7 +24,16 @@ from typing import Any
 import orjson
 
 from netsiam.errors import NetsiamError, UsageError
-from netsiam.serving import ENCODER_FILE, MANIFEST_FILE, PROTOTYPES_FILE, Artifact, load_artifact
+from netsiam.serving import (
+    ENCODER_FILE,
+    MANIFEST_FILE,
+    PROTOTYPES_FILE,
+    Artifact,
+    Prototypes,
+    artifact_version,
+    default_model_path,
+    load_artifact,
+)
 from netsiam.traceio import atomic_write_bytes
 
 __all__ = ["LOG_FILE", "VERSIONS_DIR", "VersionInfo", "history", "lineage", "locked", "publish", "rollback",
@@ -47,8 +56,6 @@ class VersionInfo:
 
 def writable_model(path: str | Path | None) -> Path:
     """The artifact directory a change goes to; the shipped model (package data) is never changed."""
-    from netsiam.serving import default_model_path
-
     if not path:
         raise UsageError("no model to change: pass --model DIR (a copy of the model the daemon serves "
                          "from, e.g. made by `netsiam model copy DIR`) or set detector.model")
@@ -83,12 +90,13 @@ def _log(path: Path, entry: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def _keep(path: Path, art: Artifact) -> None:
-    """Copy the served files into ``versions/<version>/`` (once; a half-copied one never counts)."""
-    dest = path / VERSIONS_DIR / art.version
+def _keep(path: Path, version: str) -> None:
+    """Copy the served files (version ``version``) into ``versions/<version>/`` (once; a half-copied one
+    never counts)."""
+    dest = path / VERSIONS_DIR / version
     if (dest / MANIFEST_FILE).is_file():
         return
-    tmp = path / VERSIONS_DIR / f".{art.version}.tmp"
+    tmp = path / VERSIONS_DIR / f".{version}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in FILES:
@@ -110,12 +118,12 @@ def publish(path: Path, art: Artifact, parent: Artifact, entry: dict[str, Any]) 
     Keeps ``parent`` under ``versions/``, writes the lineage into the new manifest (``parent``:
     its version; ``feedback``: ``entry``), logs the change and returns the new version.
     """
-    _keep(path, parent)
+    _keep(path, parent.version)
     art.manifest["parent"] = parent.version
     art.manifest["feedback"] = entry
     art.manifest["created_at"] = round(time.time(), 3)
     art.save_prototypes(path)          # prototypes.json, then manifest.json (with its hash)
-    _keep(path, art)                   # the new version is restorable too, whatever comes next
+    _keep(path, art.version)           # the new version is restorable too, whatever comes next
     _log(path, {"action": "feedback", "version": art.version, "parent": parent.version, "feedback": entry})
     return art.version
 
@@ -125,24 +133,33 @@ def _info(manifest: dict[str, Any], version: str, classes: tuple[str, ...], curr
                        manifest.get("feedback"), classes, current)
 
 
-def _read_version(d: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
+def _read_version(d: Path) -> tuple[dict[str, Any], Prototypes]:
+    """A version's manifest and prototypes, from its files alone (no encoder: listing needs no Keras)."""
     try:
         manifest = orjson.loads((d / MANIFEST_FILE).read_bytes())
-        classes = tuple(orjson.loads((d / PROTOTYPES_FILE).read_bytes())["classes"])
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as e:
+        protos = Prototypes.from_json(orjson.loads((d / PROTOTYPES_FILE).read_bytes()))
+        if not isinstance(manifest, dict) or "version" not in manifest:
+            raise KeyError("version")
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, NetsiamError) as e:
         raise NetsiamError(f"{d}: not a readable version ({e})") from None
-    return manifest, classes
+    return manifest, protos
+
+
+def _served(path: Path) -> tuple[str, dict[str, Any], Prototypes]:
+    """The version served from ``path``, its manifest and prototypes."""
+    manifest, protos = _read_version(path)
+    return artifact_version(manifest, protos), manifest, protos
 
 
 def history(path: Path) -> list[VersionInfo]:
     """Every kept version and the served one, oldest first."""
-    served = load_artifact(path)
-    out = {served.version: _info(served.manifest, served.version, tuple(served.prototypes.classes), True)}
+    version, manifest, protos = _served(path)
+    out = {version: _info(manifest, version, tuple(protos.classes), True)}
     root = path / VERSIONS_DIR
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         if d.is_dir() and not d.name.startswith(".") and d.name not in out and (d / MANIFEST_FILE).is_file():
-            manifest, classes = _read_version(d)
-            out[d.name] = _info(manifest, d.name, classes, False)
+            kept, kept_protos = _read_version(d)
+            out[d.name] = _info(kept, d.name, tuple(kept_protos.classes), False)
     return sorted(out.values(), key=lambda v: (v.created_at, v.version))
 
 
@@ -164,8 +181,8 @@ def lineage(path: Path) -> list[dict[str, Any]]:
 
 def rollback(path: Path, version: str, by: str = "") -> str:
     """Serve the kept ``version`` again (the one served now is kept first). Returns the version."""
-    served = load_artifact(path)
-    if version == served.version:
+    served = _served(path)[0]
+    if version == served:
         return version
     src = path / VERSIONS_DIR / version
     if not (src / MANIFEST_FILE).is_file():
@@ -174,5 +191,5 @@ def rollback(path: Path, version: str, by: str = "") -> str:
     load_artifact(src)                 # refuse a damaged copy before anything is replaced
     _keep(path, served)
     _install(path, {name: (src / name).read_bytes() for name in FILES})
-    _log(path, {"action": "rollback", "version": version, "parent": served.version, "by": by})
+    _log(path, {"action": "rollback", "version": version, "parent": served, "by": by})
     return version
