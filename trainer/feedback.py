@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Sequence
@@ -39,6 +38,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from netsiam.collect.dump import episodes_from_events as intervals_from_events
+from netsiam.collect.dump import read_topic_values
 from netsiam.config import Config
 from netsiam.errors import NetsiamError, UsageError
 from netsiam.features import RAW_METRICS, derive, required_metrics
@@ -96,12 +97,10 @@ def episode_from_events(events: Sequence[dict[str, Any]], event_id: str) -> Epis
         raise NetsiamError(f"event {event_id!r} is not a fault event") from None
     if fault == SILENT:
         raise NetsiamError(f"event {event_id!r} is a silent source: there are no windows to learn from")
-    end = math.inf
-    for e in events:
-        if (isinstance(e, dict) and e.get("state") == "cleared" and e.get("source") == src and e.get("fault") == fault
-                and isinstance(e.get("started_at"), int | float) and abs(float(e["started_at"]) - started) < 5e-4):
-            end = float(e["window_end"])
-    return Episode(src, fault, started, end)
+    # raised and cleared paired as `netsiam dump --labels` pairs them; an active fault's interval ends at inf
+    ends = [iv.end for iv in intervals_from_events(events, -math.inf, math.inf, {src})
+            if iv.label == fault and iv.start == started]
+    return Episode(src, fault, started, ends[0] if ends else math.inf)
 
 
 def _decode(values: Sequence[bytes], art: Artifact, max_bytes: int) -> Rows:
@@ -128,18 +127,18 @@ def _windows(rows: Rows, art: Artifact) -> tuple[Windows, np.ndarray]:
 def trace_events(rows: Rows, art: Artifact, cfg: Config) -> list[Event]:
     """The events the daemon serving ``art`` raises for these samples (its windows, classes and debounce)."""
     w, x = _windows(rows, art)
-    return _events(w, x, art, cfg)
+    return _events(w, art.embed(x), art, cfg)
 
 
-def _events(w: Windows, x: np.ndarray, art: Artifact, cfg: Config) -> list[Event]:
-    names, _, dist = art.prototypes.classify(art.embed(x))
+def _events(w: Windows, emb: np.ndarray, art: Artifact, cfg: Config) -> list[Event]:
+    names, _, dist = art.prototypes.classify(emb)
     return detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, art.prototypes.nearest(dist),
                          art.prototypes.within(dist))
 
 
-def _episode_from_trace(w: Windows, x: np.ndarray, art: Artifact, cfg: Config, eid: str) -> Episode:
-    """Run the served model and the daemon's debounce over a trace; the episode whose event id is ``eid``."""
-    for ev in _events(w, x, art, cfg):
+def _episode_from_trace(w: Windows, emb: np.ndarray, art: Artifact, cfg: Config, eid: str) -> Episode:
+    """The daemon's debounce over a trace's windows (embedded ``emb``); the episode whose event id is ``eid``."""
+    for ev in _events(w, emb, art, cfg):
         if eid in (make_event_id(ev.source, ev.fault, ev.started_at, s) for s in ("raised", "cleared")):
             return Episode(ev.source, ev.fault, ev.started_at, math.inf if ev.cleared_at is None else ev.cleared_at)
     raise NetsiamError(f"no fault event with id {eid!r} in this trace as the model at hand judges it "
@@ -191,14 +190,14 @@ def update_prototypes(art: Artifact, label: str, emb: np.ndarray, cfg: Config) -
     return new, sorted({c for c, _ in swallowed})
 
 
-def _read_kafka(bootstrap: str, cfg: Config, topic: str, key: bytes | None = None) -> list[bytes]:
-    from netsiam.collect.dump import read_topic_values
-
-    # kafka-python logs a cancelled metadata refresh at ERROR when a reader closes; a broker that is
-    # really away raises ServiceError with one line instead
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
-
-    return read_topic_values(bootstrap, topic, cfg.kafka, key=key)
+def _fault_events(bootstrap: str, cfg: Config) -> list[Any]:
+    out = []
+    for v in read_topic_values(bootstrap, cfg.kafka.topics.faults, cfg.kafka):
+        try:
+            out.append(orjson.loads(v))
+        except orjson.JSONDecodeError:
+            continue
+    return out
 
 
 def teach(model: Path, fb: Feedback, cfg: Config, *, bootstrap: str | None = None,
@@ -206,38 +205,31 @@ def teach(model: Path, fb: Feedback, cfg: Config, *, bootstrap: str | None = Non
     """Apply one feedback to the artifact in ``model`` (see the module docstring); returns what it did."""
     with locked(model):
         art = load_artifact(model)
-        done = [e for e in lineage(model) if e.get("event_id") == fb.event_id and e.get("label") == fb.label]
         rows: Rows | None = None
         if data is not None:
             from .dataset import load_trace
 
             rows = load_trace(data, dataclasses.replace(cfg, window=art.window, features=art.features))
+        emb_all: np.ndarray | None = None        # the whole trace embedded (trace only: it finds the event)
         if bootstrap is not None:
-            events = []
-            for v in _read_kafka(bootstrap, cfg, cfg.kafka.topics.faults):
-                try:
-                    events.append(orjson.loads(v))
-                except orjson.JSONDecodeError:
-                    continue
-            ep = episode_from_events(events, fb.event_id)
-            if done:
-                return Outcome("already_applied", fb.label, ep, 0, art.version, str(art.manifest.get("parent")))
-            if rows is None:
-                rows = _decode(_read_kafka(bootstrap, cfg, cfg.kafka.topics.samples, ep.source.encode()), art,
-                               cfg.detector.max_record_bytes)
-            rows = [r for r in rows if r[0] == ep.source]
-            w, x = _windows(rows, art)
+            ep = episode_from_events(_fault_events(bootstrap, cfg), fb.event_id)
         elif rows is not None:
             w, x = _windows(rows, art)
-            ep = _episode_from_trace(w, x, art, cfg, fb.event_id)
-            if done:
-                return Outcome("already_applied", fb.label, ep, 0, art.version, str(art.manifest.get("parent")))
+            emb_all = art.embed(x)
+            ep = _episode_from_trace(w, emb_all, art, cfg, fb.event_id)
         else:
             raise UsageError("feedback needs the episode's samples: --bootstrap HOST:PORT or --data TRACE.jsonl")
+        if any(e.get("event_id") == fb.event_id and e.get("label") == fb.label for e in lineage(model)):
+            return Outcome("already_applied", fb.label, ep, 0, art.version, str(art.manifest.get("parent")))
+        if emb_all is None:
+            if rows is None:
+                rows = _decode(read_topic_values(bootstrap or "", cfg.kafka.topics.samples, cfg.kafka,
+                                                 key=ep.source.encode()), art, cfg.detector.max_record_bytes)
+            w, x = _windows([r for r in rows if r[0] == ep.source], art)
         mine = (w.sources == ep.source) & (w.end_ts >= ep.started_at - 1e-6) & (w.end_ts < ep.end)
         if not mine.any():
             raise NetsiamError(f"no window of {ep.source} between {ep.started_at} and {ep.end} in the samples")
-        emb = art.embed(x[mine]).astype(np.float64)                              # (n, T, F) -> (n, D)
+        emb = (art.embed(x[mine]) if emb_all is None else emb_all[mine]).astype(np.float64)   # (n, D)
         names = art.prototypes.classify(emb)[0]
         sel = support_windows(x[mine], names, ep, fb.label, cfg.prototypes.min_support)
         known = fb.label in art.prototypes.classes

@@ -46,6 +46,9 @@ def read_topic_values(bootstrap: str, topic: str, kafka: KafkaConfig | None = No
     from netsiam.kafka_io import client_kwargs, quiet_kafka_logs
 
     quiet_kafka_logs()
+    # and quieter: closing a reader cancels its metadata refresh, which kafka-python logs at ERROR;
+    # a broker that is really away is raised below as ServiceError, in one line
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
         c = KafkaConsumer(**client_kwargs(kafka or KafkaConfig(), bootstrap), enable_auto_commit=False,
                           request_timeout_ms=10_000)
