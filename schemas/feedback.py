@@ -11,10 +11,18 @@ import orjson
 from netsiam.errors import NetsiamError
 from netsiam.schemas.classes import SILENT, UNKNOWN
 
-__all__ = ["Feedback", "parse_feedback"]
+__all__ = ["Feedback", "FeedbackError", "parse_feedback"]
 
 _LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")   # the same names a labels CSV accepts
 _FIELDS = {"event_id", "label", "by", "note"}
+
+
+class FeedbackError(NetsiamError):
+    """A message that is not feedback; ``reason`` is its dead-letter reason (``not_json`` or ``schema``)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -26,13 +34,13 @@ class Feedback:
 
     def __post_init__(self) -> None:
         if not self.event_id or len(self.event_id) > 128:
-            raise NetsiamError("event_id must be 1-128 characters")
+            raise FeedbackError("schema", "event_id must be 1-128 characters")
         if not _LABEL_RE.match(self.label):
-            raise NetsiamError(f"bad label {self.label!r} (letters, digits, _ . -; starts with a letter)")
+            raise FeedbackError("schema", f"bad label {self.label!r} (letters, digits, _ . -; starts with a letter)")
         if self.label in (UNKNOWN, SILENT):
-            raise NetsiamError(f"{self.label!r} is the detector's verdict, not a label")
+            raise FeedbackError("schema", f"{self.label!r} is the detector's verdict, not a label")
         if len(self.by) > 256 or len(self.note) > 4096:
-            raise NetsiamError("'by' is at most 256 characters, 'note' 4096")
+            raise FeedbackError("schema", "'by' is at most 256 characters, 'note' 4096")
 
     def to_json(self) -> dict[str, Any]:
         return {"event_id": self.event_id, "label": self.label, "by": self.by, "note": self.note}
@@ -43,15 +51,15 @@ def parse_feedback(data: bytes) -> Feedback:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as e:
-        raise NetsiamError(f"not JSON ({e})") from None
+        raise FeedbackError("not_json", f"not JSON ({e})") from None
     if not isinstance(obj, dict):
-        raise NetsiamError("not a JSON object")
+        raise FeedbackError("schema", "not a JSON object")
     extra = set(obj) - _FIELDS
     if extra:
-        raise NetsiamError(f"unknown field(s) {sorted(extra)}")
+        raise FeedbackError("schema", f"unknown field(s) {sorted(extra)}")
     for key in ("event_id", "label"):
         if key not in obj:
-            raise NetsiamError(f"missing {key!r}")
+            raise FeedbackError("schema", f"missing {key!r}")
     if not all(isinstance(obj.get(k, ""), str) for k in _FIELDS):
-        raise NetsiamError("every field is a string")
+        raise FeedbackError("schema", "every field is a string")
     return Feedback(obj["event_id"], obj["label"], obj.get("by", ""), obj.get("note", ""))

@@ -247,5 +247,6 @@ def test_feedback_parser_agrees_with_its_json_schema(msg: object, ok: bool) -> N
     assert parsed == schema_ok == ok
     if ok:
         assert fb.to_json()["event_id"] == "e1"
-    with pytest.raises(NetsiamError, match="not JSON"):
+    with pytest.raises(NetsiamError, match="not JSON") as e:
         parse_feedback(b"{nope")
+    assert getattr(e.value, "reason", None) == "not_json"   # the dead-letter reason netsiam learn uses

@@ -23,7 +23,7 @@ from typing import Any
 from netsiam.config import Config
 from netsiam.errors import NetsiamError, ServiceError
 from netsiam.schemas.deadletter import DeadLetter
-from netsiam.schemas.feedback import parse_feedback
+from netsiam.schemas.feedback import FeedbackError, parse_feedback
 from netsiam.versions import writable_model
 
 from .feedback import describe, teach
@@ -37,9 +37,8 @@ def handle(msg: Any, cfg: Config, model: Any, bootstrap: str) -> DeadLetter | No
     """Apply one feedback message; the dead letter to publish if it is refused."""
     try:
         fb = parse_feedback(msg.value or b"")
-    except NetsiamError as e:
-        return DeadLetter(msg.topic, msg.partition, msg.offset, msg.timestamp, msg.key, msg.value,
-                          "not_json" if "not JSON" in str(e) else "schema", str(e))
+    except FeedbackError as e:
+        return DeadLetter(msg.topic, msg.partition, msg.offset, msg.timestamp, msg.key, msg.value, e.reason, str(e))
     try:
         out = teach(model, fb, cfg, bootstrap=bootstrap)
     except ServiceError:
