@@ -119,8 +119,9 @@ class Emitter:
                     found = tuple(explain())
                 evidence = found
             if st.alive:
-                self.gauges(st.name, t.fault, t.state == "raised", evidence_text(evidence),
-                            event_id(st.name, t.fault, t.started_at, t.state))
+                raised = t.state == "raised"
+                self.gauges(st.name, t.fault, raised, evidence_text(evidence),
+                            event_id(st.name, t.fault, t.started_at, t.state) if raised else "")
             if not cause.live:
                 continue
             ev = FaultEvent(source=st.name, state=t.state, fault=t.fault, window_end=t.window_end,

@@ -131,11 +131,12 @@ def split_trace(trace: Path, cut: float, first: Path, rest: Path) -> None:
 
 
 def served_version(mport: int) -> str | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("netsiam_model_info{"):
-                return line.split('version="', 1)[1].split('"', 1)[0]
-    return None
+        text = r.read().decode()
+    return next((s.labels["version"] for fam in text_string_to_metric_families(text) if fam.name == "netsiam_model_info"
+                 for s in fam.samples), None)
 
 
 def wait_events(events: list[dict[str, Any]], done: Any, timeout: float) -> None:
