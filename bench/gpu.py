@@ -67,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench.embed import windows
     from netsiam.features import derive
     from netsiam.serving import load_artifact
+    from netsiam.torchpath import _twin
 
     dev = torch.device(args.device)
     art = load_artifact(args.model)
-    ref = _torch_twin(art.encoder, torch).to(dev).eval()
+    ref = _twin(art.encoder, torch).to(dev).eval()
     sizes = (256, 1024) if args.quick else SIZES
     secs = 0.3 if args.quick else 2.0
     x_all = derive(windows(max(sizes)), art.features)                       # (N, T, F) float32, host
@@ -126,47 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     })
     print(json.dumps(out))
     return 0
-
-
-def _torch_twin(encoder: Any, torch: Any) -> Any:
-    """The artifact's encoder rebuilt from plain torch modules, with its weights."""
-    nn = torch.nn
-    module: Any = nn.Module
-    norm = encoder.get_layer("normalise")
-    lstm = encoder.get_layer("lstm")
-    dense = encoder.get_layer("dense")
-    emb = encoder.get_layer("embedding")
-    import keras
-
-    host = keras.ops.convert_to_numpy  # the variables live on the GPU under the torch backend
-    mean = host(norm.mean).astype(np.float32).reshape(-1)
-    std = np.maximum(np.sqrt(host(norm.variance).astype(np.float32).reshape(-1)), 1e-7)
-    kernel, recurrent, bias = (np.asarray(w, np.float32) for w in lstm.get_weights())  # Keras gates i,f,c,o
-    units = recurrent.shape[0]
-
-    class Twin(module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.register_buffer("mean", torch.from_numpy(mean))
-            self.register_buffer("std", torch.from_numpy(std))
-            self.lstm = nn.LSTM(kernel.shape[0], units, batch_first=True)  # torch gates i,f,g,o: same order
-            self.dense = nn.Linear(units, dense.units)
-            self.emb = nn.Linear(dense.units, emb.units)
-            with torch.no_grad():
-                self.lstm.weight_ih_l0.copy_(torch.from_numpy(kernel.T.copy()))
-                self.lstm.weight_hh_l0.copy_(torch.from_numpy(recurrent.T.copy()))
-                self.lstm.bias_ih_l0.copy_(torch.from_numpy(bias))
-                self.lstm.bias_hh_l0.zero_()
-                for mod, layer in ((self.dense, dense), (self.emb, emb)):
-                    w, b = layer.get_weights()
-                    mod.weight.copy_(torch.from_numpy(np.asarray(w, np.float32).T.copy()))
-                    mod.bias.copy_(torch.from_numpy(np.asarray(b, np.float32)))
-
-        def forward(self, x: Any) -> Any:
-            _, (h, _) = self.lstm((x - self.mean) / self.std)
-            return torch.sigmoid(self.emb(torch.relu(self.dense(h[-1]))))
-
-    return Twin()
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ Benchmarks, in order (``--only NAME`` picks some):
 * ``e2e``: daemon throughput vs a bare consumer, two daemons vs one, record->event latency at half
   the daemon's maximum rate, on the embedded broker (bench/e2e.py);
 * ``rss``: memory at 10, 1k and 10k sources (bench/rss.py);
-* ``gpu``: ``KERAS_BACKEND=torch`` embed vs raw ``torch.nn.LSTM`` on a CUDA GPU (bench/gpu.py);
-  ``gpu_embed_ratio`` is null where there is no GPU;
+* ``gpu``: ``KERAS_BACKEND=torch`` embed (the torch fast path) vs raw ``torch.nn.LSTM`` on a CUDA GPU
+  (bench/gpu.py), ``gpu_embed_ratio`` null where there is no GPU; and on the CPU the same fast path vs
+  Keras ``predict_on_batch`` under torch (bench/torch_cpu.py, ``torch_cpu_embed_ratio``);
 * ``produce``: ``replay`` with ``kafka.client: confluent-kafka`` vs kafka-python on the embedded
   broker (bench/produce.py); not in ``--quick``, null ratio without confluent-kafka.
 * ``sources``: ``max_sources_1hz``, the most sources one daemon holds at one record per second
@@ -154,12 +155,16 @@ def bench_rss(ctx: Ctx) -> dict[str, Any]:
 
 
 def bench_gpu(ctx: Ctx) -> dict[str, Any]:
-    """Runs in a fresh process under KERAS_BACKEND=torch; null ratio (with the reason) without CUDA."""
+    """Fresh processes under KERAS_BACKEND=torch: the GPU figure (null, with the reason, without CUDA)
+    and the torch fast path on the CPU against Keras under the same backend."""
     args = ["--model", str(_ensure_model(ctx))] + (["--quick"] if ctx.quick else [])
-    try:
-        return run_json("bench.gpu", args, timeout_s=600, env=child_env(KERAS_BACKEND="torch"))
-    except RuntimeError as e:
-        return {"gpu_embed_ratio": None, "gpu_note": f"bench.gpu failed: {str(e)[-300:]}"}
+    out: dict[str, Any] = {}
+    for module, key in (("bench.gpu", "gpu"), ("bench.torch_cpu", "torch_cpu")):
+        try:
+            out |= run_json(module, args, timeout_s=600, env=child_env(KERAS_BACKEND="torch"))
+        except RuntimeError as e:
+            out |= {f"{key}_embed_ratio": None, f"{key}_note": f"{module} failed: {str(e)[-300:]}"}
+    return out
 
 
 def bench_produce(ctx: Ctx) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from netsiam.config import WindowConfig
 from netsiam.errors import NetsiamError
 from netsiam.features import FEATURES, required_metrics
 from netsiam.schemas.classes import UNKNOWN
+from netsiam.torchpath import TorchEncoder, torch_encoder
 from netsiam.traceio import atomic_write_bytes
 
 __all__ = [
@@ -161,8 +162,9 @@ class Artifact:
     def __init__(self, encoder: Any, prototypes: Prototypes, manifest: dict[str, Any], path: Path | None = None,
                  compiled: bool = True):
         self.encoder = encoder
-        # XLA fast path (netsiam.compiled), built on first embed; None once it is known not to apply
-        self._compiled: CompiledEncoder | None = None
+        # fast path (netsiam.compiled: XLA; netsiam.torchpath: torch's LSTM), built on first embed;
+        # None once it is known not to apply
+        self._compiled: CompiledEncoder | TorchEncoder | None = None
         self._try_compiled = compiled
         self.prototypes = prototypes
         self.manifest = manifest
@@ -180,7 +182,8 @@ class Artifact:
         """(N, T, F) derived features -> (N, D) embeddings, float32.
 
         Under TensorFlow, the XLA-compiled encoder (:mod:`netsiam.compiled`: a few fixed batch
-        shapes, equal to Keras within 1e-5); elsewhere, or if it cannot compile, plain Keras
+        shapes, equal to Keras within 1e-5); under torch, torch's own LSTM (:mod:`netsiam.torchpath`,
+        cuDNN and CUDA graphs on a GPU, equally checked); elsewhere, or if it fails, plain Keras
         (:meth:`embed_plain`). ``batch_size`` bounds one plain Keras call; the compiled path cuts
         calls by its own shapes.
         """
@@ -192,15 +195,17 @@ class Artifact:
             try:
                 return fast.embed(x)
             except CompileError as e:
-                log.warning("compiled embedding off for model %s, serving through Keras: %s",
+                log.warning("fast embedding path off for model %s, serving through Keras: %s",
                             self.manifest.get("version", "?"), e)
                 self._compiled, self._try_compiled = None, False
         return self.embed_plain(x, batch_size)
 
-    def compiled_encoder(self) -> CompiledEncoder | None:
-        """The XLA fast path for this artifact's encoder, or None where it does not apply."""
+    def compiled_encoder(self) -> CompiledEncoder | TorchEncoder | None:
+        """The fast path for this artifact's encoder (XLA under TensorFlow, torch's LSTM under torch),
+        or None where none applies."""
         if self._compiled is None and self._try_compiled:
-            self._compiled = compile_encoder(self.encoder, self._input_stats())
+            stats = self._input_stats()
+            self._compiled = compile_encoder(self.encoder, stats) or torch_encoder(self.encoder, stats)
             self._try_compiled = self._compiled is not None
         return self._compiled
 
