@@ -102,7 +102,7 @@ def validate_record_obj(obj: Any, names: Sequence[str], required: frozenset[str]
                 raise problem
             ignored.add(key)
     get = metrics.get
-    values = tuple(map(get, names))
+    values: tuple[Any, ...] = tuple(map(get, names))
     if None in values or ignored:
         values = tuple(_value_or_default(get(n), n, ignored, required) for n in names)
     return DecodedRecord(source, ts, tuple(map(float, values)), len(ignored))
