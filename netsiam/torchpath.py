@@ -113,7 +113,9 @@ class TorchEncoder:
     """The encoder in torch modules on one device; numpy (N, T, F) float32 in and (N, D) out."""
 
     def __init__(self, model: Any, inputs: tuple[np.ndarray, np.ndarray] | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, bucketed: bool | None = None) -> None:
+        """``bucketed`` (default: on a GPU): fixed shapes through :class:`_Slot`; on a CPU that runs the
+        GPU path's cutting, padding and buffers without CUDA (what the tests can check here)."""
         import torch
 
         self.torch = torch
@@ -127,8 +129,9 @@ class TorchEncoder:
         self.net = cpu_net.to(self.device)
         if self.device.type == "cuda":
             self.net.lstm.flatten_parameters()
-        self.buckets = CUDA_BUCKETS if self.device.type == "cuda" else ()
-        self._slots: dict[int, _CudaSlot] = {}
+        bucketed = self.device.type == "cuda" if bucketed is None else bucketed
+        self.buckets = CUDA_BUCKETS if bucketed else ()
+        self._slots: dict[int, _Slot] = {}
         self._lock = threading.Lock()
         for n in self.buckets or CPU_CHECK_SIZES:
             self._check(n)
@@ -171,7 +174,7 @@ class TorchEncoder:
                                f"Keras within {TOLERANCE:g} (bound {bound:.1e})")
 
     def warm_up(self) -> None:
-        """Capture every CUDA shape now, not on first use (nothing to do on a CPU)."""
+        """Prepare every shape now (on a GPU: capture its graph), not on first use."""
         for b in self.buckets:
             self._slot(b)
 
@@ -182,7 +185,7 @@ class TorchEncoder:
         if not len(x):
             return np.zeros((0, self.dim), np.float32)
         try:
-            if self.device.type == "cpu":
+            if not self.buckets:
                 with torch.inference_mode():
                     return np.asarray(self.net(torch.from_numpy(x)).numpy())
             out, i = [], 0
@@ -194,24 +197,32 @@ class TorchEncoder:
             raise CompileError(f"torch embedding failed: {type(e).__name__}: {str(e).strip()[:200]}") from e
         return np.concatenate(out) if len(out) > 1 else out[0]
 
-    def _slot(self, bucket: int) -> _CudaSlot:
+    def _slot(self, bucket: int) -> _Slot:
         slot = self._slots.get(bucket)
         if slot is None:
-            slot = self._slots[bucket] = _CudaSlot(self.net, bucket, self.shape, self.dim, self.torch)
+            slot = self._slots[bucket] = _Slot(self.net, bucket, self.shape, self.dim, self.torch)
         return slot
 
 
-class _CudaSlot:
-    """One batch shape on the GPU: pinned host buffers, device buffers, the forward pass as a CUDA graph."""
+class _Slot:
+    """One batch shape: host and device buffers, the forward pass; on a GPU the host buffers are pinned
+    and the pass a CUDA graph."""
 
     def __init__(self, net: Any, bucket: int, shape: tuple[int, ...], dim: int, torch: Any) -> None:
         dev = next(net.parameters()).device
+        self.cuda = dev.type == "cuda"
         self.torch, self.net, self.bucket = torch, net, bucket
-        self.host_in = torch.zeros((bucket, *shape), dtype=torch.float32).pin_memory()
-        self.host_out = torch.zeros((bucket, dim), dtype=torch.float32).pin_memory()
+        self.host_in = torch.zeros((bucket, *shape), dtype=torch.float32)
+        self.host_out = torch.zeros((bucket, dim), dtype=torch.float32)
         self.dev_in = torch.zeros((bucket, *shape), dtype=torch.float32, device=dev)
         self.graph: Any = None
         self.dev_out: Any = None
+        if self.cuda:
+            self.host_in, self.host_out = self.host_in.pin_memory(), self.host_out.pin_memory()
+            self._capture()
+
+    def _capture(self) -> None:
+        torch, net = self.torch, self.net
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(side):
@@ -224,7 +235,7 @@ class _CudaSlot:
                 self.dev_out = net(self.dev_in)
             self.graph = graph
         except RuntimeError as e:   # capture unsupported here: the same buffers, eager cuDNN
-            log.info("CUDA graph capture failed for batch %d, eager cuDNN instead: %s", bucket, str(e)[:120])
+            log.info("CUDA graph capture failed for batch %d, eager cuDNN instead: %s", self.bucket, str(e)[:120])
             torch.cuda.synchronize()
 
     def run(self, chunk: np.ndarray) -> np.ndarray:
@@ -233,13 +244,14 @@ class _CudaSlot:
         if n < self.bucket:
             self.host_in[n:].zero_()
         with torch.inference_mode():
-            self.dev_in.copy_(self.host_in, non_blocking=True)
+            self.dev_in.copy_(self.host_in, non_blocking=self.cuda)
             if self.graph is not None:
                 self.graph.replay()
             else:
                 self.dev_out = self.net(self.dev_in)
-            self.host_out.copy_(self.dev_out, non_blocking=True)
-        torch.cuda.current_stream().synchronize()
+            self.host_out.copy_(self.dev_out, non_blocking=self.cuda)
+        if self.cuda:
+            torch.cuda.current_stream().synchronize()
         return self.host_out[:n].numpy().copy()
 
 

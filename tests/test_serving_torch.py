@@ -4,7 +4,8 @@ Run under ``KERAS_BACKEND=torch`` in a fresh process (this one runs TensorFlow),
 shipped model and a small LSTM one with non-trivial normalisation, at 1, odd and beyond-1,024 sizes,
 against Keras ``predict_on_batch`` on the same windows; the switch, an encoder of another structure,
 a model refused by the rounding bound and a wrong copy of the weights each leave plain Keras serving.
-The CUDA part (pinned buffers, CUDA graphs) needs a GPU: not exercised here.
+The GPU path's cutting into fixed shapes, padding and staging buffers run on the CPU too; its CUDA
+calls (pinned memory, streams, graphs) need a GPU: not exercised here.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ SCRIPT = textwrap.dedent("""
 
     case(None, "shipped")
     case(small, "small")
+    a = load_artifact(small)                  # the GPU path's cutting, padding and buffers, run on the CPU
+    enc = tp.TorchEncoder(a.encoder, a._input_stats(), device="cpu", bucketed=True)
+    x = np.random.default_rng(6).normal(0, 1, (max(sizes), a.window.length, len(a.features))).astype(np.float32)
+    out["bucketed"] = {"diffs": {n: float(np.abs(enc.embed(x[:n]) - np.asarray(a.encoder.predict_on_batch(x[:n]))).max())
+                                 for n in sizes},
+                       "slots": sorted(enc._slots), "buckets": list(enc.buckets)}
     os.environ["NETSIAM_TORCH_FAST"] = "0"
     case(small, "switched_off")
     del os.environ["NETSIAM_TORCH_FAST"]
@@ -119,6 +126,13 @@ def test_torch_path_falls_back_to_keras(result: dict[str, Any], which: str, why:
     assert max(r["diffs"].values()) <= 1e-5               # ... and serves the model itself
     if why is not None:
         assert any(why in w for w in result["warnings"]), result["warnings"]
+
+
+def test_bucketed_path_cuts_pads_and_equals_keras(result: dict[str, Any]) -> None:
+    """What the GPU path does around CUDA (fixed shapes, zero padding, staging buffers), on the CPU."""
+    r = result["bucketed"]
+    assert max(r["diffs"].values()) <= 1e-5, r["diffs"]
+    assert r["slots"] == r["buckets"]                     # 1..2,500 windows used every shape, no other
 
 
 def test_torch_path_refuses_another_structure(result: dict[str, Any]) -> None:
