@@ -41,6 +41,10 @@ CUDA_BUCKETS: tuple[int, ...] = (16, 128, 1024, 8192)
 CUDA_COSTS: dict[int, float] = {16: 1.0, 128: 1.1, 1024: 1.6, 8192: 4.0}
 CPU_CHECK_SIZES: tuple[int, ...] = (1, 7, 64, 1024)
 _ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
+# One GPU user at a time in this process: a capture (a reload's warm-up, on its own thread) must not
+# run beside another artifact's replay (the embed thread), whose allocations would break it.
+_GPU_LOCK = threading.Lock()
+_graphs_ok = True   # False after a failed capture: later shapes run eagerly rather than try (and leak) again
 
 
 def enabled() -> bool:
@@ -128,6 +132,9 @@ class TorchEncoder:
         self._check_conditioning(cpu_net)
         self.net = cpu_net.to(self.device)
         if self.device.type == "cuda":
+            # cuDNN's RNN computes in TF32 by default (2^-11 rounding, outputs ~1e-4 off float32): full
+            # float32, as the 1e-5 checks and the rounding bound assume. Process-wide, Keras' own included.
+            torch.backends.cudnn.allow_tf32 = False
             self.net.lstm.flatten_parameters()
         bucketed = self.device.type == "cuda" if bucketed is None else bucketed
         self.buckets = CUDA_BUCKETS if bucketed else ()
@@ -175,8 +182,9 @@ class TorchEncoder:
 
     def warm_up(self) -> None:
         """Prepare every shape now (on a GPU: capture its graph), not on first use."""
-        for b in self.buckets:
-            self._slot(b)
+        with self._lock:
+            for b in self.buckets:
+                self._slot(b)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """(N, T, F) float32 -> (N, D) float32."""
@@ -189,7 +197,7 @@ class TorchEncoder:
                 with torch.inference_mode():
                     return np.asarray(self.net(torch.from_numpy(x)).numpy())
             out, i = [], 0
-            with self._lock:
+            with self._lock, _GPU_LOCK:
                 for take, bucket in plan(len(x), CUDA_COSTS):
                     out.append(self._slot(bucket).run(x[i:i + take]))
                     i += take
@@ -222,20 +230,30 @@ class _Slot:
             self._capture()
 
     def _capture(self) -> None:
+        """Warm up on a side stream (cuDNN and cuBLAS pick their algorithms), then capture the forward
+        pass on it; on failure restore the stream and run eagerly (a failed capture leaves the graph's
+        allocator state undefined, so no later shape tries again)."""
+        global _graphs_ok
         torch, net = self.torch, self.net
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(side):
-            for _ in range(3):   # cuDNN picks its algorithms before capture
+            for _ in range(3):
                 self.dev_out = net(self.dev_in)
         torch.cuda.current_stream().wait_stream(side)
+        if not _graphs_ok:
+            return
+        prev = torch.cuda.current_stream()
         try:
             graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph):
+            with torch.inference_mode(), torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
                 self.dev_out = net(self.dev_in)
             self.graph = graph
-        except RuntimeError as e:   # capture unsupported here: the same buffers, eager cuDNN
-            log.info("CUDA graph capture failed for batch %d, eager cuDNN instead: %s", self.bucket, str(e)[:120])
+        except RuntimeError as e:   # the same buffers, eager cuDNN
+            torch.cuda.set_stream(prev)
+            self.graph, _graphs_ok = None, False
+            log.warning("CUDA graph capture failed (batch %d): eager cuDNN from now on: %s", self.bucket,
+                        str(e)[:160])
             torch.cuda.synchronize()
 
     def run(self, chunk: np.ndarray) -> np.ndarray:
