@@ -4,12 +4,13 @@
 ``KERAS_BACKEND=torch python -m bench.gpu --model DIR [--quick] [--device cpu]``
 
 * ours: ``Artifact.embed(x)`` exactly as the daemon calls it (numpy in, numpy out: the host->device
-  copy of the batch and the copy back are part of it), plus the nearest-prototype step;
+  copy of the batch and the copy back are part of it), plus the nearest-prototype step; under torch
+  that is the torch fast path (:mod:`netsiam.torchpath`: pinned buffers, CUDA graphs);
 * ``gpu_embed_ratio_host_io``: the same baseline fed a numpy batch and returning numpy (the copies the
   daemon cannot avoid), reported beside it;
-* baseline: Normalization -> ``torch.nn.LSTM`` -> Linear -> ReLU -> Linear -> Sigmoid, weights
-  copied from the artifact's encoder (so it is the same function: the outputs are compared), the
-  batch already on the GPU, ``torch.inference_mode``, cuDNN on, one synchronise per call.
+* baseline: the same torch modules (``netsiam.torchpath._twin``: Normalization -> ``torch.nn.LSTM``
+  -> Linear -> ReLU -> Linear -> Sigmoid, the artifact's weights) called directly on the batch already
+  on the GPU, ``torch.inference_mode``, cuDNN on, one synchronise per call.
 
 Prints one JSON line. Without torch or CUDA it prints ``gpu_embed_ratio: null`` and why, and exits 0;
 ``--device cpu`` runs the same code on the CPU instead (a dry run of this code path, not a GPU figure).
