@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BUCKETS", "COSTS_MS", "TOLERANCE", "CompileError", "CompiledEncoder", "compile_encoder",
-           "enabled", "plan"]
+__all__ = ["BUCKETS", "COSTS_MS", "TOLERANCE", "CompileError", "CompiledEncoder", "Inputs", "check_equal",
+           "check_rounding", "compile_encoder", "enabled", "near_mean_windows", "plan", "probe_windows"]
 
 log = logging.getLogger("netsiam.serving")
 
@@ -82,11 +82,64 @@ def _best_rest(n: int, table: tuple[tuple[int, float], ...]) -> tuple[float, tup
     return best
 
 
+Inputs = tuple[np.ndarray, np.ndarray]   # (mean, std) per feature of a model's inputs
+
+
+def probe_windows(n: int, shape: tuple[int, ...], inputs: Inputs | None) -> np.ndarray:
+    """``n`` deterministic (T, F) windows in the model's input range (standard normal without
+    statistics), float32: every other one steady (the same sample at every step, as most real traffic
+    is), where a model's terms cancel and rounding shows; the rest noise. What a fast path's output is
+    compared with Keras on."""
+    rng = np.random.default_rng(n)
+    z = rng.normal(0.0, 1.0, (n, *shape))
+    z[::2] = rng.normal(0.0, 1.0, (len(z[::2]), 1, shape[1]))
+    if inputs is not None:
+        mean, std = inputs
+        z = z * std + mean
+    return z.astype(np.float32)
+
+
+def check_equal(got: np.ndarray, want: np.ndarray, path: str, n: int) -> None:
+    """CompileError unless a fast path's output ``got`` is within :data:`TOLERANCE` of Keras' ``want``."""
+    diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+    if not diff <= TOLERANCE:
+        raise CompileError(f"{path} output differs from Keras by {diff:.2e} at batch {n} (> {TOLERANCE:g})")
+
+
+def near_mean_windows(shape: tuple[int, ...], inputs: Inputs | None, n: int = 16) -> np.ndarray:
+    """Windows near the inputs' mean, float32, for :func:`check_rounding`: a steady normal stream sits
+    there (far out, a sigmoid saturates and hides the sensitivity); spreads of 0, 0.01, 0.1 and 1
+    standard deviation."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 1.0, (n, *shape)) * np.resize([0.0, 0.01, 0.1, 1.0], n)[:, None, None]
+    mean, std = inputs if inputs is not None else (0.0, 1.0)
+    return (z * std + mean).astype(np.float32)
+
+
+def check_rounding(x: np.ndarray, grads: list[np.ndarray], copy: str) -> None:
+    """Refuse a model whose outputs float32 rounding alone can move by more than :data:`TOLERANCE`.
+
+    A fast path sums in another order than Keras' kernels (XLA: in another order for large shapes
+    than for small ones too), so each input carries a different last-bit error, moved into the output
+    by the model's sensitivity to it. Bound, per window and output: sum over inputs of
+    |d output / d input| x |input| x float32 epsilon (``grads``: d output_d / d x for each output d,
+    on the windows ``x`` of :func:`near_mean_windows`). A test model fitted to a nearly constant
+    feature (weights ~2e5) has a bound of 2.3e-2, and its XLA and Keras embeddings did differ by
+    1.9e-2 at 256 windows and up (3e-8 below): an event would depend on the batch its window fell in.
+    The shipped model's bound is 3-6e-6 (measured difference: 7e-7)."""
+    ax = np.abs(x)
+    bound = max(float((np.abs(g) * ax).sum(axis=(1, 2)).max()) for g in grads)
+    bound *= float(np.finfo(np.float32).eps)
+    if not bound <= TOLERANCE:
+        raise CompileError(f"the model is too sensitive to float32 rounding for a {copy} to match "
+                           f"Keras within {TOLERANCE:g} (bound {bound:.1e})")
+
+
 class CompiledEncoder:
     """A Keras encoder's forward pass, XLA-compiled per bucket; numpy (N, T, F) float32 in and out."""
 
     def __init__(self, model: Any, costs: dict[int, float] | None = None,
-                 inputs: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 inputs: Inputs | None = None) -> None:
         import tensorflow as tf
 
         self._tf = tf
@@ -114,21 +167,9 @@ class CompiledEncoder:
                 self._fns[bucket] = fn
         return fn
 
-    def _probe(self, bucket: int) -> np.ndarray:
-        """Deterministic windows in the model's input range (standard normal without statistics):
-        every other one steady (the same sample at every step, as most real traffic is), where a
-        model's terms cancel and rounding shows; the rest noise."""
-        rng = np.random.default_rng(bucket)
-        z = rng.normal(0.0, 1.0, (bucket, *self.shape))
-        z[::2] = rng.normal(0.0, 1.0, (len(z[::2]), 1, self.shape[1]))
-        if self._inputs is not None:
-            mean, std = self._inputs
-            z = z * std + mean
-        return z.astype(np.float32)
-
     def _compile(self, bucket: int) -> Callable[[Any], Any]:
         tf = self._tf
-        probe = self._probe(bucket)
+        probe = probe_windows(bucket, self.shape, self._inputs)
         try:
             fn = self._call.get_concrete_function(tf.TensorSpec((bucket, *self.shape), tf.float32))
             got = fn(tf.constant(probe)).numpy()  # the first call compiles
@@ -138,43 +179,22 @@ class CompiledEncoder:
         if not self._logged:
             self._check_conditioning()
         # Every shape is checked (XLA orders a large shape's sums differently from a small one's).
-        want = np.asarray(self.model.predict_on_batch(probe))
-        diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
-        if not diff <= TOLERANCE:
-            raise CompileError(f"XLA output differs from Keras by {diff:.2e} at batch {bucket} (> {TOLERANCE:g})")
+        check_equal(got, np.asarray(self.model.predict_on_batch(probe)), "XLA", bucket)
         if not self._logged:
             self._logged = True
             log.info("encoder compiled by XLA (batch shapes %s, each checked within %g of Keras; "
                      "NETSIAM_XLA=0 turns it off)", ",".join(map(str, self.buckets)), TOLERANCE)
         return fn
 
-    def _check_conditioning(self, n: int = 16) -> None:
-        """Refuse a model whose outputs float32 rounding alone can move by more than :data:`TOLERANCE`.
-
-        XLA sums in another order than TensorFlow's kernels (and in another order for large shapes
-        than for small ones), so each input carries a different last-bit error, moved into the output
-        by the model's sensitivity to it. Bound, per window and output: sum over inputs of
-        |d output / d input| x |input| x float32 epsilon. A test model fitted to a nearly constant
-        feature (weights ~2e5) has a bound of 2.3e-2, and its XLA and Keras embeddings did differ
-        by 1.9e-2 at 256 windows and up (3e-8 below): an event would depend on the batch its window
-        fell in. The shipped model's bound is 3-6e-6 (measured difference: 7e-7)."""
+    def _check_conditioning(self) -> None:
+        """:func:`check_rounding` with TensorFlow's gradients of the Keras model."""
         tf = self._tf
-        # windows near the inputs' mean (a steady normal stream sits there; far out, a sigmoid
-        # saturates and hides the sensitivity): spreads of 0, 0.01, 0.1 and 1 standard deviation
-        rng = np.random.default_rng(0)
-        z = rng.normal(0.0, 1.0, (n, *self.shape)) * np.resize([0.0, 0.01, 0.1, 1.0], n)[:, None, None]
-        mean, std = self._inputs if self._inputs is not None else (0.0, 1.0)
-        x = tf.constant((z * std + mean).astype(np.float32))
+        x = tf.constant(near_mean_windows(self.shape, self._inputs))
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
             y = self.model(x, training=False)
             outs = [y[:, d] for d in range(int(y.shape[-1]))]
-        ax = np.abs(x.numpy())
-        bound = max(float((np.abs(tape.gradient(o, x).numpy()) * ax).sum(axis=(1, 2)).max()) for o in outs)
-        bound *= float(np.finfo(np.float32).eps)
-        if not bound <= TOLERANCE:
-            raise CompileError(f"the model is too sensitive to float32 rounding for a compiled copy to match "
-                               f"Keras within {TOLERANCE:g} (bound {bound:.1e})")
+        check_rounding(x.numpy(), [tape.gradient(o, x).numpy() for o in outs], "compiled copy")
 
     def warm_up(self, buckets: tuple[int, ...] | None = None) -> None:
         """Compile ``buckets`` (default: all) now, not on first use."""

@@ -28,7 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from netsiam.compiled import TOLERANCE, CompileError, plan
+from netsiam.compiled import (
+    TOLERANCE,
+    CompileError,
+    Inputs,
+    check_equal,
+    check_rounding,
+    near_mean_windows,
+    plan,
+    probe_windows,
+)
 
 __all__ = ["CPU_CHECK_SIZES", "CUDA_BUCKETS", "CUDA_COSTS", "TorchEncoder", "enabled", "torch_encoder"]
 
@@ -116,7 +125,7 @@ def _twin(model: Any, torch: Any) -> Any:
 class TorchEncoder:
     """The encoder in torch modules on one device; numpy (N, T, F) float32 in and (N, D) out."""
 
-    def __init__(self, model: Any, inputs: tuple[np.ndarray, np.ndarray] | None = None,
+    def __init__(self, model: Any, inputs: Inputs | None = None,
                  device: str | None = None, bucketed: bool | None = None) -> None:
         """``bucketed`` (default: on a GPU): fixed shapes through :class:`_Slot`; on a CPU that runs the
         GPU path's cutting, padding and buffers without CUDA (what the tests can check here)."""
@@ -138,53 +147,24 @@ class TorchEncoder:
             self.net.lstm.flatten_parameters()
         bucketed = self.device.type == "cuda" if bucketed is None else bucketed
         self.buckets = CUDA_BUCKETS if bucketed else ()
-        self._slots: dict[int, _Slot] = {}
-        self._lock = threading.Lock()
+        self._slots: dict[int, _Slot] = {}   # built under _GPU_LOCK, on first use (the checks below use them all)
         for n in self.buckets or CPU_CHECK_SIZES:
             self._check(n)
         log.info("encoder served by torch's LSTM on %s (checked within %g of Keras; NETSIAM_TORCH_FAST=0 "
                  "turns it off)", self.device, TOLERANCE)
 
-    def _probe(self, n: int) -> np.ndarray:
-        rng = np.random.default_rng(n)
-        z = rng.normal(0.0, 1.0, (n, *self.shape))
-        z[::2] = rng.normal(0.0, 1.0, (len(z[::2]), 1, self.shape[1]))   # half steady, as most traffic is
-        if self._inputs is not None:
-            mean, std = self._inputs
-            z = z * std + mean
-        return z.astype(np.float32)
-
     def _check(self, n: int) -> None:
-        probe = self._probe(n)
-        got = self.embed(probe)
-        want = np.asarray(self.model.predict_on_batch(probe))
-        diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
-        if not diff <= TOLERANCE:
-            raise CompileError(f"torch output differs from Keras by {diff:.2e} at batch {n} (> {TOLERANCE:g})")
+        probe = probe_windows(n, self.shape, self._inputs)
+        check_equal(self.embed(probe), np.asarray(self.model.predict_on_batch(probe)), "torch", n)
 
-    def _check_conditioning(self, net: Any, n: int = 16) -> None:
-        """The bound of :meth:`netsiam.compiled.CompiledEncoder._check_conditioning`, by torch autograd."""
+    def _check_conditioning(self, net: Any) -> None:
+        """:func:`~netsiam.compiled.check_rounding` with torch autograd on (a copy of) ``net``."""
         torch = self.torch
-        rng = np.random.default_rng(0)
-        z = rng.normal(0.0, 1.0, (n, *self.shape)) * np.resize([0.0, 0.01, 0.1, 1.0], n)[:, None, None]
-        mean, std = self._inputs if self._inputs is not None else (0.0, 1.0)
-        x = torch.tensor((z * std + mean).astype(np.float32), requires_grad=True)
+        x = torch.tensor(near_mean_windows(self.shape, self._inputs), requires_grad=True)
         y = copy.deepcopy(net)(x)
-        ax = x.detach().abs()
-        bound = 0.0
-        for d in range(y.shape[-1]):   # windows are independent: the gradient of a sum is per window
-            (g,) = torch.autograd.grad(y[:, d].sum(), x, retain_graph=True)
-            bound = max(bound, float((g.abs() * ax).sum(dim=(1, 2)).max()))
-        bound *= float(np.finfo(np.float32).eps)
-        if not bound <= TOLERANCE:
-            raise CompileError(f"the model is too sensitive to float32 rounding for a torch copy to match "
-                               f"Keras within {TOLERANCE:g} (bound {bound:.1e})")
-
-    def warm_up(self) -> None:
-        """Prepare every shape now (on a GPU: capture its graph), not on first use."""
-        with self._lock:
-            for b in self.buckets:
-                self._slot(b)
+        # windows are independent: the gradient of an output's sum over windows is per window
+        grads = [torch.autograd.grad(y[:, d].sum(), x, retain_graph=True)[0].numpy() for d in range(y.shape[-1])]
+        check_rounding(x.detach().numpy(), grads, "torch copy")
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """(N, T, F) float32 -> (N, D) float32."""
@@ -195,9 +175,9 @@ class TorchEncoder:
         try:
             if not self.buckets:
                 with torch.inference_mode():
-                    return np.asarray(self.net(torch.from_numpy(x)).numpy())
+                    return self.net(torch.from_numpy(x)).numpy()
             out, i = [], 0
-            with self._lock, _GPU_LOCK:
+            with _GPU_LOCK:
                 for take, bucket in plan(len(x), CUDA_COSTS):
                     out.append(self._slot(bucket).run(x[i:i + take]))
                     i += take
@@ -273,7 +253,7 @@ class _Slot:
         return self.host_out[:n].numpy().copy()
 
 
-def torch_encoder(model: Any, inputs: tuple[np.ndarray, np.ndarray] | None = None) -> TorchEncoder | None:
+def torch_encoder(model: Any, inputs: Inputs | None = None) -> TorchEncoder | None:
     """A :class:`TorchEncoder` for ``model`` under the torch backend, or None (the reason logged) where it
     does not apply or fails its checks: the caller serves through plain Keras."""
     if not enabled():

@@ -68,10 +68,11 @@ SCRIPT = textwrap.dedent("""
     os.environ["NETSIAM_TORCH_FAST"] = "0"
     case(small, "switched_off")
     del os.environ["NETSIAM_TORCH_FAST"]
-    tol = tp.TOLERANCE
-    tp.TOLERANCE = 1e-12                      # every model is now "too sensitive": refused, Keras serves
+    import netsiam.compiled as compiled
+    tol = compiled.TOLERANCE
+    compiled.TOLERANCE = 1e-12                # every model is now "too sensitive": refused, Keras serves
     case(small, "refused_bound")
-    tp.TOLERANCE = tol
+    compiled.TOLERANCE = tol
     twin = tp._twin
     def wrong(model, torch):                  # a copy with one weight off: the equality check must catch it
         net = twin(model, torch)
