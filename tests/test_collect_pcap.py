@@ -170,6 +170,8 @@ def test_live_capture_on_loopback_equals_the_import_of_its_packets(tmp_path: Pat
                 stop_sipp(proc)
     assert rc == 0, log.read_text()[-2000:]
     live = [Record(o["source"], o["ts"], o["metrics"]) for o in map(orjson.loads, out.read_bytes().splitlines())]
+    whole = subprocess.run(["tshark", "-r", str(cap), "-q"], capture_output=True, text=True)
+    assert whole.returncode == 0, f"the written capture is whole: {whole.stderr[-500:]}"
     offline = import_pcap(cap)
     assert {r.source for r in offline} == {f"127.0.0.1:{p}"}
     assert sum(r.metrics["OutgoingCall"] for r in offline) == 120

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import shutil
+import socket
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +197,32 @@ def test_late_answer_after_timeout_is_not_counted_twice() -> None:
     m = _by_ts(records_from_messages(msgs))
     assert sum(x["FailedCall"] for x in m.values()) == 1
     assert sum(x["SuccessfulCall"] for x in m.values()) == 0
+
+
+def _move_ports(src: Path, dst: Path, ports: dict[int, int]) -> None:
+    """``src``'s UDP packets (IPv4) with their ports renamed, as a raw-IP pcap with nanosecond times."""
+    rows = subprocess.run(["tshark", "-r", str(src), "-T", "fields", "-e", "frame.time_epoch", "-e", "ip.src",
+                           "-e", "ip.dst", "-e", "udp.srcport", "-e", "udp.dstport", "-e", "udp.payload"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    out = [struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 101)]   # 101: raw IP
+    for row in rows:
+        t, ip_src, ip_dst, sport, dport, hexload = row.split("\t")
+        sec, nsec = t.split(".")
+        load = bytes.fromhex(hexload)
+        udp = struct.pack("!HHHH", ports[int(sport)], ports[int(dport)], 8 + len(load), 0) + load  # no checksum
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                         socket.inet_aton(ip_src), socket.inet_aton(ip_dst)) + udp
+        out.append(struct.pack("<IIII", int(sec), int(nsec.ljust(9, "0")), len(ip), len(ip)) + ip)
+    dst.write_bytes(b"".join(out))
+
+
+@needs_tshark
+def test_sip_on_ports_wireshark_gives_to_other_protocols(small: tuple[list[Record], list[LabelInterval]],
+                                                         tmp_path: Path) -> None:
+    """UAS on 44818 (EtherNet/IP to Wireshark), UAC on 54328 (Elasticsearch): still SIP, same records."""
+    moved = tmp_path / "moved.pcap"
+    _move_ports(PCAP, moved, {25360: 44818, 25361: 54328})
+    assert import_pcap(moved) == [Record("127.0.0.1:44818", r.ts, r.metrics) for r in small[0]]
 
 
 # -- bad input -----------------------------------------------------------------------------------

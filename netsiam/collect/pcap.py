@@ -128,8 +128,9 @@ class PcapCollector:
         except Stopped:
             pass
         finally:
-            for proc in (cap, dec):
-                _end(proc)
+            _end(cap)
+            _drain(dec.stdout.fileno())
+            _end(dec)
             for t in readers:
                 t.join(2)
             if not self.sink.flush(FLUSH_ON_EXIT_S):
@@ -195,6 +196,22 @@ class PcapCollector:
             if line and "Running as user" not in line and "could be dangerous" not in line:
                 self._stderr.append(f"{name}: {line}")
                 log.warning("%s: %s", name, line)
+
+
+def _drain(fd: int, timeout_s: float = 5.0) -> None:
+    """Read tshark's last lines until it closes its output: with the capture over it is then done and
+    its --write file complete (a SIGTERM mid-way loses the file's last buffer)."""
+    os.set_blocking(fd, False)
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if sel.select(left):
+                try:
+                    if os.read(fd, 1 << 16) == b"":
+                        return
+                except BlockingIOError:
+                    pass
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:

@@ -50,7 +50,7 @@ def import_pcap(
     """Records for every element that receives INVITEs in the capture, sorted by (ts, source).
 
     ``sip_ports``: extra UDP/TCP ports to decode as SIP; 5060 and SIP's heuristic dissector
-    (on by default) already cover SIPp and most testbeds.
+    (on, and tried before port-based dissectors) already cover SIPp and most testbeds.
     """
     if not (interval_s > 0 and math.isfinite(interval_s)):
         raise NetsiamError(f"import pcap: interval must be a positive number of seconds, got {interval_s}")
@@ -93,6 +93,9 @@ def tshark_fields_args(sip_ports: Sequence[int] = ()) -> list[str]:
     """tshark options that print one line of SIP fields per message (:func:`parse_line` reads it)."""
     args = ["-n", "-Y", "sip", "-T", "fields", "-E", "occurrence=f"]
     args += ["--enable-heuristic", "sip_udp", "--enable-heuristic", "sip_tcp"]
+    # Heuristics before port tables: SIP on a port Wireshark gives to another protocol (44818 is
+    # EtherNet/IP, 54328 Elasticsearch, ...) would otherwise be decoded as that protocol and vanish.
+    args += ["-o", "udp.try_heuristic_first:TRUE", "-o", "tcp.try_heuristic_first:TRUE"]
     for port in sip_ports:
         args += ["-d", f"udp.port=={int(port)},sip", "-d", f"tcp.port=={int(port)},sip"]
     for f in _FIELDS:
