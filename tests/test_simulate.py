@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -312,6 +313,26 @@ def test_a_blocked_path_fails_calls_in_progress_too() -> None:
         assert c["FailedCall"][a + 32 : b].sum() > 1.5 * c["OutgoingCall"][a : b - 32].sum()
 
 
+def _gaps(labels: list[LabelInterval]) -> list[float]:
+    """Seconds between one fault's end and the next one's start, per source."""
+    by: dict[str, list[LabelInterval]] = {}
+    for iv in sorted(labels, key=lambda iv: iv.start):
+        by.setdefault(iv.source, []).append(iv)
+    return [b.start - a.end for ivs in by.values() for a, b in itertools.pairwise(ivs)]
+
+
+def test_faults_back_to_back_on_request() -> None:
+    """after_fault: that share of faults starts within after_fault_gap_s of the previous one's end
+    (its aftermath still in the window); by default every fault follows min_gap_s of normal traffic."""
+    base = SimParams(fault_duration_s=(20.0, 40.0), fault_fraction=0.3)
+    _, default = simulate(4, 30, seed=3, params=base)
+    assert len(_gaps(default)) >= 8 and min(_gaps(default)) >= base.min_gap_s
+    _, b2b = simulate(4, 30, seed=3, params=SimParams(fault_duration_s=(20.0, 40.0), fault_fraction=0.3,
+                                                       after_fault=1.0, after_fault_gap_s=(3.0, 6.0)))
+    gaps = _gaps(b2b)
+    assert len(gaps) >= 8 and all(3.0 <= g <= 6.0 for g in gaps)
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(NetsiamError):
         simulate(0, 5, seed=1)
@@ -325,6 +346,10 @@ def test_bad_arguments() -> None:
         SimParams(hold_s=(0.0, 10.0))
     with pytest.raises(NetsiamError):
         SimParams(invite_retrans=(9,))
+    with pytest.raises(NetsiamError):
+        SimParams(after_fault=1.5)
+    with pytest.raises(NetsiamError):
+        SimParams(after_fault_gap_s=(10.0, 2.0))
 
 
 def test_progress_bar_on_stderr(capsys) -> None:

@@ -33,8 +33,10 @@ enabled (:data:`VARIED`): a blocked path that loses only a share of its calls (`
 a capacity that drops at constant load (``capacity_modes``); calls beyond the capacity held with
 ``100 Trying`` until the caller gives up rather than refused (``hold_fraction``); a caller that gives
 up on an unanswered INVITE after a few seconds instead of timer B (``ua_timeout_fraction``); a source
-that starts cold, with no call in progress (``cold_start_fraction``). Record ``ts`` is the start of its one-second interval; a fault active during seconds
-[s, e) is labelled ``[EPOCH + s, EPOCH + e)``, so a label covers exactly the faulty samples.
+that starts cold, with no call in progress (``cold_start_fraction``); a fault a few seconds after
+the previous one ends, inside its aftermath (``after_fault``). Record ``ts`` is the start of its
+one-second interval; a fault active during seconds [s, e) is labelled ``[EPOCH + s, EPOCH + e)``,
+so a label covers exactly the faulty samples.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class SimParams:
     fault_fraction: float = 0.3  # target share of time under a fault
     fault_duration_s: Range = (30.0, 120.0)
     min_gap_s: float = 60.0  # shortest normal stretch before each fault
+    after_fault: float = 0.0  # share of faults that start soon after the one before ends ...
+    after_fault_gap_s: Range = (2.0, 10.0)  # ... this many seconds after (its aftermath still in the window)
     surge: Range = (1.5, 4.0)  # capacity_limit: offered load multiplier
     capacity: Range = (0.7, 1.1)  # capacity_limit: admitted calls/s relative to the normal load
     storm_loss: Range = (0.2, 0.4)  # retrans_storm: packet loss
@@ -113,10 +117,12 @@ class SimParams:
         if unknown:
             raise NetsiamError(f"unknown fault kind(s) {unknown}; known: {', '.join(FAULT_KINDS)}")
         for name in ("load_range", "load_step", "hold_s", "hold_sigma", "response_ms", "reject_ratio", "background_fail",
-                     "background_loss", "fault_duration_s", "surge", "capacity", "storm_loss"):
+                     "background_loss", "fault_duration_s", "surge", "capacity", "storm_loss", "after_fault_gap_s"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise NetsiamError(f"SimParams.{name} must be 0 <= low <= high, got {(lo, hi)}")
+        if not 0 <= self.after_fault <= 1:
+            raise NetsiamError(f"SimParams.after_fault must be in [0, 1], got {self.after_fault}")
         if self.load_range[0] <= 0 or not 0 <= self.fault_fraction < 1 or self.hold_s[0] <= 0:
             raise NetsiamError("SimParams: load must be > 0, hold_s > 0, 0 <= fault_fraction < 1")
         if self.response_ms[0] <= 0 or not 0 <= self.paced_fraction <= 1:
@@ -147,7 +153,10 @@ def _schedule(rng: np.random.Generator, seconds: int, p: SimParams) -> list[tupl
     episodes: list[tuple[int, int, str]] = []
     t = 0
     while True:
-        start = t + round(p.min_gap_s + rng.exponential(max(mean_gap - p.min_gap_s, 1e-9)))
+        gap = p.min_gap_s + rng.exponential(max(mean_gap - p.min_gap_s, 1e-9))
+        if episodes and p.after_fault > 0 and rng.random() < p.after_fault:
+            gap = rng.uniform(*p.after_fault_gap_s)
+        start = t + round(gap)
         end = start + round(rng.uniform(lo, hi))
         if end > seconds:
             return episodes
