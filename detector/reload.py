@@ -110,7 +110,10 @@ class ArtifactWatcher:
                 if served is None or art.encoder is not served.encoder:   # a reused encoder is warm already
                     self._prepare(art)
             except NetsiamError as e:
-                if artifact_signature(self.path) != sig:   # caught between two files of one save: next poll
+                # Caught between two files of one save (each fsynced: the next may be a few ms away)?
+                # Give it a poll period; a file that changed meanwhile is loaded, not refused.
+                self._stop.wait(self.poll_s)
+                if artifact_signature(self.path) != sig:
                     self._wake.set()
                     continue
                 self._on_failure(str(e))
