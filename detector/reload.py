@@ -110,9 +110,10 @@ class ArtifactWatcher:
                 if served is None or art.encoder is not served.encoder:   # a reused encoder is warm already
                     self._prepare(art)
             except NetsiamError as e:
-                # Caught between two files of one save (each fsynced: the next may be a few ms away)?
-                # Give it a poll period; a file that changed meanwhile is loaded, not refused.
-                self._stop.wait(self.poll_s)
+                # Caught between two files of one save? Each is fsynced, so the next may come a little
+                # later: look again a second on, and load a save still under way rather than refuse it.
+                if artifact_signature(self.path) == sig:
+                    self._stop.wait(min(self.poll_s, 1.0))
                 if artifact_signature(self.path) != sig:
                     self._wake.set()
                     continue
