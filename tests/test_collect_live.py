@@ -1,8 +1,9 @@
 """Live, end to end, real parts only (issue #14's acceptance): a real SIPp UAC -> fault relay -> SIPp
 UAS on 127.0.0.1; ``collect sipp --follow`` (the UAC's statistics, source ``sbc-live``) and
 ``collect pcap --interface lo`` (the relay the UAC calls, and the UAS) -> the embedded broker ->
-``netsiam detect`` with the shipped model. The UAS is frozen (SIGSTOP) for 40 s and resumed, then
-the relay answers a surge with 503. For each fault, on the UAC's statistics and on the captured
+``netsiam detect`` with the shipped model. The UAS is frozen (SIGSTOP) for 40 s and resumed, then,
+once no window holds the freeze, the relay answers a surge with 503 (a fault inside another's
+aftermath is the corpus's back-to-back recordings, docs/results.md). For each fault, on the UAC's statistics and on the captured
 relay, the ``raised`` event names the fault and arrives within 10 s (wall clock) of its start, and
 the ``cleared`` event arrives after it ended. The captured relay may flap within the surge (cleared
 and raised again with the same fault: its pcap-derived counters are in no training recording, a

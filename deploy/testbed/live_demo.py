@@ -159,9 +159,12 @@ class LiveBed:
 
     # -- the fault schedule ----------------------------------------------------------------------
     def run(self, warmup_s: float) -> None:
-        """Warm up, freeze the UAS for FAULT_S, wait for the clears, then a 503 surge for FAULT_S."""
+        """Warm up, freeze the UAS for FAULT_S, wait for the clears and until no window holds the
+        freeze, then a 503 surge for FAULT_S. (A fault inside another's aftermath is the corpus's
+        back-to-back recordings; here each fault is judged on its own.)"""
         bed = self._bed
         assert bed is not None
+        apart_s = model_window_s() + 3.0
         _sleep_until(self.warm_start + warmup_s)
         for fault in (Fault("blocked", "freeze"), Fault("capacity_limit", "surge")):
             fault.start = time.time()
@@ -181,7 +184,7 @@ class LiveBed:
             fault.end = time.time()
             self._say(f"fault {fault.fault} ({fault.how}) ends")
             _wait(lambda f=fault: self._all_cleared(f.start), CLEAR_WAIT_S, "", quiet=True)
-            time.sleep(3.0)
+            _sleep_until(max(time.time() + 3.0, fault.end + apart_s))
 
     def _all_cleared(self, since: float) -> bool:
         raised = {(a.event["source"], a.event["fault"], a.event["started_at"]) for a in self.events
@@ -262,8 +265,9 @@ def _wait(cond: Any, timeout_s: float, what: str, proc: subprocess.Popen[bytes] 
     raise RuntimeError(f"{what} did not start within {timeout_s:.0f} s")
 
 
-def free_port_base(n: int, lo: int = 20000, hi: int = 60000) -> int:
-    """P with P..P+n-1 free for UDP and TCP on 127.0.0.1 now (SIPp peers, relay, broker)."""
+def free_port_base(n: int, lo: int = 10000, hi: int = 32000) -> int:
+    """P with P..P+n-1 free for UDP and TCP on 127.0.0.1 now (SIPp peers, relay, broker); below
+    Linux's ephemeral ports (32768-60999), which any outgoing connection may take meanwhile."""
     rng = random.Random()
     for _ in range(200):
         base, socks = rng.randrange(lo, hi - n), []
