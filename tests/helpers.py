@@ -615,7 +615,7 @@ def check_episodes(evs: Sequence[dict[str, Any]], labels: Sequence[LabelInterval
 
 
 # -- SIPp on loopback (collector tests) ------------------------------------------------------------------
-def free_udp_base(n: int, lo: int = 40000, hi: int = 60000) -> int:
+def free_udp_base(n: int, lo: int = 10000, hi: int = 32000) -> int:
     """A port P with P..P+n-1 free for UDP and TCP on 127.0.0.1 right now (the live testbed's search)."""
     if str(REPO / "deploy" / "testbed") not in sys.path:
         sys.path.insert(0, str(REPO / "deploy" / "testbed"))

@@ -157,6 +157,8 @@ def test_live_capture_on_loopback_equals_the_import_of_its_packets(tmp_path: Pat
         deadline = time.monotonic() + 30
         while "Capturing on" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
+        assert "Capturing on" in log.read_text(), log.read_text()[-2000:]
+        time.sleep(1.0)                        # dumpcap says so a moment before its first packet
         uas = start_sipp(["-sn", "uas", "-i", "127.0.0.1", "-p", str(p)], tmp_path / "uas.log", tmp_path)
         uac = start_sipp(["-sn", "uac", f"127.0.0.1:{p}", "-i", "127.0.0.1", "-p", str(p + 1), "-cp", str(p + 2),
                           "-r", "15", "-d", "700", "-m", "120"], tmp_path / "uac.log", tmp_path)

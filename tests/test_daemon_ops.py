@@ -154,6 +154,7 @@ def test_watchdog_pings_only_while_the_loop_makes_progress(broker: Any, topics: 
             art.gate.clear()                                  # the next embed call hangs
             produce(broker.bootstrap, topics.samples, records("a", T0, 40), keys=[b"a"] * 40)
             wait_until(lambda: d.batcher.inflight_s() > 0.3, 30, "an embed call stuck")
+            time.sleep(0.3)                                   # a ping sent before it got stuck is read by now
             before = sock.count("WATCHDOG=1")
             time.sleep(1.5)                                   # 15 ping periods
             assert sock.count("WATCHDOG=1") == before, "pinged while the embed call was stuck"
