@@ -319,9 +319,9 @@ def test_recorder_makes_a_labelled_trace(tmp_path: Path) -> None:
     labels = read_labels(tmp_path / "t_labels.csv")
     assert [iv.label for iv in labels] == ["blocked", "capacity_limit", "capacity_limit", "blocked"]
     assert {iv.source for iv in labels} == {"sbc-t"}
-    assert 5.5 < labels[0].end - labels[0].start < 8.0        # 6 s, by the recorder's clock on a busy machine
+    assert 5.5 < labels[0].end - labels[0].start < 7.0
     records = import_sipp([tmp_path / "t_stat.csv.gz"], "sbc-t")
-    assert 32 <= len(records) <= 38                               # 36 s, a row a second
+    assert 33 <= len(records) <= 37
     frozen = _inside(records, labels[0])
     assert frozen and _col(frozen, "SuccessfulCall").max() <= 2
     assert _col(frozen, "Retransmissions").sum() > 20
