@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -195,8 +196,10 @@ def main() -> int:
 
     print("\n== 3. streaming: embedded broker + daemon, replay the trace into Kafka")
     model = OUT / "model"
-    if not (model / "manifest.json").is_file():
-        netsiam("model", "copy", str(model))   # a copy of the shipped model: the one the operator teaches
+    # a fresh copy of the shipped model, the one the operator teaches: a copy an earlier run taught
+    # already knows the fault this run shows as never seen
+    shutil.rmtree(model, ignore_errors=True)
+    netsiam("model", "copy", str(model))
     port, mport = free_port(), free_port()
     bootstrap = f"127.0.0.1:{port}"
     procs: list[subprocess.Popen[bytes]] = []
