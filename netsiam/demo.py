@@ -175,6 +175,9 @@ def teach(bootstrap: str, mport: int, model: Path, events: list[dict[str, Any]])
                 60)
     table, hit, total = episode_table(labels, [e for e in events if e["source"] == "sbc-n2"])
     print("\n== the never-seen recording: labelled episodes vs raised events (feedback after the first)\n" + table)
+    taught = [e for e in events[seen:] if e["source"] == "sbc-n2" and e["state"] == "raised" and e["fault"] == "degraded"]
+    if not taught:
+        raise SystemExit("demo: after the feedback, the fault's next episode was not raised 'degraded'")
 
 
 def main() -> int:
