@@ -59,6 +59,20 @@ def test_every_flag_has_help_and_shows_its_default() -> None:
     assert "(default: 8)" in text and "(default: 0)" in text  # --sources, --seed (0 is a default too)
 
 
+def test_every_documented_invocation_names_a_verb_and_flags_it_has() -> None:
+    parsers = dict(iter_parsers(build_parser()))
+    text = (REPO / "docs" / "cli.md").read_text()
+    block = text[text.index("## Invocations"):text.index("## Exit status")]
+    lines = [ln.strip() for ln in block.splitlines() if ln.startswith("    netsiam ")]
+    assert len(lines) >= 20
+    for line in lines:
+        tokens = line.translate(str.maketrans("[]()|", "     ")).split()
+        cmd = max((c for c in parsers if (line + " ").startswith(c + " ")), key=len)
+        options = {o for a in parsers[cmd]._actions for o in a.option_strings}
+        unknown = [t for t in tokens if t.startswith("-") and t not in options]
+        assert cmd != "netsiam" and not unknown, f"{line!r}: {cmd!r} has no {unknown}"
+
+
 # -- exit status ----------------------------------------------------------------------------------------
 def test_exit_status_says_which_kind_of_error(tmp_path: Path) -> None:
     assert netsiam("simulate", "--no-such-flag").returncode == EXIT_USAGE

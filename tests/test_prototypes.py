@@ -13,7 +13,7 @@ from netsiam.cli import main
 from netsiam.config import PrototypeConfig, WindowConfig
 from netsiam.errors import EXIT_DATA, NetsiamError
 from netsiam.features import RAW_METRICS
-from netsiam.schemas.classes import KNOWN_LABELS, UNKNOWN
+from netsiam.schemas.classes import KNOWN_LABELS, SILENT, UNKNOWN
 from netsiam.serving import Prototypes, load_artifact
 from netsiam.traceio import LabelInterval, Record, write_labels, write_trace
 from netsiam.trainer.prototypes import (
@@ -180,8 +180,9 @@ def test_add_class_refuses_too_few_examples_and_reserved_names() -> None:
     art = StubArtifact(known_protos())
     with pytest.raises(NetsiamError, match="need at least 5"):
         add_class(art, "x", windows_at(blob((0.5, 0.5, 0.5), 4, 0.01, 0)))   # type: ignore[arg-type]
-    with pytest.raises(NetsiamError, match="reserved"):
-        add_class(art, UNKNOWN, windows_at(blob((0.5, 0.5, 0.5), 9, 0.01, 0)))   # type: ignore[arg-type]
+    for verdict in (UNKNOWN, SILENT):
+        with pytest.raises(NetsiamError, match="reserved"):
+            add_class(art, verdict, windows_at(blob((0.5, 0.5, 0.5), 9, 0.01, 0)))   # type: ignore[arg-type]
     assert art.prototypes.classes == ["normal", "blocked", "capacity_limit"]
 
 

@@ -208,6 +208,18 @@ def test_excluding_every_fault_leaves_one_class(data: dict[str, tuple[Path, Path
         train(Config(), [trace], [labels], tmp_path / "out", exclude_labels=["blocked", "capacity_limit"], quiet=True)
 
 
+@pytest.mark.parametrize("verdict", ["unknown", "silent"])
+def test_the_detectors_verdicts_are_not_training_labels(data: dict[str, tuple[Path, Path]], tmp_path: Path,
+                                                         verdict: str) -> None:
+    trace, labels = data["train"]
+    rows = labels.read_text().splitlines()
+    renamed = tmp_path / "draft.csv"   # a `netsiam dump --labels` draft with one episode left as the daemon saw it
+    renamed.write_text("\n".join([*rows[:2], rows[2].rsplit(",", 1)[0] + f",{verdict}", *rows[3:]]) + "\n")
+    with pytest.raises(NetsiamError, match=f"label\\(s\\) {verdict}: the detector's verdicts"):
+        train(Config(), [trace], [renamed], tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_train_missing_file_is_one_line_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "netsiam", "train", "--data", str(tmp_path / "missing.jsonl"),
                            "--labels", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "out")],

@@ -27,7 +27,7 @@ import numpy as np
 
 from netsiam.config import Config, PrototypeConfig
 from netsiam.errors import NetsiamError
-from netsiam.schemas.classes import UNKNOWN
+from netsiam.schemas.classes import SILENT, UNKNOWN
 from netsiam.serving import Artifact, Prototypes, load_artifact
 
 __all__ = [
@@ -156,8 +156,8 @@ def add_class(artifact: Artifact, name: str, x_windows: np.ndarray, pcfg: Protot
     stands on at least ``min_support`` windows.
     """
     pcfg = pcfg or PrototypeConfig()
-    if not name or name == UNKNOWN:
-        raise NetsiamError(f"class name {name!r} is reserved or empty")
+    if not name or name in (UNKNOWN, SILENT):
+        raise NetsiamError(f"class name {name!r} is reserved (the detector's verdict) or empty")
     x = np.asarray(x_windows, dtype=np.float32)
     if len(x) < pcfg.min_support:
         raise NetsiamError(f"class {name!r}: {len(x)} example window(s), need at least {pcfg.min_support} "

@@ -38,7 +38,7 @@ from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
 from netsiam.evidence import MANIFEST_KEY, normal_ranges, ranges_to_json
 from netsiam.features import required_metrics
-from netsiam.schemas.classes import NORMAL
+from netsiam.schemas.classes import NORMAL, SILENT, UNKNOWN
 from netsiam.serving import FORMAT, Artifact, Prototypes
 from netsiam.traceio import atomic_write_bytes, read_labels
 from netsiam.trainer.augment import thinned_copies
@@ -129,6 +129,11 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     ranges = _normal_ranges(lw, in_train, aftermath, cfg)                     # before any thinned copies
     # every labelled class, even one no window ends in (an episode shorter than the start of the first window)
     labelled = {iv.label for p in label_paths for iv in read_labels(p)} - set(exclude_labels)
+    verdicts = sorted(labelled & {UNKNOWN, SILENT})
+    if verdicts:  # a class of that name could not be told from the daemon's own novelty / silence verdicts
+        raise NetsiamError(f"label(s) {', '.join(verdicts)}: the detector's verdicts, not classes; rename them to "
+                           "what the fault was (a `netsiam dump --labels` draft says unknown where the model could "
+                           "not tell), or --exclude-label them")
     classes = class_order(np.array(sorted(set(lw.labels.tolist()) | labelled), dtype=object))
     if len(classes) < 2:
         raise NetsiamError(f"training needs windows of at least two classes, found {classes or 'none'}")
