@@ -338,6 +338,12 @@ def test_baselines_in_the_report_use_the_same_scored_windows() -> None:
     assert 0 < b["encoder"]["n_windows"] < len(lab) / 2 + 1
     for name in ("encoder", "raw_nearest_prototype", "zscore_rule"):
         assert b[name]["window_accuracy"] == 1.0 and b[name]["binary_accuracy"] == 1.0
+    # every column carries the encoder's figures: per class, and false alarms per hour of normal stream
+    for name in ("encoder", "expert_rule", "raw_nearest_prototype", "zscore_rule"):
+        assert b[name]["false_alarms_per_hour"] == b[name]["detection"]["false_raises_per_hour"]
+        assert set(b[name]["per_class"]) >= {"normal", "blocked", "capacity_limit"}
+    assert b["encoder"]["per_class"]["blocked"]["recall"] == 1.0
+    assert sum(c["support"] for c in b["encoder"]["per_class"].values()) == b["encoder"]["n_windows"]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -397,6 +403,12 @@ def test_cli_evaluate_writes_the_design_keys(tiny_artifact: Path, tmp_path: Path
     for ep in rep["episodes"]:
         assert all(k in ep for k in EPISODE_KEYS)
     assert {"normal", "blocked"} <= set(rep["per_class"])
+    # docs/formats.md names every key a script may read
+    doc = (REPO / "docs" / "formats.md").read_text()
+    doc = doc[doc.index("## Evaluation report"):doc.index("## Model artifact")]
+    keys = {*rep, *rep["detection"], *rep["episodes"][0], *rep["baselines"],
+            *(k for name in ("encoder", "expert_rule", "raw_nearest_prototype") for k in rep["baselines"][name])}
+    assert not [k for k in keys if f"`{k}`" not in doc]
     assert "window accuracy" in r.stdout and "episodes detected" in r.stdout
     assert {p.name for p in plots.iterdir()} >= {"embedding_3d.png", "confusion.png", "roc.png",
                                                   "timeline.png", "training_curves.png"}

@@ -119,7 +119,13 @@ class _Judge:
                                     _covered(self.episodes, self.lw.subset(mask), 0.0), self.debounce, self.grace_s,
                                     self.seconds_per_window, known=classes, nearest=nway[mask],
                                     within=None if within is None else within[mask])
-        return _scores(pred[ok], nway[ok], self.lw.labels[ok], classes) | {"detection": det}
+        lab, p = self.lw.labels[ok], pred[ok]
+        truth = open_set_truth(lab, classes)
+        pc = [*classes, *([UNKNOWN] if np.any(truth == UNKNOWN) or np.any(p == UNKNOWN) else [])]
+        # the encoder's own figures, so every column of the report compares like with like
+        return _scores(p, nway[ok], lab, classes) | {"per_class": per_class_metrics(truth, p, pc),
+                                                     "false_alarms_per_hour": det["false_raises_per_hour"],
+                                                     "detection": det}
 
 
 def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.ndarray, within: np.ndarray,
