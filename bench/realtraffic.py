@@ -10,7 +10,8 @@ daemon's debounce, on the same windows.
 debounce settings are chosen on. ``--report`` holds out every other recording (never used for a
 choice) and writes ``bench/realtraffic.json``; the worst recording is what counts.
 ``--set KEY=VALUE`` overrides config keys (``window.length=10``) for a candidate recipe, ``--sim-set``
-the simulator's (``min_gap_s=5``).
+the simulator's (``min_gap_s=5``); ``--splice`` adds back-to-back faults spliced from each training
+recording (:mod:`netsiam.trainer.splice`).
 """
 
 from __future__ import annotations
@@ -38,13 +39,39 @@ DETECTORS = ("encoder", "expert_rule", "raw_nearest_prototype")
 NOVEL = "degraded"
 
 
+def splice_file(name: str, files: tuple[Path, Path], out_dir: Path) -> tuple[Path, Path] | None:
+    """The recording's back-to-back splices (:mod:`netsiam.trainer.splice`) as a trace + labels file."""
+    import numpy as np
+    import orjson
+
+    from netsiam.traceio import read_labels, read_trace, write_labels, write_trace
+    from netsiam.trainer.splice import spliced
+
+    out = (out_dir / f"{name}~splice.jsonl", out_dir / f"{name}~splice.csv")
+    if not out[0].is_file():
+        recs = [orjson.loads(line) for _, line in read_trace(files[0])]
+        rng = np.random.default_rng(sum(name.encode()))
+        r, lab = spliced(recs, read_labels(files[1]), rng, exclude=(NOVEL,))
+        if not r:
+            return None
+        write_trace(out[0], r)
+        write_labels(out[1], lab)
+    return out
+
+
 def train_without(cfg: Config, held_out: set[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
-                  out: Path, seed: int = 0) -> Any:
+                  out: Path, seed: int = 0, splice_dir: Path | None = None) -> Any:
     from netsiam.trainer.train import train
 
     names = sorted(n for n in traces if n not in held_out)
     data = [traces[n][0] for n in names] + ([sim[0]] if sim else [])
     labels = [traces[n][1] for n in names] + ([sim[1]] if sim else [])
+    if splice_dir is not None:
+        splice_dir.mkdir(parents=True, exist_ok=True)
+        for n in names:
+            if (sp := splice_file(n, traces[n], splice_dir)) is not None:
+                data.append(sp[0])
+                labels.append(sp[1])
     return train(cfg, data, labels, out, seed=seed, exclude_labels=[NOVEL], quiet=True)
 
 
@@ -79,11 +106,11 @@ def _line(name: str, res: dict[str, Any]) -> str:
 
 
 def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
-        models: Path, seed: int) -> dict[str, Any]:
+        models: Path, seed: int, splice_dir: Path | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in held:
         t0 = time.perf_counter()
-        art = train_without(cfg, {name}, traces, sim, models / f"model-{name}", seed)
+        art = train_without(cfg, {name}, traces, sim, models / f"model-{name}", seed, splice_dir)
         res = evaluate_recording(art, traces[name])
         res["train_seconds"] = round(time.perf_counter() - t0, 1)
         res["epochs"] = art.manifest["metrics"]["epochs_run"]
@@ -101,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE (YAML values)")
     ap.add_argument("--sim-set", nargs="*", default=[], help="simulator overrides KEY=VALUE (min_gap_s=5)")
     ap.add_argument("--no-sim", action="store_true", help="train on the corpus alone")
+    ap.add_argument("--splice", action="store_true",
+                    help="also train on back-to-back faults spliced from each training recording")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=None, help="keep imported traces here (default: a temp dir)")
     ap.add_argument("--models", default=None, help="keep the trained models here (default: a temp dir)")
@@ -139,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             write_trace(sim[0], records)
             write_labels(sim[1], labels)
         t0 = time.perf_counter()
-        res = run(cfg, held, traces, sim, Path(args.models) if args.models else tmp, args.seed)
-    doc = {"overrides": args.set, "sim_overrides": args.sim_set, "sim": not args.no_sim, "seed": args.seed, "held_out": held,
+        res = run(cfg, held, traces, sim, Path(args.models) if args.models else tmp, args.seed,
+                  tmp / "splices" if args.splice else None)
+    doc = {"overrides": args.set, "sim_overrides": args.sim_set, "splice": args.splice, "sim": not args.no_sim, "seed": args.seed, "held_out": held,
            "seconds": round(time.perf_counter() - t0, 1), "recordings": res}
     if args.output or args.report:
         path = Path(args.output) if args.output else HERE / "realtraffic.json"
