@@ -5,7 +5,7 @@ The one definition everything imports (trainer, detector, serving, debounce, plo
 
 from __future__ import annotations
 
-__all__ = ["BLOCKED", "CAPACITY_LIMIT", "KNOWN_LABELS", "NORMAL", "SILENT", "UNKNOWN"]
+__all__ = ["BLOCKED", "CAPACITY_LIMIT", "KNOWN_LABELS", "NORMAL", "SILENT", "UNKNOWN", "VERDICTS"]
 
 NORMAL = "normal"                  # time no label interval covers
 BLOCKED = "blocked"                # all traffic blocked
@@ -13,3 +13,4 @@ CAPACITY_LIMIT = "capacity_limit"  # the path admits only part of the offered lo
 UNKNOWN = "unknown"                # the novelty verdict: far from every prototype; never a label
 SILENT = "silent"                  # the daemon's verdict on a source that stopped sending; reserved
 KNOWN_LABELS = (NORMAL, BLOCKED, CAPACITY_LIMIT)
+VERDICTS = (UNKNOWN, SILENT)   # the detector's own verdicts: never a label that trains or scores

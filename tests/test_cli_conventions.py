@@ -68,9 +68,14 @@ def test_every_documented_invocation_names_a_verb_and_flags_it_has() -> None:
     for line in lines:
         tokens = line.translate(str.maketrans("[]()|", "     ")).split()
         cmd = max((c for c in parsers if (line + " ").startswith(c + " ")), key=len)
-        options = {o for a in parsers[cmd]._actions for o in a.option_strings}
+        actions = parsers[cmd]._actions
+        assert not any(isinstance(a, argparse._SubParsersAction) for a in actions), f"{line!r}: no such verb"
+        options = {o for a in actions for o in a.option_strings}
         unknown = [t for t in tokens if t.startswith("-") and t not in options]
-        assert cmd != "netsiam" and not unknown, f"{line!r}: {cmd!r} has no {unknown}"
+        assert not unknown, f"{line!r}: {cmd!r} has no {unknown}"
+        word = line[len(cmd):].split()[0] if line[len(cmd):].split() else ""
+        choices = [c for a in actions if not a.option_strings and a.choices for c in a.choices]
+        assert not choices or word in choices, f"{line!r}: {word!r} is not one of {choices}"
 
 
 # -- exit status ----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from helpers import MeanEncoder, lstm_encoder, manifest, prototypes_at, small_artifact
 
 from netsiam.config import Config, DebounceConfig, PrototypeConfig, WindowConfig
-from netsiam.errors import NetsiamError
+from netsiam.errors import EXIT_DATA, NetsiamError
 from netsiam.features import RAW_METRICS
 from netsiam.serving import Artifact
 from netsiam.traceio import LabelInterval, write_labels, write_trace
@@ -412,6 +412,15 @@ def test_cli_evaluate_writes_the_design_keys(tiny_artifact: Path, tmp_path: Path
     assert "window accuracy" in r.stdout and "episodes detected" in r.stdout
     assert {p.name for p in plots.iterdir()} >= {"embedding_3d.png", "confusion.png", "roc.png",
                                                   "timeline.png", "training_curves.png"}
+
+
+def test_cli_evaluate_refuses_the_detectors_verdicts_as_truth(tiny_artifact: Path, tmp_path: Path) -> None:
+    trace, labels = write_case(tmp_path)
+    draft = tmp_path / "draft.csv"   # a `netsiam dump --labels` draft, its unknown episode not renamed
+    draft.write_text(labels.read_text().replace(",blocked", ",unknown"))
+    r = netsiam("evaluate", "--model", str(tiny_artifact), "--data", str(trace), "--labels", str(draft))
+    assert r.returncode == EXIT_DATA and "label(s) unknown: the detector's verdicts" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
 def test_cli_evaluate_missing_file_is_one_line(tiny_artifact: Path, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ DOC = REPO / "docs" / "metrics.md"
 
 
 def rows(obj: object) -> list[str]:
+    # prometheus_client keeps a metric's name, type, labels and help only in private attributes (its public
+    # describe() drops the label names of a family with no child yet); a renamed attribute fails here loudly
     out: list[str] = []
     for v in vars(obj).values():
         if isinstance(v, MetricWrapperBase) and v._labelvalues == ():   # a family, not one labelled child

@@ -261,6 +261,9 @@ def test_cli_errors_are_one_line_and_leave_the_artifact_alone(model_dir: Path, t
         (["add", "--model", str(model_dir), "--name", "c", "--data", str(tmp_path / "missing.jsonl"),
           "--labels", str(labels)], "not found"),
         (["list", "--model", str(tmp_path / "no-model")], "not found"),
+        # the name alone is wrong: said before any window is read (the labels name no 'silent' either)
+        (["add", "--model", str(model_dir), "--name", "silent", "--data", str(trace), "--labels", str(labels)],
+         "'silent' is reserved"),
     ]
     for argv, message in cases:
         assert main(["prototypes", *argv]) == EXIT_DATA

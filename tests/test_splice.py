@@ -48,3 +48,11 @@ def test_a_third_episode_within_the_kept_time_or_an_excluded_label_skips_the_pai
     recs, labels = recording([(100, 160, "blocked"), (165, 170, "degraded"), (300, 340, "capacity_limit")])
     out, lab = spliced(recs, labels, np.random.default_rng(0), gap_s=(8.0, 9.0), exclude=("degraded",))
     assert out == [] and lab == []                                        # degraded lies in blocked's gap either way
+
+
+def test_no_gauge_is_made_up_where_the_recording_has_none() -> None:
+    recs, labels = recording([(100, 160, "blocked"), (300, 340, "capacity_limit")])
+    for r in recs:
+        del r["metrics"]["CurrentCall"]
+    out, _ = spliced(recs, labels, np.random.default_rng(0))
+    assert out and all("CurrentCall" not in r["metrics"] for r in out)

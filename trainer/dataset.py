@@ -12,12 +12,12 @@ import numpy as np
 from netsiam.config import Config
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS, derive, required_metrics
-from netsiam.schemas.classes import NORMAL
+from netsiam.schemas.classes import NORMAL, VERDICTS
 from netsiam.schemas.record import RecordError, decode_record
 from netsiam.traceio import LabelInterval, read_labels, read_trace
 from netsiam.windowing import Windows, windows_from_records
 
-__all__ = ["LabelledWindows", "build_windows", "label_at", "load_trace", "windows_and_features"]
+__all__ = ["LabelledWindows", "build_windows", "label_at", "load_trace", "refuse_verdicts", "windows_and_features"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,13 @@ def build_windows(data: Sequence[str | Path], labels: Sequence[str | Path], cfg:
     start_lab = label_at(intervals, w.sources, start_ts)
     sources = np.array([s.split(":", 1)[1] if len(data) > 1 else s for s in w.sources], dtype=object)
     return LabelledWindows(w.raw, x, w.end_ts, sources, end_lab, start_lab != end_lab)
+
+
+def refuse_verdicts(label_paths: Sequence[str | Path], exclude: Sequence[str] = (), hint: str = "") -> None:
+    """Refuse label files naming ``unknown`` or ``silent``: a class of that name could not be told from the
+    daemon's own novelty / silence verdicts, and scored as truth they would count those verdicts right."""
+    found = sorted({iv.label for p in label_paths for iv in read_labels(p)} & set(VERDICTS) - set(exclude))
+    if found:
+        raise NetsiamError(f"label(s) {', '.join(found)}: the detector's verdicts, not classes; rename them to what "
+                           f"the fault was (a `netsiam dump --labels` draft says unknown where the model could not "
+                           f"tell){hint}")

@@ -45,7 +45,7 @@ from netsiam.trainer.baselines import (
     normalisation_stats,
     split_support,
 )
-from netsiam.trainer.dataset import LabelledWindows, build_windows
+from netsiam.trainer.dataset import LabelledWindows, build_windows, refuse_verdicts
 from netsiam.trainer.detection import (
     GRACE_S,
     Episode,
@@ -101,6 +101,13 @@ def _scores(pred: np.ndarray, nway: np.ndarray, labels: np.ndarray, classes: Seq
     }
 
 
+def _per_class(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Precision, recall, f1, support per class, and for ``unknown`` when the truth or a prediction holds it."""
+    truth = open_set_truth(labels, classes)
+    pc = [*classes, *([UNKNOWN] if np.any(truth == UNKNOWN) or np.any(pred == UNKNOWN) else [])]
+    return per_class_metrics(truth, pred, pc)
+
+
 @dataclass(frozen=True)
 class _Judge:
     """What every detector is scored on: the windows, their episodes, the debounce and the clock."""
@@ -120,10 +127,8 @@ class _Judge:
                                     self.seconds_per_window, known=classes, nearest=nway[mask],
                                     within=None if within is None else within[mask])
         lab, p = self.lw.labels[ok], pred[ok]
-        truth = open_set_truth(lab, classes)
-        pc = [*classes, *([UNKNOWN] if np.any(truth == UNKNOWN) or np.any(p == UNKNOWN) else [])]
         # the encoder's own figures, so every column of the report compares like with like
-        return _scores(p, nway[ok], lab, classes) | {"per_class": per_class_metrics(truth, p, pc),
+        return _scores(p, nway[ok], lab, classes) | {"per_class": _per_class(lab, p, classes),
                                                      "false_alarms_per_hour": det["false_raises_per_hour"],
                                                      "detection": det}
 
@@ -202,11 +207,9 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     ok = ~np.asarray(lw.straddle, dtype=bool)
 
     lab_ok, pred_ok = labels[ok], pred[ok]
-    truth_ok = open_set_truth(lab_ok, classes)
     scores = _scores(pred_ok, nway[ok], lab_ok, classes)
     others = sorted((set(lab_ok.tolist()) | set(pred_ok.tolist())) - set(classes) - {UNKNOWN})
     conf_labels = [*classes, *others, UNKNOWN]
-    pc_labels = [*classes, *([UNKNOWN] if np.any(truth_ok == UNKNOWN) or np.any(pred_ok == UNKNOWN) else [])]
 
     s, positive = pair_scores(emb[ok], lab_ok)
     auc = roc_auc(s, positive)
@@ -239,7 +242,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
         **{k: v for k, v in scores.items() if k != "n_windows"},
         "auc": auc,
         "n_pairs": int(len(s)),
-        "per_class": per_class_metrics(truth_ok, pred_ok, pc_labels),
+        "per_class": _per_class(lab_ok, pred_ok, classes),
         "confusion": {"labels": conf_labels, "matrix": confusion(lab_ok, pred_ok, conf_labels).tolist()},
         "straddling": {"n_windows": int(st.sum()),
                        "accuracy": accuracy(pred[st], open_set_truth(labels[st], classes))},
@@ -388,6 +391,7 @@ def cli_evaluate(args: argparse.Namespace, cfg: Config) -> int:
         for p in paths:
             if not Path(p).is_file():
                 raise NetsiamError(f"{kind} file not found: {p}")
+    refuse_verdicts(args.labels)
     artifact = load_artifact(args.model)
     cfg = config_for_artifact(cfg, artifact, explicit=getattr(args, "config", None) is not None)
     lw, intervals = load_labelled(args.data, args.labels, cfg)

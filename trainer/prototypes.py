@@ -27,7 +27,7 @@ import numpy as np
 
 from netsiam.config import Config, PrototypeConfig
 from netsiam.errors import NetsiamError
-from netsiam.schemas.classes import SILENT, UNKNOWN
+from netsiam.schemas.classes import VERDICTS
 from netsiam.serving import Artifact, Prototypes, load_artifact
 
 __all__ = [
@@ -156,7 +156,7 @@ def add_class(artifact: Artifact, name: str, x_windows: np.ndarray, pcfg: Protot
     stands on at least ``min_support`` windows.
     """
     pcfg = pcfg or PrototypeConfig()
-    if not name or name in (UNKNOWN, SILENT):
+    if not name or name in VERDICTS:
         raise NetsiamError(f"class name {name!r} is reserved (the detector's verdict) or empty")
     x = np.asarray(x_windows, dtype=np.float32)
     if len(x) < pcfg.min_support:
@@ -260,6 +260,8 @@ def cli_prototypes(args: argparse.Namespace, cfg: Config) -> int:
         print(f"removed {args.name!r}; classes: {', '.join(protos.classes)}")
         return 0
     if args.action == "add":
+        if args.name in VERDICTS:   # before reading any window: the name alone is wrong
+            raise NetsiamError(f"class name {args.name!r} is reserved (the detector's verdict)")
         x = _support_windows(args, cfg, artifact)
         replaced = args.name in protos.classes
         thr = add_class(artifact, args.name, x, cfg.prototypes)

@@ -27,7 +27,8 @@ TAIL_S = 40.0    # kept after the second fault ends (its own aftermath)
 def spliced(records: Sequence[dict[str, Any]], labels: Sequence[LabelInterval], rng: np.random.Generator,
             gap_s: tuple[float, float] = (2.0, 10.0), fade_s: float = 10.0, interval_s: float = 1.0,
             exclude: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[LabelInterval]]:
-    """Records of one recording (dicts ``source, ts, metrics``, every source its own) -> one new source
+    """Records of one recording (dicts ``source, ts, metrics``, ``ts`` in epoch seconds as trace files hold
+    them after an import) -> one new source
     per ordered pair of episodes of different classes on a source, named ``SOURCE~ItoJ``. A pair whose
     kept stretches hold a third episode is skipped (its time would be labelled normal), as are
     episodes labelled as in ``exclude``."""
@@ -54,8 +55,8 @@ def spliced(records: Sequence[dict[str, Any]], labels: Sequence[LabelInterval], 
                     continue
                 name = f"{src}~{i}to{j}"
                 shift = first[-1]["ts"] + interval_s - second[0]["ts"]
-                carry = float(first[-1]["metrics"].get("CurrentCall", 0.0)) - float(
-                    second[0]["metrics"].get("CurrentCall", 0.0))
+                before, after = first[-1]["metrics"].get("CurrentCall"), second[0]["metrics"].get("CurrentCall")
+                carry = 0.0 if before is None or after is None else float(before) - float(after)
                 out_r.extend({**r, "source": name} for r in first)
                 for r in second:
                     m = dict(r["metrics"])

@@ -38,12 +38,12 @@ from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
 from netsiam.evidence import MANIFEST_KEY, normal_ranges, ranges_to_json
 from netsiam.features import required_metrics
-from netsiam.schemas.classes import NORMAL, SILENT, UNKNOWN
+from netsiam.schemas.classes import NORMAL
 from netsiam.serving import FORMAT, Artifact, Prototypes
 from netsiam.traceio import atomic_write_bytes, read_labels
 from netsiam.trainer.augment import thinned_copies
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule
-from netsiam.trainer.dataset import LabelledWindows
+from netsiam.trainer.dataset import LabelledWindows, refuse_verdicts
 from netsiam.trainer.mining import fixed_batches, triplet_batches
 from netsiam.trainer.outliers import Exposure
 from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
@@ -122,6 +122,7 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
 
     # 1. data ------------------------------------------------------------------------------------------
+    refuse_verdicts(label_paths, exclude_labels, hint=", or --exclude-label them")
     lw, groups, in_train, in_val, overlapping = split_windows(cfg, data_paths, label_paths, exclude_labels)
     tr, va = lw.subset(in_train), lw.subset(in_val)
     aftermath = in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S)
@@ -129,11 +130,6 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     ranges = _normal_ranges(lw, in_train, aftermath, cfg)                     # before any thinned copies
     # every labelled class, even one no window ends in (an episode shorter than the start of the first window)
     labelled = {iv.label for p in label_paths for iv in read_labels(p)} - set(exclude_labels)
-    verdicts = sorted(labelled & {UNKNOWN, SILENT})
-    if verdicts:  # a class of that name could not be told from the daemon's own novelty / silence verdicts
-        raise NetsiamError(f"label(s) {', '.join(verdicts)}: the detector's verdicts, not classes; rename them to "
-                           "what the fault was (a `netsiam dump --labels` draft says unknown where the model could "
-                           "not tell), or --exclude-label them")
     classes = class_order(np.array(sorted(set(lw.labels.tolist()) | labelled), dtype=object))
     if len(classes) < 2:
         raise NetsiamError(f"training needs windows of at least two classes, found {classes or 'none'}")
