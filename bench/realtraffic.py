@@ -39,7 +39,7 @@ DETECTORS = ("encoder", "expert_rule", "raw_nearest_prototype")
 NOVEL = "degraded"
 
 
-def splice_file(name: str, files: tuple[Path, Path], out_dir: Path) -> tuple[Path, Path] | None:
+def splice_file(name: str, files: tuple[Path, Path], out_dir: Path, overlay: bool = False) -> tuple[Path, Path] | None:
     """The recording's back-to-back splices (:mod:`netsiam.trainer.splice`) as a trace + labels file."""
     import numpy as np
     import orjson
@@ -51,7 +51,7 @@ def splice_file(name: str, files: tuple[Path, Path], out_dir: Path) -> tuple[Pat
     if not out[0].is_file():
         recs = [orjson.loads(line) for _, line in read_trace(files[0])]
         rng = np.random.default_rng(sum(name.encode()))
-        r, lab = spliced(recs, read_labels(files[1]), rng, exclude=(NOVEL,))
+        r, lab = spliced(recs, read_labels(files[1]), rng, exclude=(NOVEL,), overlay=overlay)
         if not r:
             return None
         write_trace(out[0], r)
@@ -69,7 +69,7 @@ def train_without(cfg: Config, held_out: set[str], traces: dict[str, tuple[Path,
     if splice_dir is not None:
         splice_dir.mkdir(parents=True, exist_ok=True)
         for n in names:
-            if (sp := splice_file(n, traces[n], splice_dir)) is not None:
+            if (sp := splice_file(n, traces[n], splice_dir, overlay=splice_dir.name.endswith("overlay"))) is not None:
                 data.append(sp[0])
                 labels.append(sp[1])
     return train(cfg, data, labels, out, seed=seed, exclude_labels=[NOVEL], quiet=True)
@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE (YAML values)")
     ap.add_argument("--sim-set", nargs="*", default=[], help="simulator overrides KEY=VALUE (min_gap_s=5)")
     ap.add_argument("--no-sim", action="store_true", help="train on the corpus alone")
-    ap.add_argument("--splice", action="store_true",
-                    help="also train on back-to-back faults spliced from each training recording")
+    ap.add_argument("--splice", nargs="?", const="cut", choices=("cut", "overlay"), default=None,
+                    help="also train on back-to-back faults spliced from each training recording (overlay: the "
+                         "first fault's aftermath goes on under the second)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=None, help="keep imported traces here (default: a temp dir)")
     ap.add_argument("--models", default=None, help="keep the trained models here (default: a temp dir)")
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             write_labels(sim[1], labels)
         t0 = time.perf_counter()
         res = run(cfg, held, traces, sim, Path(args.models) if args.models else tmp, args.seed,
-                  tmp / "splices" if args.splice else None)
+                  tmp / f"splices-{args.splice}" if args.splice else None)
     doc = {"overrides": args.set, "sim_overrides": args.sim_set, "splice": args.splice, "sim": not args.no_sim, "seed": args.seed, "held_out": held,
            "seconds": round(time.perf_counter() - t0, 1), "recordings": res}
     if args.output or args.report:

@@ -56,3 +56,20 @@ def test_no_gauge_is_made_up_where_the_recording_has_none() -> None:
         del r["metrics"]["CurrentCall"]
     out, _ = spliced(recs, labels, np.random.default_rng(0))
     assert out and all("CurrentCall" not in r["metrics"] for r in out)
+
+
+def test_overlay_lays_the_first_faults_aftermath_under_the_second() -> None:
+    recs, labels = recording([(100, 160, "blocked"), (300, 340, "capacity_limit")])
+    for r in recs:
+        k = r["ts"] - T0
+        r["metrics"] |= {"FailedCall": 1.0 + (5.0 if 160 <= k < 180 else 0.0), "ResponseTime1": 400.0 if k < 180 else 4.0}
+    plain, lab = spliced(recs, labels, np.random.default_rng(0), gap_s=(3.0, 3.0))
+    over, lab2 = spliced(recs, labels, np.random.default_rng(0), gap_s=(3.0, 3.0), overlay=True)
+    assert lab == lab2
+    cut = next(iv for iv in lab if iv.source == "s~0to1" and iv.label == "capacity_limit").start
+    fail = {r["ts"] - cut: r["metrics"]["FailedCall"] for r in over if r["source"] == "s~0to1" and r["ts"] >= cut}
+    resp = {r["ts"] - cut: r["metrics"]["ResponseTime1"] for r in over if r["source"] == "s~0to1" and r["ts"] >= cut}
+    # the blocked fault ended at 160 s, cut 3 s on: 17 more seconds of its 5 extra failures, then its own level
+    assert [fail[k] for k in (0.0, 16.0, 17.0, 40.0)] == [6.0, 6.0, 1.0, 1.0]
+    assert resp[0.0] == 400.0 and resp[17.0] == 4.0
+    assert all(r["metrics"]["FailedCall"] == 1.0 for r in plain if r["source"] == "s~0to1" and r["ts"] >= cut)
