@@ -39,7 +39,8 @@ def test_dump_range_sources_duplicates_and_labels(broker: Any, topics: Any, tmp_
     events = [ev("a", "blocked", 1010.0, "raised", 1012.0), ev("a", "blocked", 1010.0, "cleared", 1030.0),
               ev("a", "blocked", 1010.0, "raised", 1012.0),                      # at-least-once duplicate
               ev("b", "capacity_limit", 1045.0, "raised", 1047.0),               # still active at the end
-              ev("b", "unknown", 900.0, "raised", 901.0), ev("b", "unknown", 900.0, "cleared", 950.0)]  # before
+              ev("b", "unknown", 900.0, "raised", 901.0), ev("b", "unknown", 900.0, "cleared", 950.0),  # before
+              ev("b", "unknown", 1020.0, "raised", 1030.0), ev("b", "unknown", 1020.0, "cleared", 1040.0)]
     produce(broker.bootstrap, topics.faults, events)
     out, labels = tmp_path / "trace.jsonl", tmp_path / "labels.csv"
     r = dump("--bootstrap", broker.bootstrap, "--topic", topics.samples, "--faults-topic", topics.faults,
@@ -51,7 +52,9 @@ def test_dump_range_sources_duplicates_and_labels(broker: Any, topics: Any, tmp_
     assert got == want, "sorted by (ts, source), the first of a duplicate kept, byte for byte"
     assert "left out 1 duplicate(s), 1 message(s) that are not records" in r.stderr
     assert read_labels(labels) == [LabelInterval("a", 1010.0, 1030.0, "blocked"),
+                                   LabelInterval("b", 1020.0, 1040.0, "unknown"),
                                    LabelInterval("b", 1045.0, 1050.0, "capacity_limit")]
+    assert "3 episodes" in r.stderr and "rename its 1 unknown/silent episode(s)" in r.stderr
 
 
 def test_episodes_clip_and_pair() -> None:
