@@ -60,16 +60,18 @@ def splice_file(name: str, files: tuple[Path, Path], out_dir: Path, overlay: boo
 
 
 def train_without(cfg: Config, held_out: set[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
-                  out: Path, seed: int = 0, splice_dir: Path | None = None) -> Any:
+                  out: Path, seed: int = 0, splice: str | None = None) -> Any:
+    """``splice``: None, ``cut`` or ``overlay`` (the splices are kept beside ``out``, one folder per kind)."""
     from netsiam.trainer.train import train
 
     names = sorted(n for n in traces if n not in held_out)
     data = [traces[n][0] for n in names] + ([sim[0]] if sim else [])
     labels = [traces[n][1] for n in names] + ([sim[1]] if sim else [])
-    if splice_dir is not None:
+    if splice is not None:
+        splice_dir = out.parent / f"splices-{splice}"
         splice_dir.mkdir(parents=True, exist_ok=True)
         for n in names:
-            if (sp := splice_file(n, traces[n], splice_dir, overlay=splice_dir.name.endswith("overlay"))) is not None:
+            if (sp := splice_file(n, traces[n], splice_dir, overlay=splice == "overlay")) is not None:
                 data.append(sp[0])
                 labels.append(sp[1])
     return train(cfg, data, labels, out, seed=seed, exclude_labels=[NOVEL], quiet=True)
@@ -106,11 +108,11 @@ def _line(name: str, res: dict[str, Any]) -> str:
 
 
 def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
-        models: Path, seed: int, splice_dir: Path | None = None) -> dict[str, Any]:
+        models: Path, seed: int, splice: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in held:
         t0 = time.perf_counter()
-        art = train_without(cfg, {name}, traces, sim, models / f"model-{name}", seed, splice_dir)
+        art = train_without(cfg, {name}, traces, sim, models / f"model-{name}", seed, splice)
         res = evaluate_recording(art, traces[name])
         res["train_seconds"] = round(time.perf_counter() - t0, 1)
         res["epochs"] = art.manifest["metrics"]["epochs_run"]
@@ -169,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             write_trace(sim[0], records)
             write_labels(sim[1], labels)
         t0 = time.perf_counter()
-        res = run(cfg, held, traces, sim, Path(args.models) if args.models else tmp, args.seed,
-                  tmp / f"splices-{args.splice}" if args.splice else None)
+        res = run(cfg, held, traces, sim, Path(args.models) if args.models else tmp, args.seed, args.splice)
     doc = {"overrides": args.set, "sim_overrides": args.sim_set, "splice": args.splice, "sim": not args.no_sim, "seed": args.seed, "held_out": held,
            "seconds": round(time.perf_counter() - t0, 1), "recordings": res}
     if args.output or args.report:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +99,10 @@ def build_windows(data: Sequence[str | Path], labels: Sequence[str | Path], cfg:
     return LabelledWindows(w.raw, x, w.end_ts, sources, end_lab, start_lab != end_lab)
 
 
-def refuse_verdicts(label_paths: Sequence[str | Path], exclude: Sequence[str] = (), hint: str = "") -> None:
-    """Refuse label files naming ``unknown`` or ``silent``: a class of that name could not be told from the
+def refuse_verdicts(labels: Iterable[str], hint: str = "") -> None:
+    """Refuse the labels ``unknown`` and ``silent``: a class of that name could not be told from the
     daemon's own novelty / silence verdicts, and scored as truth they would count those verdicts right."""
-    found = sorted({iv.label for p in label_paths for iv in read_labels(p)} & set(VERDICTS) - set(exclude))
+    found = sorted(set(labels) & set(VERDICTS))
     if found:
         raise NetsiamError(f"label(s) {', '.join(found)}: the detector's verdicts, not classes; rename them to what "
                            f"the fault was (a `netsiam dump --labels` draft says unknown where the model could not "

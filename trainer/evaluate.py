@@ -391,7 +391,7 @@ def cli_evaluate(args: argparse.Namespace, cfg: Config) -> int:
         for p in paths:
             if not Path(p).is_file():
                 raise NetsiamError(f"{kind} file not found: {p}")
-    refuse_verdicts(args.labels)
+    refuse_verdicts(iv.label for p in args.labels for iv in read_labels(p))   # before the slow model load
     artifact = load_artifact(args.model)
     cfg = config_for_artifact(cfg, artifact, explicit=getattr(args, "config", None) is not None)
     lw, intervals = load_labelled(args.data, args.labels, cfg)

@@ -35,6 +35,7 @@ __all__ = [
     "add_class",
     "add_support",
     "calibrate_thresholds",
+    "check_class_name",
     "class_points",
     "class_threshold",
     "cli_prototypes",
@@ -139,6 +140,12 @@ def calibrate_thresholds(protos: Prototypes, emb: np.ndarray, labels: np.ndarray
     return used
 
 
+def check_class_name(name: str) -> None:
+    """A class may take any name but none and the detector's own verdicts (``unknown``, ``silent``)."""
+    if not name or name in VERDICTS:
+        raise NetsiamError(f"class name {name!r} is reserved (the detector's verdict) or empty")
+
+
 def add_class(artifact: Artifact, name: str, x_windows: np.ndarray, pcfg: PrototypeConfig | None = None, *,
               seed: int = 0) -> float:
     """Embed ``x_windows`` (N, T, F) and add (or replace) class ``name``; returns its threshold.
@@ -156,8 +163,7 @@ def add_class(artifact: Artifact, name: str, x_windows: np.ndarray, pcfg: Protot
     stands on at least ``min_support`` windows.
     """
     pcfg = pcfg or PrototypeConfig()
-    if not name or name in VERDICTS:
-        raise NetsiamError(f"class name {name!r} is reserved (the detector's verdict) or empty")
+    check_class_name(name)
     x = np.asarray(x_windows, dtype=np.float32)
     if len(x) < pcfg.min_support:
         raise NetsiamError(f"class {name!r}: {len(x)} example window(s), need at least {pcfg.min_support} "
@@ -260,8 +266,7 @@ def cli_prototypes(args: argparse.Namespace, cfg: Config) -> int:
         print(f"removed {args.name!r}; classes: {', '.join(protos.classes)}")
         return 0
     if args.action == "add":
-        if args.name in VERDICTS:   # before reading any window: the name alone is wrong
-            raise NetsiamError(f"class name {args.name!r} is reserved (the detector's verdict)")
+        check_class_name(args.name)   # before reading any window: the name alone can be wrong
         x = _support_windows(args, cfg, artifact)
         replaced = args.name in protos.classes
         thr = add_class(artifact, args.name, x, cfg.prototypes)

@@ -122,14 +122,14 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
 
     # 1. data ------------------------------------------------------------------------------------------
-    refuse_verdicts(label_paths, exclude_labels, hint=", or --exclude-label them")
+    # every labelled class, even one no window ends in (an episode shorter than the start of the first window)
+    labelled = {iv.label for p in label_paths for iv in read_labels(p)} - set(exclude_labels)
+    refuse_verdicts(labelled, hint=", or --exclude-label them")   # before the windowing, the heavy part
     lw, groups, in_train, in_val, overlapping = split_windows(cfg, data_paths, label_paths, exclude_labels)
     tr, va = lw.subset(in_train), lw.subset(in_val)
     aftermath = in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S)
     va_aftermath = aftermath[in_val]
     ranges = _normal_ranges(lw, in_train, aftermath, cfg)                     # before any thinned copies
-    # every labelled class, even one no window ends in (an episode shorter than the start of the first window)
-    labelled = {iv.label for p in label_paths for iv in read_labels(p)} - set(exclude_labels)
     classes = class_order(np.array(sorted(set(lw.labels.tolist()) | labelled), dtype=object))
     if len(classes) < 2:
         raise NetsiamError(f"training needs windows of at least two classes, found {classes or 'none'}")
