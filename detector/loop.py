@@ -31,9 +31,10 @@ from typing import Any
 from kafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from netsiam.config import Config
+from netsiam.config import Config, KafkaConfig
 from netsiam.errors import ServiceError
 from netsiam.kafka_io import client_kwargs, consumer_kwargs, producer_kwargs, quiet_kafka_logs
+from netsiam.producer import require_confluent
 from netsiam.sdnotify import Watchdog, notify
 from netsiam.serving import Artifact
 
@@ -121,6 +122,19 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
 
+def _samples_consumer(k: KafkaConfig) -> Any:
+    """The samples consumer of ``kafka.client``; events, dead letters and rewind markers always go
+    through kafka-python (few messages: librdkafka gains nothing there)."""
+    if k.client == "confluent-kafka":
+        require_confluent()
+        from netsiam.confluent_consumer import ConfluentConsumer, consumer_config
+
+        return ConfluentConsumer(consumer_config(k, None, k.group_id), k.max_poll_records)
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(**consumer_kwargs(k, None, k.group_id))
+
+
 class Daemon:
     """One detector process. ``run()`` blocks until :meth:`request_stop` (or a signal in the CLI)."""
 
@@ -188,8 +202,8 @@ class Daemon:
                                                 on_failure=self._reload_failed,
                                                 serving=lambda: self.pipeline.artifact).start()
                 stack.callback(self._watcher.stop)
-            log.info("consuming topic=%s group=%s bootstrap=%s model=%s", k.topics.samples, k.group_id,
-                     k.bootstrap_servers, self.pipeline.artifact.version)
+            log.info("consuming topic=%s group=%s bootstrap=%s client=%s model=%s", k.topics.samples, k.group_id,
+                     k.bootstrap_servers, k.client, self.pipeline.artifact.version)
             self.started.set()
             notify("READY=1", f"STATUS=consuming {k.topics.samples} (model {self.pipeline.artifact.version})")
             try:
@@ -214,12 +228,10 @@ class Daemon:
 
     def _open(self, stack: contextlib.ExitStack) -> None:
         """Producer, consumer and rewind-marker clients, each closed when ``stack`` unwinds."""
-        from kafka import KafkaConsumer
-
         k = self.cfg.kafka
         try:
             with contextlib.ExitStack() as opening:
-                self.consumer = KafkaConsumer(**consumer_kwargs(k, None, k.group_id))
+                self.consumer = _samples_consumer(k)
                 opening.callback(self.consumer.close, autocommit=False)
                 # the output topics that exist now are the ones awaited after an outage
                 rules = TansuWorkarounds(self.consumer.topics, (k.topics.faults, k.topics.deadletter))

@@ -175,8 +175,9 @@ class TopicsConfig:
 SECRET_KEYS = ("sasl_password", "ssl_password")
 
 
-# kafka.client: the library replay and the collectors publish with (netsiam/producer.py). The daemon
-# and the other consumers use kafka-python whatever this says.
+# kafka.client: the library replay and the collectors publish with (netsiam/producer.py) and the daemon
+# consumes samples with (netsiam/confluent_consumer.py). The daemon's own producer, dump and broker
+# use kafka-python whatever this says.
 KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
 
 

@@ -13,7 +13,8 @@ included) and behave alike where callers depend on it:
 * callbacks: kafka-python runs them on its I/O thread, librdkafka only inside ``poll``/``flush``;
   callers call ``poll(0)`` where they look for acknowledgements, which covers both.
 
-The daemon's consumer and producer (detector/) stay on kafka-python.
+The daemon's producer (detector/) stays on kafka-python; its samples consumer follows
+``kafka.client`` (:mod:`netsiam.confluent_consumer`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from netsiam.kafka_io import producer_kwargs, quiet_kafka_logs
 
 __all__ = [
     "CONFLUENT_HINT",
+    "require_confluent",
     "Delivery",
     "KafkaPythonProducer",
     "Producer",
@@ -125,6 +127,14 @@ def _acked(on_delivery: Delivery, _metadata: Any) -> None:
     on_delivery(None)
 
 
+def require_confluent() -> None:
+    """A missing optional client is a :class:`ConfigError` (exit 4), not an ImportError traceback."""
+    try:
+        import confluent_kafka  # noqa: F401 - only to tell "not installed" from other import errors
+    except ImportError:
+        raise ConfigError(CONFLUENT_HINT) from None
+
+
 def producer_factory(kcfg: KafkaConfig, bootstrap: str | None, *, linger_ms: int = 0, idempotent: bool = True,
                      max_block_ms: int = 60_000, max_buffered: int = 100_000,
                      errors_only: bool = False) -> Callable[[], Producer]:
@@ -138,10 +148,7 @@ def producer_factory(kcfg: KafkaConfig, bootstrap: str | None, *, linger_ms: int
     then hands no per-record report to Python."""
     quiet_kafka_logs()
     if kcfg.client == "confluent-kafka":
-        try:
-            import confluent_kafka  # noqa: F401 - only to tell "not installed" from other import errors
-        except ImportError:
-            raise ConfigError(CONFLUENT_HINT) from None
+        require_confluent()
         from netsiam import confluent_io
 
         conf = confluent_io.producer_config(kcfg, bootstrap, linger_ms=linger_ms, idempotent=idempotent,

@@ -9,6 +9,7 @@ confluent-kafka is not installed (``pip install 'netsiam[confluent]'``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -124,6 +125,13 @@ def test_security_settings_map_to_librdkafka() -> None:
     with pytest.raises(ConfigError, match="use kafka.client: kafka-python"):
         producer_factory(KafkaConfig(client="confluent-kafka", security_protocol="SASL_SSL", sasl_mechanism="GSSAPI"),
                          None)
+    # the daemon's samples consumer: the same security, the group settings of kafka_io.consumer_kwargs
+    from netsiam.confluent_consumer import consumer_config
+
+    cons = consumer_config(dataclasses.replace(k, auto_offset_reset="latest", session_timeout_ms=7000), None, "g")
+    assert {p: v for p, v in cons.items() if p in security_config(k)} == security_config(k)
+    assert (cons["group.id"], cons["enable.auto.commit"], cons["auto.offset.reset"], cons["session.timeout.ms"]) \
+        == ("g", False, "latest", 7000)
 
 
 # -- on the embedded broker -------------------------------------------------------------------------

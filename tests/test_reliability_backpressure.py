@@ -12,6 +12,7 @@ group's committed offsets below the first record whose output was never acknowle
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from helpers import (
     end_offsets,
     labelled_trace,
     make_config,
+    needs_confluent,
     produce,
     read_topic,
     wait_until,
@@ -114,7 +116,7 @@ def paused(d: Daemon, n: int) -> None:
     wait_until(lambda: d.registry.get_sample_value("netsiam_broker_up") == 0, 5, "netsiam_broker_up 0")
 
 
-def start_paused(broker: Any, topics: Any, model_dir: Path
+def start_paused(broker: Any, topics: Any, model_dir: Path, client: str = "kafka-python"
                  ) -> tuple[Config, Daemon, threading.Thread, list[int], list[bytes], int]:
     """A daemon whose first output is never acknowledged: half a trace behind a bad record (its dead
     letter) on partition 0, consumed until the daemon pauses; then the other half is produced, which
@@ -124,6 +126,7 @@ def start_paused(broker: Any, topics: Any, model_dir: Path
     bad = bad_lines()[0][0]
     produce(broker.bootstrap, topics.samples, [bad, *lines[:half]], keys=[b"k"] * (half + 1), partition=0)
     cfg = make_config(broker, topics)
+    cfg = dataclasses.replace(cfg, kafka=dataclasses.replace(cfg.kafka, client=client))  # the samples consumer
     d = Daemon(cfg, load_artifact(model_dir), None, registry=CollectorRegistry())
     t, rc = start(d)
     paused(d, half + 1)
@@ -155,9 +158,13 @@ def test_undeliverable_output_pauses_consumption_and_commits_nothing(
           f"{len(producers.made)} producers")
 
 
+@pytest.mark.parametrize("client", ["kafka-python", pytest.param("confluent-kafka", marks=needs_confluent)])
 def test_consumption_resumes_and_everything_is_delivered_once_a_producer_gets_acks(
-        broker: Any, topics: Any, model_dir: Path, producers: Producers) -> None:
-    cfg, d, t, rc, lines, half = start_paused(broker, topics, model_dir)
+        broker: Any, topics: Any, model_dir: Path, producers: Producers, client: str) -> None:
+    cfg, d, t, rc, lines, half = start_paused(broker, topics, model_dir, client)
+    # paused: the half produced meanwhile stays unconsumed (librdkafka's pre-fetch queue included)
+    time.sleep(1.0)
+    assert consumed(d) == half + 1
 
     producers.stuck.clear()  # the next producer is a real one: the re-sent outputs get through
     back = wait_until(lambda: d.ready()[0], 30, "ready again")

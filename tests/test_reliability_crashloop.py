@@ -12,6 +12,7 @@ campaign (~4 min).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -29,6 +30,7 @@ from helpers import (
     committed,
     labelled_trace,
     make_config,
+    needs_confluent,
     offline_events,
     read_topic,
     same_event,
@@ -40,8 +42,9 @@ pytestmark = pytest.mark.slow
 KILLS = int(os.environ.get("NETSIAM_CRASH_KILLS", "3"))
 
 
+@pytest.mark.parametrize("client", ["kafka-python", pytest.param("confluent-kafka", marks=needs_confluent)])
 def test_sigkill_loop_loses_nothing(broker: Any, topics: Any, model_dir: Path, tmp_path: Path,
-                                    daemons: list[DaemonProc]) -> None:
+                                    daemons: list[DaemonProc], client: str) -> None:
     rng = random.Random(20261123)
     lines, labels = labelled_trace()
     bad = [v for v, _ in bad_lines() if v is not None]
@@ -49,6 +52,7 @@ def test_sigkill_loop_loses_nothing(broker: Any, topics: Any, model_dir: Path, t
     for i, v in enumerate(bad):                        # spread the bad records through the replay
         stream.insert((i + 1) * len(stream) // (len(bad) + 1), v)
     cfg = make_config(broker, topics)
+    cfg = dataclasses.replace(cfg, kafka=dataclasses.replace(cfg.kafka, client=client))  # the samples consumer
     conf = write_config(tmp_path / "config.yaml", cfg)
     # paced so that the replay spans the kills (~8-10 s per life)
     rep = background_replay(stream, broker.bootstrap, topics.samples, speed=1200 / (10 * KILLS + 10))
