@@ -3,7 +3,8 @@
 One broker; two identical pre-filled topics (``PARTITIONS`` partitions, simulated records keyed by
 source, many sources):
 
-* bare: a kafka-python consumer (the daemon's own fetch settings, partitions assigned, no group)
+* bare: a consumer of the daemons' client (kafka-python; ``NETSIAM_KAFKA__CLIENT=confluent-kafka``
+  for librdkafka on both sides) with the daemon's own fetch settings, partitions assigned, no group,
   reads all N records of topic 1; records/s from its first poll with records to its last.
 * one daemon (``netsiam detect`` subprocess, new group) on topic 1: records/s from the first
   scrape where its ``netsiam_records_consumed_total`` is non-zero (records consumed before that
@@ -25,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,24 +145,41 @@ def _committed_total(admin: Any, group: str, topic: str) -> int:
     return sum(max(0, int(o.offset)) for tp, o in offs.items() if tp.topic == topic)
 
 
-def bare_consume(bootstrap: str, topic: str, n: int, broker_pid: int, timeout_s: float = 300.0
-                 ) -> dict[str, float]:
-    """A bare consumer reads the whole topic: records/s from its first records to its n-th, and CPU."""
+def _bare_polls(bootstrap: str, topic: str, client: str) -> tuple[Callable[[], int], Callable[[], None]]:
+    """(poll: the number of records one poll returned, close) of a bare consumer of ``client`` with
+    the daemon's fetch settings, every partition assigned from the beginning, no group."""
+    from netsiam.config import KafkaConfig
+
+    kcfg = KafkaConfig()
+    if client == "confluent-kafka":
+        import confluent_kafka
+
+        from netsiam.confluent_consumer import consumer_config
+
+        ck = confluent_kafka.Consumer(consumer_config(kcfg, bootstrap, _unique("bare")))
+        ck.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
+                   for p in range(PARTITIONS)])
+        return lambda: len(ck.consume(kcfg.max_poll_records, 0.2)), ck.close
     from kafka import KafkaConsumer, TopicPartition
 
-    from netsiam.config import KafkaConfig
     from netsiam.kafka_io import consumer_kwargs
 
-    c = KafkaConsumer(**consumer_kwargs(KafkaConfig(), bootstrap, None))
+    c = KafkaConsumer(**consumer_kwargs(kcfg, bootstrap, None))
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    return lambda: sum(len(v) for v in c.poll(timeout_ms=200).values()), c.close
+
+
+def bare_consume(bootstrap: str, topic: str, n: int, broker_pid: int, timeout_s: float = 300.0,
+                 client: str = "kafka-python") -> dict[str, float]:
+    """A bare consumer reads the whole topic: records/s from its first records to its n-th, and CPU."""
+    poll, close = _bare_polls(bootstrap, topic, client)
     try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        c.assign(tps)
-        c.seek_to_beginning(*tps)
         got, first, t0, cpu0, bcpu0 = 0, 0, 0.0, 0.0, 0.0
         deadline = time.monotonic() + timeout_s
         while got < n and time.monotonic() < deadline:
-            polled = c.poll(timeout_ms=200)
-            k = sum(len(v) for v in polled.values())
+            k = poll()
             if k and not got:
                 t0, cpu0, bcpu0, first = time.perf_counter(), time.process_time(), cpu_seconds(broker_pid), k
             got += k
@@ -170,7 +189,7 @@ def bare_consume(bootstrap: str, topic: str, n: int, broker_pid: int, timeout_s:
         return {"rate": done / dt, "cpu_us": (time.process_time() - cpu0) / done * 1e6,
                 "broker_cpu_us": (cpu_seconds(broker_pid) - bcpu0) / done * 1e6}
     finally:
-        c.close()
+        close()
 
 
 def daemon_rate(procs: Sequence[DaemonProc], admin: Any, group: str, topic: str, n: int, broker_pid: int,
@@ -288,7 +307,10 @@ def bench_e2e(ctx: Ctx) -> dict[str, Any]:
     sim_sources, minutes, copies = (8, 10, 3) if ctx.quick else (20, 25, 10)
     lines = trace_lines(sim_sources, minutes, seed=99, copies=copies)
     n = len(lines)
-    out: dict[str, Any] = {"e2e_records": n, "e2e_sources": sim_sources * copies, "e2e_partitions": PARTITIONS}
+    # the daemons read kafka.client from the environment too (child_env): both sides on one client
+    client = os.environ.get("NETSIAM_KAFKA__CLIENT", "kafka-python")
+    out: dict[str, Any] = {"e2e_records": n, "e2e_sources": sim_sources * copies, "e2e_partitions": PARTITIONS,
+                           "e2e_client": client}
     with start_broker(0, log_path=ctx.tmp / "tansu.log") as bp:
         # two identical pre-filled topics: one for the bare consumer and one daemon (then the latency
         # stream), one for two daemons
@@ -307,7 +329,7 @@ def bench_e2e(ctx: Ctx) -> dict[str, Any]:
         admin = KafkaAdminClient(bootstrap_servers=bp.bootstrap)
         broker = bp.proc.pid
         try:
-            bare = bare_consume(bp.bootstrap, t1.samples, n, broker)
+            bare = bare_consume(bp.bootstrap, t1.samples, n, broker, client=client)
             out["e2e_bare_records_per_s"] = round(bare["rate"])
             # one daemon: throughput, then latency at half that rate
             g1 = _unique("g1")
