@@ -16,7 +16,9 @@ import json
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
+
+from netsiam.kafka_io import ConsumedRecord
 
 __all__ = ["PARTITIONS", "POLL", "cpu_split", "main"]
 
@@ -25,27 +27,18 @@ POLL = 500  # records per partition per poll (kafka-python's max_poll_records de
 T = TypeVar("T")
 
 
-class _Msg(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-
-
-def _partitioned(lines: list[bytes]) -> dict[int, list[_Msg]]:
+def _partitioned(lines: list[bytes]) -> dict[int, list[ConsumedRecord]]:
     import orjson
 
-    parts: dict[int, list[_Msg]] = {p: [] for p in range(PARTITIONS)}
+    parts: dict[int, list[ConsumedRecord]] = {p: [] for p in range(PARTITIONS)}
     for ln in lines:
         key = str(orjson.loads(ln)["source"]).encode()
         msgs = parts[zlib.crc32(key) % PARTITIONS]
-        msgs.append(_Msg("samples", zlib.crc32(key) % PARTITIONS, len(msgs), 0, key, ln))
+        msgs.append(ConsumedRecord("samples", zlib.crc32(key) % PARTITIONS, len(msgs), 0, key, ln))
     return parts
 
 
-def cpu_split(parts: dict[int, list[_Msg]], art: Any) -> dict[str, float]:
+def cpu_split(parts: dict[int, list[ConsumedRecord]], art: Any) -> dict[str, float]:
     """CPU microseconds per record in each stage, for one pass of ``parts`` through a fresh pipeline."""
     from netsiam.config import Config
     from netsiam.detector.batch import run_batch

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 import confluent_kafka
 from kafka.errors import KafkaError
@@ -25,24 +25,13 @@ from kafka.structs import TopicPartition
 
 from netsiam.config import KafkaConfig
 from netsiam.confluent_io import CONNECT_TIMEOUT_S, security_config
-from netsiam.kafka_io import FETCH_MAX_WAIT_MS
+from netsiam.kafka_io import FETCH_MAX_WAIT_MS, ConsumedRecord
 
-__all__ = ["ConfluentConsumer", "ConsumedRecord", "consumer_config"]
+__all__ = ["ConfluentConsumer", "consumer_config"]
 
 log = logging.getLogger("kafka.rdkafka")
 TOPICS_TIMEOUT_S = 5.0       # a metadata round trip blocks the loop at most this long while the broker is away
 PREFETCH_KBYTES = 32 * 1024   # librdkafka's pre-fetch queue (default 64 MiB); kafka-python's fetch_max_bytes
-
-
-class ConsumedRecord(NamedTuple):
-    """The fields of kafka-python's ``ConsumerRecord`` the daemon reads (timestamp in ms)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
 
 
 def consumer_config(kcfg: KafkaConfig, bootstrap: str | None, group_id: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import orjson
@@ -38,6 +38,7 @@ import pytest
 from netsiam.config import Config, KafkaConfig, TopicsConfig, WindowConfig
 from netsiam.features import DEFAULT_FEATURES, RAW_METRICS, derive, required_metrics
 from netsiam.importers.sipp import import_sipp
+from netsiam.kafka_io import ConsumedRecord
 from netsiam.traceio import LabelInterval, Record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -285,15 +286,7 @@ def _static_token_provider() -> Any:
 
 StaticTokenProvider = _static_token_provider()
 
-class Msg(NamedTuple):
-    """A consumed Kafka record as the pipeline reads it (kafka-python's ConsumerRecord, minus the rest)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
+Msg = ConsumedRecord  # a consumed Kafka record as the pipeline reads it
 
 
 TOPIC = "s"  # the samples topic of pipeline tests without a broker
