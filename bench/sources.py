@@ -267,6 +267,7 @@ class Sample:
     broker_cpu: float = 0.0
     driver_cpu: float = 0.0
     foreign_cores: float = 0.0  # every other process (the whole period, set by the caller)
+    gen: int = 0                # the driver's generations started, from the same progress line as ``sent``
 
     @property
     def lag(self) -> float:
@@ -387,15 +388,18 @@ class Bench:
             consumed=s.value("netsiam_records_consumed_total"), windows=s.value("netsiam_windows_embedded_total"),
             embed_s=s.value("netsiam_embed_batch_seconds_sum"), batches=s.value("netsiam_embed_batch_size_count"),
             batch_windows=s.value("netsiam_embed_batch_size_sum"), daemon_cpu=self.daemon.cpu(),
-            broker_cpu=cpu_seconds(self.broker_pid), driver_cpu=float(progress.get("cpu", 0.0))), behind
+            broker_cpu=cpu_seconds(self.broker_pid), driver_cpu=float(progress.get("cpu", 0.0)),
+            gen=int(progress.get("gen", 0))), behind
 
     def _drained(self, gen: int, timeout_s: float) -> Sample | None:
         """Wait until the driver has sent generation ``gen``'s warm-up and the daemon has consumed
         every record sent; the sample then, or None after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            # gen and sent from one progress line: read apart, a line printed in between (the
+            # warm-up just sent) paired the new gen with the old count and ended the drain at once
             s, _ = self.sample()
-            if self.driver.take()[0].get("gen") == gen and s.consumed >= s.sent:
+            if s.gen == gen and s.consumed >= s.sent:
                 return s
             time.sleep(0.5)
         return None
