@@ -213,3 +213,28 @@ def test_replay_over_tls_to_the_embedded_broker(tmp_path: Path) -> None:
         wrong = KafkaConfig(client="confluent-kafka", security_protocol="SSL", ssl_cafile=str(other))
         with pytest.raises(ServiceError, match="cannot reach the broker"):
             replay_lines(lines[:1], bp.bootstrap, tc.samples, kafka=wrong)
+
+
+@needs_confluent
+def test_repeated_librdkafka_lines_are_held_back() -> None:
+    """A broker away: librdkafka's reconnect failures, ~20 a second, come out once a minute with a count."""
+    import logging
+
+    from netsiam.confluent_io import RepeatFilter
+
+    now = [0.0]
+    f = RepeatFilter(60.0, clock=lambda: now[0])
+
+    def line(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("kafka.rdkafka", logging.ERROR, __file__, 1, "%s", (msg,), None)
+
+    fail = "FAIL [netsiam#consumer-1] [thrd:127.0.0.1:9092/bootstrap]: Connect failed (after {}ms in state CONNECT)"
+    passed = []
+    for i in range(200):                      # 100 failures in 5 s, then one every 0.6 s to 64 s
+        now[0] = i * 0.05 if i < 100 else 5 + (i - 100) * 0.6
+        rec = line(fail.format(i % 7))
+        if f.filter(rec):
+            passed.append(rec.getMessage())
+    assert f.filter(line("another line")) and len(passed) == 2
+    assert passed[0] == fail.format(0)
+    assert passed[1].startswith(fail.format(0)[:40]) and passed[1].endswith(" like it in the last 60 s)")
