@@ -168,7 +168,8 @@ class Offsets:
     # kafka-python 3 runs rebalance listeners on its IO thread, where blocking calls (commit,
     # committed, seek to a fetched marker) are refused. The listener therefore only pauses newly
     # assigned partitions and queues the change; the main thread applies it right after poll
-    # returns: it drops or keeps state, seeks to the replay-from marker and resumes.
+    # returns: it drops or keeps state, seeks to the replay-from marker and resumes. (librdkafka,
+    # netsiam/confluent_consumer.py, calls the listener inside poll on the main thread: same order.)
     def note_revoked(self, revoked: set[Any]) -> None:
         with self._lock:
             self._queue.append(("revoked", revoked))

@@ -25,7 +25,7 @@ from netsiam.errors import ConfigError
 from netsiam.kafka_io import RECONNECT_BACKOFF_MAX_MS, bootstrap_list
 from netsiam.producer import Delivery, PublishError
 
-__all__ = ["MAPPED_SASL", "ConfluentProducer", "RepeatFilter", "producer_config", "security_config"]
+__all__ = ["MAPPED_SASL", "ConfluentProducer", "RepeatFilter", "log", "on_error", "producer_config", "security_config"]
 
 MAPPED_SASL = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 DELIVERY_TIMEOUT_MS = 120_000   # kafka-python's delivery_timeout_ms (librdkafka's default is 300 s)
@@ -120,7 +120,7 @@ def producer_config(kcfg: KafkaConfig, bootstrap: str | None, *, linger_ms: int 
         "partitioner": "murmur2_random",
         "enable.idempotence": idempotent,
         "logger": log,
-        "error_cb": _on_error,
+        "error_cb": on_error,
     }
     if not idempotent:
         conf["max.in.flight.requests.per.connection"] = 1
@@ -129,8 +129,9 @@ def producer_config(kcfg: KafkaConfig, bootstrap: str | None, *, linger_ms: int 
     return conf
 
 
-def _on_error(err: Any) -> None:
-    # "all brokers down" and the like: callers report broker state themselves (as with kafka-python)
+def on_error(err: Any) -> None:
+    """librdkafka's error callback: "all brokers down" and the like; callers report broker state
+    themselves (as with kafka-python)."""
     log.debug("librdkafka: %s", err)
 
 

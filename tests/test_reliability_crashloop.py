@@ -77,6 +77,7 @@ def test_sigkill_loop_loses_nothing(broker: Any, topics: Any, model_dir: Path, t
         time.sleep(0.3)
     assert sum(v or 0 for v in done.values()) == total
     assert last.stop(signal.SIGTERM) == 0
+    assert f"client={client} " in last.text()
     print(f"crash loop: {kills} SIGKILLs survived, {total} records")
 
     samples = read_topic(broker.bootstrap, topics.samples)
