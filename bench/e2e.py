@@ -301,14 +301,15 @@ def bench_e2e(ctx: Ctx) -> dict[str, Any]:
     from kafka import KafkaAdminClient
 
     from netsiam.broker import create_topics, start_broker
-    from netsiam.config import TopicsConfig
+    from netsiam.config import KafkaConfig, TopicsConfig
     from netsiam.replay import replay_lines
+    from netsiam.settings import env_overrides
 
     sim_sources, minutes, copies = (8, 10, 3) if ctx.quick else (20, 25, 10)
     lines = trace_lines(sim_sources, minutes, seed=99, copies=copies)
     n = len(lines)
     # the daemons read kafka.client from the environment too (child_env): both sides on one client
-    client = os.environ.get("NETSIAM_KAFKA__CLIENT", "kafka-python")
+    client = str(env_overrides(os.environ).get("kafka.client", KafkaConfig().client))
     out: dict[str, Any] = {"e2e_records": n, "e2e_sources": sim_sources * copies, "e2e_partitions": PARTITIONS,
                            "e2e_client": client}
     with start_broker(0, log_path=ctx.tmp / "tansu.log") as bp:

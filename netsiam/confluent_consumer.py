@@ -155,18 +155,15 @@ class ConfluentConsumer:
     def resume(self, *tps: TopicPartition) -> None:
         self._c.resume(_ck(tps))
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self._seek(tp, offset)
-
     def seek_to_beginning(self, *tps: TopicPartition) -> None:
         for tp in tps:
-            self._seek(tp, confluent_kafka.OFFSET_BEGINNING)
+            self.seek(tp, confluent_kafka.OFFSET_BEGINNING)
 
     def seek_to_end(self, *tps: TopicPartition) -> None:
         for tp in tps:
-            self._seek(tp, confluent_kafka.OFFSET_END)
+            self.seek(tp, confluent_kafka.OFFSET_END)
 
-    def _seek(self, tp: TopicPartition, offset: int) -> None:
+    def seek(self, tp: TopicPartition, offset: int) -> None:
         deadline = time.monotonic() + SEEK_RETRY_S
         while True:
             try:

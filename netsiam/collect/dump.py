@@ -143,7 +143,8 @@ def dump(bootstrap: str, topic: str, output: str, *, kafka: KafkaConfig | None =
         kept[(src, ts)] = (ts, src, value.strip())
     rows = sorted(kept.values(), key=lambda r: (r[0], r[1]))
     atomic_write_bytes(output, b"".join(v + b"\n" for _, _, v in rows))
-    n_eps = verdicts = 0
+    n_eps = 0
+    said = f"dump: {len(rows)} records ({len({r[1] for r in rows})} sources) -> {output}"
     if labels:
         events = []
         for value in read_topic_values(bootstrap, faults_topic, kafka):
@@ -155,10 +156,14 @@ def dump(bootstrap: str, topic: str, output: str, *, kafka: KafkaConfig | None =
         eps = episodes_from_events(events, lo, hi if math.isfinite(hi) else last, wanted)
         n_eps = write_labels(labels, eps)
         verdicts = sum(iv.label in VERDICTS for iv in eps)
-    print(f"dump: {len(rows)} records ({len({r[1] for r in rows})} sources) -> {output}"
-          + (f"; {n_eps} episodes -> {labels} (a draft: check it before training"
-             + (f"; rename its {verdicts} unknown/silent episode(s) to what they were, or delete them: train "
-                "and evaluate refuse them" if verdicts else "") + ")" if labels else "")
-          + (f"; left out {duplicates} duplicate(s)" if duplicates else "")
-          + (f", {skipped} message(s) that are not records" if skipped else ""), file=sys.stderr)
+        said += f"; {n_eps} episodes -> {labels} (a draft: check it before training"
+        if verdicts:
+            said += (f"; rename its {verdicts} unknown/silent episode(s) to what they were, or delete them: "
+                     "train and evaluate refuse them")
+        said += ")"
+    if duplicates:
+        said += f"; left out {duplicates} duplicate(s)"
+    if skipped:
+        said += f", {skipped} message(s) that are not records"
+    print(said, file=sys.stderr)
     return DumpResult(len(rows), skipped, duplicates, n_eps)
