@@ -117,6 +117,7 @@ def test_busy_spell_step_is_not_a_leak_but_a_leak_still_fails() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # beside another test worker it would find the machine busy and skip its verdict
 def test_soak_two_minutes(tmp_path: Path) -> None:
     """``make soak`` in 2 minutes: half the measured max load, nothing lost, RSS and latency flat."""
     res = soak(2.0, log=lambda s: print(s, flush=True))
