@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from netsiam.config import KafkaConfig
 from netsiam.errors import ConfigError
 
-__all__ = ["FETCH_MAX_WAIT_MS", "ConsumedRecord", "bootstrap_list", "client_kwargs", "consumer_kwargs", "producer_kwargs", "quiet_kafka_logs"]
+__all__ = ["FETCH_MAX_WAIT_MS", "ClosedTransportFilter", "ConsumedRecord", "bootstrap_list", "client_kwargs", "consumer_kwargs", "producer_kwargs", "quiet_kafka_logs"]
 
 # Tansu answers a fetch over several partitions only when fetch_max_wait_ms expires, even once data
 # is there (kafka-python's default 500 ms gave a record->consumer p50 of 150 ms, p99 290 ms; 50 ms
@@ -137,6 +137,25 @@ def producer_kwargs(kcfg: KafkaConfig, bootstrap: str | None, linger_ms: int = 0
     return kw
 
 
+class ClosedTransportFilter(logging.Filter):
+    """Drops kafka-python's traceback for a read of a socket it has just closed itself.
+
+    Its network thread can read once more after ``close()`` set the socket to None (seen when the
+    daemon stops): ``<KafkaTCPTransport ... (closed)>: Error receiving network data`` with an
+    AttributeError. Nothing is lost and there is nothing to act on; any other error still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, AttributeError) and "(closed)>" in record.getMessage())
+
+
+_CLOSED_TRANSPORT = ClosedTransportFilter()
+
+
 def quiet_kafka_logs() -> None:
     """kafka-python logs every reconnect attempt at WARNING; the daemon reports broker state itself."""
     logging.getLogger("kafka").setLevel(logging.ERROR)
+    transport = logging.getLogger("kafka.net.transport")  # a logger's filters see only its own records
+    if _CLOSED_TRANSPORT not in transport.filters:
+        transport.addFilter(_CLOSED_TRANSPORT)
