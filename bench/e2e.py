@@ -355,14 +355,48 @@ def bench_e2e(ctx: Ctx) -> dict[str, Any]:
     return out
 
 
-if __name__ == "__main__":  # pragma: no cover - manual runs: python -m bench.e2e [--quick] MODEL_DIR
+def latency_sweep(ctx: Ctx, rates: Sequence[float], detector: Any = None) -> Iterator[dict[str, Any]]:
+    """Record->event latency alone at each offered rate: a fresh broker, topic and daemon per rate."""
+    from kafka import KafkaAdminClient
+
+    from netsiam.broker import create_topics, start_broker
+    from netsiam.config import TopicsConfig
+
+    for r in rates:
+        with start_broker(0, log_path=ctx.tmp / "tansu-latency.log") as bp:
+            name = _unique("lat")
+            t = TopicsConfig(samples=f"{name}.samples", faults=f"{name}.faults", deadletter=f"{name}.dl",
+                             samples_partitions=PARTITIONS)
+            create_topics(bp.bootstrap, t)
+            admin = KafkaAdminClient(bootstrap_servers=bp.bootstrap)
+            try:
+                g = _unique("g")
+                with daemons(1, ctx, bp.bootstrap, t, g, detector) as (d,):
+                    yield {"rate": r, **measure_latency(ctx, d, bp.bootstrap, t, admin, g, r, 0)}
+            finally:
+                admin.close()
+
+
+if __name__ == "__main__":  # pragma: no cover - manual runs: python -m bench.e2e [--quick] [--latency R,R..] MODEL_DIR
+    import argparse
     import json
     import shutil
 
-    quick = "--quick" in sys.argv
-    model = Path([a for a in sys.argv[1:] if not a.startswith("--")][0])
-    ctx = Ctx(quick=quick, model=model)
+    ap = argparse.ArgumentParser(prog="python -m bench.e2e")
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--latency", default="", help="only the latency, at these records/s (comma-separated)")
+    ap.add_argument("--batch-wait-ms", type=int, default=None, help="with --latency: the daemon's detector.batch_wait_ms")
+    args = ap.parse_args()
+    ctx = Ctx(quick=args.quick, model=args.model)
+    from netsiam.config import DetectorConfig
+
+    det = None if args.batch_wait_ms is None else DetectorConfig(batch_wait_ms=args.batch_wait_ms)
     try:
-        print(json.dumps(bench_e2e(ctx), indent=2))
+        if args.latency:
+            for row in latency_sweep(ctx, [float(x) for x in args.latency.split(",")], det):
+                print(json.dumps(row), flush=True)
+        else:
+            print(json.dumps(bench_e2e(ctx), indent=2))
     finally:
         shutil.rmtree(ctx.tmp, ignore_errors=True)
