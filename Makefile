@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml deploy/install-system-deps.sh
 	bash deploy/install-system-deps.sh
 	touch $(STAMP)
 
-# Two workers: most tests wait on a broker, a subprocess or real time rather than a core (31 -> ~19
+# Two workers: most tests wait on a broker, a subprocess or real time rather than a core (31 -> ~21
 # minutes on 2 cores). A test that judges its timing against the machine's load runs alone afterwards.
 test: install
 	$(VENV)/bin/pytest -q -ra -n 2 -m "not serial"
