@@ -2,7 +2,8 @@
 
 The slow test runs :func:`bench.soak.run.soak` (embedded broker, a real ``netsiam detect`` with the shipped
 model, half the daemon's measured maximum load, looped simulated trace with faults) for 2 minutes and
-asserts what ``make soak`` asserts over 20: nothing lost, RSS and latency flat by :func:`bench.soak.criteria.assess`.
+asserts what ``make soak`` asserts over 20: nothing lost, RSS, latency and the daemon's CPU per record flat by
+:func:`bench.soak.criteria.assess`.
 The fast tests prove that criterion fails on a leak and on rising latency, so "flat" means something.
 """
 
@@ -116,6 +117,24 @@ def test_busy_spell_step_is_not_a_leak_but_a_leak_still_fails() -> None:
     assert assess(leak, lat, dur, foreign=spell)["rss_flat"] is False
 
 
+def test_a_feed_behind_its_schedule_leaves_latency_unjudged_but_a_costlier_record_still_fails() -> None:
+    """Latency rising while the soak's own feed falls behind (the machine saturated by broker, daemon and
+    feed, as measured: feed 0.05 -> 4.9 s behind, p99 234 -> 809 ms) is the machine, not the daemon: not
+    judged. The daemon's CPU per record is judged whatever the feed does."""
+    rss, lat, dur = series(2, lat_per_s=5.0)
+    late = [(t, 0.1 if t < 80 else 2.0) for t in np.arange(5.0, dur + 1, 5.0)]
+    res = assess(rss, lat, dur, feed_behind=late, cpu_us_per_record=(128.0, 120.0))
+    assert res["latency_flat"] is None and res["cpu_flat"] is True and res["flat"] is None
+    assert res["saturated_share"] > 0.3 and any("saturated" in r for r in res["reasons"])
+    assert assess(rss, lat, dur, cpu_us_per_record=(128.0, 120.0))["latency_flat"] is False  # else: judged
+    res = assess(rss, lat, dur, feed_behind=late, cpu_us_per_record=(128.0, 180.0))
+    assert res["cpu_flat"] is False and res["flat"] is False
+    assert any("CPU per record 128 -> 180" in r for r in res["reasons"])
+    ok_rss, ok_lat, _ = series(2)
+    short = [(t, 0.1 if t < 80 else 2.0) for t in np.arange(5.0, 80.0, 5.0)]  # on schedule: all judged
+    assert assess(ok_rss, ok_lat, dur, feed_behind=short, cpu_us_per_record=(128.0, 120.0))["flat"] is True
+
+
 @pytest.mark.slow
 @pytest.mark.serial  # beside another test worker it would find the machine busy and skip its verdict
 def test_soak_two_minutes(tmp_path: Path) -> None:
@@ -127,7 +146,9 @@ def test_soak_two_minutes(tmp_path: Path) -> None:
     assert res["offered_records_per_s"] > 0 and res["events_matched"] > 0, brief
     assert res["rss_flat"] is not False, f"{res['reasons']}\n{brief}"
     assert res["latency_flat"] is not False, f"{res['reasons']}\n{brief}"
+    assert res["cpu_flat"] is not False, f"{res['reasons']}\n{brief}"
     if res["flat"] is None:
-        pytest.skip(f"other processes kept the machine busy ({res['busy_share']:.0%} of the judged run, "
-                    f"{res['foreign_cpu_cores_mean']} cores): {'; '.join(res['reasons'])}")
+        pytest.skip(f"not judged: other processes kept the machine busy in {res['busy_share']:.0%} of the judged "
+                    f"run ({res['foreign_cpu_cores_mean']} cores), the soak's own feed fell behind in "
+                    f"{res['saturated_share']:.0%}: {'; '.join(res['reasons'])}")
     assert res["flat"] is True and res["ok"], brief

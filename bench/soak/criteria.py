@@ -6,7 +6,11 @@ their working size) and every bin in which other processes on the shared machine
 the daemon. Where fewer than ``MIN_QUIET`` of the compared bins are quiet the verdict is None ("not
 judged", never a pass). RSS: the least-squares slope through the quiet samples, one level per quiet
 stretch, may rise by at most max(``RSS_REL`` x mean, ``RSS_ABS_MIB``) over the judged span. Latency:
-p50 and p99 of the last third against the first third (factors + ``LAT_ABS_MS``).
+p50 and p99 of the last third against the first third (factors + ``LAT_ABS_MS``), leaving out bins
+where the soak's own feed ran more than ``FEED_MAX_BEHIND_S`` behind its schedule too: the machine is
+then saturated by the soak itself (the embedded broker's cost grows with its log) and latency measures
+the machine. The daemon's CPU per record, which saturation does not inflate, is judged instead, always:
+the last third may cost at most ``CPU_FACTOR`` x the first.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FOREIGN_MAX_CORES", "RSS_ABS_MIB", "WARMUP_FRACTION", "assess", "busy_bins", "criteria", "fit_slope",
-           "percentile", "pooled_slope"]
+__all__ = ["CPU_FACTOR", "FEED_MAX_BEHIND_S", "FOREIGN_MAX_CORES", "RSS_ABS_MIB", "WARMUP_FRACTION", "assess",
+           "busy_bins", "criteria", "fit_slope", "percentile", "pooled_slope", "saturated_bins"]
 
 WARMUP_FRACTION = 0.2
 # The daemon's RSS (~650 MiB, mostly TensorFlow and the model) jitters by +-5 MiB and steps by 5-10 MiB
@@ -35,6 +39,10 @@ MIN_EVENTS = 30
 MAX_UNMATCHED = 0.01
 FOREIGN_MAX_CORES = 0.25       # a bin where other processes used more CPU than this is "busy"
 MIN_QUIET = 0.5                # judge only when at least this share of the bins compared is quiet
+FEED_MAX_BEHIND_S = 0.5        # a bin where the feed fell further behind is "saturated" (latency not judged)
+# Measured first -> last third: 138 -> 127, 128 -> 120 us (2 min), 60.3 -> 58.7 us (20 min): a cost per
+# record that grows by a third is not noise.
+CPU_FACTOR = 1.3
 
 
 def fit_slope(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
@@ -73,13 +81,22 @@ def busy_bins(foreign: Sequence[tuple[float, float]], bin_s: float) -> set[int]:
     return busy | {b + 1 for b in busy}
 
 
+def saturated_bins(feed_behind: Sequence[tuple[float, float]], bin_s: float) -> set[int]:
+    """Bins in which the feed fell more than ``FEED_MAX_BEHIND_S`` behind its schedule, each with the bin
+    after it. ``feed_behind``: (seconds at the end of a sample, the most it was behind since the last)."""
+    late = {int(max(0.0, t - 0.5 * bin_s) // bin_s) for t, behind in feed_behind if behind > FEED_MAX_BEHIND_S}
+    return late | {b + 1 for b in late}
+
+
 def assess(rss: Sequence[tuple[float, float]], latencies: Sequence[tuple[float, float]], duration_s: float,
            *, foreign: Sequence[tuple[float, float]] = (), bin_s: float | None = None,
-           unmatched: int = 0) -> dict[str, Any]:
-    """Are RSS and latency flat? ``rss``: (seconds since the start, MiB); ``latencies``: (event time in
-    seconds since the start, record->event ms); ``foreign``: (seconds, CPU cores used by processes
-    outside the soak); ``duration_s``: the length of the loaded run (later points are ignored);
-    ``unmatched``: events whose triggering record was not found.
+           unmatched: int = 0, feed_behind: Sequence[tuple[float, float]] = (),
+           cpu_us_per_record: tuple[float | None, float | None] = (None, None)) -> dict[str, Any]:
+    """Are RSS, latency and the daemon's CPU per record flat? ``rss``: (seconds since the start, MiB);
+    ``latencies``: (event time in seconds since the start, record->event ms); ``foreign``: (seconds, CPU
+    cores used by processes outside the soak); ``duration_s``: the length of the loaded run (later
+    points are ignored); ``unmatched``: events whose triggering record was not found; ``feed_behind``:
+    see :func:`saturated_bins`; ``cpu_us_per_record``: the daemon's, first and last third.
 
     Returns the figures and ``rss_flat``, ``latency_flat``, ``flat``: True, False, or None where the
     machine was too busy to judge, with ``reasons`` for each non-True.
@@ -88,19 +105,21 @@ def assess(rss: Sequence[tuple[float, float]], latencies: Sequence[tuple[float, 
     third = (duration_s - warm) / 3.0
     bin_s = bin_s or (10.0 if duration_s >= 600 else 5.0)
     busy = busy_bins(foreign, bin_s)
+    unjudged = busy | saturated_bins(feed_behind, bin_s)   # for latency
 
-    def quiet(t: np.ndarray) -> np.ndarray:
-        return ~np.isin(np.floor(t / bin_s).astype(np.int64), list(busy))
+    def quiet(t: np.ndarray, skip: set[int] = busy) -> np.ndarray:
+        return ~np.isin(np.floor(t / bin_s).astype(np.int64), list(skip))
 
-    def quiet_share(a: float, b: float) -> float:
+    def quiet_share(a: float, b: float, skip: set[int] = busy) -> float:
         mids = np.arange(math.floor(a / bin_s), math.ceil(b / bin_s)) * bin_s + bin_s / 2
         mids = mids[(mids >= a) & (mids < b)]
-        return float(quiet(mids).mean()) if len(mids) else 1.0
+        return float(quiet(mids, skip).mean()) if len(mids) else 1.0
 
     fc = np.asarray([c for t, c in foreign if warm <= t <= duration_s], dtype=np.float64)
     out: dict[str, Any] = {"warmup_s": round(warm, 1), "bin_s": bin_s,
                            "foreign_cpu_cores_mean": round(float(fc.mean()), 2) if len(fc) else None,
-                           "busy_share": round(1.0 - quiet_share(warm, duration_s), 2)}
+                           "busy_share": round(1.0 - quiet_share(warm, duration_s), 2),
+                           "saturated_share": round(1.0 - quiet_share(warm, duration_s, unjudged - busy), 2)}
     reasons: list[str] = []
 
     # -- RSS: least squares over the quiet 1-s samples after the warm-up, one level per quiet stretch
@@ -138,7 +157,7 @@ def assess(rss: Sequence[tuple[float, float]], latencies: Sequence[tuple[float, 
 
     # -- latency: quiet events of the first vs the last third after the warm-up
     lat = np.asarray([p for p in latencies if warm <= p[0] <= duration_s], dtype=np.float64).reshape(-1, 2)
-    lq = lat[quiet(lat[:, 0])]
+    lq = lat[quiet(lat[:, 0], unjudged)]
     first = lq[lq[:, 0] < warm + third, 1]
     last = lq[lq[:, 0] >= duration_s - third, 1]
     p50f, p50l, p99f, p99l = percentile(first, 50), percentile(last, 50), percentile(first, 99), percentile(last, 99)
@@ -163,11 +182,11 @@ def assess(rss: Sequence[tuple[float, float]], latencies: Sequence[tuple[float, 
     if total and unmatched > MAX_UNMATCHED * total:
         ok = False
         reasons.append(f"{unmatched}/{total} events not matched to their record")
-    shares = (quiet_share(warm, warm + third), quiet_share(duration_s - third, duration_s))
+    shares = (quiet_share(warm, warm + third, unjudged), quiet_share(duration_s - third, duration_s, unjudged))
     if min(shares) < MIN_QUIET:
         ok = None if ok else ok
-        reasons.append(f"latency not judged: the machine was busy in {1 - shares[0]:.0%} of the first third"
-                       f" and {1 - shares[1]:.0%} of the last")
+        reasons.append(f"latency not judged: the machine was busy or saturated (the feed > {FEED_MAX_BEHIND_S} s"
+                       f" behind) in {1 - shares[0]:.0%} of the first third and {1 - shares[1]:.0%} of the last")
     elif len(first) < MIN_EVENTS or len(last) < MIN_EVENTS:
         ok = False
         reasons.append(f"too few events to judge latency ({len(first)} first third, {len(last)} last third)")
@@ -180,7 +199,14 @@ def assess(rss: Sequence[tuple[float, float]], latencies: Sequence[tuple[float, 
             ok = False
             reasons.append(f"latency p99 {p99f:.0f} -> {p99l:.0f} ms (> {LAT_P99_FACTOR}x + {LAT_ABS_MS:.0f} ms)")
     out["latency_flat"] = ok
-    verdicts = (out["rss_flat"], ok)
+    cpu: bool | None = None
+    c0, c1 = cpu_us_per_record
+    if c0 and c1 is not None:
+        cpu = bool(c1 <= CPU_FACTOR * c0)
+        if not cpu:
+            reasons.append(f"daemon CPU per record {c0:.0f} -> {c1:.0f} us (> {CPU_FACTOR}x)")
+    out["cpu_flat"] = cpu
+    verdicts = (out["rss_flat"], ok) if cpu is None else (out["rss_flat"], ok, cpu)
     out["flat"] = False if False in verdicts else (None if None in verdicts else True)
     out["reasons"] = reasons
     return out
@@ -190,4 +216,4 @@ def criteria() -> dict[str, float]:
     return {"warmup_fraction": WARMUP_FRACTION, "rss_rel": RSS_REL, "rss_abs_mib": RSS_ABS_MIB,
             "lat_p50_factor": LAT_P50_FACTOR, "lat_p99_factor": LAT_P99_FACTOR, "lat_abs_ms": LAT_ABS_MS,
             "min_events": MIN_EVENTS, "max_unmatched": MAX_UNMATCHED, "foreign_max_cores": FOREIGN_MAX_CORES,
-            "min_quiet": MIN_QUIET}
+            "min_quiet": MIN_QUIET, "feed_max_behind_s": FEED_MAX_BEHIND_S, "cpu_factor": CPU_FACTOR}

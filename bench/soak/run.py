@@ -178,6 +178,7 @@ def _run(daemon: DaemonProc, bp: Any, admin: Any, topics: Any, group: str, rate:
     drained_at: float | None = None
     stop_sent = False
     next_rss = next_sample = 0.0
+    sampled_ticks = 0
     end_offsets: list[int] = []
     committed: dict[int, int] = {}
     foreign_cpu: ForeignCpu | None = None
@@ -236,7 +237,10 @@ def _run(daemon: DaemonProc, bp: Any, admin: Any, topics: Any, group: str, rate:
                         "lag": s.value("netsiam_consumer_lag", topic=topics.samples),
                         "committed": sum(committed.values()),
                         "sent": ticks[-1]["sent"] if ticks else 0,
+                        # how far the feed fell behind its schedule since the last sample (it then catches up)
+                        "feed_behind_s": max((t["behind_s"] for t in ticks[sampled_ticks:]), default=0.0),
                         "events": sum(1 for t, _ in lat if t >= now - sample_s)})
+                    sampled_ticks = len(ticks)
                     x = samples[-1]
                     say(f"soak: t={now:5.0f}s rss={x['rss_mib'] or 0:.1f} MiB consumed={x['consumed']:.0f} "
                         f"lag={x['lag']:.0f} events={len(lat)} other-cpu={x['foreign_cores'] or 0:.2f}")
@@ -288,7 +292,10 @@ def _run(daemon: DaemonProc, bp: Any, admin: Any, topics: Any, group: str, rate:
             for who in ("daemon", "broker"):
                 out[f"{who}_cpu_us_per_record_{name}_third"] = round(
                     (sel[-1][f"{who}_cpu_s"] - sel[0][f"{who}_cpu_s"]) / (sel[-1]["consumed"] - sel[0]["consumed"]) * 1e6, 1)
-    out.update(assess(rss, lat, seconds, foreign=foreign, bin_s=sample_s, unmatched=final["unmatched"]))
+    out.update(assess(rss, lat, seconds, foreign=foreign, bin_s=sample_s, unmatched=final["unmatched"],
+                      feed_behind=[(s["t"], s["feed_behind_s"]) for s in samples if s["t"] <= seconds],
+                      cpu_us_per_record=(out.get("daemon_cpu_us_per_record_first_third"),
+                                         out.get("daemon_cpu_us_per_record_last_third"))))
     lost = []
     if done["failed"] or done.get("error"):
         lost.append(f"{done['failed']} sends failed: {done.get('error')}")
