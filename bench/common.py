@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +16,27 @@ from typing import Any
 
 import orjson
 
-__all__ = ["REPO", "Ctx", "best_rates", "child_env", "rate", "run_json", "trace_lines", "wall_and_cpu_rates"]
+__all__ = ["REPO", "Ctx", "best_rates", "child_env", "new_topics", "rate", "run_json", "trace_lines",
+           "unique_name", "wall_and_cpu_rates"]
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def unique_name(prefix: str) -> str:
+    """``bench-PREFIX-xxxxxxxx``: a topic or group no earlier run used."""
+    return f"bench-{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def new_topics(bootstrap: str, tag: str, partitions: int) -> Any:
+    """A fresh set of topics for one benchmark run (unique names ``bench-TAG-xxxxxxxx.*``), created."""
+    from netsiam.broker import create_topics
+    from netsiam.config import TopicsConfig
+
+    name = unique_name(tag)
+    topics = TopicsConfig(samples=f"{name}.samples", faults=f"{name}.faults", deadletter=f"{name}.dl",
+                          samples_partitions=partitions)
+    create_topics(bootstrap, topics)
+    return topics
 
 
 @dataclass

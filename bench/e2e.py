@@ -32,7 +32,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ import numpy as np
 import orjson
 import yaml
 
-from bench.common import REPO, Ctx, child_env, run_json, trace_lines
+from bench.common import REPO, Ctx, child_env, new_topics, run_json, trace_lines, unique_name
 from bench.procstats import cpu_seconds
 from bench.scrape import Scrape, scrape
 from netsiam.broker import stop_process
@@ -56,10 +55,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     # PR_SET_PDEATHSIG: a daemon left behind by a killed benchmark would reconnect forever
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
-def _unique(prefix: str) -> str:
-    return f"bench-{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -156,7 +151,7 @@ def _bare_polls(bootstrap: str, topic: str, client: str) -> tuple[Callable[[], i
 
         from netsiam.confluent_consumer import consumer_config
 
-        ck = confluent_kafka.Consumer(consumer_config(kcfg, bootstrap, _unique("bare")))
+        ck = confluent_kafka.Consumer(consumer_config(kcfg, bootstrap, unique_name("bare")))
         ck.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
                    for p in range(PARTITIONS)])
         return lambda: len(ck.consume(kcfg.max_poll_records, 0.2)), ck.close
@@ -300,8 +295,8 @@ def measure_latency(ctx: Ctx, proc: DaemonProc, bootstrap: str, topics: Any, adm
 def bench_e2e(ctx: Ctx) -> dict[str, Any]:
     from kafka import KafkaAdminClient
 
-    from netsiam.broker import create_topics, start_broker
-    from netsiam.config import KafkaConfig, TopicsConfig
+    from netsiam.broker import start_broker
+    from netsiam.config import KafkaConfig
     from netsiam.replay import replay_lines
     from netsiam.settings import env_overrides
 
@@ -317,10 +312,7 @@ def bench_e2e(ctx: Ctx) -> dict[str, Any]:
         # stream), one for two daemons
         topics = []
         for tag in ("one", "two"):
-            name = _unique(tag)
-            t = TopicsConfig(samples=f"{name}.samples", faults=f"{name}.faults", deadletter=f"{name}.dl",
-                             samples_partitions=PARTITIONS)
-            create_topics(bp.bootstrap, t)
+            t = new_topics(bp.bootstrap, tag, PARTITIONS)
             stats = replay_lines(lines, bp.bootstrap, t.samples)
             if stats.failed:
                 raise RuntimeError(f"pre-fill failed: {stats.error}")
@@ -333,14 +325,14 @@ def bench_e2e(ctx: Ctx) -> dict[str, Any]:
             bare = bare_consume(bp.bootstrap, t1.samples, n, broker, client=client)
             out["e2e_bare_records_per_s"] = round(bare["rate"])
             # one daemon: throughput, then latency at half that rate
-            g1 = _unique("g1")
+            g1 = unique_name("g1")
             with daemons(1, ctx, bp.bootstrap, t1, g1) as (d,):
                 one = daemon_rate([d], admin, g1, t1.samples, n, broker)
                 out["e2e_daemon_records_per_s"] = round(one["rate"])
                 out["e2e_ratio"] = round(one["rate"] / bare["rate"], 3)
                 out.update(measure_latency(ctx, d, bp.bootstrap, t1, admin, g1, one["rate"] / 2, n))
             # two daemons in one group
-            g2 = _unique("g2")
+            g2 = unique_name("g2")
             with daemons(2, ctx, bp.bootstrap, t2, g2) as procs:
                 two = daemon_rate(procs, admin, g2, t2.samples, n, broker)
                 out["e2e_two_procs_records_per_s"] = round(two["rate"])
@@ -359,18 +351,14 @@ def latency_sweep(ctx: Ctx, rates: Sequence[float], detector: Any = None) -> Ite
     """Record->event latency alone at each offered rate: a fresh broker, topic and daemon per rate."""
     from kafka import KafkaAdminClient
 
-    from netsiam.broker import create_topics, start_broker
-    from netsiam.config import TopicsConfig
+    from netsiam.broker import start_broker
 
     for r in rates:
         with start_broker(0, log_path=ctx.tmp / "tansu-latency.log") as bp:
-            name = _unique("lat")
-            t = TopicsConfig(samples=f"{name}.samples", faults=f"{name}.faults", deadletter=f"{name}.dl",
-                             samples_partitions=PARTITIONS)
-            create_topics(bp.bootstrap, t)
+            t = new_topics(bp.bootstrap, "lat", PARTITIONS)
             admin = KafkaAdminClient(bootstrap_servers=bp.bootstrap)
             try:
-                g = _unique("g")
+                g = unique_name("g")
                 with daemons(1, ctx, bp.bootstrap, t, g, detector) as (d,):
                     yield {"rate": r, **measure_latency(ctx, d, bp.bootstrap, t, admin, g, r, 0)}
             finally:
@@ -382,6 +370,8 @@ if __name__ == "__main__":  # pragma: no cover - manual runs: python -m bench.e2
     import json
     import shutil
 
+    from netsiam.config import DetectorConfig
+
     ap = argparse.ArgumentParser(prog="python -m bench.e2e")
     ap.add_argument("model", type=Path)
     ap.add_argument("--quick", action="store_true")
@@ -389,8 +379,6 @@ if __name__ == "__main__":  # pragma: no cover - manual runs: python -m bench.e2
     ap.add_argument("--batch-wait-ms", type=int, default=None, help="with --latency: the daemon's detector.batch_wait_ms")
     args = ap.parse_args()
     ctx = Ctx(quick=args.quick, model=args.model)
-    from netsiam.config import DetectorConfig
-
     det = None if args.batch_wait_ms is None else DetectorConfig(batch_wait_ms=args.batch_wait_ms)
     try:
         if args.latency:

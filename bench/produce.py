@@ -16,7 +16,7 @@ import importlib.util
 import time
 from typing import Any
 
-from bench.common import Ctx, trace_lines
+from bench.common import Ctx, new_topics, trace_lines
 
 __all__ = ["bench_produce"]
 
@@ -30,8 +30,8 @@ def bench_produce(ctx: Ctx, records: int = 100_000) -> dict[str, Any]:
     if importlib.util.find_spec("confluent_kafka") is None:
         return {"replay_confluent_ratio": None,
                 "replay_note": "confluent-kafka is not installed (pip install 'netsiam[confluent]')"}
-    from netsiam.broker import create_topics, start_broker
-    from netsiam.config import KafkaConfig, TopicsConfig
+    from netsiam.broker import start_broker
+    from netsiam.config import KafkaConfig
     from netsiam.replay import replay_lines
 
     lines = trace_lines(20, 25, seed=99, copies=4)[:records]  # ~350 bytes a record, 80 sources
@@ -41,10 +41,7 @@ def bench_produce(ctx: Ctx, records: int = 100_000) -> dict[str, Any]:
     with start_broker(0, log_path=ctx.tmp / "tansu-produce.log") as bp:
         for r in range(ROUNDS):
             for client in clients:
-                name = f"produce-{client}-{r}-{time.time_ns() % 10**9}"
-                t = TopicsConfig(samples=f"{name}.samples", faults=f"{name}.faults", deadletter=f"{name}.dl",
-                                 samples_partitions=PARTITIONS)
-                create_topics(bp.bootstrap, t)
+                t = new_topics(bp.bootstrap, f"produce-{client}-{r}", PARTITIONS)
                 c0 = time.process_time()
                 stats = replay_lines(lines, bp.bootstrap, t.samples, kafka=KafkaConfig(client=client))
                 dc = time.process_time() - c0

@@ -58,7 +58,7 @@ from typing import IO, Any
 
 import orjson
 
-from bench.common import REPO, Ctx, child_env, trace_lines
+from bench.common import REPO, Ctx, child_env, new_topics, trace_lines, unique_name
 from bench.procstats import thread_cpu_seconds
 
 __all__ = ["Sample", "Step", "bench_sources", "judge", "next_size", "search"]
@@ -455,21 +455,18 @@ def _running(ctx: Ctx, steady_s: float) -> Iterator[tuple[Bench, str]]:
     """Broker, topic, one daemon (silence watching off), the driver."""
     import importlib.util
 
-    from bench.e2e import _unique, daemons
-    from netsiam.broker import create_topics, start_broker
-    from netsiam.config import DetectorConfig, TopicsConfig
+    from bench.e2e import daemons
+    from netsiam.broker import start_broker
+    from netsiam.config import DetectorConfig
 
     assert ctx.model is not None
     manifest = json.loads((ctx.model / "manifest.json").read_text())
     warmup = int(manifest["window"]["length"]) - 1
     client = "confluent-kafka" if importlib.util.find_spec("confluent_kafka") else "kafka-python"
     with start_broker(0, log_path=ctx.tmp / "tansu-sources.log") as bp:
-        name = _unique("src")
-        topics = TopicsConfig(samples=f"{name}.samples", faults=f"{name}.faults", deadletter=f"{name}.dl",
-                              samples_partitions=PARTITIONS)
-        create_topics(bp.bootstrap, topics)
+        topics = new_topics(bp.bootstrap, "src", PARTITIONS)
         det = DetectorConfig(silent_after_s=0.0)
-        with daemons(1, ctx, bp.bootstrap, topics, _unique("gsrc"), detector=det) as (d,):
+        with daemons(1, ctx, bp.bootstrap, topics, unique_name("gsrc"), detector=det) as (d,):
             driver = Driver(bp.bootstrap, topics.samples, warmup, det.idle_evict_s + 100, client,
                             ctx.tmp / "sources-driver.log")
             try:

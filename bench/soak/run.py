@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import REPO, Ctx, trace_lines
-from bench.e2e import PARTITIONS, DaemonProc, _unique, daemon_config, daemon_rate, daemons
+from bench.common import REPO, Ctx, new_topics, trace_lines, unique_name
+from bench.e2e import PARTITIONS, DaemonProc, daemon_config, daemon_rate, daemons
 from bench.procstats import ForeignCpu, cpu_seconds, rss_mib
 
 from .criteria import WARMUP_FRACTION, assess, criteria, percentile
@@ -42,14 +42,6 @@ DRAIN_TIMEOUT_S = 120.0
 def _committed(admin: Any, group: str, topic: str) -> dict[int, int]:
     offs = admin.list_group_offsets({group: None}).get(group, {})
     return {int(tp.partition): int(o.offset) for tp, o in offs.items() if tp.topic == topic}
-
-
-def _topics(tag: str) -> Any:
-    from netsiam.config import TopicsConfig
-
-    name = _unique(tag)
-    return TopicsConfig(samples=f"{name}.samples", faults=f"{name}.faults", deadletter=f"{name}.dl",
-                        samples_partitions=PARTITIONS)
 
 
 def _table(res: dict[str, Any], rows: int = 10) -> str:
@@ -82,7 +74,7 @@ def soak(minutes: float, rate: float | None = None, model: Path | None = None, *
     ``nothing_lost`` and ``reasons``. Raises only when the set-up itself fails."""
     from kafka import KafkaAdminClient
 
-    from netsiam.broker import create_topics, start_broker, stop_process
+    from netsiam.broker import start_broker, stop_process
     from netsiam.replay import replay_lines
     from netsiam.serving import default_model_path
 
@@ -98,23 +90,21 @@ def soak(minutes: float, rate: float | None = None, model: Path | None = None, *
         with start_broker(0, log_path=ctx.tmp / "tansu.log") as bp:
             admin = KafkaAdminClient(bootstrap_servers=bp.bootstrap)
             try:
-                topics = _topics("soak")
-                create_topics(bp.bootstrap, topics)
-                group = _unique("soak")
+                topics = new_topics(bp.bootstrap, "soak", PARTITIONS)
+                group = unique_name("soak")
                 # the soaked daemon loads while the max-rate topic fills
                 daemon = DaemonProc(daemon_config(ctx, bp.bootstrap, topics, group), model, ctx.tmp / "soak-daemon.log")
                 try:
                     if rate is None:
                         n = 300_000 if minutes >= 10 else MAX_RECORDS
-                        mt = _topics("max")
-                        create_topics(bp.bootstrap, mt)
+                        mt = new_topics(bp.bootstrap, "max", PARTITIONS)
                         lines = trace_lines(20, math.ceil(n / (20 * 10 * 60)), seed=99, copies=10)[:n]
                         stats = replay_lines(lines, bp.bootstrap, mt.samples)
                         del lines
                         if stats.failed:
                             raise RuntimeError(f"pre-fill failed: {stats.error}")
                         daemon.wait_for("partitions assigned: ", 180)
-                        gm = _unique("max")
+                        gm = unique_name("max")
                         with daemons(1, ctx, bp.bootstrap, mt, gm) as procs:
                             other = ForeignCpu([p.proc.pid for p in procs] + [daemon.proc.pid, bp.proc.pid, os.getpid()])
                             mx = daemon_rate(procs, admin, gm, mt.samples, n, bp.proc.pid)
