@@ -150,12 +150,10 @@ class ClosedTransportFilter(logging.Filter):
         return not (isinstance(exc, AttributeError) and "(closed)>" in record.getMessage())
 
 
-_CLOSED_TRANSPORT = ClosedTransportFilter()
+# on its own logger: a logger's filters see only the records logged on it (as RepeatFilter, confluent_io.py)
+logging.getLogger("kafka.net.transport").addFilter(ClosedTransportFilter())
 
 
 def quiet_kafka_logs() -> None:
     """kafka-python logs every reconnect attempt at WARNING; the daemon reports broker state itself."""
     logging.getLogger("kafka").setLevel(logging.ERROR)
-    transport = logging.getLogger("kafka.net.transport")  # a logger's filters see only its own records
-    if _CLOSED_TRANSPORT not in transport.filters:
-        transport.addFilter(_CLOSED_TRANSPORT)
