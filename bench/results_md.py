@@ -47,7 +47,7 @@ def _novelty(res: dict[str, Any]) -> str:
     lines = ["| recording | `degraded` windows | called unknown | its episodes first raised as |", "|---|---|---|---|"]
     for name, r in res["leave_one_out"].items():
         nv = r["novelty"].get(NOVEL)
-        if not nv:
+        if not nv or not nv["n_windows"]:   # a recording without the never-seen fault says nothing here
             continue
         first = ", ".join(str(e["detected_label"]) for e in r["episodes"] if e["label"] == NOVEL)
         lines.append(f"| `{name}` | {nv['n_windows']} | {_n(nv['unknown_rate'], 2)} | {first} |")
