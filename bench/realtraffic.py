@@ -10,7 +10,8 @@ daemon's debounce, on the same windows.
 debounce settings are chosen on. ``--report`` holds out every other recording (never used for a
 choice) and writes ``bench/realtraffic.json``; the worst recording is what counts.
 ``--set KEY=VALUE`` overrides config keys (``window.length=10``) for a candidate recipe, ``--sim-set``
-the simulator's (``min_gap_s=5``); ``--splice`` adds back-to-back faults spliced from each training
+the simulator's (``min_gap_s=5``); ``--sim-novel`` also judges each model on a simulated fault none
+knows (``slow_answers``), for choosing novelty settings without looking at a real never-seen fault; ``--splice`` adds back-to-back faults spliced from each training
 recording (:mod:`netsiam.trainer.splice`).
 """
 
@@ -37,6 +38,7 @@ __all__ = ["DETECTORS", "evaluate_recording", "main", "train_without"]
 HERE = Path(__file__).resolve().parent
 DETECTORS = ("encoder", "expert_rule", "raw_nearest_prototype")
 NOVEL = "degraded"
+SIM_NOVEL_SOURCES, SIM_NOVEL_MINUTES, SIM_NOVEL_SEED = 12, 15.0, 4242   # --sim-novel: 13 slow_answers episodes
 
 
 def splice_file(name: str, files: tuple[Path, Path], out_dir: Path, overlay: bool = False) -> tuple[Path, Path] | None:
@@ -77,13 +79,14 @@ def train_without(cfg: Config, held_out: set[str], traces: dict[str, tuple[Path,
     return train(cfg, data, labels, out, seed=seed, exclude_labels=[NOVEL], quiet=True)
 
 
-def evaluate_recording(art: Any, files: tuple[Path, Path]) -> dict[str, Any]:
-    """The evaluate report of one recording, cut to what this benchmark compares."""
+def evaluate_recording(art: Any, files: tuple[Path, Path], novel: str = NOVEL, cfg: Config | None = None) -> dict[str, Any]:
+    """The evaluate report of one recording, cut to what this benchmark compares (``novel``: the class
+    no model knows, whose windows should read ``unknown``; ``cfg``: its debounce, default the built-in)."""
     from netsiam.trainer.evaluate import config_for_artifact, evaluate_detailed, load_labelled
 
-    cfg = config_for_artifact(Config(), art, explicit=False)
+    cfg = config_for_artifact(cfg or Config(), art, explicit=False)
     lw, intervals = load_labelled([str(files[0])], [str(files[1])], cfg)
-    ev = evaluate_detailed(art, lw, cfg, intervals=intervals, novel_labels=(NOVEL,))
+    ev = evaluate_detailed(art, lw, cfg, intervals=intervals, novel_labels=(novel,))
     r = ev.report
     b = r["baselines"]
     return {
@@ -107,17 +110,42 @@ def _line(name: str, res: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _slow_answers(path: Path) -> tuple[Path, Path]:
+    """A simulated fault none of these models knows (far ends answering 100-400 ms late), among known ones."""
+    from netsiam.traceio import write_labels, write_trace
+    from netsiam.trainer.default_model import TRAIN_PARAMS
+    from netsiam.trainer.simulate import SLOW_ANSWERS, simulate
+
+    files = (path / "slow_answers.jsonl", path / "slow_answers.csv")
+    records, labels = simulate(SIM_NOVEL_SOURCES, SIM_NOVEL_MINUTES, SIM_NOVEL_SEED,
+                               replace(TRAIN_PARAMS, faults=(*TRAIN_PARAMS.faults, SLOW_ANSWERS)))
+    write_trace(files[0], records)
+    write_labels(files[1], labels)
+    return files
+
+
 def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
-        models: Path, seed: int, splice: str | None = None) -> dict[str, Any]:
+        models: Path, seed: int, splice: str | None = None, sim_novel: tuple[Path, Path] | None = None) -> dict[str, Any]:
+    from netsiam.trainer.simulate import SLOW_ANSWERS
+
     out: dict[str, Any] = {}
     for name in held:
         t0 = time.perf_counter()
         art = train_without(cfg, {name}, traces, sim, models / f"model-{name}", seed, splice)
-        res = evaluate_recording(art, traces[name])
+        res = evaluate_recording(art, traces[name], cfg=cfg)
         res["train_seconds"] = round(time.perf_counter() - t0, 1)
         res["epochs"] = art.manifest["metrics"]["epochs_run"]
         out[name] = res
         print(_line(name, res), flush=True)
+        if sim_novel is not None:
+            nov = evaluate_recording(art, sim_novel, novel=SLOW_ANSWERS, cfg=cfg)
+            res["sim_novel"] = {"unknown_rate": nov["novelty"].get(SLOW_ANSWERS, {}).get("unknown_rate"),
+                                "first_raised_unknown": sum(e["detected_label"] == "unknown" for e in nov["episodes"]
+                                                            if e["label"] == SLOW_ANSWERS),
+                                "episodes": sum(e["label"] == SLOW_ANSWERS for e in nov["episodes"])}
+            print(f"{'':<14} simulated {SLOW_ANSWERS}: windows unknown {res['sim_novel']['unknown_rate']}, "
+                  f"episodes first raised unknown {res['sim_novel']['first_raised_unknown']}/{res['sim_novel']['episodes']}",
+                  flush=True)
     return out
 
 
@@ -133,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splice", nargs="?", const="cut", choices=("cut", "overlay"), default=None,
                     help="also train on back-to-back faults spliced from each training recording (overlay: the "
                          "first fault's aftermath goes on under the second)")
+    ap.add_argument("--sim-novel", action="store_true",
+                    help="also judge each model on a simulated fault it never saw (slow_answers): novelty, chosen on")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=None, help="keep imported traces here (default: a temp dir)")
     ap.add_argument("--models", default=None, help="keep the trained models here (default: a temp dir)")
@@ -170,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             records, labels = simulate(TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED, params)
             write_trace(sim[0], records)
             write_labels(sim[1], labels)
+        sim_novel = _slow_answers(tmp) if args.sim_novel else None
         t0 = time.perf_counter()
-        res = run(cfg, held, traces, sim, Path(args.models) if args.models else tmp, args.seed, args.splice)
+        res = run(cfg, held, traces, sim, Path(args.models) if args.models else tmp, args.seed, args.splice, sim_novel)
     doc = {"overrides": args.set, "sim_overrides": args.sim_set, "splice": args.splice, "sim": not args.no_sim, "seed": args.seed, "held_out": held,
            "seconds": round(time.perf_counter() - t0, 1), "recordings": res}
     if args.output or args.report:

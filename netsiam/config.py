@@ -130,8 +130,10 @@ class DebounceConfig:
     unknown_after: int = 10
     switch_after: int = 5
     hold_within: bool = True
+    aftermath_s: float = 35.0
 
     def __post_init__(self) -> None:
+        _check(self.aftermath_s >= 0, "detector.debounce.aftermath_s", "must be >= 0")
         _check(1 <= self.raise_k <= self.raise_n, "detector.debounce.raise_k", "must be in 1..raise_n")
         _check(self.unknown_after >= 1, "detector.debounce.unknown_after", "must be >= 1")
         _check(self.clear_m >= 1, "detector.debounce.clear_m", "must be >= 1")

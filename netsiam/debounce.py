@@ -14,9 +14,11 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
 - ``started_at`` is the end time of the first anomalous window of the run, so replaying the same
   windows gives the same episode start, hence the same event ids.
 - While a named fault is active, and after it clears until ``clear_m`` windows in a row are plainly
-  normal, an ``unknown`` window whose nearest class is ``normal`` counts as normal: the recovery
-  after a fault (a burst of late answers, retransmissions draining) is beyond every threshold yet
-  nearer normal than the fault, and must neither hold the fault up nor raise ``unknown`` after it.
+  normal and at least ``aftermath_s`` seconds (record time) have passed, an ``unknown`` window whose
+  nearest class is ``normal`` counts as normal: the recovery after a fault (a burst of late answers,
+  retransmissions draining, held calls timing out up to SIP's 32 s later) is beyond every threshold
+  yet nearer normal than the fault, and must neither hold the fault up nor raise ``unknown`` after it.
+  A window of a named class, or an ``unknown`` one nearest another fault, ends that grace at once.
 - ``hold_within`` (hysteresis, on by default): while a named fault is active, a ``normal`` window that is also within
   that fault's own threshold counts as the fault, so windows the two classes share do not clear it.
 """
@@ -44,7 +46,7 @@ class Transition:
 class FaultTracker:
     """Debounce per-window classes of one source into raised/cleared transitions."""
 
-    __slots__ = ("_active", "_aftermath", "_cfg", "_clean_streak", "_normal_streak", "_recent", "_run_len", "_run_start", "_started_at", "_tail",
+    __slots__ = ("_active", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak", "_normal_streak", "_recent", "_run_len", "_run_start", "_started_at", "_tail",
                  "_tail_len", "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
@@ -57,6 +59,7 @@ class FaultTracker:
         self._run_len = 0                     # anomalous windows in that run
         self._tail, self._tail_len, self._tail_start = NORMAL, 0, 0.0   # the latest run of one class
         self._aftermath = False               # a named fault cleared and the stream is not clean normal yet
+        self._aftermath_until = 0.0           # ... nor aftermath_s past the clear
         self._clean_streak = 0
 
     @property
@@ -99,7 +102,7 @@ class FaultTracker:
                 and self._active not in (None, UNKNOWN) and self._active in within):
             cls = self._active
         self._clean_streak = self._clean_streak + 1 if cls == NORMAL else 0
-        if self._clean_streak >= self._cfg.clear_m:
+        if self._clean_streak >= self._cfg.clear_m and window_end >= self._aftermath_until:
             self._aftermath = False
         if cls == UNKNOWN and nearest == NORMAL and (self._aftermath or self._active not in (None, UNKNOWN)):
             cls = NORMAL    # a named fault's aftermath: beyond every threshold, but nearer normal than the fault
@@ -121,7 +124,9 @@ class FaultTracker:
         if self._active is not None:
             if self._normal_streak >= self._cfg.clear_m:
                 out.append(Transition("cleared", self._active, self._started_at, window_end))
-                self._aftermath = self._active != UNKNOWN and self._clean_streak < self._cfg.clear_m
+                self._aftermath_until = window_end + self._cfg.aftermath_s
+                self._aftermath = self._active != UNKNOWN and (self._clean_streak < self._cfg.clear_m
+                                                               or self._cfg.aftermath_s > 0)
                 self._active = None
             elif cls not in (NORMAL, UNKNOWN, self._active) and self._tail_len >= self._cfg.switch_after:
                 out.append(Transition("cleared", self._active, self._started_at, window_end))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from netsiam.config import DebounceConfig
 from netsiam.debounce import FaultTracker
 
@@ -80,12 +82,32 @@ def test_unknown_nearest_normal_ends_a_named_fault_but_not_an_unknown_one() -> N
     assert [(o.state, o.fault) for o in out] == [("raised", "unknown")]
 
 
+def _transitions(cfg: DebounceConfig, seq: list[tuple[str, str]]) -> list[tuple[str, str, float]]:
+    t = FaultTracker(cfg)
+    return [(tr.state, tr.fault, tr.window_end) for i, (c, n) in enumerate(seq) for tr in t.update(c, float(i), nearest=n)]
+
+
 def test_the_aftermath_of_a_named_fault_raises_no_unknown() -> None:
-    t = FaultTracker(CFG)
     seq = [("blocked", "blocked")] * 3 + [("unknown", "normal")] * 8 + [("normal", "normal")] * 2
     seq += [("unknown", "normal")] * 8            # after plainly normal windows, a new unknown run counts again
-    out = [(tr.state, tr.fault) for i, (c, n) in enumerate(seq) for tr in t.update(c, float(i), nearest=n)]
-    assert out == [("raised", "blocked"), ("cleared", "blocked"), ("raised", "unknown")]
+    out = _transitions(replace(CFG, aftermath_s=0.0), seq)
+    assert [(s, f) for s, f, _ in out] == [("raised", "blocked"), ("cleared", "blocked"), ("raised", "unknown")]
+
+
+def test_the_aftermath_lasts_aftermath_s_after_the_clear() -> None:
+    """Held calls time out long after a fault ends: plainly normal windows between them do not end the grace."""
+    seq = [("blocked", "blocked")] * 3 + [("normal", "normal")] * 2            # cleared at window 4
+    seq += [("normal", "normal")] * 3 + [("unknown", "normal")] * 12            # windows 5..19: inside 20 s
+    cfg = replace(CFG, aftermath_s=20.0)
+    assert _transitions(cfg, seq) == [("raised", "blocked", 1.0), ("cleared", "blocked", 4.0)]
+    # past aftermath_s (and once plainly normal again) an unknown run counts as before
+    later = seq + [("normal", "normal")] * 10 + [("unknown", "normal")] * 4
+    assert _transitions(cfg, later)[2:] == [("raised", "unknown", 33.0)]
+    # without the grace the same windows raise unknown inside it
+    assert ("raised", "unknown", 11.0) in _transitions(replace(CFG, aftermath_s=0.0), seq)
+    # a named fault's window ends the grace at once: what follows is judged afresh
+    named = seq[:8] + [("capacity_limit", "capacity_limit")] + [("normal", "normal")] * 2 + [("unknown", "normal")] * 4
+    assert _transitions(cfg, named)[2:] == [("raised", "unknown", 14.0)]
 
 
 def test_hold_within_keeps_a_fault_through_windows_both_classes_claim() -> None:

@@ -46,7 +46,13 @@ EXCLUDED_LABELS = (NOVEL_LABEL,)
 # windows unknown 0.97 / 0.89 against 0.76 / 0.10, the val_* faults unchanged (14/14 first raises right).
 # Not the config default: trained on ONE recording (one load, narrow spreads) it makes another
 # recording's faults look novel.
-TRAIN_OVERRIDES: dict[str, object] = {"training.outlier_shift": (2.0, 8.0)}
+# A class threshold floor of 0.6, not 0.7: a fault made of slow answers lands 0.67-0.70 from normal (the
+# unit cube leaves no room further out on normal's side), inside a 0.7 floor. Chosen on validation only
+# (the five val_* recordings held out in turn, and a simulated slow_answers class): slow-answer windows
+# unknown 0.01-0.89 over the five models against 0.00-0.10, with every val_* first raise right, each
+# episode raised once, delays unchanged and no false raise (with detector.debounce.aftermath_s 35).
+# Not the config default, for the reason above: one recording's narrow spreads need the wider floor.
+TRAIN_OVERRIDES: dict[str, object] = {"training.outlier_shift": (2.0, 8.0), "prototypes.min_threshold": 0.6}
 SHIPPED = ("encoder.keras", "prototypes.json", "manifest.json", "history.json", "snapshots.npz")
 
 
