@@ -307,7 +307,8 @@ CLASSES = ["normal", "blocked", "capacity_limit", "unknown"]
 @settings(max_examples=300, deadline=None)
 @given(seq=st.lists(st.tuples(st.sampled_from(CLASSES), st.sampled_from(CLASSES[:3])), min_size=1, max_size=60),
        deb=st.builds(DebounceConfig, raise_k=st.integers(1, 3), raise_n=st.integers(3, 5),
-                     clear_m=st.integers(1, 3), unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5)),
+                     clear_m=st.integers(1, 3), unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5),
+                     aftermath_s=st.sampled_from([0.0, 4.0, 35.0])),
        data=st.data())
 def test_tracker_is_new_again_once_quiet(seq: list[tuple[str, str]], deb: DebounceConfig, data: Any) -> None:
     """The property the rewind rule rests on: once the tracker is quiet (``clear_m`` normal windows in a
@@ -337,15 +338,25 @@ def test_tracker_is_new_again_once_quiet(seq: list[tuple[str, str]], deb: Deboun
 
 
 @settings(max_examples=200, deadline=None)
-@given(seq=st.lists(st.sampled_from(CLASSES), min_size=1, max_size=40), clear_m=st.integers(1, 4))
-def test_the_tracker_is_quiet_exactly_after_clear_m_normal_windows(seq: list[str], clear_m: int) -> None:
-    """Without nearest classes (nothing counts as a fault's aftermath) quiet is the tracker's own streak."""
+@given(seq=st.lists(st.sampled_from(CLASSES), min_size=1, max_size=40), clear_m=st.integers(1, 4),
+       grace=st.integers(0, 12))
+def test_the_tracker_is_quiet_exactly_after_clear_m_normal_windows_and_the_grace(seq: list[str], clear_m: int,
+                                                                                  grace: int) -> None:
+    """Without nearest classes quiet is the tracker's own normal streak, and for ``aftermath_s`` after a named
+    fault cleared (while the windows stay normal) not quiet: a replay starting there would not know the grace."""
     from netsiam.debounce import FaultTracker
 
-    t = FaultTracker(DebounceConfig(clear_m=clear_m))
+    t = FaultTracker(DebounceConfig(clear_m=clear_m, aftermath_s=float(grace)))
+    cleared_at = None                                      # the window a named fault last cleared on (not a switch)
     for i, cls in enumerate(seq):
-        t.update(cls, float(i))
-        assert t.quiet == (i + 1 >= clear_m and all(c == "normal" for c in seq[i + 1 - clear_m:i + 1]))
+        out = t.update(cls, float(i))
+        if cls != "normal":                               # a fault's window ends the grace
+            cleared_at = None
+        if out and out[-1].state == "cleared" and out[-1].fault != "unknown":
+            cleared_at = i
+        streak = i + 1 >= clear_m and all(c == "normal" for c in seq[i + 1 - clear_m:i + 1])
+        in_grace = cleared_at is not None and i < cleared_at + grace
+        assert t.quiet == (streak and not in_grace)
 
 
 def test_idle_sources_reset_by_record_time_and_max_sources_caps_state(model: Model) -> None:
