@@ -99,9 +99,8 @@ def _few_shot(art: Any, traces: dict[str, tuple[Path, Path]], novel: list[str]) 
 
 
 def run(quick: bool, tmp: Path, models: Path | None = None) -> dict[str, Any]:
-    from bench.realtraffic import evaluate_recording, train_without
+    from bench.realtraffic import evaluate_recording, train_without, write_simulation
     from netsiam.serving import load_artifact
-    from netsiam.traceio import write_labels, write_trace
     from netsiam.trainer.corpus import load_corpus, to_traces
     from netsiam.trainer.default_model import (
         TRAIN_MINUTES,
@@ -110,7 +109,6 @@ def run(quick: bool, tmp: Path, models: Path | None = None) -> dict[str, Any]:
         TRAIN_SOURCES,
         training_config,
     )
-    from netsiam.trainer.simulate import simulate
 
     t0 = time.perf_counter()
     cfg = training_config()                      # leave-one-out models follow the shipped model's recipe
@@ -118,10 +116,7 @@ def run(quick: bool, tmp: Path, models: Path | None = None) -> dict[str, Any]:
         cfg = override(cfg, {"training.epochs": 3, "training.steps_per_epoch": 20})
     recs = load_corpus()
     traces = to_traces(recs, tmp / "traces")
-    sim = (tmp / "sim.jsonl", tmp / "sim.csv")
-    records, labels = simulate(TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED, TRAIN_PARAMS)
-    write_trace(sim[0], records)
-    write_labels(sim[1], labels)
+    sim = write_simulation((tmp / "sim.jsonl", tmp / "sim.csv"), TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED, TRAIN_PARAMS)
     reported = [r.name for r in recs if r.role == "reported"]
     novel = [r.name for r in recs if r.role == "novel"]
     if quick:

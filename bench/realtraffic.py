@@ -11,8 +11,9 @@ debounce settings are chosen on. ``--report`` holds out every other recording (n
 choice) and writes ``bench/realtraffic.json``; the worst recording is what counts.
 ``--set KEY=VALUE`` overrides config keys (``window.length=10``) for a candidate recipe, ``--sim-set``
 the simulator's (``min_gap_s=5``); ``--sim-novel`` also judges each model on a simulated fault none
-knows (``slow_answers``), for choosing novelty settings without looking at a real never-seen fault; ``--splice`` adds back-to-back faults spliced from each training
-recording (:mod:`netsiam.trainer.splice`).
+knows (``slow_answers``), for choosing novelty settings without looking at a real never-seen fault;
+``--splice`` adds back-to-back faults spliced from each training recording
+(:mod:`netsiam.trainer.splice`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from netsiam.config import Config, override  # noqa: E402
 
-__all__ = ["DETECTORS", "evaluate_recording", "main", "train_without"]
+__all__ = ["DETECTORS", "evaluate_recording", "main", "train_without", "write_simulation"]
 
 HERE = Path(__file__).resolve().parent
 DETECTORS = ("encoder", "expert_rule", "raw_nearest_prototype")
@@ -110,18 +111,25 @@ def _line(name: str, res: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def _slow_answers(path: Path) -> tuple[Path, Path]:
-    """A simulated fault none of these models knows (far ends answering 100-400 ms late), among known ones."""
+def write_simulation(files: tuple[Path, Path], sources: int, minutes: float, seed: int, params: Any) -> tuple[Path, Path]:
+    """Simulated traffic written as a trace and its labels (``files``); -> ``files``."""
     from netsiam.traceio import write_labels, write_trace
-    from netsiam.trainer.default_model import TRAIN_PARAMS
-    from netsiam.trainer.simulate import SLOW_ANSWERS, simulate
+    from netsiam.trainer.simulate import simulate
 
-    files = (path / "slow_answers.jsonl", path / "slow_answers.csv")
-    records, labels = simulate(SIM_NOVEL_SOURCES, SIM_NOVEL_MINUTES, SIM_NOVEL_SEED,
-                               replace(TRAIN_PARAMS, faults=(*TRAIN_PARAMS.faults, SLOW_ANSWERS)))
+    records, labels = simulate(sources, minutes, seed, params)
     write_trace(files[0], records)
     write_labels(files[1], labels)
     return files
+
+
+def _slow_answers(path: Path) -> tuple[Path, Path]:
+    """A simulated fault none of these models knows (far ends answering 100-400 ms late), among known ones."""
+    from netsiam.trainer.default_model import TRAIN_PARAMS
+    from netsiam.trainer.simulate import SLOW_ANSWERS
+
+    return write_simulation((path / "slow_answers.jsonl", path / "slow_answers.csv"), SIM_NOVEL_SOURCES,
+                            SIM_NOVEL_MINUTES, SIM_NOVEL_SEED,
+                            replace(TRAIN_PARAMS, faults=(*TRAIN_PARAMS.faults, SLOW_ANSWERS)))
 
 
 def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
@@ -139,13 +147,12 @@ def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim:
         print(_line(name, res), flush=True)
         if sim_novel is not None:
             nov = evaluate_recording(art, sim_novel, novel=SLOW_ANSWERS, cfg=cfg)
-            res["sim_novel"] = {"unknown_rate": nov["novelty"].get(SLOW_ANSWERS, {}).get("unknown_rate"),
-                                "first_raised_unknown": sum(e["detected_label"] == "unknown" for e in nov["episodes"]
-                                                            if e["label"] == SLOW_ANSWERS),
-                                "episodes": sum(e["label"] == SLOW_ANSWERS for e in nov["episodes"])}
-            print(f"{'':<14} simulated {SLOW_ANSWERS}: windows unknown {res['sim_novel']['unknown_rate']}, "
-                  f"episodes first raised unknown {res['sim_novel']['first_raised_unknown']}/{res['sim_novel']['episodes']}",
-                  flush=True)
+            slow = [e for e in nov["episodes"] if e["label"] == SLOW_ANSWERS]
+            sn = {"unknown_rate": nov["novelty"].get(SLOW_ANSWERS, {}).get("unknown_rate"),
+                  "first_raised_unknown": sum(e["detected_label"] == "unknown" for e in slow), "episodes": len(slow)}
+            res["sim_novel"] = sn
+            print(f"{'':<14} simulated {SLOW_ANSWERS}: windows unknown {sn['unknown_rate']}, "
+                  f"episodes first raised unknown {sn['first_raised_unknown']}/{sn['episodes']}", flush=True)
     return out
 
 
@@ -169,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args(argv)
 
-    from netsiam.traceio import write_labels, write_trace
     from netsiam.trainer.corpus import load_corpus, to_traces
     from netsiam.trainer.default_model import (
         TRAIN_MINUTES,
@@ -178,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
         TRAIN_SOURCES,
         training_config,
     )
-    from netsiam.trainer.simulate import simulate
 
     # the shipped model's recipe, plus the candidate's overrides
     cfg = override(training_config(), {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
@@ -195,11 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         traces = to_traces(recs, Path(args.cache) if args.cache else tmp / "traces")
         sim = None
         if not args.no_sim:
-            sim = (tmp / "sim.jsonl", tmp / "sim.csv")
             params = replace(TRAIN_PARAMS, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sim_set)})
-            records, labels = simulate(TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED, params)
-            write_trace(sim[0], records)
-            write_labels(sim[1], labels)
+            sim = write_simulation((tmp / "sim.jsonl", tmp / "sim.csv"), TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED, params)
         sim_novel = _slow_answers(tmp) if args.sim_novel else None
         t0 = time.perf_counter()
         res = run(cfg, held, traces, sim, Path(args.models) if args.models else tmp, args.seed, args.splice, sim_novel)
