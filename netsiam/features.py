@@ -10,6 +10,10 @@ imports, pcap imports and the simulator all speak one vocabulary:
 ``Retransmissions``         SIP message retransmissions in the interval
 ``CurrentCall``             calls in progress at the end of the interval (gauge)
 ``ResponseTime1``           mean INVITE->final response time in the interval, milliseconds
+``FailedMaxUDPRetrans``     calls that failed in the interval because a request went unanswered
+                            (retransmitted until SIP timer B/F gave up)
+``FailedTimeoutOnRecv``     calls that failed in the interval because the caller gave up waiting
+                            for an answer (its own timeout)
 ==========================  ==========================================================
 
 Testbeds run at very different offered loads, so a model trained at one load must work at
@@ -26,6 +30,9 @@ Failures and retransmissions enter on a log scale (``failed_log``, ``retrans_log
 per-load ratio over 0.05): a 10 % capacity limit (0.1) must not vanish next to a frozen far end's
 five retransmissions per call; chosen over the linear ratios on the corpus's validation recordings,
 where a 10 % limit at 120 calls/s was raised after 16-64 s by some training seeds, 3-4 s with logs.
+``refused_log`` is ``failed_log`` of the failures that did not time out (answered with an error):
+after a freeze the calls it held time out for up to 32 s in traffic that is normal again, while a
+capacity limit refuses calls; with failures as one count the two read alike.
 ``log_response_ms`` still carries the far end's own level (1-50 ms is normal somewhere); the model
 is trained over that whole range, so it is the shape (and 0 = nothing answered, or hundreds of ms
 = retransmitted INVITEs) that tells a fault.
@@ -54,6 +61,8 @@ RAW_METRICS: tuple[str, ...] = (
     "Retransmissions",
     "CurrentCall",
     "ResponseTime1",
+    "FailedMaxUDPRetrans",
+    "FailedTimeoutOnRecv",
 )
 _IDX = {name: i for i, name in enumerate(RAW_METRICS)}
 
@@ -97,6 +106,17 @@ def _log_per_load(name: str) -> Deriver:
     return f
 
 
+# A failure is a refusal (a final error answer: 486, 480, 500, 503 ...) or a timeout (nothing answered).
+# The calls a freeze held time out up to 32 s after it ends, in traffic labelled normal; a capacity limit
+# starting then refuses calls: only the split tells the two apart.
+_TIMEOUTS = ("FailedMaxUDPRetrans", "FailedTimeoutOnRecv")
+
+
+def _refused_log(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
+    refused = _col(raw, "FailedCall") - _col(raw, _TIMEOUTS[0]) - _col(raw, _TIMEOUTS[1])
+    return np.log1p(np.maximum(refused, 0.0) / load / RARE_SCALE)
+
+
 def _log_response_ms(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
     return np.log1p(np.maximum(_col(raw, "ResponseTime1"), 0.0))
 
@@ -112,9 +132,10 @@ FEATURES: dict[str, tuple[tuple[str, ...], Deriver]] = {
     "concurrency_rel": (("OutgoingCall", "CurrentCall"), _per_load("CurrentCall")),
     "concurrency_delta": (("OutgoingCall", "CurrentCall"), _concurrency_delta),
     "log_response_ms": (("ResponseTime1",), _log_response_ms),
+    "refused_log": (("OutgoingCall", "FailedCall", *_TIMEOUTS), _refused_log),
 }
 DEFAULT_FEATURES: tuple[str, ...] = ("offered_rel", "success_rel", "failed_log", "retrans_log", "concurrency_delta",
-                                      "log_response_ms")
+                                      "log_response_ms", "refused_log")
 
 
 def required_metrics(features: Sequence[str] = DEFAULT_FEATURES) -> tuple[str, ...]:

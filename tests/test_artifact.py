@@ -73,7 +73,7 @@ def _edit_manifest(path: Path, **changes: object) -> None:
 def test_window_length_changed_in_the_manifest_is_refused(tmp_path: Path) -> None:
     make_artifact(tmp_path / "m")
     _edit_manifest(tmp_path / "m", window={"interval_s": 1.0, "length": 31, "stride": 5, "max_gap": 5})
-    with pytest.raises(NetsiamError, match=r"does not match the manifest \(window length 31, 6 features\)"):
+    with pytest.raises(NetsiamError, match=rf"does not match the manifest \(window length 31, {F} features\)"):
         load_artifact(tmp_path / "m")
 
 

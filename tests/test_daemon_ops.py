@@ -36,7 +36,7 @@ from netsiam.sdnotify import Watchdog, notify
 from netsiam.serving import load_artifact
 
 RAW = {"OutgoingCall": 20, "SuccessfulCall": 20, "FailedCall": 0, "Retransmissions": 0, "CurrentCall": 40,
-       "ResponseTime1": 3.0}
+       "ResponseTime1": 3.0, "FailedMaxUDPRetrans": 0, "FailedTimeoutOnRecv": 0}
 T0 = 1795384000.0
 
 

@@ -113,7 +113,8 @@ def test_real_sipp_recording_gives_one_raised_and_one_cleared_per_episode(
     # each raise says why, in the schema's shape: a blocked path retransmits (and stops succeeding), a
     # capacity limit fails calls; each named input is outside the normal range it is shown with
     validator = jsonschema.Draft202012Validator(load_schema("event"))
-    plausible = {"blocked": {"retrans_log", "success_rel", "failed_log"}, "capacity_limit": {"failed_log"}}
+    plausible = {"blocked": {"retrans_log", "success_rel", "failed_log"},
+                 "capacity_limit": {"failed_log", "refused_log"}}
     for e in evs:
         validator.validate(e)
         assert (e["evidence"] != []) == (e["state"] == "raised"), e

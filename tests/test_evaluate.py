@@ -362,7 +362,8 @@ def write_case(d: Path) -> tuple[Path, Path]:
             recs.append({"source": src, "ts": t0 + k, "metrics": {
                 "OutgoingCall": off * (2 if fault and kind != "blocked" else 1), "SuccessfulCall": ok,
                 "FailedCall": off - ok if fault else 0.0, "Retransmissions": off * 3 if fault else 0.0,
-                "CurrentCall": off * 5, "ResponseTime1": 0.0 if ok == 0 else 5.0}})
+                "CurrentCall": off * 5, "ResponseTime1": 0.0 if ok == 0 else 5.0,
+                "FailedMaxUDPRetrans": off - ok if fault and kind == "blocked" else 0.0, "FailedTimeoutOnRecv": 0.0}})
     trace, labels = d / "trace.jsonl", d / "labels.csv"
     write_trace(trace, recs)
     write_labels(labels, [LabelInterval("a", t0 + 100, t0 + 160, "blocked"),

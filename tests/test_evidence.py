@@ -195,12 +195,13 @@ def test_the_shipped_manifest_has_ranges_for_every_feature_that_ranges_only_repr
 
 
 # The first feature of a raise's evidence, per fault, on the real-SIPp corpus: a blocked path shows
-# retransmissions and a collapsed success ratio, a capacity limit failures, a far end answering slowly
+# retransmissions and a collapsed success ratio, a capacity limit failures (refused ones), a far end answering slowly
 # (the novel "degraded" episodes, raised as unknown) slow answers; the calls in progress draining long
 # after a freeze on a 30-s-hold testbed (r5_h30's false unknown raise, 50 s after the freeze ended) show
 # in concurrency_delta.
-PLAUSIBLE = {"blocked": {"retrans_log", "success_rel", "failed_log"}, "capacity_limit": {"failed_log"},
-             "unknown": {"log_response_ms", "failed_log", "retrans_log", "success_rel", "concurrency_delta"}}
+PLAUSIBLE = {"blocked": {"retrans_log", "success_rel", "failed_log"}, "capacity_limit": {"failed_log", "refused_log"},
+             "unknown": {"log_response_ms", "failed_log", "retrans_log", "success_rel", "concurrency_delta",
+                         "refused_log"}}
 
 
 @needs_shipped

@@ -157,7 +157,8 @@ def test_bad_input_becomes_dead_letters_with_reason_and_original_bytes() -> None
     cases = bad_lines()
     base = 1795384000.0
     ok = [orjson.dumps({"source": "y", "ts": base + i, "metrics": {"OutgoingCall": 1, "SuccessfulCall": 1,
-                        "FailedCall": 0, "Retransmissions": 0, "CurrentCall": 1, "ResponseTime1": 3.0}})
+                        "FailedCall": 0, "Retransmissions": 0, "CurrentCall": 1, "ResponseTime1": 3.0,
+                        "FailedMaxUDPRetrans": 0, "FailedTimeoutOnRecv": 0}})
           for i in range(3)]
     dup = ok[2]                                                            # the last slot again
     old = orjson.dumps({**orjson.loads(ok[0]), "ts": base - 0.4})          # earlier slot than the last
@@ -363,7 +364,7 @@ def test_idle_sources_reset_by_record_time_and_max_sources_caps_state(model: Mod
     cfg = Config(detector=DetectorConfig(idle_evict_s=60.0, max_sources=100))
     p = Pipeline(cfg, model.fake())
     mets = {"OutgoingCall": 5, "SuccessfulCall": 5, "FailedCall": 0, "Retransmissions": 0, "CurrentCall": 9,
-            "ResponseTime1": 3.0}
+            "ResponseTime1": 3.0, "FailedMaxUDPRetrans": 0, "FailedTimeoutOnRecv": 0}
     base = 1795384000.0
 
     def msg(off: int, src: str, ts: float) -> Msg:

@@ -98,7 +98,7 @@ def test_switched_off_by_environment_serves_plain_keras(small: Artifact, monkeyp
 
 def test_an_encoder_that_is_not_keras_serves_plainly() -> None:
     art = small_artifact(MeanEncoder(), prototypes_at({"normal": [0.5, 0.5, 0.5]}), manifest())
-    x = np.full((5, 30, 6), 0.25, np.float32)
+    x = np.full((5, 30, len(art.features)), 0.25, np.float32)
     assert art.compiled_encoder() is None
     np.testing.assert_array_equal(art.embed(x), np.full((5, 3), 0.25, np.float32))
 

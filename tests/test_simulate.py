@@ -100,7 +100,7 @@ def test_records_complete_finite_non_negative(run_all, tmp_path) -> None:
             if k not in ("ResponseTime1", "CallRate"):
                 assert isinstance(v, int), (r, k)
         m = r.metrics
-        assert m["FailedCall"] == m["FailedTimeoutOnRecv"] + m["FailedCallRejected"]
+        assert m["FailedCall"] == m["FailedMaxUDPRetrans"] + m["FailedTimeoutOnRecv"] + m["FailedCallRejected"]
     assert write_trace(tmp_path / "t.jsonl", records[:100]) == 100
 
 
@@ -167,8 +167,9 @@ def test_blocked_signature(run_all) -> None:
         if normal_load > 5:
             end = min(b, a + 30)
             assert c["CurrentCall"][end - 1] - c["CurrentCall"][a - 1] > 0.8 * c["OutgoingCall"][a:end].sum()
-        if b - a > 40:  # INVITEs sent early in the block time out 32 s later
-            assert c["FailedTimeoutOnRecv"][a + 32 : b + 1].sum() > 0.5 * c["OutgoingCall"][a : b - 32].sum()
+        if b - a > 40:  # INVITEs sent early in the block time out 32 s later (timer B, or the caller's own timeout)
+            timeouts = c["FailedMaxUDPRetrans"] + c["FailedTimeoutOnRecv"]
+            assert timeouts[a + 32 : b + 1].sum() > 0.5 * c["OutgoingCall"][a : b - 32].sum()
 
 
 def test_capacity_limit_signature(run_all) -> None:
@@ -222,6 +223,8 @@ def test_derived_features_separate_the_classes(run_all) -> None:
     assert bl[F["log_response_ms"]] < 0.5 and bl[F["concurrency_delta"]] > 2.0
     # capacity_limit: much of the (surged) load fails fast
     assert cap[F["failed_rel"]] > 0.3 and cap[F["success_rel"]] < 0.7 and cap[F["retrans_rel"]] < 0.05
+    # ... refused with an answer; a blocked path's calls time out instead
+    assert cap[F["refused_log"]] > 1.0 and bl[F["refused_log"]] < 0.1 < bl[F["failed_log"]]
     # retrans_storm: calls succeed, but with many retransmissions and slow answers
     assert st[F["success_rel"]] > 0.8 and st[F["retrans_rel"]] > 0.3
     assert st[F["log_response_ms"]] > n[F["log_response_ms"]] + 2.5

@@ -13,6 +13,7 @@ import pytest
 from netsiam.cli import main
 from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
+from netsiam.features import DEFAULT_FEATURES
 from netsiam.serving import load_artifact
 from netsiam.traceio import write_labels, write_trace
 from netsiam.trainer.augment import thin_windows
@@ -124,7 +125,9 @@ def test_thinning_keeps_the_shape_of_a_window_at_a_lower_load(data: dict[str, tu
     raw = lw.raw[busy & ~lw.straddle]
     thin = thin_windows(np.random.default_rng(0), raw, np.full(len(raw), 0.25))
     assert thin.shape == raw.shape and np.all(thin >= 0)
-    for m in ("OutgoingCall", "SuccessfulCall", "FailedCall", "Retransmissions", "CurrentCall"):
+    timeouts = thin[..., i["FailedMaxUDPRetrans"]] + thin[..., i["FailedTimeoutOnRecv"]]
+    assert np.all(timeouts <= thin[..., i["FailedCall"]])                                # a part of the failures
+    for m in ("OutgoingCall", "SuccessfulCall", "FailedCall", "Retransmissions", "CurrentCall", "FailedMaxUDPRetrans"):
         assert thin[..., i[m]].sum() == pytest.approx(0.25 * raw[..., i[m]].sum(), rel=0.05), m
         assert np.all(thin[..., i[m]] == np.round(thin[..., i[m]])), m            # still counts
     # a gauge, not noise: CurrentCall moves by thinned arrivals minus departures
@@ -251,8 +254,8 @@ def test_train_end_to_end_separates_faults_on_held_out_data(data: dict[str, tupl
     assert art.prototypes.classes == ["normal", "blocked", "capacity_limit"] == m["classes"]
     assert m["format"] == 1 and m["training"]["epochs"] == 3 and m["training"]["seed"] == 5
     assert m["window"] == {"interval_s": 1.0, "length": 30, "stride": 1, "max_gap": 5}
-    assert m["model"]["window_length"] == 30 and m["model"]["n_features"] == 6
-    assert len(m["normalisation"]["mean"]) == len(m["normalisation"]["std"]) == 6
+    assert m["model"]["window_length"] == 30 and m["model"]["n_features"] == len(DEFAULT_FEATURES)
+    assert len(m["normalisation"]["mean"]) == len(m["normalisation"]["std"]) == len(DEFAULT_FEATURES)
     assert m["config"]["training"]["steps_per_epoch"] == 15 and m["excluded_labels"] == ["retrans_storm"]
     assert len(m["history"]["loss"]) == len(m["history"]["val_loss"]) == m["metrics"]["epochs_run"]
     assert orjson.loads((out / "history.json").read_bytes()) == m["history"]

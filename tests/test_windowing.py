@@ -117,6 +117,20 @@ def test_features_are_load_invariant() -> None:
     np.testing.assert_allclose(derive(low), derive(high), rtol=1e-5)
 
 
+def test_refused_log_counts_the_failures_that_did_not_time_out() -> None:
+    raw = np.zeros((1, 3, len(RAW_METRICS)))
+    col = {m: i for i, m in enumerate(RAW_METRICS)}
+    raw[..., col["OutgoingCall"]] = 20.0
+    raw[0, :, col["FailedCall"]] = (10.0, 10.0, 4.0)
+    raw[0, :, col["FailedMaxUDPRetrans"]] = (10.0, 3.0, 4.0)
+    raw[0, :, col["FailedTimeoutOnRecv"]] = (0.0, 2.0, 3.0)    # counters that disagree: never below 0
+    got = derive(raw, ("refused_log", "failed_log"))[0]
+    np.testing.assert_allclose(got[:, 0], np.log1p(np.array([0.0, 5.0, 0.0]) / 20 / 0.05), rtol=1e-6)
+    np.testing.assert_allclose(got[:2, 1], np.log1p(10.0 / 20 / 0.05), rtol=1e-6)
+    assert required_metrics(("refused_log",)) == ("OutgoingCall", "FailedCall", "FailedMaxUDPRetrans",
+                                                  "FailedTimeoutOnRecv")
+
+
 def test_required_metrics_follow_features() -> None:
     assert required_metrics(("log_response_ms",)) == ("ResponseTime1",)
     with pytest.raises(ValueError, match="unknown feature"):

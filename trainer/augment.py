@@ -29,8 +29,12 @@ def thin_windows(rng: np.random.Generator, raw: np.ndarray, keep: np.ndarray) ->
     def thin(counts: np.ndarray) -> np.ndarray:
         return rng.binomial(np.maximum(np.rint(counts), 0).astype(np.int64), p).astype(np.float64)
 
-    for m in ("OutgoingCall", "SuccessfulCall", "FailedCall", "Retransmissions"):
+    for m in ("OutgoingCall", "SuccessfulCall", "Retransmissions", "FailedMaxUDPRetrans", "FailedTimeoutOnRecv"):
         out[..., i[m]] = thin(raw[..., i[m]])
+    # the failures that did not time out are thinned on their own, so FailedCall stays their sum with the timeouts
+    timeouts = raw[..., i["FailedMaxUDPRetrans"]] + raw[..., i["FailedTimeoutOnRecv"]]
+    out[..., i["FailedCall"]] = (thin(np.maximum(raw[..., i["FailedCall"]] - timeouts, 0.0))
+                                 + out[..., i["FailedMaxUDPRetrans"]] + out[..., i["FailedTimeoutOnRecv"]])
     cur, offered = raw[..., i["CurrentCall"]], raw[..., i["OutgoingCall"]]
     departed = np.maximum(offered[:, 1:] - np.diff(cur, axis=1), 0.0)               # (N, T-1)
     start = rng.binomial(np.maximum(np.rint(cur[:, :1]), 0).astype(np.int64), p)    # (N, 1)

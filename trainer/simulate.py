@@ -16,11 +16,12 @@ being set as ratios:
   traffic surges and drops too: a surge alone is no fault);
 * INVITE delivery: each transmission (request and its response) may be lost; retransmissions follow
   RFC 3261 timer A (T1 = 500 ms, doubling; 5 (SIPp's default) or 6 (RFC timer B) retransmits per
-  source) and an INVITE never answered fails when timer B fires at 32 s (``FailedTimeoutOnRecv``);
+  source) and an INVITE never answered fails when timer B fires at 32 s (``FailedMaxUDPRetrans``, or
+  ``FailedTimeoutOnRecv`` where the caller gives up first, below);
 * answered calls are rejected (``FailedCallRejected``) with a small background probability, or held
   for a lognormal time; then the caller's BYE crosses the same path (retransmitted with T1 doubling,
   capped at T2 = 4 s) and the call counts in ``SuccessfulCall`` when the BYE is answered, or fails
-  when timer F fires at 32 s. ``CurrentCall`` counts every call started and not yet ended, including
+  when timer F fires at 32 s (``FailedMaxUDPRetrans``). ``CurrentCall`` counts every call started and not yet ended, including
   INVITEs still waiting for an answer and calls whose BYE is still being retransmitted;
 * ``ResponseTime1`` is the mean INVITE -> final response time (ms) of calls answered in the second,
   0 when none was answered (as SIPp reports an empty period).
@@ -60,7 +61,7 @@ FAULT_KINDS: tuple[str, ...] = ("blocked", "capacity_limit", "retrans_storm")
 # Opt-in like retrans_storm, never in FAULT_KINDS: a far end answering 100-400 ms late, calls completing.
 # A second never-trained class, to choose recipes for novelty on without looking at a real one.
 SLOW_ANSWERS = "slow_answers"
-EXTRA_METRICS: tuple[str, ...] = ("FailedTimeoutOnRecv", "FailedCallRejected", "CallRate")
+EXTRA_METRICS: tuple[str, ...] = ("FailedCallRejected", "CallRate")
 
 # INVITE (re)transmission times after the first send: RFC 3261 timer A with T1 = 0.5 s.
 _SENDS = np.array([0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5])
@@ -337,7 +338,12 @@ def _source(rng: np.random.Generator, base_load: float, seconds: int, p: SimPara
 
     ok_calls = _bins(success_t, n)
     rej_calls = _bins(answer_t[rejected], n)
-    to_calls = _bins(timeout_t, n) + _bins(bye_fail_t, n)
+    # SIPp's counters: an INVITE given up by the caller's own timeout is FailedTimeoutOnRecv, one that
+    # ran out of retransmissions (timer B) and a failed BYE (timer F) are FailedMaxUDPRetrans.
+    invite_to = _bins(timeout_t, n)
+    by_caller = tb["ua_timeout_s"] is not None
+    recv_to, retrans_to = (invite_to, _bins(bye_fail_t, n)) if by_caller else (np.zeros(n), invite_to + _bins(bye_fail_t, n))
+    to_calls = recv_to + retrans_to
     n_answers = _bins(answer_t[answered], n)
     rt_sum = _bins(answer_t[answered], n, rt_ms[answered])
     offered = per_sec.astype(np.float64)
@@ -349,7 +355,8 @@ def _source(rng: np.random.Generator, base_load: float, seconds: int, p: SimPara
         "Retransmissions": _bins(retrans_t, n) + _bins(bye_retrans_t, n),
         "CurrentCall": np.cumsum(offered) - np.cumsum(ended),
         "ResponseTime1": np.round(np.divide(rt_sum, n_answers, out=np.zeros(n), where=n_answers > 0), 3),
-        "FailedTimeoutOnRecv": to_calls,
+        "FailedMaxUDPRetrans": retrans_to,
+        "FailedTimeoutOnRecv": recv_to,
         "FailedCallRejected": rej_calls,
         "CallRate": offered,
     }

@@ -14,6 +14,8 @@ it from the calling side:
 ``SuccessfulCall``   2xx final responses to that INVITE
 ``FailedCall``       >= 300 final responses to it, plus INVITEs with no final response after
                      ``INVITE_TIMEOUT_S`` (SIP timer B, 64 x T1), counted when they time out
+``FailedMaxUDPRetrans``  those INVITEs with no final response (``FailedTimeoutOnRecv``: 0, no caller's
+                     own timeout is on the wire)
 ``Retransmissions``  messages repeating an earlier one (same Call-ID, CSeq, method or status)
 ``CurrentCall``      calls in progress at the end of the interval, as SIPp counts them: from
                      the first INVITE until the call fails or its BYE is answered
@@ -149,7 +151,9 @@ class SipCounter:
             if not c.final:
                 c.final = True
                 t = c.invite_time + INVITE_TIMEOUT_S
-                self._bin(self.elements[c.element], t).counts["FailedCall"] += 1
+                counts = self._bin(self.elements[c.element], t).counts
+                counts["FailedCall"] += 1
+                counts["FailedMaxUDPRetrans"] += 1
                 self._end(c, t)
         while self.byes and (self.byes[0].ended or (self.byes[0].bye_time or 0.0) + INVITE_TIMEOUT_S <= now):
             c = self.byes.popleft()
