@@ -37,7 +37,8 @@ def _records(first: int, count: int, n_records: int, interval: float, offset: in
             value = orjson.dumps({"source": f"bench-src-{s:06d}", "ts": t0 + k * interval,
                                   "metrics": {"OutgoingCall": 50 + s % 7, "SuccessfulCall": 48, "FailedCall": 1,
                                               "Retransmissions": 2, "CurrentCall": 400 + k % 5,
-                                              "ResponseTime1": 12.5}})
+                                              "ResponseTime1": 12.5, "FailedMaxUDPRetrans": 0,
+                                              "FailedTimeoutOnRecv": 0}})
             yield Msg("bench", 0, offset, int((t0 + k * interval) * 1000), None, value)
             offset += 1
 
