@@ -50,7 +50,9 @@ __all__ = [
     "DEFAULT_FEATURES",
     "FEATURES",
     "RAW_METRICS",
+    "TIMEOUT_METRICS",
     "derive",
+    "refused_calls",
     "required_metrics",
 ]
 
@@ -109,12 +111,18 @@ def _log_per_load(name: str) -> Deriver:
 # A failure is a refusal (a final error answer: 486, 480, 500, 503 ...) or a timeout (nothing answered).
 # The calls a freeze held time out up to 32 s after it ends, in traffic labelled normal; a capacity limit
 # starting then refuses calls: only the split tells the two apart.
-_TIMEOUTS = ("FailedMaxUDPRetrans", "FailedTimeoutOnRecv")
+TIMEOUT_METRICS: tuple[str, ...] = ("FailedMaxUDPRetrans", "FailedTimeoutOnRecv")
+
+
+def refused_calls(raw: np.ndarray) -> np.ndarray:
+    """Failed calls that did not time out, from raw samples (..., R) in RAW_METRICS order; never below 0
+    (counters that disagree)."""
+    timeouts = sum(_col(raw, m) for m in TIMEOUT_METRICS)
+    return np.maximum(_col(raw, "FailedCall") - timeouts, 0.0)
 
 
 def _refused_log(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
-    refused = _col(raw, "FailedCall") - _col(raw, _TIMEOUTS[0]) - _col(raw, _TIMEOUTS[1])
-    return np.log1p(np.maximum(refused, 0.0) / load / RARE_SCALE)
+    return np.log1p(refused_calls(raw) / load / RARE_SCALE)
 
 
 def _log_response_ms(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
@@ -132,7 +140,7 @@ FEATURES: dict[str, tuple[tuple[str, ...], Deriver]] = {
     "concurrency_rel": (("OutgoingCall", "CurrentCall"), _per_load("CurrentCall")),
     "concurrency_delta": (("OutgoingCall", "CurrentCall"), _concurrency_delta),
     "log_response_ms": (("ResponseTime1",), _log_response_ms),
-    "refused_log": (("OutgoingCall", "FailedCall", *_TIMEOUTS), _refused_log),
+    "refused_log": (("OutgoingCall", "FailedCall", *TIMEOUT_METRICS), _refused_log),
 }
 DEFAULT_FEATURES: tuple[str, ...] = ("offered_rel", "success_rel", "failed_log", "retrans_log", "concurrency_delta",
                                       "log_response_ms", "refused_log")

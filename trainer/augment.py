@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from netsiam.features import RAW_METRICS, derive
+from netsiam.features import RAW_METRICS, TIMEOUT_METRICS, derive, refused_calls
 from netsiam.trainer.dataset import LabelledWindows
 
 __all__ = ["thin_windows", "thinned_copies"]
@@ -29,12 +29,10 @@ def thin_windows(rng: np.random.Generator, raw: np.ndarray, keep: np.ndarray) ->
     def thin(counts: np.ndarray) -> np.ndarray:
         return rng.binomial(np.maximum(np.rint(counts), 0).astype(np.int64), p).astype(np.float64)
 
-    for m in ("OutgoingCall", "SuccessfulCall", "Retransmissions", "FailedMaxUDPRetrans", "FailedTimeoutOnRecv"):
+    for m in ("OutgoingCall", "SuccessfulCall", "Retransmissions", *TIMEOUT_METRICS):
         out[..., i[m]] = thin(raw[..., i[m]])
     # the failures that did not time out are thinned on their own, so FailedCall stays their sum with the timeouts
-    timeouts = raw[..., i["FailedMaxUDPRetrans"]] + raw[..., i["FailedTimeoutOnRecv"]]
-    out[..., i["FailedCall"]] = (thin(np.maximum(raw[..., i["FailedCall"]] - timeouts, 0.0))
-                                 + out[..., i["FailedMaxUDPRetrans"]] + out[..., i["FailedTimeoutOnRecv"]])
+    out[..., i["FailedCall"]] = thin(refused_calls(raw)) + sum(out[..., i[m]] for m in TIMEOUT_METRICS)
     cur, offered = raw[..., i["CurrentCall"]], raw[..., i["OutgoingCall"]]
     departed = np.maximum(offered[:, 1:] - np.diff(cur, axis=1), 0.0)               # (N, T-1)
     start = rng.binomial(np.maximum(np.rint(cur[:, :1]), 0).astype(np.int64), p)    # (N, 1)

@@ -21,8 +21,9 @@ being set as ratios:
 * answered calls are rejected (``FailedCallRejected``) with a small background probability, or held
   for a lognormal time; then the caller's BYE crosses the same path (retransmitted with T1 doubling,
   capped at T2 = 4 s) and the call counts in ``SuccessfulCall`` when the BYE is answered, or fails
-  when timer F fires at 32 s (``FailedMaxUDPRetrans``). ``CurrentCall`` counts every call started and not yet ended, including
-  INVITEs still waiting for an answer and calls whose BYE is still being retransmitted;
+  when timer F fires at 32 s (``FailedMaxUDPRetrans``). ``CurrentCall`` counts every call started and
+  not yet ended, including INVITEs still waiting for an answer and calls whose BYE is still being
+  retransmitted;
 * ``ResponseTime1`` is the mean INVITE -> final response time (ms) of calls answered in the second,
   0 when none was answered (as SIPp reports an empty period).
 
@@ -340,9 +341,9 @@ def _source(rng: np.random.Generator, base_load: float, seconds: int, p: SimPara
     rej_calls = _bins(answer_t[rejected], n)
     # SIPp's counters: an INVITE given up by the caller's own timeout is FailedTimeoutOnRecv, one that
     # ran out of retransmissions (timer B) and a failed BYE (timer F) are FailedMaxUDPRetrans.
-    invite_to = _bins(timeout_t, n)
+    invite_to, bye_to = _bins(timeout_t, n), _bins(bye_fail_t, n)
     by_caller = tb["ua_timeout_s"] is not None
-    recv_to, retrans_to = (invite_to, _bins(bye_fail_t, n)) if by_caller else (np.zeros(n), invite_to + _bins(bye_fail_t, n))
+    recv_to, retrans_to = (invite_to, bye_to) if by_caller else (np.zeros(n), invite_to + bye_to)
     to_calls = recv_to + retrans_to
     n_answers = _bins(answer_t[answered], n)
     rt_sum = _bins(answer_t[answered], n, rt_ms[answered])
