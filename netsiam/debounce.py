@@ -18,7 +18,9 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   nearest class is ``normal`` counts as normal: the recovery after a fault (a burst of late answers,
   retransmissions draining, held calls timing out up to SIP's 32 s later) is beyond every threshold
   yet nearer normal than the fault, and must neither hold the fault up nor raise ``unknown`` after it.
-  A window of a named class, or an ``unknown`` one nearest another fault, ends that grace at once.
+  A window of a named class ends that grace at once; an ``unknown`` one nearest a fault counts as
+  anomalous but ends it only once ``aftermath_s`` has passed (a freeze's recovery lands nearer a
+  fault for a window or two; chosen on the validation recordings, ``docs/method.md``).
 - ``hold_within`` (hysteresis, on by default): while a named fault is active, a ``normal`` window that is also within
   that fault's own threshold counts as the fault, so windows the two classes share do not clear it.
 """
@@ -106,7 +108,7 @@ class FaultTracker:
             self._aftermath = False
         if cls == UNKNOWN and nearest == NORMAL and (self._aftermath or self._active not in (None, UNKNOWN)):
             cls = NORMAL    # a named fault's aftermath: beyond every threshold, but nearer normal than the fault
-        elif cls != NORMAL:
+        elif cls != NORMAL and (cls != UNKNOWN or window_end >= self._aftermath_until):
             self._aftermath = False
         self._recent.append((cls, window_end))
         if cls == self._tail:

@@ -110,6 +110,20 @@ def test_the_aftermath_lasts_aftermath_s_after_the_clear() -> None:
     assert _transitions(cfg, named)[2:] == [("raised", "unknown", 14.0)]
 
 
+def test_an_unknown_window_nearest_a_fault_ends_the_grace_only_after_aftermath_s() -> None:
+    """The recovery after a freeze sometimes lands nearer a fault than normal for a window or two; inside
+    aftermath_s that window is still anomalous, but the unknown windows nearest normal around it stay graced."""
+    seq = [("blocked", "blocked")] * 3 + [("normal", "normal")] * 2            # cleared at window 4
+    seq += [("unknown", "normal")] * 3 + [("unknown", "capacity_limit")] + [("unknown", "normal")] * 8
+    cfg = replace(CFG, aftermath_s=20.0)                                        # grace until 24.0
+    assert _transitions(cfg, seq)[2:] == []
+    # past aftermath_s the same window ends the grace at once, as a named class's does
+    assert _transitions(replace(CFG, aftermath_s=3.0), seq)[2:] == [("raised", "unknown", 11.0)]
+    # and a run of windows nearest a fault still raises unknown inside the grace
+    run_ = seq[:5] + [("unknown", "capacity_limit")] * 5
+    assert _transitions(cfg, run_)[2:] == [("raised", "unknown", 8.0)]
+
+
 def test_hold_within_keeps_a_fault_through_windows_both_classes_claim() -> None:
     """Hysteresis: mid-fault windows nearer normal but within the active fault's threshold do not clear it."""
     seq = [("capacity_limit", {"capacity_limit"})] * 3 + [("normal", {"normal", "capacity_limit"})] * 4
