@@ -20,7 +20,7 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   yet nearer normal than the fault, and must neither hold the fault up nor raise ``unknown`` after it.
   A window of a named class ends that grace at once; an ``unknown`` one nearest a fault counts as
   anomalous but ends it only once ``aftermath_s`` has passed (a freeze's recovery lands nearer a
-  fault for a window or two; chosen on the validation recordings, ``docs/method.md``).
+  fault for a window or two; chosen on the validation recordings, ``docs/method.md``). Any raise ends it.
 - ``hold_within`` (hysteresis, on by default): while a named fault is active, a ``normal`` window that is also within
   that fault's own threshold counts as the fault, so windows the two classes share do not clear it.
 """
@@ -93,6 +93,7 @@ class FaultTracker:
 
     def _raise(self, fault: str, window_end: float) -> Transition:
         self._active = fault
+        self._aftermath = False   # a raised fault is no aftermath: nearest-normal windows must not clear it
         self._started_at = self._run_start if self._run_start is not None else window_end
         return Transition("raised", fault, self._started_at, window_end)
 

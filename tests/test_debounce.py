@@ -122,6 +122,8 @@ def test_an_unknown_window_nearest_a_fault_ends_the_grace_only_after_aftermath_s
     # and a run of windows nearest a fault still raises unknown inside the grace
     run_ = seq[:5] + [("unknown", "capacity_limit")] * 5
     assert _transitions(cfg, run_)[2:] == [("raised", "unknown", 8.0)]
+    # ... which then ends the grace: windows merely nearest normal do not clear that unknown
+    assert _transitions(cfg, run_ + [("unknown", "normal")] * 6)[2:] == [("raised", "unknown", 8.0)]
 
 
 def test_hold_within_keeps_a_fault_through_windows_both_classes_claim() -> None:
