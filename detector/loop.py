@@ -17,6 +17,7 @@ is caught up, makes its sources ``silent`` (pipeline.py).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import gc
@@ -58,28 +59,38 @@ HOUSEKEEPING_S = 2.0        # lag, broker reachability, gauges, wall-clock silen
 
 
 class Batcher:
-    """One micro-batch at a time on the embed thread, applied to the pipeline in order."""
+    """Micro-batches embedded on one thread, applied to the pipeline in order.
+
+    Up to ``DEPTH`` batches are handed over at once, so the embed thread starts the next one as soon
+    as it finishes one while the main thread consumes. Back-pressure: once a full batch is pending
+    and the queue is full, the main thread waits for the oldest batch; so after every :meth:`pump`
+    fewer than ``detector.batch_max`` windows are pending (a backlog is consumed as fast as it is
+    embedded, never held in memory).
+    """
+
+    DEPTH = 2
 
     def __init__(self, pipeline: Pipeline, cfg: Config, on_applied: Callable[[Batch], None]) -> None:
         self.pipeline = pipeline
         self.det = cfg.detector
         self._on_applied = on_applied
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netsiam-embed")
-        self._inflight: concurrent.futures.Future[BatchResult] | None = None
-        self._batch: Batch | None = None
-        self._submitted = 0.0   # monotonic time the batch in flight was handed to the embed thread
+        self._inflight: collections.deque[tuple[concurrent.futures.Future[BatchResult], Batch]] = collections.deque()
+        self._running_since = 0.0   # monotonic time the embed thread started its current batch
 
     @property
     def idle(self) -> bool:
         """Nothing pending and nothing embedding: every output of what was fed has been emitted."""
-        return self._inflight is None and not self.pipeline.pending
+        return not self._inflight and not self.pipeline.pending
 
     def inflight_s(self) -> float:
-        """How long the batch on the embed thread has been running (0 when none is)."""
-        return 0.0 if self._inflight is None or self._inflight.done() else time.monotonic() - self._submitted
+        """How long the embed thread has been running its current batch (0 when it runs none)."""
+        if all(f.done() for f, _ in self._inflight):
+            return 0.0
+        return time.monotonic() - self._running_since
 
     def poll_timeout_ms(self) -> int:
-        if self._inflight is not None:
+        if self._inflight:
             return 5
         if self.pipeline.pending:
             left = self.det.batch_wait_ms - (time.monotonic() - self.pipeline.pending_since) * 1000
@@ -88,19 +99,25 @@ class Batcher:
 
     def pump(self, final: bool, caught_up: bool) -> None:
         p, det = self.pipeline, self.det
-        if self._inflight is not None and (self._inflight.done() or final or p.pending >= det.batch_max):
-            self._finish()  # done, or back-pressure: the embed thread is behind
-        if self._inflight is None and p.pending:
+        while True:
+            while self._inflight and self._inflight[0][0].done():
+                self._finish()
             # Under backlog a batch fills up to batch_max or waits batch_wait_ms; once the consumer has
             # caught up (the last poll was not full) waiting gains nothing but latency.
-            due = (final or caught_up or p.pending >= det.batch_max
-                   or (time.monotonic() - p.pending_since) * 1000 >= det.batch_wait_ms)
-            if due:
+            due = p.pending and (final or caught_up or p.pending >= det.batch_max
+                                 or (time.monotonic() - p.pending_since) * 1000 >= det.batch_wait_ms)
+            if due and len(self._inflight) < self.DEPTH:
                 batch = p.take_batch(det.batch_max)
                 assert batch is not None
-                self._batch = batch
-                self._submitted = time.monotonic()
-                self._inflight = self._executor.submit(run_batch, batch)
+                self._inflight.append((self._executor.submit(self._run, batch), batch))
+            elif self._inflight and (final or p.pending >= det.batch_max):
+                self._finish()  # back-pressure: the embed thread is behind
+            else:
+                return
+
+    def _run(self, batch: Batch) -> BatchResult:
+        self._running_since = time.monotonic()
+        return run_batch(batch)
 
     def drain(self) -> None:
         """Embed and apply everything fed so far."""
@@ -108,13 +125,11 @@ class Batcher:
             self.pump(final=True, caught_up=True)
 
     def _finish(self) -> None:
-        assert self._inflight is not None and self._batch is not None
+        fut, batch = self._inflight.popleft()
         try:
-            res = self._inflight.result()
+            res = fut.result()
         except Exception as e:  # noqa: BLE001 - a model that cannot embed must not commit anything
             raise FatalError(f"embedding failed: {type(e).__name__}: {e}") from e
-        batch = self._batch
-        self._inflight = self._batch = None
         self.pipeline.apply(batch, res)
         self._on_applied(batch)
 
