@@ -344,14 +344,17 @@ def test_tracker_is_new_again_once_quiet(seq: list[tuple[str, str]], deb: Deboun
 def test_the_tracker_is_quiet_exactly_after_clear_m_normal_windows_and_the_grace(seq: list[str], clear_m: int,
                                                                                   grace: int) -> None:
     """Without nearest classes quiet is the tracker's own normal streak, and for ``aftermath_s`` after a named
-    fault cleared (while the windows stay normal) not quiet: a replay starting there would not know the grace."""
+    fault cleared not quiet (a replay starting there would not know the grace) unless the grace ended: at a
+    named class's window, at an ``unknown`` one once ``aftermath_s`` has passed, or at any raise."""
     from netsiam.debounce import FaultTracker
 
     t = FaultTracker(DebounceConfig(clear_m=clear_m, aftermath_s=float(grace)))
     cleared_at = None                                      # the window a named fault last cleared on (not a switch)
     for i, cls in enumerate(seq):
         out = t.update(cls, float(i))
-        if cls != "normal":                               # a fault's window ends the grace
+        if cls != "normal" and (cls != "unknown" or cleared_at is None or i >= cleared_at + grace):
+            cleared_at = None
+        if out and out[-1].state == "raised":
             cleared_at = None
         if out and out[-1].state == "cleared" and out[-1].fault != "unknown":
             cleared_at = i
