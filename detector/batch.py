@@ -2,7 +2,8 @@
 
 :func:`run_batch` derives features, embeds (one call; plain Keras: a few when that avoids padding) and
 classifies by nearest prototype; :meth:`~netsiam.detector.pipeline.Pipeline.apply` then debounces the
-result in window order on the main thread.
+result in window order on the main thread. The daemon runs only :func:`embed_inputs` on its embed
+thread, the numpy steps before and after it on the main thread (detector/loop.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from .sources import TP, SourceState
 
 __all__ = ["EVICTED", "SILENT_CLEARED", "SILENT_RAISED", "SPLIT_COST", "Batch", "BatchResult", "Marker", "WindowRef",
-           "embed_pieces", "run_batch"]
+           "classify_batch", "derive_batch", "embed_inputs", "embed_pieces", "run_batch"]
 
 SPLIT_COST = 32  # one more encoder call costs about as much as embedding this many windows (CPU, measured)
 
@@ -103,24 +104,40 @@ def embed_pieces(n: int) -> list[int]:
     return out
 
 
-def run_batch(batch: Batch) -> BatchResult:
-    """Derive features, embed, classify. Pure; safe on a worker thread."""
-    t0 = time.perf_counter()
-    art = batch.artifact
-    if not len(batch.raw):  # markers only: nothing to embed
-        n_classes = len(art.prototypes.classes)
-        return BatchResult(np.empty(0, dtype=object), np.empty(0), np.empty((0, n_classes)), np.empty((0, 0)),
-                           time.perf_counter() - t0)
-    x = derive(batch.raw, art.features)
+def derive_batch(batch: Batch) -> np.ndarray:
+    """(N, T, R) raw windows -> (N, T, F) model inputs (main thread: see :func:`embed_inputs`)."""
+    return derive(batch.raw, batch.artifact.features)
+
+
+def embed_inputs(art: Artifact, x: np.ndarray) -> np.ndarray:
+    """(N, T, F) -> (N, D): the encoder call(s), and nothing else, so that the embed thread takes the
+    GIL back as rarely as possible (each time it may wait a whole switch interval while the main
+    thread decodes: a numpy step on the embed thread cost ~5 ms there, and derive() takes ~30)."""
+    if not len(x):  # markers only: nothing to embed
+        return np.empty((0, 0))
     compiled = getattr(art, "compiled_encoder", None)  # test doubles of Artifact have no fast path
     sizes = [len(x)] if compiled is not None and compiled() is not None else embed_pieces(len(x))
     if len(sizes) == 1:
-        emb = art.embed(x, batch_size=max(1024, len(x)))
-    else:
-        parts, i = [], 0
-        for k in sizes:
-            parts.append(art.embed(x[i:i + k], batch_size=max(1024, k)))
-            i += k
-        emb = np.concatenate(parts)
-    names, nearest, dists = art.prototypes.classify(emb)
-    return BatchResult(names, nearest, dists, emb, time.perf_counter() - t0)
+        return art.embed(x, batch_size=max(1024, len(x)))
+    parts, i = [], 0
+    for k in sizes:
+        parts.append(art.embed(x[i:i + k], batch_size=max(1024, k)))
+        i += k
+    return np.concatenate(parts)
+
+
+def classify_batch(batch: Batch, emb: np.ndarray, seconds: float) -> BatchResult:
+    """Nearest prototypes of the batch's embeddings (main thread)."""
+    if not len(emb):
+        n_classes = len(batch.artifact.prototypes.classes)
+        return BatchResult(np.empty(0, dtype=object), np.empty(0), np.empty((0, n_classes)), np.empty((0, 0)),
+                           seconds)
+    names, nearest, dists = batch.artifact.prototypes.classify(emb)
+    return BatchResult(names, nearest, dists, emb, seconds)
+
+
+def run_batch(batch: Batch) -> BatchResult:
+    """Derive features, embed, classify: the three steps the daemon splits between its threads, in one."""
+    t0 = time.perf_counter()
+    emb = embed_inputs(batch.artifact, derive_batch(batch))
+    return classify_batch(batch, emb, time.perf_counter() - t0)

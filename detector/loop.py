@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from kafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -39,7 +40,7 @@ from netsiam.producer import require_confluent
 from netsiam.sdnotify import Watchdog, notify
 from netsiam.serving import Artifact
 
-from .batch import Batch, BatchResult, run_batch
+from .batch import Batch, classify_batch, derive_batch, embed_inputs
 from .delivery import ACK_OVERDUE_S, FatalError, Publisher
 from .health import HealthServer
 from .metrics import DetectorMetrics
@@ -75,7 +76,9 @@ class Batcher:
         self.det = cfg.detector
         self._on_applied = on_applied
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netsiam-embed")
-        self._inflight: collections.deque[tuple[concurrent.futures.Future[BatchResult], Batch]] = collections.deque()
+        # (the embed call, its batch, seconds spent deriving its inputs), oldest first
+        self._inflight: collections.deque[tuple[concurrent.futures.Future[tuple[np.ndarray, float]], Batch, float]] = (
+            collections.deque())
         self._running_since = 0.0   # monotonic time the embed thread started its current batch
 
     @property
@@ -85,7 +88,7 @@ class Batcher:
 
     def inflight_s(self) -> float:
         """How long the embed thread has been running its current batch (0 when it runs none)."""
-        if all(f.done() for f, _ in self._inflight):
+        if all(f.done() for f, _, _ in self._inflight):
             return 0.0
         return time.monotonic() - self._running_since
 
@@ -109,15 +112,22 @@ class Batcher:
             if due and len(self._inflight) < self.DEPTH:
                 batch = p.take_batch(det.batch_max)
                 assert batch is not None
-                self._inflight.append((self._executor.submit(self._run, batch), batch))
+                t0 = time.perf_counter()
+                try:
+                    x = derive_batch(batch)
+                except Exception as e:  # noqa: BLE001 - as an embed failure: nothing of it may commit
+                    raise FatalError(f"embedding failed: {type(e).__name__}: {e}") from e
+                self._inflight.append((self._executor.submit(self._run, batch.artifact, x), batch,
+                                       time.perf_counter() - t0))
             elif self._inflight and (final or p.pending >= det.batch_max):
                 self._finish()  # back-pressure: the embed thread is behind
             else:
                 return
 
-    def _run(self, batch: Batch) -> BatchResult:
-        self._running_since = time.monotonic()
-        return run_batch(batch)
+    def _run(self, art: Artifact, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """On the embed thread: the encoder call alone (numpy work here would wait for the GIL)."""
+        self._running_since = t0 = time.monotonic()
+        return embed_inputs(art, x), time.monotonic() - t0
 
     def drain(self) -> None:
         """Embed and apply everything fed so far."""
@@ -125,11 +135,14 @@ class Batcher:
             self.pump(final=True, caught_up=True)
 
     def _finish(self) -> None:
-        fut, batch = self._inflight.popleft()
+        fut, batch, derive_s = self._inflight.popleft()
         try:
-            res = fut.result()
+            emb, embed_s = fut.result()
+            t0 = time.perf_counter()
+            res = classify_batch(batch, emb, 0.0)
         except Exception as e:  # noqa: BLE001 - a model that cannot embed must not commit anything
             raise FatalError(f"embedding failed: {type(e).__name__}: {e}") from e
+        res.seconds = derive_s + embed_s + time.perf_counter() - t0
         self.pipeline.apply(batch, res)
         self._on_applied(batch)
 
