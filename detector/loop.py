@@ -59,6 +59,10 @@ SHUTDOWN_FLUSH_S = 60.0
 HOUSEKEEPING_S = 2.0        # lag, broker reachability, gauges, wall-clock silence
 
 
+def _embed_failed(e: Exception) -> FatalError:
+    return FatalError(f"embedding failed: {type(e).__name__}: {e}")
+
+
 class Batcher:
     """Micro-batches embedded on one thread, applied to the pipeline in order.
 
@@ -116,7 +120,7 @@ class Batcher:
                 try:
                     x = derive_batch(batch)
                 except Exception as e:  # noqa: BLE001 - as an embed failure: nothing of it may commit
-                    raise FatalError(f"embedding failed: {type(e).__name__}: {e}") from e
+                    raise _embed_failed(e) from e
                 self._inflight.append((self._executor.submit(self._run, batch.artifact, x), batch,
                                        time.perf_counter() - t0))
             elif self._inflight and (final or p.pending >= det.batch_max):
@@ -141,7 +145,7 @@ class Batcher:
             t0 = time.perf_counter()
             res = classify_batch(batch, emb, 0.0)
         except Exception as e:  # noqa: BLE001 - a model that cannot embed must not commit anything
-            raise FatalError(f"embedding failed: {type(e).__name__}: {e}") from e
+            raise _embed_failed(e) from e
         res.seconds = derive_s + embed_s + time.perf_counter() - t0
         self.pipeline.apply(batch, res)
         self._on_applied(batch)

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 from helpers import LinearArtifact, Model, embed_all, labelled_trace, partitioned
 from test_pipeline import events
 
@@ -80,3 +81,26 @@ def test_a_backlog_is_never_held_pending_and_batches_apply_in_order(model: Model
         assert all(c.positions[tp] >= a.positions[tp] for tp in a.positions)
         assert c.seq >= a.seq
     assert len(applied) >= windows // BATCH_MAX  # full batches while catching up, not one batch per round
+
+
+class BrokenArtifact(LinearArtifact):
+    def embed(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        raise RuntimeError("no such op")
+
+
+def test_a_failed_embed_call_stops_the_batcher_with_nothing_applied(model: Model) -> None:
+    from netsiam.detector.delivery import FatalError
+
+    lines, _ = labelled_trace(sources=2, minutes=3)
+    base = model.fake()
+    p = Pipeline(Config(), BrokenArtifact(base.head, base.prototypes, base.window))
+    applied: list[Batch] = []
+    b = Batcher(p, Config(), applied.append)
+    try:
+        for tp, msgs in partitioned(lines, 2).items():
+            p.feed(tp, msgs)
+        with pytest.raises(FatalError, match="embedding failed: RuntimeError: no such op"):
+            b.drain()
+    finally:
+        b.close()
+    assert applied == []  # so no offset of those records can be committed
