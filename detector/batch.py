@@ -106,6 +106,8 @@ def embed_pieces(n: int) -> list[int]:
 
 def derive_batch(batch: Batch) -> np.ndarray:
     """(N, T, R) raw windows -> (N, T, F) model inputs (main thread: see :func:`embed_inputs`)."""
+    if not len(batch.raw):  # markers only
+        return np.empty((0, *batch.raw.shape[1:2], len(batch.artifact.features)))
     return derive(batch.raw, batch.artifact.features)
 
 
