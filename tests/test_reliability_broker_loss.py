@@ -135,15 +135,15 @@ def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
     port, tc, part1, part2 = outage_setup("bp")
 
     armed, held, release = threading.Event(), threading.Event(), threading.Event()
-    real_run_batch = dm.run_batch
+    real_embed = dm.embed_inputs
 
-    def gated_run_batch(batch: Any) -> Any:
+    def gated_embed(art: Any, x: Any) -> Any:  # the embed thread's call
         if armed.is_set():
             held.set()
             release.wait(60)
-        return real_run_batch(batch)
+        return real_embed(art, x)
 
-    monkeypatch.setattr(dm, "run_batch", gated_run_batch)
+    monkeypatch.setattr(dm, "embed_inputs", gated_embed)
     bp = start_broker(port, topics=tc)
     rc: list[int] = []
     d: Daemon | None = None
