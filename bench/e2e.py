@@ -45,7 +45,7 @@ from bench.procstats import cpu_seconds
 from bench.scrape import Scrape, scrape
 from netsiam.broker import stop_process
 
-__all__ = ["PARTITIONS", "bench_e2e", "daemon_config"]
+__all__ = ["PARTITIONS", "bench_e2e", "daemon_config", "latency_trace", "pace"]
 
 PARTITIONS = 4
 POLL_S = 0.05
@@ -244,20 +244,33 @@ def _hist_quantile_le(before: list[tuple[float, float]], after: list[tuple[float
     return next((le for le, c in diff if c >= q * total), None)
 
 
-def measure_latency(ctx: Ctx, proc: DaemonProc, bootstrap: str, topics: Any, admin: Any, group: str,
-                    records_per_s: float, prefilled: int) -> dict[str, Any]:
-    """Paced stream at ``records_per_s`` into the running daemon; record->event latency per event."""
+def latency_trace(ctx: Ctx, records_per_s: float) -> tuple[int, Path]:
+    """The paced stream's records (new sources ``lat-*``, simulated, faults included; ~25 s of them at
+    ``records_per_s``, 6 s in ``--quick``), written to a file: (number of records, path)."""
     wall_s = 6.0 if ctx.quick else 25.0
     sim_sources, copies = (8, 5) if ctx.quick else (20, 10)
     minutes = max(2.0, wall_s * records_per_s / (sim_sources * copies) / 60.0)
     lines = [re.sub(rb'"source":"', b'"source":"lat-', ln, count=1)
              for ln in trace_lines(sim_sources, minutes, seed=321, copies=copies)]
-    trace, acks_path = ctx.tmp / "latency.jsonl", ctx.tmp / "latency-acks.json"
+    trace = ctx.tmp / "latency.jsonl"
     trace.write_bytes(b"\n".join(lines) + b"\n")
+    return len(lines), trace
+
+
+def pace(trace: Path, bootstrap: str, topic: str, records_per_s: float, acks_path: Path) -> dict[str, Any]:
+    """Play ``trace`` into ``topic`` at ``records_per_s`` (``bench.pace``, its own process); its stats."""
+    return run_json("bench.pace", [str(trace), "--bootstrap", bootstrap, "--topic", topic,
+                                   "--rate", f"{records_per_s:.1f}", "--acks", str(acks_path)], timeout_s=600)
+
+
+def measure_latency(ctx: Ctx, proc: DaemonProc, bootstrap: str, topics: Any, admin: Any, group: str,
+                    records_per_s: float, prefilled: int) -> dict[str, Any]:
+    """Paced stream at ``records_per_s`` into the running daemon; record->event latency per event."""
+    n_lines, trace = latency_trace(ctx, records_per_s)
+    acks_path = ctx.tmp / "latency-acks.json"
     before = proc.scrape()
-    stats = run_json("bench.pace", [str(trace), "--bootstrap", bootstrap, "--topic", topics.samples,
-                                    "--rate", f"{records_per_s:.1f}", "--acks", str(acks_path)], timeout_s=600)
-    total = prefilled + len(lines)
+    stats = pace(trace, bootstrap, topics.samples, records_per_s, acks_path)
+    total = prefilled + n_lines
     deadline = time.monotonic() + 60
     while _committed_total(admin, group, topics.samples) < total and time.monotonic() < deadline:
         time.sleep(0.2)

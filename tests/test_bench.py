@@ -204,3 +204,42 @@ def test_sources_judge_needs_bounded_lag_no_drift_a_window_per_record_and_a_pace
     assert judge(5000, a, slow, max_lag=9000, behind_s=0.0)[1] == "drift"
     few = Sample(t=20.0, sent=110_000, consumed=109_400, windows=80_000)
     assert judge(5000, a, few, max_lag=1500, behind_s=0.0)[1] == "windows"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+def test_pace_sends_at_the_rate_and_records_each_ack(tmp_path: Path, client: str) -> None:
+    from bench.common import new_topics, unique_name
+    from bench.e2e import read_all
+    from netsiam.broker import start_broker
+
+    lines = [json.dumps({"source": f"s{i % 7}", "ts": 1000.0 + i // 7, "metrics": {"OutgoingCall": i}})
+             for i in range(700)]
+    trace, acks = tmp_path / "t.jsonl", tmp_path / "acks.json"
+    trace.write_text("\n".join(lines) + "\n")
+    with start_broker(0) as bp:
+        t = new_topics(bp.bootstrap, unique_name("pace"), 2)
+        p = subprocess.run([sys.executable, "-m", "bench.pace", str(trace), "--bootstrap", bp.bootstrap,
+                            "--topic", t.samples, "--rate", "1000", "--acks", str(acks), "--client", client],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        stats = json.loads(p.stdout)
+        got = read_all(bp.bootstrap, t.samples, 2)
+    assert stats["client"] == client and stats["sent"] == 700 and stats["unacked"] == 0
+    assert 0.6 < stats["seconds"] < 5.0  # 700 records at 1,000/s: paced, not sent at once
+    ack = json.loads(acks.read_text())
+    assert [(a[0], a[1]) for a in ack] == [(json.loads(ln)["source"], json.loads(ln)["ts"]) for ln in lines]
+    ms = [a[2] for a in ack]
+    assert all(m > 0 for m in ms) and ms[-1] - ms[0] > 500  # each ack time is when it came, in pace
+    assert sorted(m.value for m in got) == sorted(ln.encode() for ln in lines)
+    assert {m.key for m in got} == {f"s{i}".encode() for i in range(7)}  # keyed by source
+
+
+@pytest.mark.slow
+def test_latency_floor_measures_every_record_of_the_paced_stream(tmp_path: Path) -> None:
+    from bench.common import Ctx
+    from bench.latency_floor import floor
+
+    (row,) = floor(Ctx(quick=True, tmp=tmp_path), [2000.0])
+    assert row["polled"] == row["records"] > 1000
+    assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"] < 10_000
