@@ -11,7 +11,8 @@ source, many sources):
   are not counted) until the group's committed offsets cover all N. Start-up (imports, model load,
   group join) is excluded; the final commit (every 0.5 s) is included.
 * latency: the same daemon, now idle and caught up, gets a paced stream of new sources (simulated,
-  with faults) at half the rate it just sustained, from ``bench.pace`` (its own process). Per event:
+  with faults) at half the rate it just sustained, from ``bench.pace`` (its own process; it produces
+  as ``netsiam collect`` does, and through confluent-kafka where installed). Per event:
   the event message's timestamp (CreateTime, stamped by the daemon's producer as it sends; its ack
   follows within a round trip) minus the broker ack time of the record that completed the
   triggering window (same source, ``ts == window_end``), so window fill time is not included.
@@ -297,6 +298,7 @@ def measure_latency(ctx: Ctx, proc: DaemonProc, bootstrap: str, topics: Any, adm
         "latency_target_records_per_s": round(records_per_s),
         "latency_offered_records_per_s": round(stats["rate"]),
         "latency_producer_max_behind_s": stats["max_behind_s"],
+        "latency_producer_client": stats["client"],
         "latency_daemon_hist_p99_le_ms": None if p99_le is None else round(p99_le * 1000),
         # where the time goes: the daemon's micro-batches during the paced stream
         "latency_embed_batch_mean_ms": round(delta("netsiam_embed_batch_seconds_sum") / batches * 1000, 1),
