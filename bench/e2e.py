@@ -46,7 +46,7 @@ from bench.procstats import cpu_seconds
 from bench.scrape import Scrape, scrape
 from netsiam.broker import stop_process
 
-__all__ = ["PARTITIONS", "bench_e2e", "daemon_config", "latency_trace", "pace"]
+__all__ = ["PARTITIONS", "bare_kafka_python", "bench_e2e", "daemon_config", "latency_trace", "pace"]
 
 PARTITIONS = 4
 POLL_S = 0.05
@@ -156,15 +156,23 @@ def _bare_polls(bootstrap: str, topic: str, client: str) -> tuple[Callable[[], i
         ck.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
                    for p in range(PARTITIONS)])
         return lambda: len(ck.consume(kcfg.max_poll_records, 0.2)), ck.close
+    c = bare_kafka_python(bootstrap, topic)
+    return lambda: sum(len(v) for v in c.poll(timeout_ms=200).values()), c.close
+
+
+def bare_kafka_python(bootstrap: str, topic: str) -> Any:
+    """A kafka-python consumer with the daemon's fetch settings, every partition of ``topic``
+    (``PARTITIONS``) assigned from the beginning, no group."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from netsiam.config import KafkaConfig
     from netsiam.kafka_io import consumer_kwargs
 
-    c = KafkaConsumer(**consumer_kwargs(kcfg, bootstrap, None))
+    c = KafkaConsumer(**consumer_kwargs(KafkaConfig(), bootstrap, None))
     tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
     c.assign(tps)
     c.seek_to_beginning(*tps)
-    return lambda: sum(len(v) for v in c.poll(timeout_ms=200).values()), c.close
+    return c
 
 
 def bare_consume(bootstrap: str, topic: str, n: int, broker_pid: int, timeout_s: float = 300.0,

@@ -2,10 +2,11 @@
 
 ``python -m bench.latency_floor [--rates R,R..] [--quick]``: per rate a fresh embedded broker and
 topic (``PARTITIONS`` partitions), ``bench.pace`` playing the stream the latency step plays
-(:func:`bench.e2e.latency_trace`), and a bare kafka-python consumer with the daemon's consumer
-settings (netsiam/kafka_io.py) that only parses each record: per record, the time its poll returned
-minus the broker's ack. No window, embedding or event: whatever the daemon's latency
-(``python -m bench.e2e MODEL --latency R``) adds to this floor is the daemon's. One JSON line per rate.
+(:func:`bench.e2e.latency_trace`), and the throughput step's bare kafka-python consumer
+(:func:`bench.e2e.bare_kafka_python`: the daemon's fetch settings, no group) that only parses each
+record: per record, the time its poll returned minus the broker's ack. No window, embedding or
+event: whatever the daemon's latency (``python -m bench.e2e MODEL --latency R``) adds to this floor
+is the daemon's. One JSON line per rate.
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bench.common import Ctx, new_topics, unique_name
-from bench.e2e import PARTITIONS, latency_trace, pace
+from bench.common import Ctx, new_topics
+from bench.e2e import PARTITIONS, bare_kafka_python, latency_trace, pace
 
 __all__ = ["floor"]
-
-ASSIGN_TIMEOUT_S = 30.0
 
 
 def floor(ctx: Ctx, rates: Sequence[float]) -> Iterator[dict[str, Any]]:
@@ -38,16 +37,8 @@ def floor(ctx: Ctx, rates: Sequence[float]) -> Iterator[dict[str, Any]]:
 
 
 def _one_rate(ctx: Ctx, bootstrap: str, records_per_s: float) -> dict[str, Any]:
-    from kafka import KafkaConsumer
-
-    from netsiam.config import KafkaConfig
-    from netsiam.kafka_io import consumer_kwargs
-
     t = new_topics(bootstrap, "floor", PARTITIONS)
-    consumer = KafkaConsumer(t.samples, **consumer_kwargs(KafkaConfig(), bootstrap, unique_name("g")))
-    deadline = time.monotonic() + ASSIGN_TIMEOUT_S
-    while not consumer.assignment() and time.monotonic() < deadline:
-        consumer.poll(timeout_ms=100)
+    consumer = bare_kafka_python(bootstrap, t.samples)
     polled_at: dict[tuple[str, float], float] = {}   # (source, ts) -> ms its poll returned
     stop = threading.Event()
     th = threading.Thread(target=_consume, args=(consumer, stop, polled_at), name="floor-consumer")

@@ -209,7 +209,7 @@ def test_sources_judge_needs_bounded_lag_no_drift_a_window_per_record_and_a_pace
 @pytest.mark.slow
 @pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
 def test_pace_sends_at_the_rate_and_records_each_ack(tmp_path: Path, client: str) -> None:
-    from bench.common import new_topics, unique_name
+    from bench.common import new_topics
     from bench.e2e import read_all
     from netsiam.broker import start_broker
 
@@ -218,7 +218,7 @@ def test_pace_sends_at_the_rate_and_records_each_ack(tmp_path: Path, client: str
     trace, acks = tmp_path / "t.jsonl", tmp_path / "acks.json"
     trace.write_text("\n".join(lines) + "\n")
     with start_broker(0) as bp:
-        t = new_topics(bp.bootstrap, unique_name("pace"), 2)
+        t = new_topics(bp.bootstrap, "pace", 2)
         p = subprocess.run([sys.executable, "-m", "bench.pace", str(trace), "--bootstrap", bp.bootstrap,
                             "--topic", t.samples, "--rate", "1000", "--acks", str(acks), "--client", client],
                            cwd=REPO, capture_output=True, text=True, timeout=120)
