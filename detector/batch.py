@@ -67,6 +67,7 @@ class Batch:
     artifact: Artifact
     positions: dict[TP, int]         # next offset per partition once this batch is applied
     seq: int                         # eviction sequence number once applied (set by Pipeline.apply)
+    x: np.ndarray | None = None      # (N, T, F) model inputs once derived: a raise's evidence reads them
 
     def __len__(self) -> int:
         return len(self.items)
@@ -105,10 +106,12 @@ def embed_pieces(n: int) -> list[int]:
 
 
 def derive_batch(batch: Batch) -> np.ndarray:
-    """(N, T, R) raw windows -> (N, T, F) model inputs (main thread: see :func:`embed_inputs`)."""
+    """(N, T, R) raw windows -> (N, T, F) model inputs, also kept in ``batch.x`` (main thread: see
+    :func:`embed_inputs`)."""
     if not len(batch.raw):  # markers only
         return np.empty((0, *batch.raw.shape[1:2], len(batch.artifact.features)))
-    return derive(batch.raw, batch.artifact.features)
+    batch.x = derive(batch.raw, batch.artifact.features)
+    return batch.x
 
 
 def embed_inputs(art: Artifact, x: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from netsiam.config import Config
+from netsiam.evidence import ranges_from_manifest
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import RecordError, decode_record
@@ -342,6 +343,7 @@ class Pipeline:
         names = res.names
         nearest = batch.artifact.prototypes.nearest(res.dists) if n else names
         within = batch.artifact.prototypes.within(res.dists) if n else names
+        x, ranges = batch.x, ranges_from_manifest(getattr(batch.artifact, "manifest", None))
         n_events = 0
         i = -1
         for w in batch.items:
@@ -362,7 +364,7 @@ class Pipeline:
             distances = {c: round(float(row[j]), 6) for j, c in enumerate(classes)}
             emb = tuple(round(float(v), 6) for v in res.emb[i])
             n_events += self._emitter.emit(st, trans, w, version, round(float(res.nearest[i]), 6), distances, emb,
-                                           explainer(batch.raw[i], batch.artifact))
+                                           explainer(batch.raw[i], None if x is None else x[i], batch.artifact, ranges))
         batch.seq = self._seq  # the snapshot this batch completes includes its evictions
         return n_events
 

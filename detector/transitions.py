@@ -14,17 +14,17 @@ only say that, and a clear caused by a marker has no window at all.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from netsiam.debounce import Transition
-from netsiam.evidence import evidence_text, window_evidence
+from netsiam.evidence import NormalRange, evidence, evidence_text, window_evidence
 from netsiam.schemas.classes import SILENT
 from netsiam.schemas.deadletter import DeadLetter
-from netsiam.schemas.event import FaultEvent, event_id
+from netsiam.schemas.event import FaultEvent
 
 from .batch import SILENT_CLEARED, SILENT_RAISED, Marker, WindowRef
 from .metrics import DetectorMetrics
@@ -64,8 +64,11 @@ def marker_transitions(mk: Marker) -> list[Transition]:
     return out + st.tracker.release(mk.window_end)
 
 
-def explainer(raw: np.ndarray, artifact: Any) -> Explain:
-    """The evidence of a raw window (T, R) under ``artifact``'s normal ranges, computed only if called."""
+def explainer(raw: np.ndarray, x: np.ndarray | None, artifact: Any, ranges: Mapping[str, NormalRange]) -> Explain:
+    """The evidence of a window under ``ranges`` (the artifact's), computed only if called: from its
+    model inputs ``x`` (T, F) when the batch kept them, else derived from the raw window (T, R)."""
+    if x is not None:
+        return lambda: evidence(x, artifact.features, ranges) if ranges else []
     return lambda: window_evidence(raw, artifact.features, getattr(artifact, "manifest", None))
 
 
@@ -118,15 +121,15 @@ class Emitter:
                 if found is None:
                     found = tuple(explain())
                 evidence = found
-            if st.alive:
-                raised = t.state == "raised"
-                self.gauges(st.name, t.fault, raised, evidence_text(evidence),
-                            event_id(st.name, t.fault, t.started_at, t.state) if raised else "")
-            if not cause.live:
+            if not (st.alive or cause.live):
                 continue
             ev = FaultEvent(source=st.name, state=t.state, fault=t.fault, window_end=t.window_end,
                             detected_at=now, started_at=t.started_at, distance=distance,
                             distances=distances or {}, embedding=emb, model_version=version, evidence=evidence)
-            self.outbox.append(EventOut(ev, cause.tp, cause.offset, cause.kafka_ts_ms))
-            n += 1
+            if st.alive:
+                raised = t.state == "raised"
+                self.gauges(st.name, t.fault, raised, evidence_text(evidence), ev.event_id if raised else "")
+            if cause.live:
+                self.outbox.append(EventOut(ev, cause.tp, cause.offset, cause.kafka_ts_ms))
+                n += 1
         return n

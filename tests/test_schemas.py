@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 
 import jsonschema
 import pytest
@@ -167,6 +167,9 @@ def test_event_roundtrip_validates_against_schema_and_ids_are_deterministic() ->
            {"feature": "retrans_log", "value": 4.61, "normal": [0.0, 0.38]})
     raised = json.loads(replace(ev, evidence=why).to_bytes())
     jsonschema.validate(raised, load_schema("event"))
+    # to_json spells the fields out: every field, in declaration order, after the id (a new field must be added there)
+    assert list(raised) == ["event_id", *(f.name for f in fields(FaultEvent))]
+    assert raised == {"event_id": obj["event_id"], **json.loads(json.dumps(asdict(replace(ev, evidence=why))))}
     assert raised["evidence"] == [dict(e) for e in why] and raised["event_id"] == obj["event_id"]
     validator = jsonschema.Draft202012Validator(load_schema("event"))
     assert validator.schema["properties"]["evidence"]["maxItems"] == K
