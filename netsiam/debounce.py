@@ -136,7 +136,9 @@ class FaultTracker:
                 self._run_start = self._tail_start           # the new fault starts at its own first window
                 out.append(self._raise(cls, window_end))
         else:
-            named = self._named_majority()
+            # a normal or unknown window cannot make a majority: the last window left none (else a fault would
+            # be active) or the history was cleared, and this one only pushes a window out (~3 % of the daemon)
+            named = self._named_majority() if cls not in (NORMAL, UNKNOWN) else None
             if named is not None:
                 out.append(self._raise(named, window_end))
             elif self._run_len >= self._cfg.unknown_after and cls != NORMAL:

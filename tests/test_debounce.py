@@ -2,6 +2,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from netsiam.config import DebounceConfig
 from netsiam.debounce import FaultTracker
 
@@ -144,3 +147,19 @@ def test_hold_within_keeps_a_fault_through_windows_both_classes_claim() -> None:
     out = [tr.state for i, (c, w) in enumerate([("blocked", {"blocked"})] * 3 + [("normal", {"normal", "capacity_limit"})] * 2)
            for tr in t.update(c, float(i), c, w)]
     assert out == ["raised", "cleared"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(sorted(M.values())), st.sampled_from(sorted(M.values())),
+                          st.frozensets(st.sampled_from(sorted(M.values())))), max_size=60),
+       st.sampled_from([CFG, replace(CFG, raise_k=1, raise_n=1), replace(CFG, raise_k=3, raise_n=5, clear_m=1),
+                        replace(CFG, hold_within=False, aftermath_s=0.0)]))
+def test_no_fault_active_means_no_named_majority_so_update_may_skip_counting(
+        windows: list[tuple[str, str, frozenset[str]]], cfg: DebounceConfig) -> None:
+    """update() skips the majority count for a normal or unknown window while nothing is active; exact
+    only because no window ever leaves a named majority behind without a fault active."""
+    t = FaultTracker(cfg)
+    for i, (cls, nearest, within) in enumerate(windows):
+        t.update(cls, float(i), nearest, within)
+        if t.active is None:
+            assert t._named_majority() is None
