@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from .sources import TP, SourceState
 
 __all__ = ["EVICTED", "SILENT_CLEARED", "SILENT_RAISED", "SPLIT_COST", "Batch", "BatchResult", "Marker", "WindowRef",
-           "classify_batch", "derive_batch", "embed_inputs", "embed_pieces", "run_batch"]
+           "classify_batch", "derive_batch", "derives_when_embedding", "embed_inputs", "embed_pieces", "embed_raw_windows",
+           "run_batch"]
 
 SPLIT_COST = 32  # one more encoder call costs about as much as embedding this many windows (CPU, measured)
 
@@ -129,6 +130,23 @@ def embed_inputs(art: Artifact, x: np.ndarray) -> np.ndarray:
         parts.append(art.embed(x[i:i + k], batch_size=max(1024, k)))
         i += k
     return np.concatenate(parts)
+
+
+def derives_when_embedding(art: Artifact) -> bool:
+    """Does the encoder call derive the inputs itself (:meth:`Artifact.embed_raw`, the XLA path)? Then
+    the main thread hands raw windows over and derives nothing."""
+    check = getattr(art, "derives_when_embedding", None)  # test doubles of Artifact have no fast path
+    return check is not None and bool(check())
+
+
+def embed_raw_windows(art: Artifact, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, T, R) raw windows -> ((N, D) embeddings, (N, T, F) model inputs) on the embed thread: one XLA
+    call; should that path give up (logged), numpy derives here and :func:`embed_inputs` embeds."""
+    got = art.embed_raw(raw)
+    if got is not None:
+        return got
+    x = derive(raw, art.features)
+    return embed_inputs(art, x), x
 
 
 def classify_batch(batch: Batch, emb: np.ndarray, seconds: float) -> BatchResult:

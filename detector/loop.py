@@ -40,7 +40,14 @@ from netsiam.producer import require_confluent
 from netsiam.sdnotify import Watchdog, notify
 from netsiam.serving import Artifact
 
-from .batch import Batch, classify_batch, derive_batch, embed_inputs
+from .batch import (
+    Batch,
+    classify_batch,
+    derive_batch,
+    derives_when_embedding,
+    embed_inputs,
+    embed_raw_windows,
+)
 from .delivery import ACK_OVERDUE_S, FatalError, Publisher
 from .health import HealthServer
 from .metrics import DetectorMetrics
@@ -57,6 +64,9 @@ log = logging.getLogger("netsiam.detector")
 PRODUCER_MAX_BLOCK_MS = 5000  # send() waits this long for metadata at most (then: a failed send, retried)
 SHUTDOWN_FLUSH_S = 60.0
 HOUSEKEEPING_S = 2.0        # lag, broker reachability, gauges, wall-clock silence
+
+
+Embedded = tuple[np.ndarray, np.ndarray | None, float]   # embeddings, the inputs if derived there, seconds
 
 
 def _embed_failed(e: Exception) -> FatalError:
@@ -80,9 +90,8 @@ class Batcher:
         self.det = cfg.detector
         self._on_applied = on_applied
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netsiam-embed")
-        # (the embed call, its batch, seconds spent deriving its inputs), oldest first
-        self._inflight: collections.deque[tuple[concurrent.futures.Future[tuple[np.ndarray, float]], Batch, float]] = (
-            collections.deque())
+        # (the embed call, its batch, seconds the main thread spent deriving its inputs), oldest first
+        self._inflight: collections.deque[tuple[concurrent.futures.Future[Embedded], Batch, float]] = collections.deque()
         self._running_since = 0.0   # monotonic time the embed thread started its current batch
 
     @property
@@ -117,21 +126,30 @@ class Batcher:
                 batch = p.take_batch(det.batch_max)
                 assert batch is not None
                 t0 = time.perf_counter()
-                try:
-                    x = derive_batch(batch)
-                except Exception as e:  # noqa: BLE001 - as an embed failure: nothing of it may commit
-                    raise _embed_failed(e) from e
-                self._inflight.append((self._executor.submit(self._run, batch.artifact, x), batch,
-                                       time.perf_counter() - t0))
+                if len(batch.raw) and derives_when_embedding(batch.artifact):
+                    fut = self._executor.submit(self._run_raw, batch.artifact, batch.raw)
+                else:
+                    try:
+                        x = derive_batch(batch)
+                    except Exception as e:  # noqa: BLE001 - as an embed failure: nothing of it may commit
+                        raise _embed_failed(e) from e
+                    fut = self._executor.submit(self._run, batch.artifact, x)
+                self._inflight.append((fut, batch, time.perf_counter() - t0))
             elif self._inflight and (final or p.pending >= det.batch_max):
                 self._finish()  # back-pressure: the embed thread is behind
             else:
                 return
 
-    def _run(self, art: Artifact, x: np.ndarray) -> tuple[np.ndarray, float]:
+    def _run(self, art: Artifact, x: np.ndarray) -> Embedded:
         """On the embed thread: the encoder call alone (numpy work here would wait for the GIL)."""
         self._running_since = t0 = time.monotonic()
-        return embed_inputs(art, x), time.monotonic() - t0
+        return embed_inputs(art, x), None, time.monotonic() - t0
+
+    def _run_raw(self, art: Artifact, raw: np.ndarray) -> Embedded:
+        """On the embed thread: the one call that derives the inputs and embeds them."""
+        self._running_since = t0 = time.monotonic()
+        emb, x = embed_raw_windows(art, raw)
+        return emb, x, time.monotonic() - t0
 
     def drain(self) -> None:
         """Embed and apply everything fed so far."""
@@ -141,7 +159,9 @@ class Batcher:
     def _finish(self) -> None:
         fut, batch, derive_s = self._inflight.popleft()
         try:
-            emb, embed_s = fut.result()
+            emb, x, embed_s = fut.result()
+            if x is not None:
+                batch.x = x   # a raise's evidence reads them
             t0 = time.perf_counter()
             res = classify_batch(batch, emb, 0.0)
         except Exception as e:  # noqa: BLE001 - a model that cannot embed must not commit anything

@@ -41,8 +41,9 @@ def artifact_signature(path: Path) -> Signature:
 
 def warm_up(art: Artifact) -> None:
     """Compile the encoder for every batch shape it will serve before it serves: under XLA about
-    0.7 s per shape (6 shapes) on 2 busy cores, which would otherwise stall the first batches."""
-    art.warm_up()
+    0.7 s per shape (6 shapes) on 2 busy cores, which would otherwise stall the first batches. The
+    shapes of the path the daemon embeds by: raw windows in where the derivation is compiled too."""
+    art.warm_up(raw=True)
 
 
 def freeze_heap() -> None:

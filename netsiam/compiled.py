@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["BUCKETS", "COSTS_MS", "TOLERANCE", "CompileError", "CompiledEncoder", "Inputs", "check_equal",
-           "check_rounding", "compile_encoder", "enabled", "near_mean_windows", "plan", "probe_windows"]
+           "check_rounding", "compile_encoder", "enabled", "near_mean_windows", "plan", "probe_windows",
+           "raw_probe_windows"]
 
 log = logging.getLogger("netsiam.serving")
 
@@ -99,6 +100,32 @@ def probe_windows(n: int, shape: tuple[int, ...], inputs: Inputs | None) -> np.n
     return z.astype(np.float32)
 
 
+def raw_probe_windows(n: int, length: int) -> np.ndarray:
+    """``n`` deterministic raw windows (T, R) in RAW_METRICS order, float64, over the range real traffic
+    spans: 0.2-300 calls offered per interval, every share of them answered, failed (timed out or
+    refused) or retransmitted, 1-60 calls held per call/s, answers within 0-2 s; every other window
+    steady, the last one all zeros (an idle source: the load floor)."""
+    from netsiam.features import RAW_METRICS
+
+    rng = np.random.default_rng(n)
+    idx = {m: i for i, m in enumerate(RAW_METRICS)}
+    rate = rng.uniform(0.2, 300.0, (n, 1))
+    out = np.zeros((n, length, len(RAW_METRICS)))
+    offered = np.maximum(rate * rng.normal(1.0, 0.1, (n, length)), 0.0)
+    ok = offered * rng.uniform(0.0, 1.0, (n, 1))
+    failed = offered - ok
+    timeouts = failed[..., None] * rng.uniform(0.0, 0.5, (n, 1, 2))
+    for name, v in (("OutgoingCall", offered), ("SuccessfulCall", ok), ("FailedCall", failed),
+                    ("Retransmissions", offered * rng.uniform(0.0, 5.0, (n, 1))),
+                    ("CurrentCall", offered * rng.uniform(1.0, 60.0, (n, 1))),
+                    ("ResponseTime1", rng.uniform(0.0, 2000.0, (n, length))),
+                    ("FailedMaxUDPRetrans", timeouts[..., 0]), ("FailedTimeoutOnRecv", timeouts[..., 1])):
+        out[..., idx[name]] = v
+    out[::2] = out[::2, :1]
+    out[-1] = 0.0
+    return out
+
+
 def check_equal(got: np.ndarray, want: np.ndarray, path: str, n: int) -> None:
     """CompileError unless a fast path's output ``got`` is within :data:`TOLERANCE` of Keras' ``want``."""
     diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
@@ -136,10 +163,18 @@ def check_rounding(x: np.ndarray, grads: list[np.ndarray], copy: str) -> None:
 
 
 class CompiledEncoder:
-    """A Keras encoder's forward pass, XLA-compiled per bucket; numpy (N, T, F) float32 in and out."""
+    """A Keras encoder's forward pass, XLA-compiled per bucket; numpy (N, T, F) float32 in and out.
+
+    Given the artifact's ``features``, also the derivation before it (:meth:`embed_raw`): raw windows
+    in, embeddings and model inputs out, so the daemon's main thread derives nothing (numpy's ~30
+    operations per batch each gave the GIL away and waited to get it back). Each of its shapes is
+    checked on :func:`raw_probe_windows` against numpy's :func:`~netsiam.features.derive` followed by
+    Keras, the embeddings within :data:`TOLERANCE` and the inputs within float32 rounding;
+    :attr:`derives` turns False if one fails (the caller then derives in numpy).
+    """
 
     def __init__(self, model: Any, costs: dict[int, float] | None = None,
-                 inputs: Inputs | None = None) -> None:
+                 inputs: Inputs | None = None, features: tuple[str, ...] | None = None) -> None:
         import tensorflow as tf
 
         self._tf = tf
@@ -149,6 +184,11 @@ class CompiledEncoder:
         self.shape = tuple(int(d) for d in model.input_shape[1:])   # (T, F)
         self._call = tf.function(lambda x: model(x, training=False), jit_compile=True)
         self._fns: dict[int, Callable[[Any], Any]] = {}
+        self.features = features
+        self.derives = features is not None and len(features) == self.shape[1]
+        self._call_raw = tf.function(self._forward_raw, jit_compile=True)
+        self._raw_fns: dict[int, Callable[[Any], Any]] = {}
+        self._conditioned = False
         # (mean, std) per feature of the model's inputs (the manifest's normalisation): the check's
         # probe must look like real windows, where a badly conditioned model shows its rounding
         self._inputs = inputs
@@ -176,8 +216,7 @@ class CompiledEncoder:
         except Exception as e:  # noqa: BLE001 - TF/XLA raise many types; any of them means plain Keras
             raise CompileError(f"XLA compilation failed for batch {bucket}: {type(e).__name__}: "
                                f"{str(e).strip()[:200]}") from e
-        if not self._logged:
-            self._check_conditioning()
+        self._check_conditioning()
         # Every shape is checked (XLA orders a large shape's sums differently from a small one's).
         check_equal(got, np.asarray(self.model.predict_on_batch(probe)), "XLA", bucket)
         if not self._logged:
@@ -187,7 +226,9 @@ class CompiledEncoder:
         return fn
 
     def _check_conditioning(self) -> None:
-        """:func:`check_rounding` with TensorFlow's gradients of the Keras model."""
+        """:func:`check_rounding` with TensorFlow's gradients of the Keras model (once)."""
+        if self._conditioned:
+            return
         tf = self._tf
         x = tf.constant(near_mean_windows(self.shape, self._inputs))
         with tf.GradientTape(persistent=True) as tape:
@@ -195,6 +236,85 @@ class CompiledEncoder:
             y = self.model(x, training=False)
             outs = [y[:, d] for d in range(int(y.shape[-1]))]
         check_rounding(x.numpy(), [tape.gradient(o, x).numpy() for o in outs], "compiled copy")
+        self._conditioned = True
+
+    # -- raw windows in: the derivation inside the compiled call ----------------------------------
+    def _forward_raw(self, raw: Any) -> tuple[Any, Any]:
+        """(B, T, R) float64 raw windows -> ((B, D) embeddings, (B, T, F) float32 model inputs):
+        :func:`~netsiam.features.derive`'s operations, in TensorFlow, then the model."""
+        from types import SimpleNamespace
+
+        from netsiam.features import MIN_LOAD, RAW_METRICS, feature_columns
+
+        tf = self._tf
+        assert self.features is not None
+        ops = SimpleNamespace(log1p=tf.math.log1p, maximum=tf.maximum)
+        offered = raw[..., RAW_METRICS.index("OutgoingCall")]
+        load = tf.maximum(tf.reduce_mean(offered, axis=1, keepdims=True), MIN_LOAD)   # (B, 1)
+        x = tf.cast(tf.stack(feature_columns(raw, load, self.features, ops), axis=-1), tf.float32)
+        return self.model(x, training=False), x
+
+    def compile_raw(self, bucket: int) -> Callable[[Any], Any]:
+        """The compiled raw-input function for ``bucket`` windows (CompileError: it does not serve)."""
+        fn = self._raw_fns.get(bucket)
+        if fn is not None:
+            return fn
+        with self._lock:
+            fn = self._raw_fns.get(bucket)
+            if fn is None:
+                fn = self._compile_raw(bucket)
+                self._raw_fns[bucket] = fn
+        return fn
+
+    def _compile_raw(self, bucket: int) -> Callable[[Any], Any]:
+        from netsiam.features import RAW_METRICS, derive
+
+        tf = self._tf
+        if not self.derives:
+            raise CompileError("the raw-input path is off for this model")
+        assert self.features is not None
+        try:
+            probe = raw_probe_windows(bucket, self.shape[0])
+            fn = self._call_raw.get_concrete_function(
+                tf.TensorSpec((bucket, self.shape[0], len(RAW_METRICS)), tf.float64))
+            emb, x = (t.numpy() for t in fn(tf.constant(probe)))
+        except Exception as e:  # noqa: BLE001 - as _compile: any failure means numpy derives
+            self.derives = False
+            raise CompileError(f"XLA compilation of the derivation failed for batch {bucket}: "
+                               f"{type(e).__name__}: {str(e).strip()[:200]}") from e
+        self._check_conditioning()
+        want_x = derive(probe, self.features)
+        # numpy and XLA may sum a window's load in another order: at most a float32 rounding apart
+        diff = float((np.abs(x - want_x) / np.maximum(np.abs(want_x), 1.0)).max())
+        try:
+            if not diff <= 4 * float(np.finfo(np.float32).eps):
+                raise CompileError(f"XLA's derivation differs from numpy's by {diff:.1e} at batch {bucket}")
+            check_equal(emb, np.asarray(self.model.predict_on_batch(want_x)), "XLA with derivation", bucket)
+        except CompileError:
+            self.derives = False
+            raise
+        return fn
+
+    def embed_raw(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, T, R) raw windows -> ((N, D) embeddings, (N, T, F) model inputs), float32, one compiled
+        call per :func:`plan` chunk; CompileError where this path does not serve the model."""
+        tf = self._tf
+        raw = np.asarray(raw, np.float64)
+        embs, xs, i = [], [], 0
+        for take, bucket in plan(len(raw), self.costs):
+            chunk = raw[i:i + take]
+            if take != bucket:  # zero windows: each window is derived and embedded alone
+                chunk = np.concatenate([chunk, np.zeros((bucket - take, *raw.shape[1:]))])
+            emb, x = self.compile_raw(bucket)(tf.constant(chunk))
+            embs.append(emb.numpy()[:take])
+            xs.append(x.numpy()[:take])
+            i += take
+        if not embs:
+            return (np.zeros((0, int(self.model.output_shape[-1])), np.float32),
+                    np.zeros((0, *self.shape), np.float32))
+        if len(embs) == 1:
+            return embs[0], xs[0]
+        return np.concatenate(embs), np.concatenate(xs)
 
     def warm_up(self, buckets: tuple[int, ...] | None = None) -> None:
         """Compile ``buckets`` (default: all) now, not on first use."""
@@ -216,7 +336,8 @@ class CompiledEncoder:
         return np.concatenate(out) if len(out) > 1 else out[0]
 
 
-def compile_encoder(model: Any, inputs: tuple[np.ndarray, np.ndarray] | None = None) -> CompiledEncoder | None:
+def compile_encoder(model: Any, inputs: tuple[np.ndarray, np.ndarray] | None = None,
+                    features: tuple[str, ...] | None = None) -> CompiledEncoder | None:
     """A :class:`CompiledEncoder` for ``model`` (``inputs``: mean and std per feature, for its checks), or None (with the reason logged at debug) where the
     fast path does not apply: switched off, another Keras backend, or not a Keras model."""
     if not enabled():
@@ -231,4 +352,4 @@ def compile_encoder(model: Any, inputs: tuple[np.ndarray, np.ndarray] | None = N
         return None
     if not isinstance(model, keras.Model):
         return None
-    return CompiledEncoder(model, inputs=inputs)
+    return CompiledEncoder(model, inputs=inputs, features=features)

@@ -37,12 +37,16 @@ capacity limit refuses calls; with failures as one count the two read alike.
 is trained over that whole range, so it is the shape (and 0 = nothing answered, or hundreds of ms
 = retransmitted INVITEs) that tells a fault.
 Derivation works on whole windows, ``(N, T, R) -> (N, T, F)``, and is shared by trainer and
-daemon, so an offline window and an online window are bit-identical.
+daemon, so an offline window and an online window are the same: bit for bit in numpy; the daemon's
+XLA path (:mod:`netsiam.compiled`) runs the same operations, in the same order, inside its encoder
+call, checked against numpy for every batch shape (equal on the checks' windows, and never more than
+a float32 rounding apart, or numpy derives).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +56,7 @@ __all__ = [
     "RAW_METRICS",
     "TIMEOUT_METRICS",
     "derive",
+    "feature_columns",
     "refused_calls",
     "required_metrics",
 ]
@@ -73,25 +78,28 @@ _IDX = {name: i for i, name in enumerate(RAW_METRICS)}
 # 0.3 calls/s still gets true ratios (a floor of 1 halved every ratio at 0.5 calls/s).
 MIN_LOAD = 0.1
 
-Deriver = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (raw (N, T, R), load (N, 1), xp) -> (N, T). ``xp`` holds the two functions beyond arithmetic and
+# slicing that a feature uses, ``log1p`` and ``maximum``: numpy here, TensorFlow's in the compiled
+# serving path (netsiam.compiled derives inside the XLA call, same operations in the same order).
+Deriver = Callable[[Any, Any, Any], Any]
 
 
-def _col(raw: np.ndarray, name: str) -> np.ndarray:
+def _col(raw: Any, name: str) -> Any:
     return raw[..., _IDX[name]]
 
 
 def _per_load(name: str) -> Deriver:
-    def f(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
+    def f(raw: Any, load: Any, xp: Any) -> Any:
         return _col(raw, name) / load
 
     return f
 
 
-def _offered_rel(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
+def _offered_rel(raw: Any, load: Any, xp: Any) -> Any:
     return _col(raw, "OutgoingCall") / load
 
 
-def _concurrency_delta(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
+def _concurrency_delta(raw: Any, load: Any, xp: Any) -> Any:
     cur = _col(raw, "CurrentCall")
     return (cur - cur[:, :1]) / load
 
@@ -102,8 +110,8 @@ RARE_SCALE = 0.05
 
 
 def _log_per_load(name: str) -> Deriver:
-    def f(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
-        return np.log1p(_col(raw, name) / load / RARE_SCALE)
+    def f(raw: Any, load: Any, xp: Any) -> Any:
+        return xp.log1p(_col(raw, name) / load / RARE_SCALE)
 
     return f
 
@@ -114,19 +122,19 @@ def _log_per_load(name: str) -> Deriver:
 TIMEOUT_METRICS: tuple[str, ...] = ("FailedMaxUDPRetrans", "FailedTimeoutOnRecv")
 
 
-def refused_calls(raw: np.ndarray) -> np.ndarray:
+def refused_calls(raw: Any, xp: Any = np) -> Any:
     """Failed calls that did not time out, from raw samples (..., R) in RAW_METRICS order; never below 0
     (counters that disagree)."""
     timeouts = sum(_col(raw, m) for m in TIMEOUT_METRICS)
-    return np.maximum(_col(raw, "FailedCall") - timeouts, 0.0)
+    return xp.maximum(_col(raw, "FailedCall") - timeouts, 0.0)
 
 
-def _refused_log(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
-    return np.log1p(refused_calls(raw) / load / RARE_SCALE)
+def _refused_log(raw: Any, load: Any, xp: Any) -> Any:
+    return xp.log1p(refused_calls(raw, xp) / load / RARE_SCALE)
 
 
-def _log_response_ms(raw: np.ndarray, load: np.ndarray) -> np.ndarray:
-    return np.log1p(np.maximum(_col(raw, "ResponseTime1"), 0.0))
+def _log_response_ms(raw: Any, load: Any, xp: Any) -> Any:
+    return xp.log1p(xp.maximum(_col(raw, "ResponseTime1"), 0.0))
 
 
 # name -> (raw metrics it needs, function(raw (N,T,R), load (N,1)) -> (N,T))
@@ -166,6 +174,13 @@ def derive(raw: np.ndarray, features: Sequence[str] = DEFAULT_FEATURES) -> np.nd
         raise ValueError(f"raw windows must be (N, T, {len(RAW_METRICS)}), got {raw.shape}")
     load = np.maximum(_col(raw, "OutgoingCall").mean(axis=1, keepdims=True), MIN_LOAD)  # (N, 1)
     out = np.empty(raw.shape[:2] + (len(features),), dtype=np.float32)
-    for j, name in enumerate(features):
-        out[..., j] = FEATURES[name][1](raw, load)
+    for j, col in enumerate(feature_columns(raw, load, features)):
+        out[..., j] = col
     return out
+
+
+def feature_columns(raw: Any, load: Any, features: Sequence[str], xp: Any = np) -> list[Any]:
+    """Each feature's (N, T) values, float64, from raw windows (N, T, R) and their offered load (N, 1)
+    (the mean ``OutgoingCall``, at least MIN_LOAD): :func:`derive` without the checks and the float32
+    output, for any array library whose namespace ``xp`` has ``log1p`` and ``maximum``."""
+    return [FEATURES[name][1](raw, load, xp) for name in features]

@@ -205,7 +205,8 @@ class Artifact:
         or None where none applies."""
         if self._compiled is None and self._try_compiled:
             stats = self._input_stats()
-            self._compiled = compile_encoder(self.encoder, stats) or torch_encoder(self.encoder, stats)
+            self._compiled = (compile_encoder(self.encoder, stats, self.features)
+                              or torch_encoder(self.encoder, stats))
             self._try_compiled = self._compiled is not None
         return self._compiled
 
@@ -218,11 +219,35 @@ class Artifact:
             return None
         return (mean, std) if mean.shape == std.shape == (len(self.features),) else None
 
-    def warm_up(self, sizes: tuple[int, ...] = (1, 2, *BUCKETS)) -> None:
+    def warm_up(self, sizes: tuple[int, ...] = (1, 2, *BUCKETS), raw: bool = False) -> None:
         """Compile (or trace) the encoder for these batch sizes now, so the first batches do not
-        wait for it (~0.6 s a shape under XLA on 2 busy cores; 1 and 2 trace plain Keras' shapes)."""
+        wait for it (~0.6 s a shape under XLA on 2 busy cores; 1 and 2 trace plain Keras' shapes).
+        ``raw``: the path the daemon takes, :meth:`embed_raw` where it serves (else :meth:`embed`)."""
+        from netsiam.features import RAW_METRICS
+
         for n in sizes:
-            self.embed(np.zeros((n, self.window.length, len(self.features)), np.float32))
+            if not (raw and self.embed_raw(np.zeros((n, self.window.length, len(RAW_METRICS)))) is not None):
+                self.embed(np.zeros((n, self.window.length, len(self.features)), np.float32))
+
+    def derives_when_embedding(self) -> bool:
+        """Does :meth:`embed_raw` serve this artifact (so far: the XLA path, checked per shape)?"""
+        fast = self.compiled_encoder()
+        return isinstance(fast, CompiledEncoder) and fast.derives
+
+    def embed_raw(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(N, T, R) raw windows -> ((N, D) embeddings, (N, T, F) model inputs), the derivation and the
+        encoder in one XLA call (:meth:`CompiledEncoder.embed_raw`); None where that does not serve
+        (not TensorFlow, a check failed: logged once), and the caller derives and calls :meth:`embed`."""
+        fast = self.compiled_encoder()
+        if not isinstance(fast, CompiledEncoder) or not fast.derives or not len(raw):
+            return None
+        try:
+            return fast.embed_raw(raw)
+        except CompileError as e:
+            fast.derives = False
+            log.warning("deriving inside the compiled encoder is off for model %s, numpy derives: %s",
+                        self.manifest.get("version", "?"), e)
+            return None
 
     def embed_plain(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """:meth:`embed` through plain Keras: the compiled predict step (``predict_on_batch``, ~60x

@@ -165,3 +165,102 @@ def test_a_model_too_sensitive_to_rounding_serves_through_keras(model: Model, ca
     assert "too sensitive to float32 rounding" in caplog.text
     assert art.compiled_encoder() is None
     np.testing.assert_array_equal(got, art.embed_plain(x))
+
+
+# -- raw windows in: the derivation inside the compiled call (the daemon's path) ---------------------
+def _raw(art: Artifact, n: int, seed: int = 7) -> np.ndarray:
+    """Counters over the range real traffic spans, some windows idle (all zeros), some steady."""
+    from netsiam.features import RAW_METRICS
+
+    rng = np.random.default_rng(seed)
+    raw = rng.gamma(1.0, 40.0, (n, art.window.length, len(RAW_METRICS)))
+    raw[::5] = 0.0
+    raw[1::3] = raw[1::3, :1]
+    return raw
+
+
+@pytest.mark.parametrize("which", ["shipped", "small"])
+def test_raw_windows_in_equal_numpy_derivation_then_keras_within_1e5(which: str, request: pytest.FixtureRequest) -> None:
+    from netsiam.features import derive
+
+    art: Artifact = request.getfixturevalue(which)
+    assert art.derives_when_embedding()
+    raw = _raw(art, max(SIZES))
+    for n in SIZES:
+        got = art.embed_raw(raw[:n])
+        assert got is not None
+        emb, x = got
+        want_x = derive(raw[:n], art.features)
+        assert emb.shape == (n, 3) and x.shape == want_x.shape and emb.dtype == x.dtype == np.float32
+        np.testing.assert_allclose(x, want_x, rtol=4 * np.finfo(np.float32).eps, atol=0)
+        assert float(np.abs(emb - _keras(art, want_x)).max()) <= TOLERANCE, (which, n)
+    enc = art.compiled_encoder()
+    assert isinstance(enc, CompiledEncoder) and set(enc._raw_fns) == set(BUCKETS)
+    assert art.embed_raw(raw[:0]) is None   # nothing to embed: the caller's empty path
+
+
+def test_a_raw_path_that_disagrees_with_numpy_is_refused_and_numpy_derives(
+        small: Artifact, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import netsiam.features
+    from netsiam.detector.batch import derives_when_embedding, embed_raw_windows
+
+    art = Artifact(small.encoder, small.prototypes, small.manifest)
+    raw = _raw(art, 9)
+    want_x = netsiam.features.derive(raw, art.features)
+    real = netsiam.features.derive
+    monkeypatch.setattr(netsiam.features, "derive", lambda r, f: real(r, f) + np.float32(1e-3))  # the check's reference
+    with caplog.at_level(logging.WARNING, logger="netsiam.serving"):
+        assert art.embed_raw(raw) is None
+    assert "numpy derives" in caplog.text and "differs from numpy" in caplog.text
+    monkeypatch.setattr(netsiam.features, "derive", real)
+    assert not derives_when_embedding(art)                  # not retried on every batch
+    enc = art.compiled_encoder()
+    assert isinstance(enc, CompiledEncoder)                 # the derived-input fast path still serves
+    caplog.clear()
+    emb, x = embed_raw_windows(art, raw)
+    assert caplog.text == ""
+    np.testing.assert_array_equal(x, want_x)
+    np.testing.assert_array_equal(emb, art.embed(want_x))
+
+
+def test_the_batcher_hands_raw_windows_over_and_applies_what_derive_then_embed_gives(small: Artifact) -> None:
+    """The daemon's batches go to the embed thread as raw windows (one compiled call derives and embeds);
+    each applied batch keeps its inputs (a raise's evidence) and classifies as numpy-derived Keras does."""
+    from helpers import embed_all, labelled_trace, partitioned
+
+    from netsiam.config import Config, override
+    from netsiam.detector.batch import Batch
+    from netsiam.detector.loop import Batcher
+    from netsiam.detector.pipeline import Pipeline
+    from netsiam.features import derive
+
+    art = Artifact(small.encoder, small.prototypes, small.manifest)
+    cfg = override(Config(), {"detector.batch_max": 256})
+    p = Pipeline(cfg, art)
+    applied: list[Batch] = []
+    b = Batcher(p, cfg, applied.append)
+    ref = Pipeline(cfg, Artifact(small.encoder, small.prototypes, small.manifest, compiled=False))   # numpy + Keras
+    lines, _ = labelled_trace(sources=2, minutes=4)
+    try:
+        for tp, msgs in partitioned(lines).items():
+            for i in range(0, len(msgs), 100):
+                p.feed(tp, msgs[i:i + 100])
+                ref.feed(tp, msgs[i:i + 100])
+                b.pump(final=False, caught_up=False)
+        b.drain()
+    finally:
+        b.close()
+    embed_all(ref, 256)
+    batches = [batch for batch in applied if batch.n_windows]
+    assert sum(batch.n_windows for batch in batches) == p.metrics.windows_embedded._value.get() > 256
+    enc = art.compiled_encoder()
+    assert isinstance(enc, CompiledEncoder) and enc._raw_fns and not enc._fns   # only the raw path served
+    for batch in batches:
+        assert batch.x is not None
+        np.testing.assert_allclose(batch.x, derive(batch.raw, art.features), rtol=4 * np.finfo(np.float32).eps)
+
+    def classes(pipe: Pipeline) -> dict[str, float]:
+        return {s.labels["class"]: s.value for s in pipe.metrics.classifications.collect()[0].samples
+                if s.name.endswith("_total")}
+
+    assert classes(p) == classes(ref) and sum(classes(p).values()) == p.metrics.windows_embedded._value.get()
