@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,10 +26,13 @@ class Scrape:
         return sorted((float(s.labels["le"]), s.value) for s in self.samples if s.name == f"{histogram}_bucket")
 
 
-def scrape(port: int, host: str = "127.0.0.1", timeout_s: float = 5.0, drop: tuple[str, ...] = ()) -> Scrape:
+def scrape(port: int, host: str = "127.0.0.1", timeout_s: float = 5.0, drop: tuple[str, ...] = (),
+           names: tuple[str, ...] = ()) -> Scrape:
     """``drop``: metric names whose lines are left out before parsing (a per-source series of
-    thousands of lines costs the parser more than everything else together)."""
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as r:  # noqa: S310 - loopback
+    thousands of lines costs the parser more than everything else together). ``names``: only these
+    metrics are asked for (prometheus_client's ``name[]`` filter: the daemon renders nothing else)."""
+    query = "?" + urllib.parse.urlencode([("name[]", n) for n in names]) if names else ""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics{query}", timeout=timeout_s) as r:  # noqa: S310 - loopback
         return Scrape(without(r.read().decode(), drop))
 
 

@@ -133,6 +133,39 @@ def test_scrape_can_leave_the_per_source_series_out() -> None:
     assert Scrape(text).value(SOURCE_SERIES) == sum(1.0 + i for i in range(50))
 
 
+def test_a_sample_asks_for_its_counters_only_and_prometheus_scrapes_at_the_shipped_interval() -> None:
+    import yaml
+    from prometheus_client import CollectorRegistry
+
+    from bench.scrape import scrape
+    from bench.sources import PROMETHEUS_YML, SAMPLED, SOURCE_SERIES, detector_scrape_interval
+    from netsiam.detector.health import HealthServer
+    from netsiam.detector.metrics import DetectorMetrics
+
+    reg = CollectorRegistry()
+    m = DetectorMetrics(reg)
+    rendered: list[int] = []
+    m.track_sources(lambda: rendered.append(1) or [("s1", 1.0)])
+    m.records_consumed.inc(7)
+    m.windows_embedded.inc(5)
+    m.embed_batch_seconds.observe(0.5)
+    m.embed_batch_size.observe(5)
+    srv = HealthServer(reg, "127.0.0.1", 0, lambda: (True, "")).start()
+    try:
+        s = scrape(srv.port, names=SAMPLED)
+        assert not rendered   # the per-source series was not rendered for a sample
+        assert {n.name for n in s.samples} >= {"netsiam_records_consumed_total", "netsiam_windows_embedded_total",
+                                               "netsiam_embed_batch_seconds_sum", "netsiam_embed_batch_size_sum",
+                                               "netsiam_embed_batch_size_count"}
+        assert s.value("netsiam_records_consumed_total") == 7 and s.value("netsiam_embed_batch_size_sum") == 5
+        assert not [n for n in s.samples if n.name.startswith(("netsiam_commits", "netsiam_fault"))]
+        assert scrape(srv.port).value(SOURCE_SERIES) == 1.0 and rendered   # a full scrape renders it
+    finally:
+        srv.stop()
+    jobs = {j["job_name"]: j for j in yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]}
+    assert detector_scrape_interval() == float(jobs["netsiam-detector"]["scrape_interval"].rstrip("s")) == 5.0
+
+
 def test_process_figures_come_from_psutil() -> None:
     from bench.procstats import ForeignCpu, cpu_seconds, rss_bytes, rss_mib, thread_cpu_seconds
 
