@@ -1,8 +1,8 @@
 """``embed_ratio``: the daemon's per-micro-batch embed function vs a raw Keras call of the same model.
 
-The daemon embeds each micro-batch with :func:`netsiam.detector.batch.run_batch` (derive features
--> ``Artifact.embed`` -> nearest prototype). ``Artifact.embed`` serves through the XLA-compiled
-encoder (:mod:`netsiam.compiled`) under TensorFlow. Baselines and contenders, all given the derived
+The daemon embeds each micro-batch as :func:`netsiam.detector.batch.run_batch` does (derive features
+-> embed -> nearest prototype; under TensorFlow one XLA-compiled call derives and embeds,
+:meth:`~netsiam.serving.Artifact.embed_raw`). Baselines and contenders, all given the derived
 float32 windows and returning a numpy array (so they do strictly less work than the daemon):
 
 * ``predict_on_batch``: plain Keras ``model.predict_on_batch(x)``, the baseline of every ratio;

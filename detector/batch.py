@@ -160,7 +160,11 @@ def classify_batch(batch: Batch, emb: np.ndarray, seconds: float) -> BatchResult
 
 
 def run_batch(batch: Batch) -> BatchResult:
-    """Derive features, embed, classify: the three steps the daemon splits between its threads, in one."""
+    """Derive features, embed, classify: the steps the daemon splits between its threads, in one, by the
+    same path (one compiled call that derives too, where that serves)."""
     t0 = time.perf_counter()
-    emb = embed_inputs(batch.artifact, derive_batch(batch))
+    if len(batch.raw) and derives_when_embedding(batch.artifact):
+        emb, batch.x = embed_raw_windows(batch.artifact, batch.raw)
+    else:
+        emb = embed_inputs(batch.artifact, derive_batch(batch))
     return classify_batch(batch, emb, time.perf_counter() - t0)

@@ -137,8 +137,8 @@ def test_warm_up_compiles_the_buckets_ahead(small: Artifact, tmp_path: Path) -> 
 
 
 def test_the_daemons_batch_is_one_compiled_call_cut_by_cost(small: Artifact) -> None:
-    """run_batch hands the compiled path the whole batch: 300 windows are one 512 call (not the
-    256 + 44 split plain Keras gets), with Keras' embeddings and classes."""
+    """run_batch hands the compiled path the whole batch, raw: 300 windows are one 512 call (not the
+    256 + 44 split plain Keras gets) that derives and embeds, with Keras' embeddings and classes."""
     from netsiam.detector.batch import Batch, run_batch
     from netsiam.features import RAW_METRICS, derive
 
@@ -146,7 +146,7 @@ def test_the_daemons_batch_is_one_compiled_call_cut_by_cost(small: Artifact) -> 
     raw = np.random.default_rng(9).uniform(0, 50, (300, art.window.length, len(RAW_METRICS))).astype(np.float32)
     res = run_batch(Batch(raw, [], art, {}, 0))
     enc = art.compiled_encoder()
-    assert enc is not None and set(enc._fns) == {512}
+    assert isinstance(enc, CompiledEncoder) and set(enc._raw_fns) == {512} and not enc._fns
     want = _keras(art, derive(raw, art.features))
     assert float(np.abs(res.emb - want).max()) <= TOLERANCE
     assert list(res.names) == list(art.prototypes.classify(want)[0])
