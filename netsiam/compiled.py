@@ -24,7 +24,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -197,15 +197,29 @@ class CompiledEncoder:
 
     def compile(self, bucket: int) -> Callable[[Any], Any]:
         """The compiled function for ``bucket`` windows (traced and compiled on first use)."""
-        fn = self._fns.get(bucket)
-        if fn is not None:
-            return fn
-        with self._lock:
-            fn = self._fns.get(bucket)
-            if fn is None:
-                fn = self._compile(bucket)
-                self._fns[bucket] = fn
+        return self._cached(self._fns, bucket, self._compile)
+
+    def _cached(self, fns: dict[int, Callable[[Any], Any]], bucket: int,
+                build: Callable[[int], Callable[[Any], Any]]) -> Callable[[Any], Any]:
+        """``fns[bucket]``, built once under the lock (a reload may warm up while the embed thread serves)."""
+        fn = fns.get(bucket)
+        if fn is None:
+            with self._lock:
+                fn = fns.get(bucket)
+                if fn is None:
+                    fn = fns[bucket] = build(bucket)
         return fn
+
+    def _chunks(self, a: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(windows taken, bucket, chunk)`` per :func:`plan` chunk of ``a``, the last one padded with zero
+        windows (the model treats each window alone: padding changes nothing else)."""
+        i = 0
+        for take, bucket in plan(len(a), self.costs):
+            chunk = a[i:i + take]
+            if take != bucket:
+                chunk = np.concatenate([chunk, np.zeros((bucket - take, *a.shape[1:]), a.dtype)])
+            yield take, bucket, chunk
+            i += take
 
     def _compile(self, bucket: int) -> Callable[[Any], Any]:
         tf = self._tf
@@ -256,15 +270,7 @@ class CompiledEncoder:
 
     def compile_raw(self, bucket: int) -> Callable[[Any], Any]:
         """The compiled raw-input function for ``bucket`` windows (CompileError: it does not serve)."""
-        fn = self._raw_fns.get(bucket)
-        if fn is not None:
-            return fn
-        with self._lock:
-            fn = self._raw_fns.get(bucket)
-            if fn is None:
-                fn = self._compile_raw(bucket)
-                self._raw_fns[bucket] = fn
-        return fn
+        return self._cached(self._raw_fns, bucket, self._compile_raw)
 
     def _compile_raw(self, bucket: int) -> Callable[[Any], Any]:
         from netsiam.features import RAW_METRICS, derive
@@ -299,16 +305,11 @@ class CompiledEncoder:
         """(N, T, R) raw windows -> ((N, D) embeddings, (N, T, F) model inputs), float32, one compiled
         call per :func:`plan` chunk; CompileError where this path does not serve the model."""
         tf = self._tf
-        raw = np.asarray(raw, np.float64)
-        embs, xs, i = [], [], 0
-        for take, bucket in plan(len(raw), self.costs):
-            chunk = raw[i:i + take]
-            if take != bucket:  # zero windows: each window is derived and embedded alone
-                chunk = np.concatenate([chunk, np.zeros((bucket - take, *raw.shape[1:]))])
+        embs, xs = [], []
+        for take, bucket, chunk in self._chunks(np.asarray(raw, np.float64)):
             emb, x = self.compile_raw(bucket)(tf.constant(chunk))
             embs.append(emb.numpy()[:take])
             xs.append(x.numpy()[:take])
-            i += take
         if not embs:
             return (np.zeros((0, int(self.model.output_shape[-1])), np.float32),
                     np.zeros((0, *self.shape), np.float32))
@@ -324,13 +325,8 @@ class CompiledEncoder:
     def embed(self, x: np.ndarray) -> np.ndarray:
         """(N, T, F) float32 -> (N, D) float32, one compiled call per :func:`plan` chunk."""
         tf = self._tf
-        out, i = [], 0
-        for take, bucket in plan(len(x), self.costs):
-            chunk = x[i:i + take]
-            if take != bucket:  # zero rows: the LSTM treats each window alone, padding changes nothing else
-                chunk = np.concatenate([chunk, np.zeros((bucket - take, *self.shape), np.float32)])
-            out.append(self.compile(bucket)(tf.constant(chunk)).numpy()[:take])
-            i += take
+        out = [self.compile(bucket)(tf.constant(chunk)).numpy()[:take]
+               for take, bucket, chunk in self._chunks(np.asarray(x, np.float32))]
         if not out:
             return np.zeros((0, int(self.model.output_shape[-1])), np.float32)
         return np.concatenate(out) if len(out) > 1 else out[0]
