@@ -10,6 +10,7 @@ import dataclasses
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,15 +136,18 @@ def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
     port, tc, part1, part2 = outage_setup("bp")
 
     armed, held, release = threading.Event(), threading.Event(), threading.Event()
-    real_embed = dm.embed_inputs
 
-    def gated_embed(art: Any, x: Any) -> Any:  # the embed thread's call
-        if armed.is_set():
-            held.set()
-            release.wait(60)
-        return real_embed(art, x)
+    def gated(real: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def call(art: Any, x: Any) -> Any:  # the embed thread's call
+            if armed.is_set():
+                held.set()
+                release.wait(60)
+            return real(art, x)
+        return call
 
-    monkeypatch.setattr(dm, "embed_inputs", gated_embed)
+    # either entry: raw windows (the compiled path that derives; tried first, off once refused) or inputs
+    monkeypatch.setattr(dm, "embed_inputs", gated(dm.embed_inputs))
+    monkeypatch.setattr(dm, "embed_raw_windows", gated(dm.embed_raw_windows))
     bp = start_broker(port, topics=tc)
     rc: list[int] = []
     d: Daemon | None = None
