@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from netsiam.features import RAW_METRICS, derive, feature_columns
+
 __all__ = ["BUCKETS", "COSTS_MS", "TOLERANCE", "CompileError", "CompiledEncoder", "Inputs", "check_equal",
            "check_rounding", "compile_encoder", "enabled", "near_mean_windows", "plan", "probe_windows",
            "raw_probe_windows"]
@@ -105,8 +107,6 @@ def raw_probe_windows(n: int, length: int) -> np.ndarray:
     spans: 0.2-300 calls offered per interval, every share of them answered, failed (timed out or
     refused) or retransmitted, 1-60 calls held per call/s, answers within 0-2 s; every other window
     steady, the last one all zeros (an idle source: the load floor)."""
-    from netsiam.features import RAW_METRICS
-
     rng = np.random.default_rng(n)
     idx = {m: i for i, m in enumerate(RAW_METRICS)}
     rate = rng.uniform(0.2, 300.0, (n, 1))
@@ -258,14 +258,11 @@ class CompiledEncoder:
         :func:`~netsiam.features.derive`'s operations, in TensorFlow, then the model."""
         from types import SimpleNamespace
 
-        from netsiam.features import MIN_LOAD, RAW_METRICS, feature_columns
-
         tf = self._tf
         assert self.features is not None
-        ops = SimpleNamespace(log1p=tf.math.log1p, maximum=tf.maximum)
-        offered = raw[..., RAW_METRICS.index("OutgoingCall")]
-        load = tf.maximum(tf.reduce_mean(offered, axis=1, keepdims=True), MIN_LOAD)   # (B, 1)
-        x = tf.cast(tf.stack(feature_columns(raw, load, self.features, ops), axis=-1), tf.float32)
+        ops = SimpleNamespace(mean=lambda a, axis, keepdims: tf.reduce_mean(a, axis=axis, keepdims=keepdims),
+                              log1p=tf.math.log1p, maximum=tf.maximum)
+        x = tf.cast(tf.stack(feature_columns(raw, self.features, ops), axis=-1), tf.float32)
         return self.model(x, training=False), x
 
     def compile_raw(self, bucket: int) -> Callable[[Any], Any]:
@@ -273,8 +270,6 @@ class CompiledEncoder:
         return self._cached(self._raw_fns, bucket, self._compile_raw)
 
     def _compile_raw(self, bucket: int) -> Callable[[Any], Any]:
-        from netsiam.features import RAW_METRICS, derive
-
         tf = self._tf
         if not self.derives:
             raise CompileError("the raw-input path is off for this model")

@@ -78,9 +78,9 @@ _IDX = {name: i for i, name in enumerate(RAW_METRICS)}
 # 0.3 calls/s still gets true ratios (a floor of 1 halved every ratio at 0.5 calls/s).
 MIN_LOAD = 0.1
 
-# (raw (N, T, R), load (N, 1), xp) -> (N, T). ``xp`` holds the two functions beyond arithmetic and
-# slicing that a feature uses, ``log1p`` and ``maximum``: numpy here, TensorFlow's in the compiled
-# serving path (netsiam.compiled derives inside the XLA call, same operations in the same order).
+# (raw (N, T, R), load (N, 1), xp) -> (N, T). ``xp`` holds the functions beyond arithmetic and
+# slicing that derivation uses, ``mean``, ``log1p`` and ``maximum``: numpy here, TensorFlow's in the
+# compiled serving path (netsiam.compiled derives inside the XLA call, same operations in the same order).
 Deriver = Callable[[Any, Any, Any], Any]
 
 
@@ -137,7 +137,7 @@ def _log_response_ms(raw: Any, load: Any, xp: Any) -> Any:
     return xp.log1p(xp.maximum(_col(raw, "ResponseTime1"), 0.0))
 
 
-# name -> (raw metrics it needs, function(raw (N,T,R), load (N,1)) -> (N,T))
+# name -> (raw metrics it needs, Deriver)
 FEATURES: dict[str, tuple[tuple[str, ...], Deriver]] = {
     "offered_rel": (("OutgoingCall",), _offered_rel),
     "success_rel": (("OutgoingCall", "SuccessfulCall"), _per_load("SuccessfulCall")),
@@ -172,15 +172,15 @@ def derive(raw: np.ndarray, features: Sequence[str] = DEFAULT_FEATURES) -> np.nd
     raw = np.asarray(raw, dtype=np.float64)
     if raw.ndim != 3 or raw.shape[-1] != len(RAW_METRICS):
         raise ValueError(f"raw windows must be (N, T, {len(RAW_METRICS)}), got {raw.shape}")
-    load = np.maximum(_col(raw, "OutgoingCall").mean(axis=1, keepdims=True), MIN_LOAD)  # (N, 1)
     out = np.empty(raw.shape[:2] + (len(features),), dtype=np.float32)
-    for j, col in enumerate(feature_columns(raw, load, features)):
+    for j, col in enumerate(feature_columns(raw, features)):
         out[..., j] = col
     return out
 
 
-def feature_columns(raw: Any, load: Any, features: Sequence[str], xp: Any = np) -> list[Any]:
-    """Each feature's (N, T) values, float64, from raw windows (N, T, R) and their offered load (N, 1)
-    (the mean ``OutgoingCall``, at least MIN_LOAD): :func:`derive` without the checks and the float32
-    output, for any array library whose namespace ``xp`` has ``log1p`` and ``maximum``."""
+def feature_columns(raw: Any, features: Sequence[str], xp: Any = np) -> list[Any]:
+    """Each feature's (N, T) values, float64, from raw windows (N, T, R): :func:`derive` without the
+    checks and the float32 output, for any array library whose namespace ``xp`` has ``mean(a, axis,
+    keepdims)``, ``log1p`` and ``maximum``."""
+    load = xp.maximum(xp.mean(_col(raw, "OutgoingCall"), axis=1, keepdims=True), MIN_LOAD)  # (N, 1)
     return [FEATURES[name][1](raw, load, xp) for name in features]

@@ -23,7 +23,7 @@ import orjson
 from netsiam.compiled import BUCKETS, CompiledEncoder, CompileError, compile_encoder
 from netsiam.config import WindowConfig
 from netsiam.errors import NetsiamError
-from netsiam.features import FEATURES, required_metrics
+from netsiam.features import FEATURES, RAW_METRICS, required_metrics
 from netsiam.schemas.classes import UNKNOWN
 from netsiam.torchpath import TorchEncoder, torch_encoder
 from netsiam.traceio import atomic_write_bytes
@@ -223,8 +223,6 @@ class Artifact:
         """Compile (or trace) the encoder for these batch sizes now, so the first batches do not
         wait for it (~0.6 s a shape under XLA on 2 busy cores; 1 and 2 trace plain Keras' shapes).
         ``raw``: the path the daemon takes, :meth:`embed_raw` where it serves (else :meth:`embed`)."""
-        from netsiam.features import RAW_METRICS
-
         for n in sizes:
             if not (raw and self.embed_raw(np.zeros((n, self.window.length, len(RAW_METRICS)))) is not None):
                 self.embed(np.zeros((n, self.window.length, len(self.features)), np.float32))

@@ -201,18 +201,18 @@ def test_raw_windows_in_equal_numpy_derivation_then_keras_within_1e5(which: str,
 
 def test_a_raw_path_that_disagrees_with_numpy_is_refused_and_numpy_derives(
         small: Artifact, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    import netsiam.features
+    import netsiam.compiled
     from netsiam.detector.batch import derives_when_embedding, embed_raw_windows
+    from netsiam.features import derive
 
     art = Artifact(small.encoder, small.prototypes, small.manifest)
     raw = _raw(art, 9)
-    want_x = netsiam.features.derive(raw, art.features)
-    real = netsiam.features.derive
-    monkeypatch.setattr(netsiam.features, "derive", lambda r, f: real(r, f) + np.float32(1e-3))  # the check's reference
+    want_x = derive(raw, art.features)
+    monkeypatch.setattr(netsiam.compiled, "derive", lambda r, f: derive(r, f) + np.float32(1e-3))  # the check's reference
     with caplog.at_level(logging.WARNING, logger="netsiam.serving"):
         assert art.embed_raw(raw) is None
     assert "numpy derives" in caplog.text and "differs from numpy" in caplog.text
-    monkeypatch.setattr(netsiam.features, "derive", real)
+    monkeypatch.setattr(netsiam.compiled, "derive", derive)
     assert not derives_when_embedding(art)                  # not retried on every batch
     enc = art.compiled_encoder()
     assert isinstance(enc, CompiledEncoder)                 # the derived-input fast path still serves
