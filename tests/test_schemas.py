@@ -13,10 +13,11 @@ from netsiam.errors import NetsiamError
 from netsiam.evidence import K
 from netsiam.features import RAW_METRICS
 from netsiam.schemas import load_schema
+from netsiam.schemas import record as record_mod
 from netsiam.schemas.deadletter import DeadLetter, validate_dead_letter
 from netsiam.schemas.event import FaultEvent, event_id
 from netsiam.schemas.labels import parse_label_row
-from netsiam.schemas.record import REASONS, RecordError, decode_record
+from netsiam.schemas.record import REASONS, RecordError, decode_record, validate_record_obj
 
 NAMES = RAW_METRICS
 REQ = frozenset(RAW_METRICS)
@@ -153,6 +154,50 @@ def test_fast_validator_agrees_with_json_schema(obj: dict) -> None:
         assert not fast_ok or schema_ok
     else:
         assert fast_ok == schema_ok, obj
+
+
+def outcome(fn: object, *args: object) -> object:
+    try:
+        return fn(*args)  # type: ignore[operator]
+    except RecordError as e:
+        return (e.reason, e.detail)
+
+
+numbers = st.one_of(st.integers(-3, 10**6), st.floats(-3, 1e6), st.sampled_from([0, -0.0, 1e15, 1e15 + 0.5, 10**15 + 1,
+                                                                                  2**63, 10**400, 9.223372036854776e18]))
+edge_records = st.fixed_dictionaries(
+    {"source": st.one_of(st.text(min_size=0, max_size=3), st.just("\u00e9" * 256), st.just("\u00e9" * 257)),
+     "ts": st.one_of(st.floats(-1, 5e9), st.integers(-5, 5 * 10**9), st.sampled_from(["2026-11-22T10:28:17Z", "1.5e9",
+                                                                                   "x", True, None])),
+     # every metric present, mostly in range, so that most examples take the one-call path
+     "metrics": st.fixed_dictionaries({m: st.one_of(st.integers(0, 10**6), st.floats(0, 1e6), numbers) for m in RAW_METRICS},
+                                      optional={"CallLengthStDev": st.one_of(numbers, st.booleans(), st.none())})},
+    optional={"extra": st.integers()},
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(records, edge_records), st.sampled_from([frozenset(), REQ, frozenset(RAW_METRICS[:3])]))
+def test_the_one_call_path_decodes_as_the_checks_do(obj: dict, required: frozenset[str]) -> None:
+    """Whatever the bytes, decode_record (msgspec first) gives what orjson + the hand-written checks give:
+    the same record, or the same reason and detail."""
+    raw = json.dumps(obj).encode()
+    assert outcome(decode_record, raw, NAMES, required) == outcome(
+        lambda: validate_record_obj(record_mod._loads(raw), NAMES, required))
+
+
+def test_a_well_formed_record_takes_the_one_call_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def slow(*_: object) -> None:
+        raise AssertionError("the hand-written checks ran")
+
+    monkeypatch.setattr(record_mod, "validate_record_obj", slow)
+    r = decode_record(enc(dict(GOOD, metrics={**GOOD["metrics"], "Other": 3})), NAMES, REQ)
+    assert r == (GOOD["source"], GOOD["ts"], tuple(1.0 for _ in NAMES), 0)
+    many = {**{f"m{i}": 1 for i in range(600)}, **GOOD["metrics"]}
+    with pytest.raises(AssertionError, match="hand-written"):   # over MAX_METRICS: the checks say why
+        decode_record(enc(dict(GOOD, metrics=many)), NAMES, REQ)
+    with pytest.raises(AssertionError, match="hand-written"):   # a sentinel elsewhere: the checks say why
+        decode_record(enc(dict(GOOD, metrics={**GOOD["metrics"], "Other": 9.223372036854776e18})), NAMES, REQ)
 
 
 def test_event_roundtrip_validates_against_schema_and_ids_are_deterministic() -> None:
