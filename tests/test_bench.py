@@ -193,6 +193,19 @@ def test_cpu_split_reports_each_stage_with_the_fast_path_off_and_on(capsys: pyte
         assert split["total"] == pytest.approx(split["feed"] + split["embed"] + split["apply"], abs=0.2)
 
 
+@pytest.mark.slow
+def test_raise_costs_come_from_a_run_where_every_source_raises_and_one_where_none_does(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.raises import main
+
+    assert main(["--sources", "20"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["raises_events"] == 20 and res["raises_events_without_the_freeze"] == 0   # one raise per source
+    assert res["raises_windows"] == 20 * 11
+    assert res["raises_apply_us_per_window_calm"] > 0 and res["raises_to_bytes_us"] > 0
+    assert res["raises_send_us_per_event"] > 0
+
+
 def test_sources_search_doubles_then_bisects_to_the_largest_size_that_held() -> None:
     from bench.sources import Step, next_size, search
 
