@@ -37,7 +37,7 @@ def _apply_cpu(art: Any, sources: int, freeze: bool) -> tuple[float, int, list[A
     """Main-thread CPU seconds of ``Pipeline.apply`` over every window, the events it made, and them."""
     from netsiam.config import Config
     from netsiam.detector.batch import run_batch
-    from netsiam.detector.pipeline import Pipeline
+    from netsiam.detector.pipeline import EventOut, Pipeline
     from netsiam.kafka_io import ConsumedRecord
 
     pl = Pipeline(Config(), art)
@@ -50,7 +50,7 @@ def _apply_cpu(art: Any, sources: int, freeze: bool) -> tuple[float, int, list[A
         c0 = time.thread_time()
         events += pl.apply(batch, res)
         cpu += time.thread_time() - c0
-    return cpu, events, [o for o in pl.take_outbox() if hasattr(o, "event")]
+    return cpu, events, [o for o in pl.take_outbox() if isinstance(o, EventOut)]
 
 
 def _send_cpu(values: list[bytes]) -> float:
