@@ -158,6 +158,6 @@ def decode_record(
             ts = rec.ts   # a finite float here (JSON has no inf), so parse_ts's own checks reduce to the range
             return DecodedRecord(rec.source, ts if type(ts) is float and 0.0 <= ts <= MAX_TS else parse_ts(ts),
                                  cast(tuple[float, ...], values))
-    except (msgspec.DecodeError, ValueError):   # ValidationError is a DecodeError; parse_ts raises ValueError
-        pass
+    except (msgspec.DecodeError, ValueError, RecursionError):   # parse_ts raises ValueError; msgspec recurses
+        pass                                                      # into an unknown key's nested value
     return validate_record_obj(_loads(raw), names, required)

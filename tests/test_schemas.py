@@ -109,6 +109,11 @@ def test_oversized_message_rejected_before_parsing() -> None:
 def test_deeply_nested_json_is_rejected_not_crashing() -> None:
     raw = b"[" * 100_000 + b"]" * 100_000
     assert reason_of(raw, max_bytes=10**6) in ("not_json", "schema")
+    # nested under a key the struct does not know (msgspec recurses to skip it) or in a metric
+    for tail in (b'}, "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                 b', "deep": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"):
+        raw = enc(GOOD)[:-2] + tail
+        assert reason_of(raw, max_bytes=10**6) in ("not_json", "schema")
 
 
 def test_every_reason_is_a_known_label() -> None:
