@@ -21,7 +21,7 @@ from typing import Annotated, Any, NamedTuple, cast
 import msgspec
 import orjson
 
-from netsiam.schemas.timeparse import MAX_TS, parse_ts
+from netsiam.schemas.timeparse import parse_ts
 
 __all__ = ["REASONS", "DecodedRecord", "RecordError", "decode_record", "validate_record_obj"]
 
@@ -155,9 +155,7 @@ def decode_record(
         rec = _WELL_FORMED.decode(raw)
         values = tuple(map(rec.metrics.get, names))
         if None not in values:   # absent metrics: the checks below say which are required
-            ts = rec.ts   # a finite float here (JSON has no inf), so parse_ts's own checks reduce to the range
-            return DecodedRecord(rec.source, ts if type(ts) is float and 0.0 <= ts <= MAX_TS else parse_ts(ts),
-                                 cast(tuple[float, ...], values))
+            return DecodedRecord(rec.source, parse_ts(rec.ts), cast(tuple[float, ...], values))
     except (msgspec.DecodeError, ValueError, RecursionError):   # parse_ts raises ValueError; msgspec recurses
         pass                                                      # into an unknown key's nested value
     return validate_record_obj(_loads(raw), names, required)

@@ -12,6 +12,8 @@ MAX_TS = 4102444800.0  # 2100-01-01: beyond this a timestamp is a unit mistake, 
 
 def parse_ts(value: object) -> float:
     """Return epoch seconds or raise ValueError with a short reason."""
+    if type(value) is float and 0.0 <= value <= MAX_TS:   # the common case, first (a record decoder's hot path)
+        return value
     if isinstance(value, bool):
         raise ValueError("timestamp is a boolean")
     if isinstance(value, int | float):
