@@ -8,6 +8,7 @@ Metrics take a ``registry`` so tests use a fresh one.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -17,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from netsiam.schemas.record import REASONS
 
-__all__ = ["DetectorMetrics", "SourceTimes"]
+__all__ = ["DetectorMetrics", "RaisedFaults", "SourceTimes"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -42,6 +43,63 @@ class SourceTimes(Collector):
         for source, ts in self._read():
             fam.add_metric([source], ts)
         yield fam
+
+
+class RaisedFaults(Collector):
+    """The raised faults, one entry per (source, fault), exported at scrape time as
+    ``netsiam_fault_active{source, fault}``, ``netsiam_fault_evidence_info{source, fault, evidence,
+    event_id}`` and ``netsiam_active_faults{fault}``.
+
+    Labelled gauges would build and validate a new child per raise (prometheus_client does that for
+    every new label set), which a cold start pays thousands of times at once; a dict entry is cheap.
+    The series are those of the gauges they replace: removed at the clear, and a fault's count stays
+    at 0 once it has been raised.
+    """
+
+    ACTIVE = ("netsiam_fault_active", "1 while a fault is raised on a source (series removed when it clears).")
+    # Grafana cannot read the faults topic: this series carries an event's evidence to its annotations.
+    # Bounded like netsiam_fault_active: one series per raised fault, removed when it clears.
+    EVIDENCE = ("netsiam_fault_evidence_info",
+                "1 while a fault is raised on a source, with its raised event's evidence (the model inputs furthest "
+                "outside their normal range, 'feature value (normal lo to hi); ...', empty when there is none) "
+                "in the evidence label, and the raised event's event_id (what `netsiam feedback` takes); series "
+                "removed when it clears.")
+    COUNT = ("netsiam_active_faults", "Sources with a raised fault, by fault.")
+
+    def __init__(self) -> None:
+        self._raised: dict[tuple[str, str], tuple[str, str]] = {}   # (source, fault) -> (evidence, event_id)
+        self._faults: dict[str, None] = {}                          # every fault raised so far, in order
+        self._lock = threading.Lock()                               # scrapes run on the HTTP server's thread
+
+    def set(self, source: str, fault: str, evidence: str = "", event_id: str = "") -> None:
+        with self._lock:
+            self._raised[(source, fault)] = (evidence, event_id)
+            self._faults.setdefault(fault)
+
+    def clear(self, source: str, fault: str) -> None:
+        with self._lock:
+            self._raised.pop((source, fault), None)
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily(*self.ACTIVE, labels=["source", "fault"]),
+                GaugeMetricFamily(*self.EVIDENCE, labels=["source", "fault", "evidence", "event_id"]),
+                GaugeMetricFamily(*self.COUNT, labels=["fault"]))
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            raised, faults = list(self._raised.items()), list(self._faults)
+        active, info, count = self._families()
+        n = dict.fromkeys(faults, 0)
+        for (source, fault), (evidence, event_id) in raised:
+            active.add_metric([source, fault], 1)
+            info.add_metric([source, fault, evidence, event_id], 1)
+            n[fault] += 1
+        for fault, k in n.items():
+            count.add_metric([fault], k)
+        yield from (active, info, count)
 
 
 class DetectorMetrics:
@@ -69,20 +127,8 @@ class DetectorMetrics:
         self.fault_events = Counter(
             "netsiam_fault_events_total", "Fault events published and acknowledged, by fault and state.",
             ["fault", "state"], registry=r)
-        self.fault_active = Gauge(
-            "netsiam_fault_active", "1 while a fault is raised on a source (series removed when it clears).",
-            ["source", "fault"], registry=r)
-        # Grafana cannot read the faults topic: this series carries an event's evidence to its annotations.
-        # Bounded like netsiam_fault_active: one series per raised fault, removed when it clears.
-        self.fault_evidence = Gauge(
-            "netsiam_fault_evidence_info",
-            "1 while a fault is raised on a source, with its raised event's evidence (the model inputs furthest "
-            "outside their normal range, 'feature value (normal lo to hi); ...', empty when there is none) "
-            "in the evidence label, and the raised event's event_id (what `netsiam feedback` takes); series "
-            "removed when it clears.",
-            ["source", "fault", "evidence", "event_id"], registry=r)
-        self.active_faults = Gauge(
-            "netsiam_active_faults", "Sources with a raised fault, by fault.", ["fault"], registry=r)
+        self.raised = RaisedFaults()
+        r.register(self.raised)
         self.embed_batch_seconds = Histogram(
             "netsiam_embed_batch_seconds", "Time to embed and classify one micro-batch of windows.",
             buckets=_LATENCY_BUCKETS, registry=r)

@@ -13,7 +13,6 @@ only say that, and a clear caused by a marker has no window at all.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,24 +79,12 @@ class Emitter:
         self.metrics = metrics
         self.outbox = outbox
         self.wall = wall
-        # (source, fault) raised -> its evidence and event_id labels (to remove the series at the clear)
-        self._evidence: dict[tuple[str, str], tuple[str, str]] = {}
 
     def gauges(self, source: str, fault: str, on: bool, evidence: str = "", event: str = "") -> None:
-        m = self.metrics
         if on:
-            m.fault_active.labels(source=source, fault=fault).set(1)
-            m.active_faults.labels(fault=fault).inc()
-            self._evidence[(source, fault)] = (evidence, event)
-            m.fault_evidence.labels(source=source, fault=fault, evidence=evidence, event_id=event).set(1)
+            self.metrics.raised.set(source, fault, evidence, event)
         else:
-            with contextlib.suppress(KeyError):
-                m.fault_active.remove(source, fault)
-            m.active_faults.labels(fault=fault).dec()
-            labels = self._evidence.pop((source, fault), None)
-            if labels is not None:
-                with contextlib.suppress(KeyError):
-                    m.fault_evidence.remove(source, fault, *labels)
+            self.metrics.raised.clear(source, fault)
 
     def clear_gauges(self, st: SourceState) -> None:
         """The state is dropped without events (its partition went to another consumer)."""

@@ -49,7 +49,8 @@ class NormalRange(NamedTuple):
 
 def _tail(x: np.ndarray) -> np.ndarray:
     """(..., T, F) -> (..., F): each feature's value (mean of the last TAIL samples)."""
-    return np.asarray(x, np.float64)[..., -TAIL:, :].mean(axis=-2)
+    t = np.asarray(np.asarray(x)[..., -TAIL:, :], np.float64)
+    return np.add.reduce(t, axis=-2) / t.shape[-2]   # what .mean() computes, without its wrapper (a raise pays it)
 
 
 def _round(v: float) -> float:
@@ -102,19 +103,19 @@ def evidence(window: np.ndarray, features: Sequence[str], ranges: Mapping[str, N
     When none is outside, the one closest to leaving its range (so a raised event always says
     something when ranges exist); [] without ranges.
     """
-    vals = _tail(window)                                                    # (F,)
+    vals = _tail(window).tolist()                                           # (F,) as floats
     scored = []
     for j, f in enumerate(features):
         r = ranges.get(f)
         if r is None:
             continue
-        v = _round(vals[j])
+        v = round(vals[j], DECIMALS) + 0.0                                  # _round, on a float already
         # > 0: scales outside the range; <= 0: scales inside it, to the nearer edge
         d = (r.lo - v if v < r.lo else v - r.hi if v > r.hi else -min(v - r.lo, r.hi - v)) / r.scale
-        scored.append((d, j, {"feature": f, "value": v, "normal": [r.lo, r.hi]}))
-    scored.sort(key=lambda t: (-t[0], t[1]))                                # stable: feature order on ties
-    outside = [e for d, _, e in scored if d > 0][:k]
-    return outside or [e for _, _, e in scored[:1]]
+        scored.append((-d, j, f, v, r))
+    scored.sort()                                                           # furthest first; feature order on ties
+    picked = [t for t in scored if t[0] < 0][:k] or scored[:1]
+    return [{"feature": f, "value": v, "normal": [r.lo, r.hi]} for _, _, f, v, r in picked]
 
 
 def window_evidence(raw: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,

@@ -447,6 +447,11 @@ def embed_all(p: Any, batch_max: int = 1024) -> None:
         p.apply(b, run_batch(b))
 
 
+def raised_series(p: Any, name: str) -> list[Any]:
+    """The samples a pipeline's raised-fault collector exports under ``name`` (a scrape's view)."""
+    return [s for fam in p.metrics.raised.collect() if fam.name == name for s in fam.samples]
+
+
 def offline_events(cfg: Config, model_dir: Path, msgs: Sequence[Any]) -> dict[str, dict[str, Any]]:
     """The events an uninterrupted daemon computes for these stored messages, by event_id."""
     from netsiam.detector.pipeline import EventOut, Pipeline

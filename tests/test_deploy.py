@@ -83,15 +83,22 @@ def metric_catalogue() -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     tree = ast.parse(METRICS_PY.read_text())
     for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
-        # a custom collector: NAME = "..." and GaugeMetricFamily(..., labels=[...]) read at scrape time
-        names = [a.value.value for a in cls.body if isinstance(a, ast.Assign) and isinstance(a.value, ast.Constant)
-                 and any(isinstance(t, ast.Name) and t.id == "NAME" for t in a.targets)]
-        fams = [c for c in ast.walk(cls) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
-                and c.func.id == "GaugeMetricFamily"]
-        if names and fams:
-            labels_kw = next(k.value for k in fams[0].keywords if k.arg == "labels")
+        # a custom collector: GaugeMetricFamily(self.NAME, ..., labels=[...]) or GaugeMetricFamily(*self.X,
+        # labels=[...]), NAME a class constant "name" and X a class constant ("name", "help"), read at scrape time
+        consts = {t.id: a.value for a in cls.body if isinstance(a, ast.Assign) for t in a.targets
+                  if isinstance(t, ast.Name)}
+        for c in ast.walk(cls):
+            if not (isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id == "GaugeMetricFamily"):
+                continue
+            first = c.args[0]
+            ref = first.value if isinstance(first, ast.Starred) else first
+            assert isinstance(ref, ast.Attribute), ast.dump(first)
+            const = consts[ref.attr]
+            name_node = const.elts[0] if isinstance(const, ast.Tuple) else const
+            assert isinstance(name_node, ast.Constant) and isinstance(name_node.value, str)
+            labels_kw = next(k.value for k in c.keywords if k.arg == "labels")
             assert isinstance(labels_kw, ast.List)
-            out[names[0]] = {e.value for e in labels_kw.elts if isinstance(e, ast.Constant)}
+            out[name_node.value] = {e.value for e in labels_kw.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
             continue
@@ -622,12 +629,9 @@ class SyntheticDetector:
         m.broker_up.set(1)
         m.sources_tracked.set(3)
         m.track_sources(lambda: [(f"sbc-{i}", time.time() - i) for i in (1, 2, 3)])
-        m.fault_active.labels(source="sbc-1", fault="blocked").set(1)
-        m.fault_active.labels(source="sbc-2", fault="capacity_limit").set(1)
-        m.fault_evidence.labels(source="sbc-1", fault="blocked", evidence="success_rel 0.02 (normal 0.19 to 1.93)",
-                                event_id="0f5e4a2c-3d1b-5c6e-9f7a-8b9c0d1e2f3a").set(1)
-        m.active_faults.labels(fault="blocked").set(1)
-        m.active_faults.labels(fault="capacity_limit").set(1)
+        m.raised.set("sbc-1", "blocked", "success_rel 0.02 (normal 0.19 to 1.93)",
+                     "0f5e4a2c-3d1b-5c6e-9f7a-8b9c0d1e2f3a")
+        m.raised.set("sbc-2", "capacity_limit")
         m.fault_events.labels(fault="blocked", state="raised").inc()
         m.model_reloads.inc()
         m.last_commit.set(time.time())

@@ -15,7 +15,15 @@ import jsonschema
 import numpy as np
 import orjson
 import pytest
-from helpers import Model, embed_all, labelled_trace, labelled_windows, partitioned, trace_lines
+from helpers import (
+    Model,
+    embed_all,
+    labelled_trace,
+    labelled_windows,
+    partitioned,
+    raised_series,
+    trace_lines,
+)
 
 from netsiam.config import Config, override
 from netsiam.detector.pipeline import EventOut, Pipeline
@@ -153,10 +161,10 @@ def test_raised_events_carry_evidence_cleared_none_and_the_series_follows_the_fa
                 evs.append(e)
                 (active.add if e["state"] == "raised" else active.discard)((e["source"], e["fault"]))
             series = {(s.labels["source"], s.labels["fault"]): s.labels["evidence"]
-                      for fam in p.metrics.fault_evidence.collect() for s in fam.samples}
+                      for s in raised_series(p, "netsiam_fault_evidence_info")}
             assert set(series) == active   # one series per raised fault, gone when it clears
             ids = {(s.labels["source"], s.labels["fault"]): s.labels["event_id"]
-                   for fam in p.metrics.fault_evidence.collect() for s in fam.samples}
+                   for s in raised_series(p, "netsiam_fault_evidence_info")}
             for (src, fault), text in series.items():
                 raised = [e for e in evs if (e["source"], e["fault"], e["state"]) == (src, fault, "raised")][-1]
                 assert text == evidence_text(raised["evidence"]) != ""

@@ -8,9 +8,10 @@ import re
 from helpers import REPO
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 
 from netsiam.collect.metrics import ERROR_REASONS, SKIP_REASONS, CollectMetrics
-from netsiam.detector.metrics import DetectorMetrics, SourceTimes
+from netsiam.detector.metrics import DetectorMetrics, RaisedFaults, SourceTimes
 from netsiam.schemas.record import REASONS
 
 DOC = REPO / "docs" / "metrics.md"
@@ -28,8 +29,14 @@ def rows(obj: object) -> list[str]:
     return out
 
 
+def collector_rows(c: Collector) -> list[str]:
+    """Rows of a custom collector's families, as its describe() gives them."""
+    return [f"| `{f.name}` | {f.type} | {', '.join(f'`{x}`' for x in f._labelnames) or '-'} | {f.documentation} |"
+            for f in c.describe()]
+
+
 def expected_rows() -> list[str]:
-    daemon = [f"| `{SourceTimes.NAME}` | gauge | `source` | {SourceTimes.HELP} |",
+    daemon = [*collector_rows(SourceTimes(list)), *collector_rows(RaisedFaults()),
               *rows(DetectorMetrics(CollectorRegistry()))]
     return daemon + rows(CollectMetrics(CollectorRegistry(), "sipp"))
 

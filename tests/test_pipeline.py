@@ -26,6 +26,7 @@ from helpers import (
     labelled_windows,
     partitioned,
     prototypes_at,
+    raised_series,
     same_event,
 )
 from hypothesis import given, settings
@@ -385,7 +386,7 @@ def test_idle_sources_reset_by_record_time_and_max_sources_caps_state(model: Mod
     # each went silent before it was forgotten (the silence raised, then cleared by the eviction)
     assert {(e.source, e.state) for e in out} == {(f"s{i}", s) for i in range(150, 250) for s in ("raised", "cleared")}
     assert all(e.fault == "silent" for e in out)
-    assert p.metrics.active_faults.labels(fault="silent")._value.get() == 0
+    assert p.metrics.registry.get_sample_value("netsiam_active_faults", {"fault": "silent"}) == 0
 
 
 def test_swap_artifact_resets_buffers_only_when_windowing_changes(model: Model, trace: Any) -> None:
@@ -447,12 +448,10 @@ def test_a_source_that_stops_sending_is_silent_until_it_sends_again(model: Model
     active: set[tuple[str, str]] = set()
     for e in evs:  # in the order they were emitted
         (active.add if e["state"] == "raised" else active.discard)((e["source"], e["fault"]))
-    gauges = {(s.labels["source"], s.labels["fault"]) for fam in p.metrics.fault_active.collect()
-              for s in fam.samples}
+    gauges = {(s.labels["source"], s.labels["fault"]) for s in raised_series(p, "netsiam_fault_active")}
     assert gauges == active and "sbc-5" not in {s for s, _ in gauges}
-    assert gauges == {(s.labels["source"], s.labels["fault"]) for fam in p.metrics.fault_evidence.collect()
-                      for s in fam.samples}   # the annotations' series: one per active fault, none left over
-    assert p.metrics.active_faults.labels(fault="silent")._value.get() == 0
+    assert gauges == {(s.labels["source"], s.labels["fault"]) for s in raised_series(p, "netsiam_fault_evidence_info")}   # the annotations' series: one per active fault, none left over
+    assert p.metrics.registry.get_sample_value("netsiam_active_faults", {"fault": "silent"}) == 0
 
 
 def test_silence_seen_by_the_wall_clock_makes_the_events_records_would(model: Model, trace: Any) -> None:
@@ -490,5 +489,4 @@ def test_evicting_a_faulted_source_over_max_sources_clears_its_fault(model: Mode
     out = events(p.take_outbox())
     assert [(e["source"], e["state"], e["fault"]) for e in out] == [(iv.source, "cleared", "blocked")]
     assert out[0]["window_end"] == orjson.loads(other)["ts"] and list(p.sources) == ["newcomer"]
-    assert not list(p.metrics.fault_active.collect())[0].samples
-    assert not list(p.metrics.fault_evidence.collect())[0].samples
+    assert not raised_series(p, "netsiam_fault_active") and not raised_series(p, "netsiam_fault_evidence_info")
