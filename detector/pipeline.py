@@ -324,8 +324,11 @@ class Pipeline:
         if self._pending:
             self.pending_since = time.monotonic()
         raw = [w for w in wins if w is not None]
-        shape = (0, self.window.length, len(RAW_METRICS))
-        return Batch(np.stack(raw) if raw else np.empty(shape), items, self.artifact, positions, self._seq)
+        # (B, T, R): np.stack's per-array Python (~2 us a window) against one copy (~0.2 us); pending
+        # windows all have the serving windowing's shape (swap_artifact drops them when it changes)
+        x = np.concatenate(raw).reshape(len(raw), *raw[0].shape) if raw else np.empty(
+            (0, self.window.length, len(RAW_METRICS)))
+        return Batch(x, items, self.artifact, positions, self._seq)
 
     # -- step 3: debounce ----------------------------------------------------------------------
     def apply(self, batch: Batch, res: BatchResult) -> int:
