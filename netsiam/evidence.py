@@ -109,7 +109,7 @@ def evidence(window: np.ndarray, features: Sequence[str], ranges: Mapping[str, N
         r = ranges.get(f)
         if r is None:
             continue
-        v = round(vals[j], DECIMALS) + 0.0                                  # _round, on a float already
+        v = _round(vals[j])
         # > 0: scales outside the range; <= 0: scales inside it, to the nearer edge
         d = (r.lo - v if v < r.lo else v - r.hi if v > r.hi else -min(v - r.lo, r.hi - v)) / r.scale
         scored.append((-d, j, f, v, r))
