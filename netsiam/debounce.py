@@ -48,8 +48,9 @@ class Transition:
 class FaultTracker:
     """Debounce per-window classes of one source into raised/cleared transitions."""
 
-    __slots__ = ("_active", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak", "_normal_streak", "_recent", "_run_len", "_run_start", "_started_at", "_tail",
-                 "_tail_len", "_tail_start")
+    __slots__ = ("_active", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak", "_normal_streak", "_plain_streak",
+                 "_recent", "_run_len", "_run_start", "_seen", "_settle_at", "_started_at", "_tail", "_tail_len",
+                 "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
         self._cfg = cfg
@@ -63,6 +64,9 @@ class FaultTracker:
         self._aftermath = False               # a named fault cleared and the stream is not clean normal yet
         self._aftermath_until = 0.0           # ... nor aftermath_s past the clear
         self._clean_streak = 0
+        self._seen: set[str] = set()          # named classes seen since the tracker was last settled (``quiet``)
+        self._plain_streak = 0                # ... and plain normal windows in a row since (none of them within)
+        self._settle_at: float | None = None  # ... and when the aftermath of any of them is over for any tracker
 
     @property
     def active(self) -> str | None:
@@ -70,9 +74,15 @@ class FaultTracker:
 
     @property
     def quiet(self) -> bool:
-        """Nothing remembered: ``clear_m`` normal windows in a row and no fault's aftermath, so a fresh
-        tracker fed the windows from here on makes the same transitions (a replay may start here)."""
-        return self._normal_streak >= self._cfg.clear_m and not self._aftermath
+        """Nothing remembered, by this tracker or by one that started at any later window: a fresh tracker
+        fed the windows from here on makes the same transitions (a replay may start here).
+
+        Trackers started at different windows can disagree while a fault lasts (one holds ``unknown`` where
+        another raised the named class it saw next; one holds a named fault through normal windows within
+        its threshold where another has none to hold), so after any named window quiet waits for what
+        ends every such fault and its aftermath: ``clear_m`` plain normal windows in a row (within no
+        threshold of a class seen since), then ``aftermath_s`` more and ``clear_m`` plain ones again."""
+        return self._normal_streak >= self._cfg.clear_m and not self._aftermath and not self._seen
 
     def release(self, window_end: float) -> list[Transition]:
         """Start over as a new tracker; a fault still active ends with its ``cleared`` at ``window_end``
@@ -97,10 +107,27 @@ class FaultTracker:
         self._started_at = self._run_start if self._run_start is not None else window_end
         return Transition("raised", fault, self._started_at, window_end)
 
+    def _settle(self, plain: bool, window_end: float) -> None:
+        """Count plain normal windows after a named one; forget the named classes once no tracker can
+        still hold one of them (it clears after ``clear_m`` plain windows) or be in its aftermath."""
+        self._plain_streak = self._plain_streak + 1 if plain else 0
+        if self._plain_streak < self._cfg.clear_m:
+            return
+        if self._settle_at is None:
+            self._settle_at = window_end + self._cfg.aftermath_s
+        if window_end >= self._settle_at:
+            self._seen.clear()
+            self._settle_at = None
+
     def update(self, cls: str, window_end: float, nearest: str | None = None,
                within: Collection[str] | None = None) -> list[Transition]:
         """One window's class (``nearest``: its nearest class ignoring thresholds; ``within``: the classes
         whose threshold it is within; each when known)."""
+        if cls not in (NORMAL, UNKNOWN):
+            self._seen.add(cls)
+            self._plain_streak, self._settle_at = 0, None
+        elif self._seen:
+            self._settle(cls == NORMAL and (within is None or self._seen.isdisjoint(within)), window_end)
         if (self._cfg.hold_within and within is not None and cls == NORMAL
                 and self._active not in (None, UNKNOWN) and self._active in within):
             cls = self._active

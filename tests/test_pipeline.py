@@ -304,39 +304,70 @@ def test_restart_from_markers_reproduces_every_event(model: Model, trace: Any, c
 
 
 CLASSES = ["normal", "blocked", "capacity_limit", "unknown"]
+Window = tuple[str, str, frozenset[str]]   # class, nearest class, the classes whose threshold it is within
+
+
+def transitions_after(seq: Sequence[Window], deb: DebounceConfig, first: int, q: int) -> list[tuple[int, Any]]:
+    """The transitions after window ``q`` of a tracker started at window ``first``."""
+    from netsiam.debounce import FaultTracker
+
+    t = FaultTracker(deb)
+    out = []
+    for i in range(first, len(seq)):
+        out += [(i, tr) for tr in t.update(seq[i][0], float(i), seq[i][1], seq[i][2])]
+    return [(i, tr) for i, tr in out if i > q]
+
+
+def quiet_points(seq: Sequence[Window], deb: DebounceConfig) -> list[int]:
+    from netsiam.debounce import FaultTracker
+
+    t = FaultTracker(deb)
+    out = []
+    for i, (cls, near, within) in enumerate(seq):
+        t.update(cls, float(i), near, within)
+        if t.quiet:
+            out.append(i)
+    return out
 
 
 @settings(max_examples=300, deadline=None)
-@given(seq=st.lists(st.tuples(st.sampled_from(CLASSES), st.sampled_from(CLASSES[:3])), min_size=1, max_size=60),
+@given(seq=st.lists(st.tuples(st.sampled_from(CLASSES), st.sampled_from(CLASSES[:3]),
+                              st.frozensets(st.sampled_from(CLASSES[:3]))), min_size=1, max_size=60),
        deb=st.builds(DebounceConfig, raise_k=st.integers(1, 3), raise_n=st.integers(3, 5),
                      clear_m=st.integers(1, 3), unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5),
                      aftermath_s=st.sampled_from([0.0, 4.0, 35.0])),
        data=st.data())
-def test_tracker_is_new_again_once_quiet(seq: list[tuple[str, str]], deb: DebounceConfig, data: Any) -> None:
-    """The property the rewind rule rests on: once the tracker is quiet (``clear_m`` normal windows in a
-    row, no fault's aftermath), a tracker that started at ANY earlier window acts like it from then on.
-    Each window carries its class and its nearest class, as the daemon feeds them."""
-    from netsiam.debounce import FaultTracker
-
-    t = FaultTracker(deb)
-    quiet = []
-    for i, (cls, near) in enumerate(seq):
-        t.update(cls, float(i), near)
-        if t.quiet:
-            quiet.append(i)
+def test_tracker_is_new_again_once_quiet(seq: list[Window], deb: DebounceConfig, data: Any) -> None:
+    """The property the rewind rule rests on: once the tracker is quiet, a tracker that started at ANY
+    earlier window acts like it from then on. Each window carries its class, its nearest class and the
+    thresholds it is within, as the daemon feeds them."""
+    quiet = quiet_points(seq, deb)
     if not quiet:
         return
     q = data.draw(st.sampled_from(quiet))
     start = data.draw(st.integers(0, q + 1))
+    assert transitions_after(seq, deb, start, q) == transitions_after(seq, deb, 0, q)
 
-    def run(first: int) -> list[tuple[int, Any]]:
-        t = FaultTracker(deb)
-        out = []
-        for i in range(first, len(seq)):
-            out += [(i, tr) for tr in t.update(seq[i][0], float(i), seq[i][1])]
-        return [(i, tr) for i, tr in out if i > q]
 
-    assert run(start) == run(0)
+N, B, U, NONE = "normal", "blocked", "unknown", frozenset[str]()
+
+
+@pytest.mark.parametrize(("seq", "deb"), [
+    # a blocked window under an active unknown: a tracker started there raises blocked and is in its
+    # aftermath when the first one, whose unknown cleared, would raise unknown again
+    ([(U, N, NONE), (B, N, NONE), (N, N, NONE), (U, N, NONE), (N, N, NONE), (N, N, NONE)],
+     DebounceConfig(raise_k=1, raise_n=3, clear_m=1, unknown_after=1, switch_after=2, aftermath_s=4.0)),
+    # a normal window within blocked's threshold holds the blocked fault of a tracker started at window 1,
+    # while the first one has only an unknown to clear there
+    ([(B, N, NONE), (B, N, NONE), (U, N, NONE), (B, N, NONE), (N, N, frozenset({N, B})), (B, N, NONE)],
+     DebounceConfig(raise_k=2, raise_n=3, clear_m=1, unknown_after=1, switch_after=1, aftermath_s=0.0)),
+])
+def test_trackers_started_anywhere_agree_after_every_quiet_window(seq: list[Window], deb: DebounceConfig) -> None:
+    """Counterexamples hypothesis found, checked for every quiet window and every start before it."""
+    quiet = quiet_points(seq, deb)
+    for q in quiet:
+        for start in range(q + 2):
+            assert transitions_after(seq, deb, start, q) == transitions_after(seq, deb, 0, q), (q, start)
 
 
 @settings(max_examples=200, deadline=None)
@@ -344,24 +375,23 @@ def test_tracker_is_new_again_once_quiet(seq: list[tuple[str, str]], deb: Deboun
        grace=st.integers(0, 12))
 def test_the_tracker_is_quiet_exactly_after_clear_m_normal_windows_and_the_grace(seq: list[str], clear_m: int,
                                                                                   grace: int) -> None:
-    """Without nearest classes quiet is the tracker's own normal streak, and for ``aftermath_s`` after a named
-    fault cleared not quiet (a replay starting there would not know the grace) unless the grace ended: at a
-    named class's window, at an ``unknown`` one once ``aftermath_s`` has passed, or at any raise."""
+    """Without nearest classes and thresholds quiet is the tracker's own normal streak, except after a named
+    window (a fault any tracker may have raised): from then on it waits for the first ``clear_m`` normal
+    windows in a row, then ``aftermath_s`` (the grace), then ``clear_m`` normal windows in a row again."""
     from netsiam.debounce import FaultTracker
 
     t = FaultTracker(DebounceConfig(clear_m=clear_m, aftermath_s=float(grace)))
-    cleared_at = None                                      # the window a named fault last cleared on (not a switch)
+    settle_at: float | None = None      # when the windows since the last named one may be forgotten
+    named = False                       # a named window not yet forgotten
     for i, cls in enumerate(seq):
-        out = t.update(cls, float(i))
-        if cls != "normal" and (cls != "unknown" or cleared_at is None or i >= cleared_at + grace):
-            cleared_at = None
-        if out and out[-1].state == "raised":
-            cleared_at = None
-        if out and out[-1].state == "cleared" and out[-1].fault != "unknown":
-            cleared_at = i
+        t.update(cls, float(i))
         streak = i + 1 >= clear_m and all(c == "normal" for c in seq[i + 1 - clear_m:i + 1])
-        in_grace = cleared_at is not None and i < cleared_at + grace
-        assert t.quiet == (streak and not in_grace)
+        if cls not in ("normal", "unknown"):
+            named, settle_at = True, None
+        elif named and streak:
+            settle_at = i + grace if settle_at is None else settle_at
+            named = i < settle_at
+        assert t.quiet == (streak and not named)
 
 
 def test_idle_sources_reset_by_record_time_and_max_sources_caps_state(model: Model) -> None:
