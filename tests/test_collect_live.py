@@ -42,6 +42,7 @@ def _shipped_stride() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # judged on wall-clock delays: beside another worker it once raised a surge 30 s late
 @needs_sipp
 @pytest.mark.skipif(bool(CAPTURE_SKIP), reason=CAPTURE_SKIP or "capture possible")
 @pytest.mark.skipif(not default_model_path().is_dir(), reason="no shipped model yet (make model)")
