@@ -148,7 +148,7 @@ def _problem(key: Any, v: Any) -> RecordError | None:
 def decode_record(
     raw: bytes, names: Sequence[str], required: frozenset[str], max_bytes: int = 65_536
 ) -> DecodedRecord:
-    """Bytes -> validated record, or RecordError(reason)."""
+    """Bytes -> validated record, or RecordError(reason): the only exception it raises, whatever the bytes."""
     if len(raw) > max_bytes:
         raise RecordError("too_large", f"{len(raw)} bytes > {max_bytes}")
     try:
@@ -156,6 +156,14 @@ def decode_record(
         values = tuple(map(rec.metrics.get, names))
         if None not in values:   # absent metrics: the checks below say which are required
             return DecodedRecord(rec.source, parse_ts(rec.ts), cast(tuple[float, ...], values))
-    except (msgspec.DecodeError, ValueError, RecursionError):   # parse_ts raises ValueError; msgspec recurses
-        pass                                                      # into an unknown key's nested value
-    return validate_record_obj(_loads(raw), names, required)
+    except Exception:   # msgspec.DecodeError, parse_ts's ValueError, a RecursionError into an unknown key's
+        pass            # nested value, or anything else: the checks below say why, or accept what this refused
+    try:
+        return validate_record_obj(_loads(raw), names, required)
+    except RecordError:
+        raise
+    except OverflowError as e:  # an integer beyond float64 (e.g. 400 digits) in a check the fuzz has not met
+        raise RecordError("non_finite", "a number is beyond the float64 range") from e
+    except Exception as e:      # a checker bug costs this record (kept in its dead letter), not a crash loop on it
+        raise RecordError("schema", f"the checker failed on it ({type(e).__name__}: {str(e)[:80]}); "
+                                    "please report this record") from e

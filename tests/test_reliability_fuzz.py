@@ -194,6 +194,27 @@ def test_poison_records_found_by_the_fuzz_are_dead_lettered(model: Model) -> Non
     assert not p.sources
 
 
+def test_a_checker_that_fails_costs_its_record_not_the_stream(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: whatever the record checks raise on some bytes, ``decode_record`` says so as a
+    RecordError, so the daemon dead-letters that record (its bytes kept, the exception named) and goes on
+    with the next instead of crashing on it at every restart."""
+    import netsiam.schemas.record as record
+
+    def broken(obj: Any, names: Any, required: Any) -> Any:
+        raise KeyError("injected")
+
+    monkeypatch.setattr(record, "validate_record_obj", broken)
+    full = ",".join(f'"{k}":1' for k in RAW_METRICS)
+    short = ",".join(f'"{k}":1' for k in RAW_METRICS[1:])   # fails the fast path, reaches the checks
+    values = [f'{{"source":"x","ts":{T0 + i},"metrics":{{{full if i else short}}}}}'.encode() for i in range(2)]
+    p = Pipeline(Config(), model.fake())
+    p.feed((TOPIC, 0), [Msg(TOPIC, 0, i, 0, None, v) for i, v in enumerate(values)])
+    dead = [o for o in p.take_outbox() if isinstance(o, DeadLetter)]
+    assert [(d.offset, d.reason, d.value) for d in dead] == [(0, "schema", values[0])]
+    assert "KeyError: 'injected'" in dead[0].detail
+    assert list(p.sources) == ["x"]   # the next record was read
+
+
 @pytest.mark.slow
 def test_hostile_burst_through_the_real_daemon(broker: Any, topics: Any, model_dir: Path) -> None:
     gen = Hostile(seed=7, giant_bytes=90_000)
