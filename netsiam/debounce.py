@@ -36,6 +36,8 @@ from netsiam.schemas.classes import NORMAL, UNKNOWN
 
 __all__ = ["NORMAL", "UNKNOWN", "FaultTracker", "Transition"]
 
+_NONE: frozenset[str] = frozenset()   # shared: most trackers never see a named class
+
 
 @dataclass(frozen=True, slots=True)
 class Transition:
@@ -49,8 +51,8 @@ class FaultTracker:
     """Debounce per-window classes of one source into raised/cleared transitions."""
 
     __slots__ = ("_active", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak", "_normal_streak", "_plain_streak",
-                 "_recent", "_run_len", "_run_start", "_seen", "_settle_at", "_started_at", "_tail", "_tail_len",
-                 "_tail_start")
+                 "_n", "_named", "_named_run", "_recent", "_run_len", "_run_start", "_seen", "_settle_at",
+                 "_started_at", "_tail", "_tail_len", "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
         self._cfg = cfg
@@ -64,9 +66,16 @@ class FaultTracker:
         self._aftermath = False               # a named fault cleared and the stream is not clean normal yet
         self._aftermath_until = 0.0           # ... nor aftermath_s past the clear
         self._clean_streak = 0
-        self._seen: set[str] = set()          # named classes seen since the tracker was last settled (``quiet``)
-        self._plain_streak = 0                # ... and plain normal windows in a row since (none of them within)
-        self._settle_at: float | None = None  # ... and when the aftermath of any of them is over for any tracker
+        # What ``quiet`` needs: the named classes a tracker started at any window may hold or be in the
+        # aftermath of (one it could have raised), plain normal windows in a row since, and when every such
+        # aftermath is over; to know what could be raised, the named windows (as given) among the last
+        # raise_n (window number, class) and the latest run of one named class.
+        self._seen = _NONE
+        self._plain_streak = 0
+        self._settle_at: float | None = None
+        self._n = 0
+        self._named: tuple[tuple[int, str], ...] = ()
+        self._named_run = 0
 
     @property
     def active(self) -> str | None:
@@ -79,9 +88,10 @@ class FaultTracker:
 
         Trackers started at different windows can disagree while a fault lasts (one holds ``unknown`` where
         another raised the named class it saw next; one holds a named fault through normal windows within
-        its threshold where another has none to hold), so after any named window quiet waits for what
-        ends every such fault and its aftermath: ``clear_m`` plain normal windows in a row (within no
-        threshold of a class seen since), then ``aftermath_s`` more and ``clear_m`` plain ones again."""
+        its threshold where another has none to hold). So after a window of a named class that some tracker
+        could have raised, quiet waits for what ends every such fault and its aftermath: ``clear_m`` normal
+        windows in a row within no threshold of such a class (every tracker has cleared), then a run of
+        ``clear_m`` normal windows ending ``aftermath_s`` or more after them (the same run, if long enough)."""
         return self._normal_streak >= self._cfg.clear_m and not self._aftermath and not self._seen
 
     def release(self, window_end: float) -> list[Transition]:
@@ -107,27 +117,43 @@ class FaultTracker:
         self._started_at = self._run_start if self._run_start is not None else window_end
         return Transition("raised", fault, self._started_at, window_end)
 
-    def _settle(self, plain: bool, window_end: float) -> None:
-        """Count plain normal windows after a named one; forget the named classes once no tracker can
-        still hold one of them (it clears after ``clear_m`` plain windows) or be in its aftermath."""
+    def _witness_named(self, cls: str) -> None:
+        """A window of a named class, as given: can a tracker started anywhere raise it now? Such a tracker
+        sees a suffix of the windows, and raises a class first only by raise_k of the last raise_n windows,
+        or by switch_after of them in a row."""
+        cfg, n = self._cfg, self._n
+        last = self._named[-1] if self._named else (0, NORMAL)
+        self._named_run = self._named_run + 1 if last == (n - 1, cls) else 1
+        self._named = (*(w for w in self._named if w[0] > n - cfg.raise_n), (n, cls))
+        if self._named_run >= cfg.switch_after or sum(c == cls for _, c in self._named) >= cfg.raise_k:
+            self._seen, self._settle_at = self._seen | {cls}, None
+        self._plain_streak = 0
+
+    def _witness_other(self, cls: str, window_end: float, within: Collection[str] | None) -> None:
+        """A normal or unknown window once a named class was seen: forget it when no tracker can hold it or
+        be in its aftermath any more."""
+        cfg = self._cfg
+        # plain: a normal window that holds no seen class in any tracker (past the first clear_m plain ones,
+        # none is active anywhere)
+        plain = cls == NORMAL and (self._settle_at is not None or not cfg.hold_within or within is None
+                                   or self._seen.isdisjoint(within))
         self._plain_streak = self._plain_streak + 1 if plain else 0
-        if self._plain_streak < self._cfg.clear_m:
+        if self._plain_streak < cfg.clear_m:
             return
-        if self._settle_at is None:
-            self._settle_at = window_end + self._cfg.aftermath_s
+        if self._settle_at is None:      # every tracker has cleared by now; its aftermath ends by this
+            self._settle_at = window_end + cfg.aftermath_s
         if window_end >= self._settle_at:
-            self._seen.clear()
-            self._settle_at = None
+            self._seen, self._settle_at = _NONE, None
 
     def update(self, cls: str, window_end: float, nearest: str | None = None,
                within: Collection[str] | None = None) -> list[Transition]:
         """One window's class (``nearest``: its nearest class ignoring thresholds; ``within``: the classes
         whose threshold it is within; each when known)."""
-        if cls not in (NORMAL, UNKNOWN):
-            self._seen.add(cls)
-            self._plain_streak, self._settle_at = 0, None
+        self._n += 1
+        if cls != NORMAL and cls != UNKNOWN:
+            self._witness_named(cls)
         elif self._seen:
-            self._settle(cls == NORMAL and (within is None or self._seen.isdisjoint(within)), window_end)
+            self._witness_other(cls, window_end, within)
         if (self._cfg.hold_within and within is not None and cls == NORMAL
                 and self._active not in (None, UNKNOWN) and self._active in within):
             cls = self._active
