@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml deploy/install-system-deps.sh
 	touch $(STAMP)
 
 # Two workers: most tests wait on a broker, a subprocess or real time rather than a core (31 -> ~21
-# minutes on 2 cores). A test that judges its timing against the machine's load runs alone afterwards.
+# minutes on 2 cores). Tests judged against the machine's load or the wall clock (the soak, the live
+# SIPp test) run alone afterwards (~6 minutes).
 test: install
 	$(VENV)/bin/pytest -q -ra -n 2 -m "not serial"
 	$(VENV)/bin/pytest -q -ra -m serial
