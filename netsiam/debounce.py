@@ -50,8 +50,8 @@ class Transition:
 class FaultTracker:
     """Debounce per-window classes of one source into raised/cleared transitions."""
 
-    __slots__ = ("_active", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak", "_normal_streak", "_plain_streak",
-                 "_n", "_named", "_named_run", "_recent", "_run_len", "_run_start", "_seen", "_settle_at",
+    __slots__ = ("_active", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak", "_n", "_named", "_named_run",
+                 "_normal_streak", "_plain_streak", "_recent", "_run_len", "_run_start", "_seen", "_settle_at",
                  "_started_at", "_tail", "_tail_len", "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
