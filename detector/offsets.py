@@ -266,6 +266,8 @@ class Offsets:
         self.committed[tp] = committed
         self._suppress[tp] = committed
         marker = self.markers.read(tp)
+        if marker is not None and marker < committed:
+            marker = self._within_log(tp, marker, committed)
         if marker is None or marker >= committed:
             self.consumer.seek(tp, committed)
             log.info("partition %s-%d: resuming at %d (%s)", tp.topic, tp.partition, committed,
@@ -274,6 +276,31 @@ class Offsets:
         self.consumer.seek(tp, marker)
         log.info("partition %s-%d: committed=%d, replaying from %d (%d records) to rebuild state, publishing "
                  "from %d", tp.topic, tp.partition, committed, marker, committed - marker, committed)
+
+
+    def _within_log(self, tp: Any, marker: int, committed: int) -> int | None:
+        """The replay-from offset, moved up to the log's first record if retention deleted it.
+
+        A seek below the log start falls out of range, and ``kafka.auto_offset_reset`` would then
+        decide: ``latest`` would skip every record from the committed offset on. Replaying what is
+        left loses nothing; only sources whose state began earlier are rebuilt from part of it.
+        """
+        try:
+            start = self.consumer.beginning_offsets([tp], timeout_ms=5000).get(tp)
+        except Exception as e:  # noqa: BLE001 - unknown: seek to the marker as before
+            log.warning("partition %s-%d: log start unreadable (%s)", tp.topic, tp.partition, type(e).__name__)
+            return marker
+        if start is None or marker >= start:
+            return marker
+        if start > committed:
+            log.warning("partition %s-%d: committed offset %d is no longer in the log (it starts at %d): "
+                        "kafka.auto_offset_reset (%s) decides where consumption resumes",
+                        tp.topic, tp.partition, committed, start, self.reset)
+            return None
+        log.warning("partition %s-%d: replay-from offset %d is no longer in the log (it starts at %d): "
+                    "state is rebuilt from %d, so a source whose state began earlier may clear or raise "
+                    "again with a new event id", tp.topic, tp.partition, marker, start, start)
+        return int(start)
 
 
 class RebalanceListener(ConsumerRebalanceListener):

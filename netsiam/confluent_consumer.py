@@ -205,17 +205,25 @@ class ConfluentConsumer:
 
     def end_offsets(self, tps: list[TopicPartition], timeout_ms: int = 1000) -> dict[TopicPartition, int]:
         """One ListOffsets request per leader for all of ``tps`` (``timeout_ms`` for the whole call)."""
+        return self._list_offsets(tps, confluent_kafka.OFFSET_END, "end", timeout_ms)
+
+    def beginning_offsets(self, tps: list[TopicPartition], timeout_ms: int = 1000) -> dict[TopicPartition, int]:
+        """Each partition's first offset still in the log (retention moves it), as ``end_offsets``."""
+        return self._list_offsets(tps, confluent_kafka.OFFSET_BEGINNING, "start", timeout_ms)
+
+    def _list_offsets(self, tps: list[TopicPartition], which: int, what: str,
+                      timeout_ms: int) -> dict[TopicPartition, int]:
         if not tps:
             return {}
         try:
             parts = self._c.offsets_for_times(
-                [confluent_kafka.TopicPartition(tp.topic, tp.partition, confluent_kafka.OFFSET_END) for tp in tps],
+                [confluent_kafka.TopicPartition(tp.topic, tp.partition, which) for tp in tps],
                 timeout=timeout_ms / 1000)
         except confluent_kafka.KafkaException as e:
             raise _raise(e) from None
         bad = next((p for p in parts if p.error is not None), None)
         if bad is not None:
-            raise KafkaError(f"end offset of {bad.topic}-{bad.partition}: {bad.error}")
+            raise KafkaError(f"{what} offset of {bad.topic}-{bad.partition}: {bad.error}")
         return {TopicPartition(p.topic, p.partition): int(p.offset) for p in parts}
 
     def topics(self) -> set[str]:

@@ -107,6 +107,7 @@ def test_adapter_speaks_kafka_python_types(broker: Any, topics: Any) -> None:
         assert all(isinstance(m.timestamp, int) and m.timestamp > 1.7e12 for m in got)  # ms, like kafka-python
         assert c.highwater(tp) == 50
         assert c.end_offsets([tp]) == kp.end_offsets([tp])  # what kafka-python's ListOffsets says (Tansu lags)
+        assert c.beginning_offsets([tp]) == kp.beginning_offsets([tp]) == {tp: 0}  # the rewind's retention check
 
         # poll returns once a record is there, not after its timeout (librdkafka's consume waits for all n)
         produce(broker.bootstrap, topics.samples, [b"late"], keys=[b"k"], partition=1)
