@@ -81,6 +81,24 @@ def same_windowing(a: Artifact, b: Artifact) -> bool:
     return a.window == b.window and a.features == b.features and a.required == b.required
 
 
+def _move_epoch(st: SourceState, w: WindowRef, half: float) -> None:
+    """``detector.max_replay_s``: keep a long episode's replay-from window between ``half`` and about
+    twice that back. A window becomes the next anchor once the run of one class it starts covers the
+    tracker's ``restart_span`` (a replay from there makes the same transitions, ``started_at`` aside);
+    the epoch moves to the anchor before it, at least ``half`` older."""
+    t = st.tracker
+    if st.cand is None:
+        if w.end_ts - st.anchor_ts < half:
+            return
+        st.cand, st.cand_ts, st.cand_run = w.start, w.end_ts, t.given_run
+    elif t.given_run == 1:  # the candidate's run of one class broke: try again from here
+        st.cand = None
+        return
+    span = t.restart_span
+    if span and t.given_run - st.cand_run + 1 >= span:
+        st.epoch, st.anchor, st.anchor_ts, st.cand = st.anchor, st.cand, st.cand_ts, None
+
+
 class Pipeline:
     """Per-source windows and fault trackers for every partition this process owns."""
 
@@ -344,6 +362,7 @@ class Pipeline:
         within = batch.artifact.prototypes.within(res.dists) if n else names
         x, ranges = batch.x, ranges_from_manifest(getattr(batch.artifact, "manifest", None))
         n_events = 0
+        half_replay = self.det.max_replay_s / 2
         i = -1
         for w in batch.items:
             if isinstance(w, Marker):
@@ -356,7 +375,10 @@ class Pipeline:
             if st.tracker.quiet:
                 st.epoch = None  # a replay may start after this window
             elif st.epoch is None:
-                st.epoch = w.start
+                st.epoch = st.anchor = w.start
+                st.anchor_ts, st.cand = w.end_ts, None
+            elif half_replay:
+                _move_epoch(st, w, half_replay)
             if not trans:
                 continue
             row = res.dists[i]

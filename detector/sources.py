@@ -5,7 +5,10 @@ source's state exactly: the first record of the last window embedded (the window
 strictly increasing slots, so the record ``T`` records back lies at or before the window's first slot,
 gap fill included) or, earlier, the first record of the first window since the source's tracker was
 last quiet (a :class:`~netsiam.debounce.FaultTracker` whose ``quiet`` is true acts like a new one,
-whatever came before; tests/test_pipeline.py checks this property).
+whatever came before; tests/test_pipeline.py checks this property). With ``detector.max_replay_s``
+set, a long episode is replayed from a later window instead, one where a new tracker makes the same
+transitions but for ``started_at`` (:attr:`~netsiam.debounce.FaultTracker.restart_span`): the
+replayed tracker raises the fault again there, unpublished, and its later events carry that start.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ class Evicted(NamedTuple):
 class SourceState:
     """Everything held for one source: window ring buffer, debounce state, rewind bookkeeping."""
 
-    __slots__ = ("alive", "buf", "epoch", "first_offset", "last_ts", "last_win_start", "name", "offsets", "silence",
-                 "silent_fault", "tp", "tracker")
+    __slots__ = ("alive", "anchor", "anchor_ts", "buf", "cand", "cand_run", "cand_ts", "epoch", "first_offset",
+                 "last_ts", "last_win_start", "name", "offsets", "silence", "silent_fault", "tp", "tracker")
 
     def __init__(self, name: str, tp: TP, offset: int, window: WindowConfig, debounce: DebounceConfig) -> None:
         self.name = name
@@ -49,6 +52,13 @@ class SourceState:
         self.last_ts = -math.inf
         self.last_win_start: int | None = None  # first record of the last applied window
         self.epoch: int | None = None           # first record of the first window since the tracker was quiet
+        # detector.max_replay_s (Pipeline._move_epoch): the window a replay may start from in place of the
+        # epoch (first record, end), and a later candidate for it, with the tracker's given_run there
+        self.anchor = 0
+        self.anchor_ts = 0.0
+        self.cand: int | None = None
+        self.cand_ts = 0.0
+        self.cand_run = 0
         self.alive = True                       # False once its eviction is applied (or its partition dropped)
         # the silent fault: as feed() decided it (started_at, or None) and as apply() has published it;
         # they differ while the decision waits in the queue behind the source's earlier windows

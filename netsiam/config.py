@@ -25,6 +25,7 @@ __all__ = [
     "DetectorConfig",
     "KAFKA_CLIENTS",
     "KafkaConfig",
+    "MIN_REPLAY_S",
     "MetricsConfig",
     "ModelConfig",
     "PrototypeConfig",
@@ -140,6 +141,9 @@ class DebounceConfig:
         _check(self.switch_after >= 1, "detector.debounce.switch_after", "must be >= 1")
 
 
+MIN_REPLAY_S = 120.0
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     model: str = ""
@@ -152,6 +156,7 @@ class DetectorConfig:
     max_record_bytes: int = 65_536
     max_clock_skew_s: float = 86_400.0
     reload_poll_s: float = 2.0
+    max_replay_s: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.batch_max >= 1, "detector.batch_max", "must be >= 1")
@@ -161,6 +166,9 @@ class DetectorConfig:
         # silence must be noticed before the source's state (and its fault) is dropped
         _check(self.silent_after_s == 0 or 0 < self.silent_after_s < self.idle_evict_s, "detector.silent_after_s",
                "must be 0 (off) or in (0, idle_evict_s)")
+        # half of it must hold a window and the windows that raise the fault again (30 + 10 by default)
+        _check(self.max_replay_s == 0 or self.max_replay_s >= MIN_REPLAY_S, "detector.max_replay_s",
+               f"must be 0 (no bound) or >= {MIN_REPLAY_S:g}")
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,9 @@ class Transition:
 class FaultTracker:
     """Debounce per-window classes of one source into raised/cleared transitions."""
 
-    __slots__ = ("_active", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak", "_n", "_named", "_named_run",
-                 "_normal_streak", "_plain_streak", "_recent", "_run_len", "_run_start", "_seen", "_settle_at",
-                 "_started_at", "_tail", "_tail_len", "_tail_start")
+    __slots__ = ("_active", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak", "_given", "_given_run", "_n",
+                 "_named", "_named_run", "_normal_streak", "_plain_streak", "_recent", "_run_len", "_run_start", "_seen",
+                 "_settle_at", "_started_at", "_tail", "_tail_len", "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
         self._cfg = cfg
@@ -76,6 +76,7 @@ class FaultTracker:
         self._n = 0
         self._named: tuple[tuple[int, str], ...] = ()
         self._named_run = 0
+        self._given, self._given_run = NORMAL, 0   # the latest run of one class as given (``restart_span``)
 
     @property
     def active(self) -> str | None:
@@ -93,6 +94,29 @@ class FaultTracker:
         windows in a row within no threshold of such a class (every tracker has cleared), then a run of
         ``clear_m`` normal windows ending ``aftermath_s`` or more after them (the same run, if long enough)."""
         return self._normal_streak >= self._cfg.clear_m and not self._aftermath and not self._seen
+
+    @property
+    def given_run(self) -> int:
+        """Windows in a row, up to the last one, given as the same class (before any rule converts it)."""
+        return self._given_run
+
+    @property
+    def restart_span(self) -> int:
+        """How many of the last windows a new tracker must see to make this one's transitions from now on,
+        its episode's ``started_at`` aside (that new tracker raises the active fault again, at its own
+        start); 0 when none can yet. That holds once the last ``raise_n`` windows (``unknown_after`` too,
+        for ``unknown``) were all given as the active fault: both trackers then hold it with the same
+        recent windows and no aftermath, and every other count is reset before it is read again. (Where
+        ``unknown_after`` < ``raise_k``, the new tracker raises ``unknown`` first and switches to the named
+        fault after ``switch_after`` windows.) tests/test_pipeline.py checks it on random sequences."""
+        a, cfg = self._active, self._cfg
+        if a is None or self._given != a:
+            return 0
+        if a == UNKNOWN:
+            need = max(cfg.raise_n, cfg.unknown_after)
+        else:
+            need = cfg.raise_n if cfg.unknown_after >= cfg.raise_k else max(cfg.raise_n, cfg.switch_after)
+        return need if self._given_run >= need else 0
 
     def release(self, window_end: float) -> list[Transition]:
         """Start over as a new tracker; a fault still active ends with its ``cleared`` at ``window_end``
@@ -150,6 +174,10 @@ class FaultTracker:
         """One window's class (``nearest``: its nearest class ignoring thresholds; ``within``: the classes
         whose threshold it is within; each when known)."""
         self._n += 1
+        if cls == self._given:
+            self._given_run += 1
+        else:
+            self._given, self._given_run = cls, 1
         if cls != NORMAL and cls != UNKNOWN:
             self._witness_named(cls)
         elif self._seen:

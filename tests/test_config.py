@@ -47,6 +47,7 @@ def test_config_yaml_mentions_every_key_with_a_comment() -> None:
         ({"training": {"loss": "hinge"}}, "training.loss"),
         ({"metrics": {"port": True}}, "metrics.port: expected int, got bool"),
         ({"window": []}, "window: expected a mapping"),
+        ({"detector": {"max_replay_s": 60}}, "detector.max_replay_s: must be 0 .no bound. or >= 120"),
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(data: dict, message: str) -> None:

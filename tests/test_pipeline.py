@@ -15,12 +15,14 @@ import orjson
 import pytest
 from helpers import (
     TOPIC,
+    TRACE_SEED,
     LinearArtifact,
     LinearHead,
     Model,
     Msg,
     bad_lines,
     check_episodes,
+    easy_sim_params,
     embed_all,
     labelled_trace,
     labelled_windows,
@@ -28,6 +30,7 @@ from helpers import (
     prototypes_at,
     raised_series,
     same_event,
+    trace_lines,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -303,6 +306,58 @@ def test_restart_from_markers_reproduces_every_event(model: Model, trace: Any, c
     assert all(same_event(by_id[e["event_id"]], e) for e in full)
 
 
+MAX_REPLAY_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def long_faults() -> dict[Any, list[Msg]]:
+    """Four sources for 40 minutes whose faults last 5-7 minutes: longer than MAX_REPLAY_S."""
+    from netsiam.trainer.simulate import simulate
+
+    records, _ = simulate(4, 40, seed=TRACE_SEED, params=replace(easy_sim_params(), fault_duration_s=(300.0, 420.0)))
+    return partitioned(trace_lines(records), 2)
+
+
+def key(e: dict[str, Any]) -> tuple[Any, ...]:
+    return e["source"], e["fault"], e["state"], e["window_end"]
+
+
+@pytest.mark.parametrize(("cut", "restarted"), [(0.2, False), (0.45, False), (0.7, True)])
+def test_a_bounded_replay_publishes_every_transition_at_its_window(model: Model, long_faults: Any,
+                                                                   cut: float, restarted: bool) -> None:
+    """``detector.max_replay_s``: a restart replays a fault older than the bound from a later window
+    (where the windows carry the fault; one held through normal windows keeps its epoch). It publishes
+    every transition of an uninterrupted run, at the same window, and no other (no second raise of a
+    fault already raised); only an event of a fault active at the restart may carry a later start
+    (hence another id), at least half the bound before the restart."""
+    parts = long_faults
+    cfg = override(Config(), {"detector.max_replay_s": MAX_REPLAY_S})
+    full = events(run_all(Pipeline(cfg, model.fake()), parts))
+    assert full == events(run_all(Pipeline(Config(), model.fake()), parts))  # the bound changes no decision
+
+    prefix = {tp: msgs[:int(len(msgs) * cut)] for tp, msgs in parts.items()}
+    p1, exact = Pipeline(cfg, model.fake()), Pipeline(Config(), model.fake())
+    before = events(run_all(p1, prefix))
+    run_all(exact, prefix)
+    positions = dict(p1.positions)
+    markers, unbounded = p1.resync_offsets(positions, p1.seq), exact.resync_offsets(positions, exact.seq)
+    assert all(markers[tp] >= unbounded[tp] for tp in positions)
+    assert any(markers[tp] > unbounded[tp] for tp in positions)  # a fault older than the bound was active
+    cut_ts = {tp: float(orjson.loads(parts[tp][positions[tp] - 1].value)["ts"]) for tp in positions}
+
+    after = events(run_all(Pipeline(cfg, model.fake()), {tp: m[markers[tp]:] for tp, m in parts.items()},
+                           suppress=positions))
+    assert sorted(map(key, before + after)) == sorted(map(key, full))
+    by_key = {key(e): e for e in full}
+    moved = [e for e in after if e["started_at"] != by_key[key(e)]["started_at"]]
+    assert bool(moved) == restarted  # (at 0.7 a blocked fault held since its episode clears after the restart)
+    for e in moved:
+        orig = by_key[key(e)]
+        tp = next(tp for tp in parts if any(orjson.loads(m.value)["source"] == e["source"] for m in parts[tp][:50]))
+        assert orig["started_at"] < e["started_at"] <= cut_ts[tp] - MAX_REPLAY_S / 2, (orig, e)
+    assert all(e == by_key[key(e)] for e in after if e not in moved)
+
+
 CLASSES = ["normal", "blocked", "capacity_limit", "unknown"]
 # class, nearest class, the classes whose threshold it is within (None: not known), window end (s)
 Window = tuple[str, str, "frozenset[str] | None", float]
@@ -368,6 +423,47 @@ def test_tracker_is_new_again_once_quiet(windows: list[Any], deb: DebounceConfig
             q2 = start + data.draw(st.sampled_from(quiet2))
             start2 = data.draw(st.integers(start, q2 + 1))
             assert transitions_after(seq, deb, start2, q2) == transitions_after(seq, deb, start, q2)
+
+
+def unstarted(trans: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    return [(i, replace(tr, started_at=0.0)) for i, tr in trans]
+
+
+@settings(max_examples=300, deadline=None)
+@given(runs=st.lists(st.tuples(st.sampled_from(CLASSES), st.sampled_from(CLASSES[:3]),
+                               st.none() | st.frozensets(st.sampled_from(CLASSES[:3])),
+                               st.sampled_from([0.5, 1.0, 1.0, 1.0, 2.5, 40.0]), st.integers(1, 10)),
+                     min_size=1, max_size=14),
+       deb=st.integers(1, 3).flatmap(lambda k: st.builds(
+           DebounceConfig, raise_k=st.just(k), raise_n=st.integers(k, 5), clear_m=st.integers(1, 3),
+           unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5), hold_within=st.booleans(),
+           aftermath_s=st.sampled_from([0.0, 4.0, 35.0]))),
+       data=st.data())
+def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs: list[Any], deb: DebounceConfig,
+                                                                          data: Any) -> None:
+    """What ``detector.max_replay_s`` rests on: where ``restart_span`` is s > 0, a tracker started at
+    any of the last ``given_run`` windows but the last s - 1 holds the same fault after this window and
+    makes the same transitions from then on, their ``started_at`` aside. Runs of one class, so that
+    ``unknown`` spans (``unknown_after``) occur."""
+    from netsiam.debounce import FaultTracker
+
+    windows = [w[:4] for w in runs for _ in range(w[4])]
+    seq = timed([w[:3] for w in windows], [w[3] for w in windows])
+    t, spans = FaultTracker(deb), []
+    for q, (cls, near, within, end) in enumerate(seq):
+        t.update(cls, end, near, within)
+        if t.restart_span:
+            assert t.restart_span <= t.given_run
+            spans.append((q, t.restart_span, t.given_run, t.active))
+    if not spans:
+        return
+    q, span, run, active = data.draw(st.sampled_from(spans))
+    first = data.draw(st.integers(q - run + 1, q - span + 1))
+    fresh = FaultTracker(deb)
+    for cls, near, within, end in seq[first:q + 1]:
+        fresh.update(cls, end, near, within)
+    assert fresh.active == active
+    assert unstarted(transitions_after(seq, deb, first, q)) == unstarted(transitions_after(seq, deb, 0, q))
 
 
 N, B, U, NONE = "normal", "blocked", "unknown", frozenset[str]()
