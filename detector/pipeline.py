@@ -82,21 +82,22 @@ def same_windowing(a: Artifact, b: Artifact) -> bool:
 
 
 def _move_epoch(st: SourceState, w: WindowRef, half: float) -> None:
-    """``detector.max_replay_s``: keep a long episode's replay-from window between ``half`` and about
-    twice that back. A window becomes the next anchor once the run of one class it starts covers the
-    tracker's ``restart_span`` (a replay from there makes the same transitions, ``started_at`` aside);
-    the epoch moves to the anchor before it, at least ``half`` older."""
+    """``detector.max_replay_s``: move a long episode's replay-from window up, to the latest anchor at
+    least ``half`` old. A window becomes an anchor once the run of one class it lies in covers the
+    tracker's ``restart_span`` (a replay from it makes the same transitions, ``started_at`` aside);
+    the next one is looked for from the moment the last is ``half`` old, so while the windows carry the
+    fault the epoch stays between ``half`` and about twice that back."""
     t = st.tracker
-    if st.cand is None:
-        if w.end_ts - st.anchor_ts < half:
-            return
-        st.cand, st.cand_ts, st.cand_run = w.start, w.end_ts, t.given_run
-    elif t.given_run == 1:  # the candidate's run of one class broke: try again from here
+    if st.cand is not None and t.given_run == 1:  # the candidate's run of one class broke
         st.cand = None
+    if w.end_ts - st.anchor_ts < half:
         return
+    st.epoch = st.anchor
+    if st.cand is None:
+        st.cand, st.cand_ts, st.cand_run = w.start, w.end_ts, t.given_run
     span = t.restart_span
     if span and t.given_run - st.cand_run + 1 >= span:
-        st.epoch, st.anchor, st.anchor_ts, st.cand = st.anchor, st.cand, st.cand_ts, None
+        st.anchor, st.anchor_ts, st.cand = st.cand, st.cand_ts, None
 
 
 class Pipeline:
