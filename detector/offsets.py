@@ -266,12 +266,14 @@ class Offsets:
         self.committed[tp] = committed
         self._suppress[tp] = committed
         marker = self.markers.read(tp)
+        why = "no replay needed" if marker is not None else "no rewind marker: state starts empty"
         if marker is not None and marker < committed:
             marker = self._within_log(tp, marker, committed)
+            if marker is None:
+                why = "no longer in the log: kafka.auto_offset_reset decides"
         if marker is None or marker >= committed:
             self.consumer.seek(tp, committed)
-            log.info("partition %s-%d: resuming at %d (%s)", tp.topic, tp.partition, committed,
-                     "no replay needed" if marker is not None else "no rewind marker: state starts empty")
+            log.info("partition %s-%d: resuming at %d (%s)", tp.topic, tp.partition, committed, why)
             return
         self.consumer.seek(tp, marker)
         log.info("partition %s-%d: committed=%d, replaying from %d (%d records) to rebuild state, publishing "

@@ -84,9 +84,9 @@ def same_windowing(a: Artifact, b: Artifact) -> bool:
 def _move_epoch(st: SourceState, w: WindowRef, half: float) -> None:
     """``detector.max_replay_s``: move a long episode's replay-from window up, to the latest anchor at
     least ``half`` old. A window becomes an anchor once the run of one class it lies in covers the
-    tracker's ``restart_span`` (a replay from it makes the same transitions, ``started_at`` aside);
-    the next one is looked for from the moment the last is ``half`` old, so while the windows carry the
-    fault the epoch stays between ``half`` and about twice that back."""
+    tracker's ``restart_span`` from it on (a replay from it, or from any earlier offset, makes the same
+    transitions, ``started_at`` aside); the next one is looked for from the moment the last is ``half``
+    old, so while the windows carry the fault the epoch stays between ``half`` and about twice that back."""
     t = st.tracker
     if st.cand is not None and t.given_run == 1:  # the candidate's run of one class broke
         st.cand = None

@@ -6,9 +6,10 @@ strictly increasing slots, so the record ``T`` records back lies at or before th
 gap fill included) or, earlier, the first record of the first window since the source's tracker was
 last quiet (a :class:`~netsiam.debounce.FaultTracker` whose ``quiet`` is true acts like a new one,
 whatever came before; tests/test_pipeline.py checks this property). With ``detector.max_replay_s``
-set, a long episode is replayed from a later window instead, one where a new tracker makes the same
-transitions but for ``started_at`` (:attr:`~netsiam.debounce.FaultTracker.restart_span`): the
-replayed tracker raises the fault again there, unpublished, and its later events carry that start.
+set, a long episode is replayed from a later window instead, one after which every tracker, wherever
+it started, makes the same transitions but for ``started_at``
+(:attr:`~netsiam.debounce.FaultTracker.restart_span`): the replayed tracker raises (or switches to)
+the fault again there, unpublished, and its later events carry that start.
 """
 
 from __future__ import annotations

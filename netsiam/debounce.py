@@ -102,20 +102,18 @@ class FaultTracker:
 
     @property
     def restart_span(self) -> int:
-        """How many of the last windows a new tracker must see to make this one's transitions from now on,
-        its episode's ``started_at`` aside (that new tracker raises the active fault again, at its own
-        start); 0 when none can yet. That holds once the last ``raise_n`` windows (``unknown_after`` too,
-        for ``unknown``) were all given as the active fault: both trackers then hold it with the same
-        recent windows and no aftermath, and every other count is reset before it is read again. (Where
-        ``unknown_after`` < ``raise_k``, the new tracker raises ``unknown`` first and switches to the named
-        fault after ``switch_after`` windows.) tests/test_pipeline.py checks it on random sequences."""
+        """How many of the last windows, all given as the active named fault, make every tracker agree:
+        one started at any earlier window (or any of these) holds that fault after this one and makes
+        this one's transitions from then on, its episode's ``started_at`` aside; 0 while that is not so.
+        ``max(raise_n, switch_after)`` windows of a named class raise it in a tracker with no fault (or
+        with ``unknown``, raised first where ``unknown_after`` < ``raise_k``) and switch any other to it;
+        then the recent windows agree, no aftermath is pending, and every other count is reset before it
+        is read again. Never for ``unknown``: a tracker that raised a named fault does not turn into it.
+        tests/test_pipeline.py checks it on random sequences."""
         a, cfg = self._active, self._cfg
-        if a is None or self._given != a:
+        if a is None or a == UNKNOWN or self._given != a:
             return 0
-        if a == UNKNOWN:
-            need = max(cfg.raise_n, cfg.unknown_after)
-        else:
-            need = cfg.raise_n if cfg.unknown_after >= cfg.raise_k else max(cfg.raise_n, cfg.switch_after)
+        need = max(cfg.raise_n, cfg.switch_after)
         return need if self._given_run >= need else 0
 
     def release(self, window_end: float) -> list[Transition]:
