@@ -279,7 +279,6 @@ class Offsets:
         log.info("partition %s-%d: committed=%d, replaying from %d (%d records) to rebuild state, publishing "
                  "from %d", tp.topic, tp.partition, committed, marker, committed - marker, committed)
 
-
     def _within_log(self, tp: Any, marker: int, committed: int) -> int | None:
         """The replay-from offset, moved up to the log's first record if retention deleted it.
 
@@ -300,8 +299,8 @@ class Offsets:
                         tp.topic, tp.partition, committed, start, self.reset)
             return None
         log.warning("partition %s-%d: replay-from offset %d is no longer in the log (it starts at %d): "
-                    "state is rebuilt from %d, so a source whose state began earlier may clear or raise "
-                    "again with a new event id", tp.topic, tp.partition, marker, start, start)
+                    "state is rebuilt from %d, so a source whose state began earlier may publish other "
+                    "events until it is quiet again", tp.topic, tp.partition, marker, start, start)
         return int(start)
 
 

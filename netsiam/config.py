@@ -166,7 +166,8 @@ class DetectorConfig:
         # silence must be noticed before the source's state (and its fault) is dropped
         _check(self.silent_after_s == 0 or 0 < self.silent_after_s < self.idle_evict_s, "detector.silent_after_s",
                "must be 0 (off) or in (0, idle_evict_s)")
-        # half of it must hold a window and the windows that raise the fault again (30 + 10 by default)
+        # a replay-from window is at least half of it old: room for a window and the windows that raise the
+        # fault again (30 + 5 by default) even where records arrive late or with gaps
         _check(self.max_replay_s == 0 or self.max_replay_s >= MIN_REPLAY_S, "detector.max_replay_s",
                f"must be 0 (no bound) or >= {MIN_REPLAY_S:g}")
 
