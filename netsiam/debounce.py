@@ -51,8 +51,8 @@ class FaultTracker:
     """Debounce per-window classes of one source into raised/cleared transitions."""
 
     __slots__ = ("_active", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak", "_given", "_given_run", "_n",
-                 "_named", "_named_run", "_normal_streak", "_plain_streak", "_recent", "_run_len", "_run_start", "_seen",
-                 "_settle_at", "_started_at", "_tail", "_tail_len", "_tail_start")
+                 "_named", "_normal_streak", "_plain_streak", "_recent", "_run_len", "_run_start", "_seen", "_settle_at",
+                 "_started_at", "_tail", "_tail_len", "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
         self._cfg = cfg
@@ -69,14 +69,13 @@ class FaultTracker:
         # What ``quiet`` needs: the named classes a tracker started at any window may hold or be in the
         # aftermath of (one it could have raised), plain normal windows in a row since, and when every such
         # aftermath is over; to know what could be raised, the named windows (as given) among the last
-        # raise_n (window number, class) and the latest run of one named class.
+        # raise_n (window number, class) and the latest run of one class as given (also ``restart_span``'s).
         self._seen = _NONE
         self._plain_streak = 0
         self._settle_at: float | None = None
         self._n = 0
         self._named: tuple[tuple[int, str], ...] = ()
-        self._named_run = 0
-        self._given, self._given_run = NORMAL, 0   # the latest run of one class as given (``restart_span``)
+        self._given, self._given_run = NORMAL, 0
 
     @property
     def active(self) -> str | None:
@@ -144,10 +143,9 @@ class FaultTracker:
         sees a suffix of the windows, and raises a class first only by raise_k of the last raise_n windows,
         or by switch_after of them in a row."""
         cfg, n = self._cfg, self._n
-        last = self._named[-1] if self._named else (0, NORMAL)
-        self._named_run = self._named_run + 1 if last == (n - 1, cls) else 1
         self._named = (*(w for w in self._named if w[0] > n - cfg.raise_n), (n, cls))
-        if self._named_run >= cfg.switch_after or sum(c == cls for _, c in self._named) >= cfg.raise_k:
+        # given_run: this class's windows in a row (update counted this one first)
+        if self._given_run >= cfg.switch_after or sum(c == cls for _, c in self._named) >= cfg.raise_k:
             self._seen, self._settle_at = self._seen | {cls}, None
         self._plain_streak = 0
 
