@@ -58,11 +58,13 @@ def easy_sim_params() -> Any:
                      fault_duration_s=(45.0, 120.0))
 
 
-def labelled_trace(sources: int = 6, minutes: float = 20, seed: int = TRACE_SEED) -> tuple[list[bytes], list[Any]]:
-    """(JSONL lines, label intervals) of a simulated trace the test model gets exactly right."""
+def labelled_trace(sources: int = 6, minutes: float = 20, seed: int = TRACE_SEED,
+                   params: Any = None) -> tuple[list[bytes], list[Any]]:
+    """(JSONL lines, label intervals) of a simulated trace the test model gets exactly right
+    (``params``: the simulator's, default :func:`easy_sim_params`)."""
     from netsiam.trainer.simulate import simulate
 
-    records, labels = simulate(sources, minutes, seed=seed, params=easy_sim_params())
+    records, labels = simulate(sources, minutes, seed=seed, params=params or easy_sim_params())
     return trace_lines(records), labels
 
 

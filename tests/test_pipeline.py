@@ -15,7 +15,6 @@ import orjson
 import pytest
 from helpers import (
     TOPIC,
-    TRACE_SEED,
     LinearArtifact,
     LinearHead,
     Model,
@@ -30,7 +29,6 @@ from helpers import (
     prototypes_at,
     raised_series,
     same_event,
-    trace_lines,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -312,10 +310,8 @@ MAX_REPLAY_S = 120.0
 @pytest.fixture(scope="module")
 def long_faults() -> dict[Any, list[Msg]]:
     """Four sources for 40 minutes whose faults last 5-7 minutes: longer than MAX_REPLAY_S."""
-    from netsiam.trainer.simulate import simulate
-
-    records, _ = simulate(4, 40, seed=TRACE_SEED, params=replace(easy_sim_params(), fault_duration_s=(300.0, 420.0)))
-    return partitioned(trace_lines(records), 2)
+    lines, _ = labelled_trace(4, 40, params=replace(easy_sim_params(), fault_duration_s=(300.0, 420.0)))
+    return partitioned(lines, 2)
 
 
 def key(e: dict[str, Any]) -> tuple[Any, ...]:
