@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from netsiam.config import Config, override  # noqa: E402
 
-__all__ = ["DETECTORS", "evaluate_recording", "main", "train_without", "write_simulation"]
+__all__ = ["DETECTORS", "evaluate_recording", "judge_sim_novel", "main", "slow_answers", "train_without", "write_simulation"]
 
 HERE = Path(__file__).resolve().parent
 DETECTORS = ("encoder", "expert_rule", "raw_nearest_prototype")
@@ -122,7 +122,7 @@ def write_simulation(files: tuple[Path, Path], sources: int, minutes: float, see
     return files
 
 
-def _slow_answers(path: Path) -> tuple[Path, Path]:
+def slow_answers(path: Path) -> tuple[Path, Path]:
     """A simulated fault none of these models knows (far ends answering 100-400 ms late), among known ones."""
     from netsiam.trainer.default_model import TRAIN_PARAMS
     from netsiam.trainer.simulate import SLOW_ANSWERS
@@ -130,6 +130,20 @@ def _slow_answers(path: Path) -> tuple[Path, Path]:
     return write_simulation((path / "slow_answers.jsonl", path / "slow_answers.csv"), SIM_NOVEL_SOURCES,
                             SIM_NOVEL_MINUTES, SIM_NOVEL_SEED,
                             replace(TRAIN_PARAMS, faults=(*TRAIN_PARAMS.faults, SLOW_ANSWERS)))
+
+
+def judge_sim_novel(art: Any, files: tuple[Path, Path], cfg: Config | None = None) -> dict[str, Any]:
+    """How ``art`` meets the simulated fault it never learnt (:func:`slow_answers`): the share of its
+    windows called ``unknown``, its episodes first raised ``unknown``, and the false raises around them."""
+    from netsiam.trainer.simulate import SLOW_ANSWERS
+
+    nov = evaluate_recording(art, files, novel=SLOW_ANSWERS, cfg=cfg)
+    slow = [e for e in nov["episodes"] if e["label"] == SLOW_ANSWERS]
+    enc = nov["detectors"]["encoder"]
+    return {"unknown_rate": nov["novelty"].get(SLOW_ANSWERS, {}).get("unknown_rate"),
+            "first_raised_unknown": sum(e["detected_label"] == "unknown" for e in slow), "episodes": len(slow),
+            "first_label_correct": enc["first_label_correct"], "all_episodes": enc["episodes"],
+            "false_raises": enc["false_raises"]}
 
 
 def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
@@ -146,11 +160,7 @@ def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim:
         out[name] = res
         print(_line(name, res), flush=True)
         if sim_novel is not None:
-            nov = evaluate_recording(art, sim_novel, novel=SLOW_ANSWERS, cfg=cfg)
-            slow = [e for e in nov["episodes"] if e["label"] == SLOW_ANSWERS]
-            sn = {"unknown_rate": nov["novelty"].get(SLOW_ANSWERS, {}).get("unknown_rate"),
-                  "first_raised_unknown": sum(e["detected_label"] == "unknown" for e in slow), "episodes": len(slow)}
-            res["sim_novel"] = sn
+            res["sim_novel"] = sn = judge_sim_novel(art, sim_novel, cfg)
             print(f"{'':<14} simulated {SLOW_ANSWERS}: windows unknown {sn['unknown_rate']}, "
                   f"episodes first raised unknown {sn['first_raised_unknown']}/{sn['episodes']}", flush=True)
     return out
@@ -202,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_sim:
             params = replace(TRAIN_PARAMS, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sim_set)})
             sim = write_simulation((tmp / "sim.jsonl", tmp / "sim.csv"), TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED, params)
-        sim_novel = _slow_answers(tmp) if args.sim_novel else None
+        sim_novel = slow_answers(tmp) if args.sim_novel else None
         t0 = time.perf_counter()
         res = run(cfg, held, traces, sim, Path(args.models) if args.models else tmp, args.seed, args.splice, sim_novel)
     doc = {"overrides": args.set, "sim_overrides": args.sim_set, "splice": args.splice, "sim": not args.no_sim, "seed": args.seed, "held_out": held,
