@@ -33,10 +33,16 @@ from netsiam.trainer.corpus import NOVEL_LABEL, load_corpus, to_traces
 from netsiam.trainer.simulate import VARIED, simulate
 from netsiam.trainer.train import train, training_ranges
 
-__all__ = ["EXCLUDED_LABELS", "TRAIN_MINUTES", "TRAIN_OVERRIDES", "TRAIN_PARAMS", "TRAIN_SEED", "TRAIN_SOURCES",
+__all__ = ["EXCLUDED_LABELS", "MODEL_SEED", "TRAIN_MINUTES", "TRAIN_OVERRIDES", "TRAIN_PARAMS", "TRAIN_SEED", "TRAIN_SOURCES",
            "main", "training_config", "training_data", "write_ranges"]
 
-TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED = 32, 10.0, 1
+TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED = 32, 10.0, 1     # the simulation's seed
+# The training seed, chosen on validation only: the five seeds 1-5 trained on the same data (the corpus
+# with val_r6_h25, 2026-12-04) and judged on a simulated fault none of them knows (`python -m bench.seeds
+# 1 2 3 4 5`): its windows unknown 0.80 / 0.93 / 0.92 / 0.82 / 0.90, known and never-seen episodes first
+# raised right 25 / 28 / 28 / 27 / 28 of 30. How well a 3-D embedding sets a never-seen fault apart varies
+# that much between seeds; no real recording was looked at for this choice.
+MODEL_SEED = 2
 TRAIN_PARAMS = VARIED       # blocked + capacity_limit in their real variants; retrans_storm stays out (novel)
 EXCLUDED_LABELS = (NOVEL_LABEL,)
 # Synthetic outliers closer in than the config default ([3, 8] x a class's spread): the corpus and the
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-o", "--output", default=str(default_model_path()))
     ap.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    ap.add_argument("--seed", type=int, default=MODEL_SEED, help="training seed (the shipped model's by default)")
     ap.add_argument("--ranges-only", action="store_true",
                     help="only rewrite the manifest's normal ranges (evidence), without training")
     args = ap.parse_args(argv)
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         traces, labels = training_data(tmp)
         staging = Path(tmp) / "artifact"
         train(training_config(), traces, labels, staging, logdir=Path(tmp) / "logs", quiet=args.quiet,
-              exclude_labels=EXCLUDED_LABELS, seed=TRAIN_SEED)
+              exclude_labels=EXCLUDED_LABELS, seed=args.seed)
         out = Path(args.output)
         if out.exists():
             shutil.rmtree(out)
