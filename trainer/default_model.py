@@ -41,7 +41,7 @@ TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED = 32, 10.0, 1     # the simulation's se
 # with val_r6_h25, 2026-12-04) and judged on a simulated fault none of them knows (`python -m bench.seeds
 # 1 2 3 4 5`): its windows unknown 0.80 / 0.93 / 0.92 / 0.82 / 0.90, known and never-seen episodes first
 # raised right 25 / 28 / 28 / 27 / 28 of 30. How well a 3-D embedding sets a never-seen fault apart varies
-# that much between seeds; no real recording was looked at for this choice.
+# that much between seeds. No real recording decided it (docs/method.md says what prompted the comparison).
 MODEL_SEED = 2
 TRAIN_PARAMS = VARIED       # blocked + capacity_limit in their real variants; retrans_storm stays out (novel)
 EXCLUDED_LABELS = (NOVEL_LABEL,)
