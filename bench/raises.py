@@ -28,8 +28,10 @@ FROZEN = 10    # the raising run's last seconds of each source
 
 
 def _record(source: int, second: int, frozen: bool) -> bytes:
+    # Unanswered calls pile up from the freeze's first second on (30 a second), not from the run's start.
+    piled = (second - (RECORDS - FROZEN) + 1) * 30 if frozen else 0
     m = {"OutgoingCall": 30, "SuccessfulCall": 0 if frozen else 30, "FailedCall": 0,
-         "Retransmissions": 60 if frozen else 0, "CurrentCall": 60 + (second * 30 if frozen else 0),
+         "Retransmissions": 60 if frozen else 0, "CurrentCall": 60 + piled,
          "ResponseTime1": 0.0 if frozen else 5.0, "FailedMaxUDPRetrans": 0, "FailedTimeoutOnRecv": 0}
     return orjson.dumps({"source": f"s{source}", "ts": 1795384000 + second, "metrics": m})
 
