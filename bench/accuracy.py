@@ -17,6 +17,8 @@
 Recipes, thresholds and the expert rule's bounds were chosen on the corpus's ``val_*`` recordings
 (``python -m bench.realtraffic --select``), never on the reported ones.
 ``--quick``: two held-out recordings, a short training; a smoke test, not the figures.
+``--seeds 0 1 2``: every leave-one-out model trained once per seed; a figure is then the worst over
+recordings and seeds (one training per recording says as much about the seed as about the recipe).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from netsiam.config import Config, override  # noqa: E402
 
-__all__ = ["TARGETS", "main", "summary"]
+__all__ = ["TARGETS", "leave_one_out_rows", "main", "summary"]
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "tests" / "data"
@@ -98,7 +100,11 @@ def _few_shot(art: Any, traces: dict[str, tuple[Path, Path]], novel: list[str]) 
     return out
 
 
-def run(quick: bool, tmp: Path, models: Path | None = None) -> dict[str, Any]:
+def _loro_dir(root: Path, name: str, seed: int) -> Path:
+    return root / (f"loro-{name}" if seed == 0 else f"loro-{name}-seed{seed}")
+
+
+def run(quick: bool, tmp: Path, models: Path | None = None, seeds: tuple[int, ...] = (0,)) -> dict[str, Any]:
     from bench.realtraffic import evaluate_recording, train_without, write_simulation
     from netsiam.serving import load_artifact
     from netsiam.trainer.corpus import load_corpus, to_traces
@@ -126,20 +132,25 @@ def run(quick: bool, tmp: Path, models: Path | None = None) -> dict[str, Any]:
                            "targets": TARGETS, "corpus": {r.name: {"role": r.role, "rate": r.rate, "hold_s": r.hold_s}
                                                           for r in recs}}
 
-    # 1 + 2. leave one recording out
-    loro: dict[str, Any] = {}
-    for name in reported + novel:
-        t = time.perf_counter()
-        out_dir = (models or tmp) / f"loro-{name}"
-        if models is not None and (out_dir / "manifest.json").is_file():
-            art = load_artifact(out_dir)      # kept by an earlier run with the same recipe: judged again, not retrained
-        else:
-            art = train_without(cfg, {name}, traces, sim, out_dir)
-        loro[name] = evaluate_recording(art, traces[name]) | {"train_seconds": round(time.perf_counter() - t, 1)}
-        enc = loro[name]["detectors"]["encoder"]
-        print(f"1. {name}: first {enc['first_label_correct']}/{enc['episodes']}, delay {enc['median_delay_s']}"
-              f"/{enc['max_delay_s']} s, false {enc['false_raises']}", flush=True)
-    out["leave_one_out"] = loro
+    # 1 + 2. leave one recording out, once per seed
+    out["seeds"] = list(seeds)
+    by_seed: dict[str, Any] = {}
+    for seed in seeds:
+        loro: dict[str, Any] = {}
+        for name in reported + novel:
+            t = time.perf_counter()
+            out_dir = _loro_dir(models or tmp, name, seed)
+            if models is not None and (out_dir / "manifest.json").is_file():
+                art = load_artifact(out_dir)  # kept by an earlier run with the same recipe: judged again, not retrained
+            else:
+                art = train_without(cfg, {name}, traces, sim, out_dir, seed=seed)
+            loro[name] = evaluate_recording(art, traces[name]) | {"train_seconds": round(time.perf_counter() - t, 1)}
+            enc = loro[name]["detectors"]["encoder"]
+            print(f"1. {name} (seed {seed}): first {enc['first_label_correct']}/{enc['episodes']}, delay "
+                  f"{enc['median_delay_s']}/{enc['max_delay_s']} s, false {enc['false_raises']}", flush=True)
+        by_seed[str(seed)] = loro
+    out["leave_one_out"] = by_seed.pop(str(seeds[0]))   # the first seed's, as one training per recording gives
+    out["leave_one_out_other_seeds"] = by_seed
 
     # 5. make model (its artifact is the shipped recipe; the shipped model itself is not touched)
     if not quick:
@@ -167,10 +178,21 @@ def _worst(rows: dict[str, Any], det: str, key: str, higher: bool) -> tuple[floa
     return (min if higher else max)(vals)
 
 
-def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per target: measured (worst recording, which), the expert rule's, the goal, pass."""
+def leave_one_out_rows(res: dict[str, Any], seed: str | None = None) -> dict[str, Any]:
+    """Every leave-one-out row of ``res``, named ``r40_h5_b2b`` for the first seed and ``r40_h5_b2b seed 1``
+    for the others (``leave_one_out_other_seeds``); ``seed``: that seed's rows only."""
+    first = str(res.get("seeds", [0])[0])
+    sets = {first: res["leave_one_out"], **res.get("leave_one_out_other_seeds", {})}
+    return {(n if s == first else f"{n} seed {s}"): v for s, rows in sets.items() if seed in (None, s)
+            for n, v in rows.items()}
+
+
+def summary(res: dict[str, Any], seed: str | None = None) -> list[dict[str, Any]]:
+    """One row per target: measured (worst recording and seed, which), the expert rule's, the goal, pass.
+    ``seed``: the leave-one-out rows of that seed only (default: all of them)."""
     rows: list[dict[str, Any]] = []
-    rep = {n: v for n, v in res["leave_one_out"].items() if res["corpus"][n]["role"] == "reported"}
+    loro = leave_one_out_rows(res, seed)
+    rep = {n: v for n, v in loro.items() if res["corpus"][n.split(" seed ")[0]]["role"] == "reported"}
 
     def add(what: str, enc: tuple[Any, Any], rule: Any, goal: Any, ok: bool | None) -> None:
         rows.append({"what": what, "encoder": enc[0], "worst_recording": enc[1], "rule": rule, "goal": goal, "pass": ok})
@@ -200,7 +222,7 @@ def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
             for n, v in rep.items() if "raw_nearest_prototype" in v["detectors"]]
     b = min(beat) if beat else (None, None)
     add("leave one out: window accuracy minus the raw prototype's", b, None, "> 0", None if b[0] is None else b[0] > 0)
-    nov = [(v["novelty"][NOVEL]["unknown_rate"], n) for n, v in res["leave_one_out"].items()
+    nov = [(v["novelty"][NOVEL]["unknown_rate"], n) for n, v in loro.items()
            if v["novelty"].get(NOVEL, {}).get("unknown_rate") is not None]
     nv = min(nov) if nov else (None, None)
     add(f"never-seen {NOVEL}: share of its windows unknown", nv, 0.0, TARGETS["novel_unknown"],
@@ -231,11 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="two recordings, short training: a smoke test")
     ap.add_argument("-o", "--output", default=None, help="results JSON (default bench/accuracy.json)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="train every leave-one-out model once per seed; figures are the worst over seeds (default: 0)")
     ap.add_argument("--models", default=None,
                     help="keep the leave-one-out models here, and reuse those already there (default: a temp dir)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="netsiam-accuracy-") as tmp:
-        res = run(args.quick, Path(tmp), Path(args.models) if args.models else None)
+        res = run(args.quick, Path(tmp), Path(args.models) if args.models else None, tuple(args.seeds))
     out = Path(args.output) if args.output else HERE / ("accuracy-quick.json" if args.quick else "accuracy.json")
 
     def write() -> None:

@@ -1,0 +1,58 @@
+"""bench.accuracy's summary over several training seeds, and the results page made from it (no training)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.accuracy import leave_one_out_rows, summary
+from bench.results_md import render
+
+
+def _det(max_delay: float, false_per_h: float = 0.0) -> dict[str, Any]:
+    return {"first_label_accuracy": 1.0, "first_label_correct": 2, "episodes": 2, "raised_once": 2,
+            "median_delay_s": 2.0, "max_delay_s": max_delay, "max_clear_s": 3.0, "false_raises": 0,
+            "false_raises_per_hour": false_per_h, "window_accuracy": 0.99}
+
+
+def _row(max_delay: float, unknown: float | None = None) -> dict[str, Any]:
+    nov = {"n_windows": 10, "unknown_rate": unknown, "predicted": {}} if unknown is not None else {"n_windows": 0,
+                                                                                                    "unknown_rate": None}
+    return {"detectors": {"encoder": _det(max_delay), "expert_rule": _det(2.5), "raw_nearest_prototype": _det(9.0)},
+            "episodes": [], "events": [], "novelty": {"degraded": nov}}
+
+
+def _res() -> dict[str, Any]:
+    return {
+        "machine": {"cpus": 2}, "seconds": 60.0, "seeds": [0, 1],
+        "corpus": {"a": {"role": "reported", "rate": 10, "hold_s": 2}, "b": {"role": "reported", "rate": 20, "hold_s": 3},
+                   "n": {"role": "novel", "rate": 30, "hold_s": 4}},
+        "leave_one_out": {"a": _row(4.0), "b": _row(3.0), "n": _row(2.0, unknown=0.9)},
+        "leave_one_out_other_seeds": {"1": {"a": _row(5.0), "b": _row(12.0), "n": _row(2.0, unknown=0.2)}},
+        "shipped": {"version": "v", "recordings": {"a": _row(2.0)}},
+        "few_shot": {"examples": 10, "from": "n", "threshold": 0.6, "recordings": {}, "novel_first_label_right": 1,
+                     "novel_episodes": 1, "known_first_label_right": 1, "known_episodes": 1},
+    }
+
+
+def _row_of(rows: list[dict[str, Any]], what: str) -> dict[str, Any]:
+    return next(r for r in rows if r["what"] == what)
+
+
+def test_a_figure_is_the_worst_over_recordings_and_seeds() -> None:
+    res = _res()
+    assert sorted(leave_one_out_rows(res)) == ["a", "a seed 1", "b", "b seed 1", "n", "n seed 1"]
+    every = summary(res)
+    assert _row_of(every, "leave one out: max_delay_s")["worst_recording"] == "b seed 1"
+    assert _row_of(every, "leave one out: max_delay_s")["encoder"] == 12.0
+    assert _row_of(every, "never-seen degraded: share of its windows unknown")["worst_recording"] == "n seed 1"
+    first = summary(res, "0")
+    assert (_row_of(first, "leave one out: max_delay_s")["encoder"], _row_of(first, "leave one out: max_delay_s")[
+        "worst_recording"]) == (4.0, "a")
+
+
+def test_the_page_shows_each_seed() -> None:
+    page = render(_res() | {"summary": summary(_res())}, None)
+    assert "seeds 0, 1" in page and "| seed 0 | seed 1 |" in page and "bench.accuracy --seeds 0 1`" in page
+    assert "| leave one out: max_delay_s | 4.00 (a) | 12.00 (b) | 10.00 |" in page
+    assert page.count("| `b` | 20, 3 |") == 2      # its row in the seed-0 and the seed-1 table
+    assert "\n\n\n" not in page
