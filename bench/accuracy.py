@@ -41,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from netsiam.config import Config, override  # noqa: E402
 
-__all__ = ["TARGETS", "leave_one_out_rows", "main", "summary"]
+__all__ = ["TARGETS", "leave_one_out_rows", "leave_one_out_sets", "main", "summary"]
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "tests" / "data"
@@ -178,11 +178,17 @@ def _worst(rows: dict[str, Any], det: str, key: str, higher: bool) -> tuple[floa
     return (min if higher else max)(vals)
 
 
+def leave_one_out_sets(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{seed: {recording: row}}``, the first seed first (a result from before ``--seeds``: seed 0 only)."""
+    first = str(res.get("seeds", [0])[0])
+    return {first: res["leave_one_out"], **res.get("leave_one_out_other_seeds", {})}
+
+
 def leave_one_out_rows(res: dict[str, Any], seed: str | None = None) -> dict[str, Any]:
     """Every leave-one-out row of ``res``, named ``r40_h5_b2b`` for the first seed and ``r40_h5_b2b seed 1``
-    for the others (``leave_one_out_other_seeds``); ``seed``: that seed's rows only."""
-    first = str(res.get("seeds", [0])[0])
-    sets = {first: res["leave_one_out"], **res.get("leave_one_out_other_seeds", {})}
+    for the others; ``seed``: that seed's rows only."""
+    sets = leave_one_out_sets(res)
+    first = next(iter(sets))
     return {(n if s == first else f"{n} seed {s}"): v for s, rows in sets.items() if seed in (None, s)
             for n, v in rows.items()}
 
