@@ -84,6 +84,7 @@ class TrainingConfig:
     outlier_shift: tuple[float, ...] = (3.0, 8.0)
     thinning: float = 0.0
     thinning_keep: tuple[float, ...] = (0.2, 1.0)
+    candidates: int = 1     # train this many seeds, keep the one the input-shift probe scores highest
 
     def __post_init__(self) -> None:
         _check(self.loss in ("triplet", "lossless"), "training.loss", "must be 'triplet' or 'lossless'")
@@ -94,6 +95,7 @@ class TrainingConfig:
         _check(0.0 < self.val_fraction < 0.9, "training.val_fraction", "must be in (0, 0.9)")
         _check(0.0 <= self.outlier_fraction <= 2.0, "training.outlier_fraction", "must be in [0, 2]")
         _check(self.thinning >= 0.0, "training.thinning", "must be >= 0")
+        _check(1 <= self.candidates <= 16, "training.candidates", "must be in [1, 16]")
         _check(len(self.thinning_keep) == 2 and 0 < self.thinning_keep[0] <= self.thinning_keep[1] <= 1,
                "training.thinning_keep", "must be [low, high] with 0 < low <= high <= 1")
         _check(len(self.outlier_shift) == 2 and 0 < self.outlier_shift[0] <= self.outlier_shift[1],

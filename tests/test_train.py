@@ -19,10 +19,11 @@ from netsiam.traceio import write_labels, write_trace
 from netsiam.trainer.augment import thin_windows
 from netsiam.trainer.dataset import build_windows
 from netsiam.trainer.outliers import Exposure, outlier_scales, synthetic_outliers
+from netsiam.trainer.probe import probe_spreads, shift_probe
 from netsiam.trainer.scores import pair_scores, roc_auc
 from netsiam.trainer.simulate import SimParams, simulate
 from netsiam.trainer.split import in_aftermath, label_runs, load_windows, split_validation
-from netsiam.trainer.train import train, training_ranges
+from netsiam.trainer.train import pick_candidate, probe_artifact, train, training_ranges
 
 
 def sim_files(tmp: Path, name: str, sources: int, minutes: float, seed: int,
@@ -234,6 +235,14 @@ def test_cli_train_missing_file_is_one_line_without_traceback(tmp_path: Path) ->
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_train_refuses_zero_candidates_in_one_line(data: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    trace, labels = data["train"]
+    proc = subprocess.run([sys.executable, "-m", "netsiam", "train", "--data", str(trace), "--labels", str(labels),
+                           "-o", str(tmp_path / "out"), "--candidates", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr
+    assert "training.candidates" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 # ------------------------------------------------------------------------------------ end to end
 
 
@@ -340,3 +349,60 @@ def test_one_real_recording_with_its_faults_early_trains(tmp_path: Path) -> None
     write_trace(small, import_sipp([data / "sipp_small_stat.csv"], "127.0.0.1:25360"))
     with pytest.raises(NetsiamError, match=r"blocked has 0 training and 0 validation windows"):
         train(cfg, [small], [data / "sipp_small_labels.csv"], tmp_path / "s", quiet=True)
+
+
+def test_candidates_train_one_seed_each_and_keep_the_best_probe(data: dict[str, tuple[Path, Path]],
+                                                                tmp_path: Path) -> None:
+    trace, labels = data["train"]
+    cfg = override(Config(), {"training.steps_per_epoch": 6, "training.batch_per_class": 8})
+    art = train(override(cfg, {"training.candidates": 2}), [trace], [labels], tmp_path / "m", epochs=2, seed=11,
+                quiet=True)
+    table = art.manifest["candidates"]
+    assert [r["seed"] for r in table] == [11, 12] and sum(r["chosen"] for r in table) == 1
+    chosen = next(r for r in table if r["chosen"])
+    assert chosen == {**pick_candidate(table), "chosen": True}
+    assert art.manifest["training"]["seed"] == chosen["seed"] and art.manifest["version"] == chosen["version"]
+    for r in table:       # each candidate is the model one training with its seed gives (a benchmark reuses them)
+        cand = load_artifact(tmp_path / "m" / "candidates" / f"seed-{r['seed']}")
+        assert cand.manifest["metrics"]["shift_probe"]["score"] == r["shift_probe"]
+        assert cand.manifest["version"] == r["version"]
+    single = train(cfg, [trace], [labels], tmp_path / "one", epochs=2, seed=12, quiet=True)
+    assert single.manifest["version"].split("-")[1] == table[1]["version"].split("-")[1]
+    for wa, wb in zip(art.encoder.get_weights(), load_artifact(tmp_path / "m" / "candidates" / f"seed-{chosen['seed']}")
+                      .encoder.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    probe = art.manifest["metrics"]["shift_probe"]
+    assert 0.0 <= probe["score"] <= 1.0 and probe["windows"] > 0 and "log_response_ms" in probe["per_input"]
+    # the probe recomputed from the data alone (for models trained before it existed) gives the same score
+    assert probe_artifact(art, cfg, [trace], [labels])["score"] == probe["score"]
+
+
+def test_pick_candidate_prefers_the_probe_then_the_validation_loss() -> None:
+    rows = [{"seed": 0, "shift_probe": 0.5, "val_loss": 0.01}, {"seed": 1, "shift_probe": 0.7, "val_loss": 0.09},
+            {"seed": 2, "shift_probe": 0.7, "val_loss": 0.05}, {"seed": 3, "shift_probe": None, "val_loss": 0.0}]
+    assert pick_candidate(rows)["seed"] == 2
+    assert pick_candidate([rows[3], {"seed": 4, "shift_probe": None, "val_loss": 0.2}])["seed"] == 3
+
+
+class _ReadsOneInput:
+    """An 'artifact' whose embedding moves only with input 0's mean: unknown beyond 1.0 of it."""
+
+    class prototypes:  # noqa: N801 - mimics Artifact.prototypes
+        @staticmethod
+        def classify(emb: np.ndarray) -> tuple[np.ndarray, None, None]:
+            return np.where(emb[:, 0] > 1.0, "unknown", "normal").astype(object), None, None
+
+    @staticmethod
+    def embed(x: np.ndarray) -> np.ndarray:
+        return x[:, :, :1].mean(axis=1)
+
+
+def test_the_shift_probe_scores_only_the_inputs_an_encoder_reads() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 0.1, size=(500, 30, 3)).astype(np.float32)
+    x[:, :, 2] = 1.0                                           # constant: no spread, not probed
+    spreads = probe_spreads(x)
+    assert spreads[2] == 0.0 and spreads[0] > 0
+    res = shift_probe(_ReadsOneInput(), x, spreads, ["a", "b", "c"], shifts=(200.0,), onsets=(None,))
+    assert res["per_input"] == {"a": 1.0, "b": 0.0} and res["score"] == 0.5 and res["windows"] == 400
+    assert shift_probe(_ReadsOneInput(), x[:0], spreads, ["a", "b", "c"])["score"] is None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -39,21 +40,24 @@ from netsiam.errors import NetsiamError
 from netsiam.evidence import MANIFEST_KEY, normal_ranges, ranges_to_json
 from netsiam.features import required_metrics
 from netsiam.schemas.classes import NORMAL
-from netsiam.serving import FORMAT, Artifact, Prototypes
+from netsiam.serving import FORMAT, Artifact, Prototypes, load_artifact
 from netsiam.traceio import atomic_write_bytes, read_labels
 from netsiam.trainer.augment import thinned_copies
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule
 from netsiam.trainer.dataset import LabelledWindows, refuse_verdicts
 from netsiam.trainer.mining import fixed_batches, triplet_batches
 from netsiam.trainer.outliers import Exposure
+from netsiam.trainer.probe import probe_spreads, shift_probe
 from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
 from netsiam.trainer.scores import pair_scores, roc_auc
 from netsiam.trainer.split import class_order, in_aftermath, load_windows, split_validation
 from netsiam.trainer.tblog import ScalarLog
 
-__all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "split_windows", "train", "training_ranges"]
+__all__ = ["CANDIDATES_DIR", "CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "candidate_row", "cli_train",
+           "pick_candidate", "probe_artifact", "probe_windows", "split_windows", "train", "training_ranges"]
 
 SNAPSHOTS_FILE, HISTORY_FILE, CHECKPOINT_FILE = "snapshots.npz", "history.json", "checkpoint.weights.h5"
+CANDIDATES_DIR = "candidates"
 VAR_FLOOR = 1e-6          # a feature constant in training must not divide by ~0 at inference
 MONITOR_PER_CLASS = 300   # training windows per class behind the per-epoch validation prototypes
 VAL_BATCHES = (4, 16)     # fixed validation batches: at least 4, at most 16, else ~one pass over val
@@ -114,11 +118,57 @@ class _Monitor:
 def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path], out_dir: str | Path, *,
           epochs: int | None = None, seed: int | None = None, exclude_labels: Sequence[str] = (),
           logdir: str | Path | None = None, quiet: bool = False) -> Artifact:
-    """Train an encoder, fit prototypes, write the artifact to ``out_dir`` and return it loaded."""
-    t_start = time.perf_counter()
+    """Train an encoder, fit prototypes, write the artifact to ``out_dir`` and return it loaded.
+
+    With ``training.candidates`` N > 1: N encoders with seeds ``seed`` .. ``seed + N - 1``, each in
+    ``out_dir/candidates/seed-S``; the one the input-shift probe (``trainer.probe``) scores highest on
+    validation windows is copied to ``out_dir``, its manifest listing every candidate."""
     cfg = override(cfg, {"training.epochs": epochs, "training.seed": seed})
+    say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
+    n, seed0 = cfg.training.candidates, cfg.training.seed
+    if n == 1:
+        return _train_one(cfg, data_paths, label_paths, Path(out_dir), exclude_labels, logdir, quiet)
+    t_start, out = time.perf_counter(), Path(out_dir)
+    arts = []
+    for s in range(seed0, seed0 + n):
+        say(f"candidate {s - seed0 + 1}/{n} (seed {s})")
+        arts.append(_train_one(override(cfg, {"training.seed": s}), data_paths, label_paths,
+                               out / CANDIDATES_DIR / f"seed-{s}", exclude_labels,
+                               Path(logdir) / f"seed-{s}" if logdir else None, quiet))
+    table = [candidate_row(a) for a in arts]
+    best = pick_candidate(table)
+    for row in table:
+        row["chosen"] = row is best
+    chosen = arts[table.index(best)]
+    chosen_dir = out / CANDIDATES_DIR / f"seed-{best['seed']}"
+    chosen.manifest["candidates"] = table
+    chosen.manifest["train_seconds"] = round(time.perf_counter() - t_start, 2)
+    chosen.save(out)
+    for name in (HISTORY_FILE, SNAPSHOTS_FILE):
+        shutil.copy2(chosen_dir / name, out / name)
+    say("candidates: " + ", ".join(f"seed {r['seed']} probe {_f(r['shift_probe'])} val_loss {r['val_loss']:.4f}"
+                                   f"{' (chosen)' if r['chosen'] else ''}" for r in table))
+    return load_artifact(out)
+
+
+def candidate_row(art: Artifact) -> dict[str, Any]:
+    """What the choice between candidates reads from one's manifest."""
+    mt = art.manifest["metrics"]
+    return {"seed": art.manifest["training"]["seed"], "shift_probe": mt["shift_probe"]["score"],
+            "val_loss": float(np.nanmin(art.manifest["history"]["val_loss"])), "version": art.manifest["version"]}
+
+
+def pick_candidate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The highest input-shift probe score; on a tie (or no score: no clean normal validation
+    windows), the lowest validation loss."""
+    return max(rows, key=lambda r: (-1.0 if r["shift_probe"] is None else r["shift_probe"], -r["val_loss"]))
+
+
+def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path], out: Path,
+               exclude_labels: Sequence[str], logdir: str | Path | None, quiet: bool) -> Artifact:
+    """One encoder with ``cfg.training.seed``: steps 1-6 above."""
+    t_start = time.perf_counter()
     tc, w = cfg.training, cfg.window
-    out = Path(out_dir)
     say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
 
     # 1. data ------------------------------------------------------------------------------------------
@@ -260,6 +310,7 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
         "train_seconds": round(time.perf_counter() - t_start, 2),
     }
     artifact = Artifact(final, protos, manifest, out)
+    metrics["shift_probe"] = shift_probe(artifact, *_probe_windows(lw, groups, in_train, in_val), cfg.features)
     artifact.save(out)
     atomic_write_bytes(out / HISTORY_FILE, orjson.dumps(history, option=orjson.OPT_INDENT_2))
     np.savez_compressed(out / SNAPSHOTS_FILE, emb=np.stack(monitor.snapshots),              # (E+1, P, D)
@@ -295,6 +346,28 @@ def _normal_ranges(lw: LabelledWindows, in_train: np.ndarray, aftermath: np.ndar
     above a capacity limit's median of 2.5)."""
     clean = in_train & (lw.labels == NORMAL) & ~lw.straddle & ~aftermath
     return ranges_to_json(normal_ranges(lw.x[clean], cfg.features))
+
+
+def _probe_windows(lw: LabelledWindows, groups: np.ndarray, in_train: np.ndarray, in_val: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The probe's windows: clean normal validation windows (inside one label, outside a fault's
+    aftermath), and the spreads of the clean normal training windows."""
+    clean = (lw.labels == NORMAL) & ~lw.straddle & ~in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S)
+    return lw.x[in_val & clean], probe_spreads(lw.x[in_train & clean])
+
+
+def probe_windows(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
+                  exclude_labels: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """The input-shift probe's windows and spreads as :func:`train` splits them from this data (to probe
+    a model trained before the probe existed; :func:`train` stores its score in ``metrics.shift_probe``)."""
+    lw, groups, in_train, in_val, _ = split_windows(cfg, data_paths, label_paths, exclude_labels)
+    return _probe_windows(lw, groups, in_train, in_val)
+
+
+def probe_artifact(art: Artifact, cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
+                   exclude_labels: Sequence[str] = ()) -> dict[str, Any]:
+    """The input-shift probe of ``art`` on the windows :func:`probe_windows` gives."""
+    return shift_probe(art, *probe_windows(cfg, data_paths, label_paths, exclude_labels), cfg.features)
 
 
 def training_ranges(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
@@ -335,8 +408,8 @@ def _f(v: float | None) -> str:
 
 
 def cli_train(args: argparse.Namespace, cfg: Config) -> int:
-    """``netsiam train --data T.jsonl --labels L.csv -o DIR [--epochs N] [--seed S] [--loss L] ...``."""
-    cfg = override(cfg, {"training.loss": args.loss})
+    """``netsiam train --data T.jsonl --labels L.csv -o DIR [--epochs N] [--seed S] [--loss L] [--candidates N] ...``."""
+    cfg = override(cfg, {"training.loss": args.loss, "training.candidates": args.candidates})
     for p in [*args.data, *args.labels]:   # fail before the (slow, noisy) TensorFlow import
         if not Path(p).is_file():
             raise NetsiamError(f"{'trace' if p in args.data else 'labels'} file not found: {p}")
