@@ -104,8 +104,33 @@ def _loro_dir(root: Path, name: str, seed: int) -> Path:
     return root / (f"loro-{name}" if seed == 0 else f"loro-{name}-seed{seed}")
 
 
+def _candidate(cfg: Config, name: str, seed: int, traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path],
+               root: Path, reuse: bool, probe_data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The model trained without ``name`` with ``seed`` (reused if kept by an earlier run with the same
+    recipe) and its row for :func:`~netsiam.trainer.train.pick_candidate`. ``probe_data``: the probe's
+    windows per held-out recording, filled here (the split is the same for every seed)."""
+    from bench.realtraffic import train_without, training_files
+    from netsiam.serving import load_artifact
+    from netsiam.trainer.probe import shift_probe
+    from netsiam.trainer.train import candidate_row, probe_windows
+
+    out_dir = _loro_dir(root, name, seed)
+    if reuse and (out_dir / "manifest.json").is_file():
+        art = load_artifact(out_dir)
+    else:
+        art = train_without(cfg, {name}, traces, sim, out_dir, seed=seed)
+    if "shift_probe" not in art.manifest["metrics"]:      # trained before the probe existed: probed once, kept beside it
+        kept = out_dir / "shift_probe.json"
+        if not kept.is_file():
+            if name not in probe_data:
+                probe_data[name] = probe_windows(cfg, *training_files({name}, traces, sim), [NOVEL])
+            kept.write_text(json.dumps(shift_probe(art, *probe_data[name], cfg.features)))
+        art.manifest["metrics"]["shift_probe"] = json.loads(kept.read_text())
+    return art, candidate_row(art)
+
+
 def run(quick: bool, tmp: Path, models: Path | None = None, seeds: tuple[int, ...] = (0,)) -> dict[str, Any]:
-    from bench.realtraffic import evaluate_recording, train_without, write_simulation
+    from bench.realtraffic import evaluate_recording, write_simulation
     from netsiam.serving import load_artifact
     from netsiam.trainer.corpus import load_corpus, to_traces
     from netsiam.trainer.default_model import (
@@ -115,6 +140,7 @@ def run(quick: bool, tmp: Path, models: Path | None = None, seeds: tuple[int, ..
         TRAIN_SOURCES,
         training_config,
     )
+    from netsiam.trainer.train import pick_candidate
 
     t0 = time.perf_counter()
     cfg = training_config()                      # leave-one-out models follow the shipped model's recipe
@@ -132,22 +158,30 @@ def run(quick: bool, tmp: Path, models: Path | None = None, seeds: tuple[int, ..
                            "targets": TARGETS, "corpus": {r.name: {"role": r.role, "rate": r.rate, "hold_s": r.hold_s}
                                                           for r in recs}}
 
-    # 1 + 2. leave one recording out, once per seed
+    # 1 + 2. leave one recording out, once per seed. With the recipe's training.candidates N, "seed s" is
+    # what `netsiam train --seed s` gives: the candidates s .. s+N-1 (one model folder each, so seeds
+    # whose candidates overlap share them), the one the input-shift probe scores highest judged.
     out["seeds"] = list(seeds)
+    n_cand = cfg.training.candidates
+    single = override(cfg, {"training.candidates": 1})
     by_seed: dict[str, Any] = {}
+    probe_data: dict[str, Any] = {}
     for seed in seeds:
         loro: dict[str, Any] = {}
         for name in reported + novel:
             t = time.perf_counter()
-            out_dir = _loro_dir(models or tmp, name, seed)
-            if models is not None and (out_dir / "manifest.json").is_file():
-                art = load_artifact(out_dir)  # kept by an earlier run with the same recipe: judged again, not retrained
-            else:
-                art = train_without(cfg, {name}, traces, sim, out_dir, seed=seed)
-            loro[name] = evaluate_recording(art, traces[name]) | {"train_seconds": round(time.perf_counter() - t, 1)}
+            cands = [_candidate(single, name, s, traces, sim, models or tmp, models is not None, probe_data)
+                     for s in range(seed, seed + n_cand)]
+            rows = [c[1] for c in cands]
+            best = pick_candidate(rows)
+            loro[name] = evaluate_recording(cands[rows.index(best)][0], traces[name]) | {
+                "train_seconds": round(time.perf_counter() - t, 1)}
+            if n_cand > 1:
+                loro[name]["candidates"] = [r | {"chosen": r is best} for r in rows]
             enc = loro[name]["detectors"]["encoder"]
-            print(f"1. {name} (seed {seed}): first {enc['first_label_correct']}/{enc['episodes']}, delay "
-                  f"{enc['median_delay_s']}/{enc['max_delay_s']} s, false {enc['false_raises']}", flush=True)
+            print(f"1. {name} (seed {seed}, candidate {best['seed']}): first {enc['first_label_correct']}/"
+                  f"{enc['episodes']}, delay {enc['median_delay_s']}/{enc['max_delay_s']} s, false {enc['false_raises']}",
+                  flush=True)
         by_seed[str(seed)] = loro
     out["leave_one_out"] = by_seed.pop(str(seeds[0]))   # the first seed's, as one training per recording gives
     out["leave_one_out_other_seeds"] = by_seed

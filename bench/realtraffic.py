@@ -34,7 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from netsiam.config import Config, override  # noqa: E402
 
-__all__ = ["DETECTORS", "evaluate_recording", "judge_sim_novel", "main", "slow_answers", "train_without", "write_simulation"]
+__all__ = ["DETECTORS", "evaluate_recording", "judge_sim_novel", "main", "slow_answers", "train_without", "training_files",
+           "write_simulation"]
 
 HERE = Path(__file__).resolve().parent
 DETECTORS = ("encoder", "expert_rule", "raw_nearest_prototype")
@@ -62,14 +63,21 @@ def splice_file(name: str, files: tuple[Path, Path], out_dir: Path, overlay: boo
     return out
 
 
+def training_files(held_out: set[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None
+                   ) -> tuple[list[Path], list[Path]]:
+    """The traces and labels a model trained without ``held_out`` reads (before any splices)."""
+    names = sorted(n for n in traces if n not in held_out)
+    return ([traces[n][0] for n in names] + ([sim[0]] if sim else []),
+            [traces[n][1] for n in names] + ([sim[1]] if sim else []))
+
+
 def train_without(cfg: Config, held_out: set[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
                   out: Path, seed: int = 0, splice: str | None = None) -> Any:
     """``splice``: None, ``cut`` or ``overlay`` (the splices are kept beside ``out``, one folder per kind)."""
     from netsiam.trainer.train import train
 
     names = sorted(n for n in traces if n not in held_out)
-    data = [traces[n][0] for n in names] + ([sim[0]] if sim else [])
-    labels = [traces[n][1] for n in names] + ([sim[1]] if sim else [])
+    data, labels = training_files(held_out, traces, sim)
     if splice is not None:
         splice_dir = out.parent / f"splices-{splice}"
         splice_dir.mkdir(parents=True, exist_ok=True)
@@ -161,8 +169,10 @@ def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim:
         print(_line(name, res), flush=True)
         if sim_novel is not None:
             res["sim_novel"] = sn = judge_sim_novel(art, sim_novel, cfg)
+            res["shift_probe"] = art.manifest["metrics"]["shift_probe"]["score"]
             print(f"{'':<14} simulated {SLOW_ANSWERS}: windows unknown {sn['unknown_rate']}, "
-                  f"episodes first raised unknown {sn['first_raised_unknown']}/{sn['episodes']}", flush=True)
+                  f"episodes first raised unknown {sn['first_raised_unknown']}/{sn['episodes']} "
+                  f"(input-shift probe {res['shift_probe']})", flush=True)
     return out
 
 

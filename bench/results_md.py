@@ -105,6 +105,24 @@ def _by_seed(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _candidates(res: dict[str, Any]) -> str:
+    """Per recording and seed: every candidate's input-shift probe, the kept one in bold ("" without candidates)."""
+    sets = leave_one_out_sets(res)
+    names = [n for n in next(iter(sets.values())) if any("candidates" in rows.get(n, {}) for rows in sets.values())]
+    if not names:
+        return ""
+    lines = ["| recording | " + " | ".join(f"seed {s}: candidates {', '.join(str(c['seed']) for c in rows[names[0]]['candidates'])}"
+                                            for s, rows in sets.items()) + " |",
+             "|---|" + "---|" * len(sets)]
+    for n in names:
+        cells = [" / ".join(f"**{_n(c['shift_probe'], 2)}**" if c["chosen"] else _n(c["shift_probe"], 2)
+                            for c in rows[n]["candidates"]) for rows in sets.values()]
+        lines.append(f"| `{n}` | " + " | ".join(cells) + " |")
+    return ("Each training is the shipped recipe's: three candidates (seeds S, S+1, S+2, `training.candidates`), "
+            "the one whose input-shift probe scores highest kept ([method.md](method.md#encoder-and-training-trainer)). "
+            "Every candidate's probe, the kept one in bold:\n\n" + "\n".join(lines))
+
+
 def _seeds_text(res: dict[str, Any]) -> str:
     seeds = list(leave_one_out_sets(res))
     if len(seeds) == 1:
@@ -113,7 +131,7 @@ def _seeds_text(res: dict[str, Any]) -> str:
     return (f"Every leave-one-out model was trained {len(seeds)} times, with seeds {', '.join(seeds)} "
             "(`--seeds`); a figure above is the worst over recordings and seeds (`r40_h5_b2b seed 1`: that "
             "recording's seed-1 model). One training per recording says as much about the seed as about the "
-            "recipe; the same targets seed by seed:\n\n" + _by_seed(res))
+            "recipe; the same targets seed by seed:\n\n" + _by_seed(res) + "\n\n" + _candidates(res))
 
 
 def render(res: dict[str, Any], bench: dict[str, Any] | None) -> str:

@@ -56,3 +56,15 @@ def test_the_page_shows_each_seed() -> None:
     assert "| leave one out: max_delay_s | 4.00 (a) | 12.00 (b) | 10.00 |" in page
     assert page.count("| `b` | 20, 3 |") == 2      # its row in the seed-0 and the seed-1 table
     assert "\n\n\n" not in page
+
+
+def test_the_page_shows_every_candidates_probe_and_the_kept_one() -> None:
+    res = _res()
+    for seed, rows in (("0", res["leave_one_out"]), ("1", res["leave_one_out_other_seeds"]["1"])):
+        for name, row in rows.items():
+            row["candidates"] = [{"seed": int(seed) + i, "shift_probe": p, "val_loss": 0.03, "chosen": i == 1}
+                                 for i, p in enumerate((0.25, 0.5, 0.125))]
+    page = render(res | {"summary": summary(res)}, None)
+    assert "| recording | seed 0: candidates 0, 1, 2 | seed 1: candidates 1, 2, 3 |" in page
+    assert "| `a` | 0.25 / **0.50** / 0.12 | 0.25 / **0.50** / 0.12 |" in page
+    assert "candidates" not in render(_res() | {"summary": summary(_res())}, None)

@@ -37,12 +37,11 @@ __all__ = ["EXCLUDED_LABELS", "MODEL_SEED", "TRAIN_MINUTES", "TRAIN_OVERRIDES", 
            "main", "training_config", "training_data", "write_ranges"]
 
 TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED = 32, 10.0, 1     # the simulation's seed
-# The training seed, chosen on validation only: the five seeds 1-5 trained on the same data (the corpus
-# with val_r6_h25, 2026-12-04) and judged on a simulated fault none of them knows (`python -m bench.seeds
-# 1 2 3 4 5`): its windows unknown 0.80 / 0.93 / 0.92 / 0.82 / 0.90, known and never-seen episodes first
-# raised right 25 / 28 / 28 / 27 / 28 of 30. How well a 3-D embedding sets a never-seen fault apart varies
-# that much between seeds. No real recording decided it (docs/method.md says what prompted the comparison).
-MODEL_SEED = 2
+# The training seed. The shipped model used to train with a seed picked by hand on validation (seed 2 of
+# 1-5, `python -m bench.seeds`: how often each called a simulated never-seen fault unknown); now the
+# recipe trains three candidates and keeps the one the input-shift probe scores highest
+# (training.candidates, below), so the seed is the config default's.
+MODEL_SEED = 0
 TRAIN_PARAMS = VARIED       # blocked + capacity_limit in their real variants; retrans_storm stays out (novel)
 EXCLUDED_LABELS = (NOVEL_LABEL,)
 # Synthetic outliers closer in than the config default ([3, 8] x a class's spread): the corpus and the
@@ -58,7 +57,15 @@ EXCLUDED_LABELS = (NOVEL_LABEL,)
 # unknown 0.01-0.89 over the five models against 0.00-0.10, with every val_* first raise right, each
 # episode raised once, delays unchanged and no false raise (with detector.debounce.aftermath_s 35).
 # Not the config default, for the reason above: one recording's narrow spreads need the wider floor.
-TRAIN_OVERRIDES: dict[str, object] = {"training.outlier_shift": (2.0, 8.0), "prototypes.min_threshold": 0.6}
+# Three candidates, the one that calls normal validation windows with one input shifted `unknown` most
+# kept (netsiam.trainer.probe): the same recipe called a never-seen fault unknown in 0.00 or 0.94 of its
+# windows depending on the seed. Chosen on validation only: over the six val_* recordings held out in
+# turn, ten models each (two seeds of this recipe and four variants), the probe's rank matched the
+# simulated never-seen fault's unknown share with Spearman 0.66 / 0.88 / 0.85 / 0.82 / 0.52 / -0.06, and
+# the highest-probe model read it unknown in 0.92-0.94 of windows on every fold (0.00-0.94 over seed 0's).
+# Not the config default: it triples a training's time.
+TRAIN_OVERRIDES: dict[str, object] = {"training.outlier_shift": (2.0, 8.0), "prototypes.min_threshold": 0.6,
+                                      "training.candidates": 3}
 SHIPPED = ("encoder.keras", "prototypes.json", "manifest.json", "history.json", "snapshots.npz")
 
 
