@@ -111,8 +111,7 @@ def _candidate(cfg: Config, name: str, seed: int, traces: dict[str, tuple[Path, 
     windows per held-out recording, filled here (the split is the same for every seed)."""
     from bench.realtraffic import train_without, training_files
     from netsiam.serving import load_artifact
-    from netsiam.trainer.probe import shift_probe
-    from netsiam.trainer.train import candidate_row, probe_windows
+    from netsiam.trainer.probe import candidate_row, shift_probe, shift_probe_windows
 
     out_dir = _loro_dir(root, name, seed)
     if reuse and (out_dir / "manifest.json").is_file():
@@ -123,7 +122,7 @@ def _candidate(cfg: Config, name: str, seed: int, traces: dict[str, tuple[Path, 
         kept = out_dir / "shift_probe.json"
         if not kept.is_file():
             if name not in probe_data:
-                probe_data[name] = probe_windows(cfg, *training_files({name}, traces, sim), [NOVEL])
+                probe_data[name] = shift_probe_windows(cfg, *training_files({name}, traces, sim), [NOVEL])
             kept.write_text(json.dumps(shift_probe(art, *probe_data[name], cfg.features)))
         art.manifest["metrics"]["shift_probe"] = json.loads(kept.read_text())
     return art, candidate_row(art)
@@ -140,7 +139,7 @@ def run(quick: bool, tmp: Path, models: Path | None = None, seeds: tuple[int, ..
         TRAIN_SOURCES,
         training_config,
     )
-    from netsiam.trainer.train import pick_candidate
+    from netsiam.trainer.probe import pick_candidate
 
     t0 = time.perf_counter()
     cfg = training_config()                      # leave-one-out models follow the shipped model's recipe

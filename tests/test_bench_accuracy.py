@@ -61,7 +61,7 @@ def test_the_page_shows_each_seed() -> None:
 def test_the_page_shows_every_candidates_probe_and_the_kept_one() -> None:
     res = _res()
     for seed, rows in (("0", res["leave_one_out"]), ("1", res["leave_one_out_other_seeds"]["1"])):
-        for name, row in rows.items():
+        for row in rows.values():
             row["candidates"] = [{"seed": int(seed) + i, "shift_probe": p, "val_loss": 0.03, "chosen": i == 1}
                                  for i, p in enumerate((0.25, 0.5, 0.125))]
     page = render(res | {"summary": summary(res)}, None)

@@ -19,11 +19,11 @@ from netsiam.traceio import write_labels, write_trace
 from netsiam.trainer.augment import thin_windows
 from netsiam.trainer.dataset import build_windows
 from netsiam.trainer.outliers import Exposure, outlier_scales, synthetic_outliers
-from netsiam.trainer.probe import probe_spreads, shift_probe
+from netsiam.trainer.probe import pick_candidate, probe_artifact, probe_spreads, shift_probe
 from netsiam.trainer.scores import pair_scores, roc_auc
 from netsiam.trainer.simulate import SimParams, simulate
 from netsiam.trainer.split import in_aftermath, label_runs, load_windows, split_validation
-from netsiam.trainer.train import pick_candidate, probe_artifact, train, training_ranges
+from netsiam.trainer.train import train, training_ranges
 
 
 def sim_files(tmp: Path, name: str, sources: int, minutes: float, seed: int,

@@ -13,11 +13,18 @@ and shifts. ``training.candidates`` trains several seeds and keeps the one that 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PROBE_ONSETS", "PROBE_SHIFTS", "probe_spreads", "shift_probe"]
+from netsiam.config import Config
+from netsiam.schemas.classes import NORMAL
+from netsiam.trainer.dataset import LabelledWindows
+from netsiam.trainer.split import AFTERMATH_S, in_aftermath, split_windows
+
+__all__ = ["PROBE_ONSETS", "PROBE_SHIFTS", "candidate_row", "clean_normal_windows", "pick_candidate", "probe_artifact",
+           "probe_spreads", "shift_probe", "shift_probe_windows"]
 
 PROBE_SHIFTS = (3.0, 6.0)     # x the input's spread: outside normal traffic, inside what outliers teach
 PROBE_ONSETS = (10, None)     # the last 10 steps, the whole window
@@ -55,3 +62,37 @@ def shift_probe(artifact: Any, x_normal: np.ndarray, spreads: np.ndarray, featur
         per_input[name] = round(float(np.mean(shares)), 4)
     score = float(np.mean(list(per_input.values()))) if per_input else 0.0
     return {"score": round(score, 4), "per_input": per_input, "windows": len(x_normal)}
+
+
+def clean_normal_windows(lw: LabelledWindows, groups: np.ndarray, in_train: np.ndarray, in_val: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """The probe's windows from ``netsiam train``'s split: clean normal validation windows (inside one
+    label, outside a fault's aftermath) and the spreads of the clean normal training windows."""
+    clean = (lw.labels == NORMAL) & ~lw.straddle & ~in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S)
+    return lw.x[in_val & clean], probe_spreads(lw.x[in_train & clean])
+
+
+def shift_probe_windows(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
+                        exclude_labels: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`clean_normal_windows` of this data, split as ``netsiam train`` splits it (to probe a model
+    trained before the probe existed; training stores the score in ``metrics.shift_probe``)."""
+    return clean_normal_windows(*split_windows(cfg, data_paths, label_paths, exclude_labels)[:4])
+
+
+def probe_artifact(art: Any, cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
+                   exclude_labels: Sequence[str] = ()) -> dict[str, Any]:
+    """:func:`shift_probe` of ``art`` on the windows :func:`shift_probe_windows` gives."""
+    return shift_probe(art, *shift_probe_windows(cfg, data_paths, label_paths, exclude_labels), cfg.features)
+
+
+def candidate_row(art: Any) -> dict[str, Any]:
+    """What the choice between candidates reads from one's manifest."""
+    m = art.manifest
+    return {"seed": m["training"]["seed"], "shift_probe": m["metrics"]["shift_probe"]["score"],
+            "val_loss": float(np.nanmin(m["history"]["val_loss"])), "version": m["version"]}
+
+
+def pick_candidate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The highest input-shift probe score; on a tie (or no score: no clean normal validation
+    windows), the lowest validation loss."""
+    return max(rows, key=lambda r: (-1.0 if r["shift_probe"] is None else r["shift_probe"], -r["val_loss"]))

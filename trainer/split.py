@@ -17,7 +17,9 @@ from netsiam.errors import NetsiamError
 from netsiam.schemas.classes import KNOWN_LABELS, NORMAL
 from netsiam.trainer.dataset import LabelledWindows, build_windows
 
-__all__ = ["class_order", "in_aftermath", "label_runs", "load_windows", "split_validation"]
+__all__ = ["AFTERMATH_S", "class_order", "in_aftermath", "label_runs", "load_windows", "split_validation", "split_windows"]
+
+AFTERMATH_S = 35.0        # after a fault: its calls time out (SIP timer B, 32 s) and its backlog is answered
 
 
 def load_windows(cfg: Config, data_paths: Sequence[str | Path],
@@ -121,3 +123,21 @@ def class_order(labels: np.ndarray) -> list[str]:
     """normal, the known faults, then any other label alphabetically."""
     present = set(labels.tolist())
     return [c for c in KNOWN_LABELS if c in present] + sorted(present - set(KNOWN_LABELS))
+
+
+def split_windows(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
+                  exclude_labels: Sequence[str] = ()) -> tuple[LabelledWindows, np.ndarray, np.ndarray, np.ndarray,
+                                                               list[str]]:
+    """Step 1: every trace windowed, excluded labels dropped, validation chosen per class.
+
+    -> (windows, group (N,), train mask, validation mask, classes whose validation overlaps training).
+    """
+    w = cfg.window
+    lw, groups = load_windows(cfg, data_paths, label_paths)                     # x: (N, T, F)
+    # Every window is labelled by its last sample, onset and offset windows (straddling a label change)
+    # included: they teach the encoder to name a fault from its first seconds, and normal soon after it.
+    keep = ~np.isin(lw.labels, list(exclude_labels))
+    lw, groups = lw.subset(keep), groups[keep]
+    in_train, in_val, overlapping = split_validation(lw.end_ts, groups, lw.labels, cfg.training.val_fraction,
+                                                     span_s=(w.length - 1) * w.interval_s)
+    return lw, groups, in_train, in_val, overlapping

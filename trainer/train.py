@@ -47,14 +47,14 @@ from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule
 from netsiam.trainer.dataset import LabelledWindows, refuse_verdicts
 from netsiam.trainer.mining import fixed_batches, triplet_batches
 from netsiam.trainer.outliers import Exposure
-from netsiam.trainer.probe import probe_spreads, shift_probe
+from netsiam.trainer.probe import candidate_row, clean_normal_windows, pick_candidate, shift_probe
 from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
 from netsiam.trainer.scores import pair_scores, roc_auc
-from netsiam.trainer.split import class_order, in_aftermath, load_windows, split_validation
+from netsiam.trainer.split import AFTERMATH_S, class_order, in_aftermath, split_windows
 from netsiam.trainer.tblog import ScalarLog
 
-__all__ = ["CANDIDATES_DIR", "CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "candidate_row", "cli_train",
-           "pick_candidate", "probe_artifact", "probe_windows", "split_windows", "train", "training_ranges"]
+__all__ = ["CANDIDATES_DIR", "CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "train",
+           "training_ranges"]
 
 SNAPSHOTS_FILE, HISTORY_FILE, CHECKPOINT_FILE = "snapshots.npz", "history.json", "checkpoint.weights.h5"
 CANDIDATES_DIR = "candidates"
@@ -62,7 +62,6 @@ VAR_FLOOR = 1e-6          # a feature constant in training must not divide by ~0
 MONITOR_PER_CLASS = 300   # training windows per class behind the per-epoch validation prototypes
 VAL_BATCHES = (4, 16)     # fixed validation batches: at least 4, at most 16, else ~one pass over val
 MIN_TRAIN_WINDOWS = 2     # per class: a prototype and a spread need at least two
-AFTERMATH_S = 35.0        # after a fault: its calls time out (SIP timer B, 32 s) and its backlog is answered
 
 
 def _stratified(rng: np.random.Generator, labels: np.ndarray, n: int) -> np.ndarray:
@@ -129,12 +128,15 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     if n == 1:
         return _train_one(cfg, data_paths, label_paths, Path(out_dir), exclude_labels, logdir, quiet)
     t_start, out = time.perf_counter(), Path(out_dir)
+    refuse_verdicts({iv.label for p in label_paths for iv in read_labels(p)} - set(exclude_labels),
+                    hint=", or --exclude-label them")
+    split = split_windows(cfg, data_paths, label_paths, exclude_labels)     # the same for every seed: once
     arts = []
     for s in range(seed0, seed0 + n):
         say(f"candidate {s - seed0 + 1}/{n} (seed {s})")
         arts.append(_train_one(override(cfg, {"training.seed": s}), data_paths, label_paths,
                                out / CANDIDATES_DIR / f"seed-{s}", exclude_labels,
-                               Path(logdir) / f"seed-{s}" if logdir else None, quiet))
+                               Path(logdir) / f"seed-{s}" if logdir else None, quiet, split))
     table = [candidate_row(a) for a in arts]
     best = pick_candidate(table)
     for row in table:
@@ -151,22 +153,11 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     return load_artifact(out)
 
 
-def candidate_row(art: Artifact) -> dict[str, Any]:
-    """What the choice between candidates reads from one's manifest."""
-    mt = art.manifest["metrics"]
-    return {"seed": art.manifest["training"]["seed"], "shift_probe": mt["shift_probe"]["score"],
-            "val_loss": float(np.nanmin(art.manifest["history"]["val_loss"])), "version": art.manifest["version"]}
-
-
-def pick_candidate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The highest input-shift probe score; on a tie (or no score: no clean normal validation
-    windows), the lowest validation loss."""
-    return max(rows, key=lambda r: (-1.0 if r["shift_probe"] is None else r["shift_probe"], -r["val_loss"]))
-
-
 def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path], out: Path,
-               exclude_labels: Sequence[str], logdir: str | Path | None, quiet: bool) -> Artifact:
-    """One encoder with ``cfg.training.seed``: steps 1-6 above."""
+               exclude_labels: Sequence[str], logdir: str | Path | None, quiet: bool,
+               split: tuple[LabelledWindows, np.ndarray, np.ndarray, np.ndarray, list[str]] | None = None) -> Artifact:
+    """One encoder with ``cfg.training.seed``: steps 1-6 above (``split``: :func:`split_windows`' result, if
+    already made)."""
     t_start = time.perf_counter()
     tc, w = cfg.training, cfg.window
     say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
@@ -175,7 +166,7 @@ def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Seque
     # every labelled class, even one no window ends in (an episode shorter than the start of the first window)
     labelled = {iv.label for p in label_paths for iv in read_labels(p)} - set(exclude_labels)
     refuse_verdicts(labelled, hint=", or --exclude-label them")   # before the windowing, the heavy part
-    lw, groups, in_train, in_val, overlapping = split_windows(cfg, data_paths, label_paths, exclude_labels)
+    lw, groups, in_train, in_val, overlapping = split or split_windows(cfg, data_paths, label_paths, exclude_labels)
     tr, va = lw.subset(in_train), lw.subset(in_val)
     aftermath = in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S)
     va_aftermath = aftermath[in_val]
@@ -310,7 +301,7 @@ def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Seque
         "train_seconds": round(time.perf_counter() - t_start, 2),
     }
     artifact = Artifact(final, protos, manifest, out)
-    metrics["shift_probe"] = shift_probe(artifact, *_probe_windows(lw, groups, in_train, in_val), cfg.features)
+    metrics["shift_probe"] = shift_probe(artifact, *clean_normal_windows(lw, groups, in_train, in_val), cfg.features)
     artifact.save(out)
     atomic_write_bytes(out / HISTORY_FILE, orjson.dumps(history, option=orjson.OPT_INDENT_2))
     np.savez_compressed(out / SNAPSHOTS_FILE, emb=np.stack(monitor.snapshots),              # (E+1, P, D)
@@ -321,24 +312,6 @@ def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Seque
     return artifact
 
 
-def split_windows(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
-                  exclude_labels: Sequence[str] = ()) -> tuple[LabelledWindows, np.ndarray, np.ndarray, np.ndarray,
-                                                               list[str]]:
-    """Step 1: every trace windowed, excluded labels dropped, validation chosen per class.
-
-    -> (windows, group (N,), train mask, validation mask, classes whose validation overlaps training).
-    """
-    w = cfg.window
-    lw, groups = load_windows(cfg, data_paths, label_paths)                     # x: (N, T, F)
-    # Every window is labelled by its last sample, onset and offset windows (straddling a label change)
-    # included: they teach the encoder to name a fault from its first seconds, and normal soon after it.
-    keep = ~np.isin(lw.labels, list(exclude_labels))
-    lw, groups = lw.subset(keep), groups[keep]
-    in_train, in_val, overlapping = split_validation(lw.end_ts, groups, lw.labels, cfg.training.val_fraction,
-                                                     span_s=(w.length - 1) * w.interval_s)
-    return lw, groups, in_train, in_val, overlapping
-
-
 def _normal_ranges(lw: LabelledWindows, in_train: np.ndarray, aftermath: np.ndarray, cfg: Config) -> dict[str, Any]:
     """The evidence ranges (netsiam.evidence) from the training windows of clean normal traffic: inside
     one label and outside a fault's aftermath, whose timeouts and answered backlog are normal by label
@@ -346,28 +319,6 @@ def _normal_ranges(lw: LabelledWindows, in_train: np.ndarray, aftermath: np.ndar
     above a capacity limit's median of 2.5)."""
     clean = in_train & (lw.labels == NORMAL) & ~lw.straddle & ~aftermath
     return ranges_to_json(normal_ranges(lw.x[clean], cfg.features))
-
-
-def _probe_windows(lw: LabelledWindows, groups: np.ndarray, in_train: np.ndarray, in_val: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The probe's windows: clean normal validation windows (inside one label, outside a fault's
-    aftermath), and the spreads of the clean normal training windows."""
-    clean = (lw.labels == NORMAL) & ~lw.straddle & ~in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S)
-    return lw.x[in_val & clean], probe_spreads(lw.x[in_train & clean])
-
-
-def probe_windows(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
-                  exclude_labels: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
-    """The input-shift probe's windows and spreads as :func:`train` splits them from this data (to probe
-    a model trained before the probe existed; :func:`train` stores its score in ``metrics.shift_probe``)."""
-    lw, groups, in_train, in_val, _ = split_windows(cfg, data_paths, label_paths, exclude_labels)
-    return _probe_windows(lw, groups, in_train, in_val)
-
-
-def probe_artifact(art: Artifact, cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
-                   exclude_labels: Sequence[str] = ()) -> dict[str, Any]:
-    """The input-shift probe of ``art`` on the windows :func:`probe_windows` gives."""
-    return shift_probe(art, *probe_windows(cfg, data_paths, label_paths, exclude_labels), cfg.features)
 
 
 def training_ranges(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
