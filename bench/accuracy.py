@@ -105,16 +105,17 @@ def _loro_dir(root: Path, name: str, seed: int) -> Path:
 
 
 def _candidate(cfg: Config, name: str, seed: int, traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path],
-               root: Path, reuse: bool, probe_data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The model trained without ``name`` with ``seed`` (reused if kept by an earlier run with the same
-    recipe) and its row for :func:`~netsiam.trainer.train.pick_candidate`. ``probe_data``: the probe's
-    windows per held-out recording, filled here (the split is the same for every seed)."""
+               root: Path, probe_data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The model trained without ``name`` with ``seed`` (reused if already in ``root``: kept by an earlier
+    run with the same recipe, or a candidate of an earlier seed of this run) and its row for
+    :func:`~netsiam.trainer.probe.pick_candidate`. ``probe_data``: the probe's windows per held-out
+    recording, filled here (the split is the same for every seed)."""
     from bench.realtraffic import train_without, training_files
     from netsiam.serving import load_artifact
     from netsiam.trainer.probe import candidate_row, shift_probe, shift_probe_windows
 
     out_dir = _loro_dir(root, name, seed)
-    if reuse and (out_dir / "manifest.json").is_file():
+    if (out_dir / "manifest.json").is_file():
         art = load_artifact(out_dir)
     else:
         art = train_without(cfg, {name}, traces, sim, out_dir, seed=seed)
@@ -169,7 +170,7 @@ def run(quick: bool, tmp: Path, models: Path | None = None, seeds: tuple[int, ..
         loro: dict[str, Any] = {}
         for name in reported + novel:
             t = time.perf_counter()
-            cands = [_candidate(single, name, s, traces, sim, models or tmp, models is not None, probe_data)
+            cands = [_candidate(single, name, s, traces, sim, models or tmp, probe_data)
                      for s in range(seed, seed + n_cand)]
             rows = [c[1] for c in cands]
             best = pick_candidate(rows)

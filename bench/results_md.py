@@ -108,17 +108,18 @@ def _by_seed(res: dict[str, Any]) -> str:
 def _candidates(res: dict[str, Any]) -> str:
     """Per recording and seed: every candidate's input-shift probe, the kept one in bold ("" without candidates)."""
     sets = leave_one_out_sets(res)
-    names = [n for n in next(iter(sets.values())) if any("candidates" in rows.get(n, {}) for rows in sets.values())]
-    if not names:
+    first = {s: next((r["candidates"] for r in rows.values() if "candidates" in r), None) for s, rows in sets.items()}
+    if not any(first.values()):
         return ""
-    lines = ["| recording | " + " | ".join(f"seed {s}: candidates {', '.join(str(c['seed']) for c in rows[names[0]]['candidates'])}"
-                                            for s, rows in sets.items()) + " |",
+    lines = ["| recording | " + " | ".join(f"seed {s}: candidates {', '.join(str(c['seed']) for c in cands or [])}"
+                                            for s, cands in first.items()) + " |",
              "|---|" + "---|" * len(sets)]
-    for n in names:
+    for n in next(iter(sets.values())):
         cells = [" / ".join(f"**{_n(c['shift_probe'], 2)}**" if c["chosen"] else _n(c["shift_probe"], 2)
-                            for c in rows[n]["candidates"]) for rows in sets.values()]
+                            for c in rows.get(n, {}).get("candidates", [])) or "-" for rows in sets.values()]
         lines.append(f"| `{n}` | " + " | ".join(cells) + " |")
-    return ("Each training is the shipped recipe's: three candidates (seeds S, S+1, S+2, `training.candidates`), "
+    k = max(len(c or []) for c in first.values())
+    return (f"Each training is the shipped recipe's: {k} candidates (seeds S to S+{k - 1}, `training.candidates`), "
             "the one whose input-shift probe scores highest kept ([method.md](method.md#encoder-and-training-trainer)). "
             "Every candidate's probe, the kept one in bold:\n\n" + "\n".join(lines))
 
@@ -127,10 +128,11 @@ def _seeds_text(res: dict[str, Any]) -> str:
     seeds = list(leave_one_out_sets(res))
     if len(seeds) == 1:
         return (f"Each leave-one-out figure comes from one training (seed {seeds[0]}). Retrained with another seed, "
-                "the same recipe moves the worst figures a lot ([method.md](method.md#encoder-and-training-trainer)).")
+                "the same recipe moves the worst figures a lot ([method.md](method.md#encoder-and-training-trainer)).\n\n"
+                + _candidates(res))
     return (f"Every leave-one-out model was trained {len(seeds)} times, with seeds {', '.join(seeds)} "
             "(`--seeds`); a figure above is the worst over recordings and seeds (`r40_h5_b2b seed 1`: that "
-            "recording's seed-1 model). One training per recording says as much about the seed as about the "
+            "recording's seed-1 training). One training per recording says as much about the seed as about the "
             "recipe; the same targets seed by seed:\n\n" + _by_seed(res) + "\n\n" + _candidates(res))
 
 

@@ -24,6 +24,7 @@ __all__ = ["judge_seeds", "main"]
 
 def judge_seeds(seeds: list[int], models: Path, work: Path) -> dict[int, dict[str, Any]]:
     from bench.realtraffic import judge_sim_novel, slow_answers
+    from netsiam.config import override
     from netsiam.serving import load_artifact
     from netsiam.trainer.default_model import EXCLUDED_LABELS, training_config, training_data
     from netsiam.trainer.train import train
@@ -37,7 +38,9 @@ def judge_seeds(seeds: list[int], models: Path, work: Path) -> dict[int, dict[st
             art = load_artifact(d)
         else:
             data = data or training_data(work)
-            art = train(training_config(), *data, d, quiet=True, exclude_labels=EXCLUDED_LABELS, seed=seed)
+            # one training per seed: that is what this compares (the recipe's candidates choose among them)
+            art = train(override(training_config(), {"training.candidates": 1}), *data, d, quiet=True,
+                        exclude_labels=EXCLUDED_LABELS, seed=seed)
         out[seed] = r = {"version": art.version, **judge_sim_novel(art, files)}
         print(f"seed {seed}: windows unknown {r['unknown_rate']:.3f}, first raised unknown "
               f"{r['first_raised_unknown']}/{r['episodes']}, first raise right {r['first_label_correct']}/"

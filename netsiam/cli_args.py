@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: training.candidates)")
     p.add_argument("--exclude-label", action="append", default=[],
                    help="leave this class out of training (to test novelty); repeatable")
-    p.add_argument("--logdir", default=None, help="TensorBoard log directory (default: ARTIFACT/logs)")
+    p.add_argument("--logdir", default=None, help="TensorBoard log directory (default: ARTIFACT/logs; with candidates, "
+                   "a seed-S folder per candidate in it, default ARTIFACT/candidates/seed-S/logs)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
     p = sub.add_parser("evaluate", help="artifact + trace + labels -> report")

@@ -406,3 +406,5 @@ def test_the_shift_probe_scores_only_the_inputs_an_encoder_reads() -> None:
     res = shift_probe(_ReadsOneInput(), x, spreads, ["a", "b", "c"], shifts=(200.0,), onsets=(None,))
     assert res["per_input"] == {"a": 1.0, "b": 0.0} and res["score"] == 0.5 and res["windows"] == 400
     assert shift_probe(_ReadsOneInput(), x[:0], spreads, ["a", "b", "c"])["score"] is None
+    # no clean normal training window to measure a spread on: nothing is probed, no score (not 0)
+    assert shift_probe(_ReadsOneInput(), x, probe_spreads(x[:1]), ["a", "b", "c"])["score"] is None

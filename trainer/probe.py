@@ -33,7 +33,10 @@ SPREAD_FLOOR = 1e-6           # an input constant in normal windows (offered_rel
 
 
 def probe_spreads(x_normal: np.ndarray) -> np.ndarray:
-    """(F,) how far normal windows spread in each input: the std of their per-window means."""
+    """(F,) how far normal windows spread in each input: the std of their per-window means (NaN for
+    fewer than 2 windows: nothing to probe with)."""
+    if len(x_normal) < 2:
+        return np.full(x_normal.shape[-1], np.nan)
     return x_normal.mean(axis=1).std(axis=0)                                   # (N, T, F) -> (F,)
 
 
@@ -42,7 +45,7 @@ def shift_probe(artifact: Any, x_normal: np.ndarray, spreads: np.ndarray, featur
                 seed: int = 0) -> dict[str, Any]:
     """Score ``artifact`` (anything with ``embed`` and ``prototypes.classify``) on normal windows
     ``x_normal`` (N, T, F) -> {"score": mean share unknown, "per_input": {feature: share}, "windows": n}
-    (score None without windows). ``seed`` picks the windows when there are too many: fixed, so every
+    (score None without windows, or with no input to shift). ``seed`` picks the windows when there are too many: fixed, so every
     candidate is probed on the same ones."""
     if len(x_normal) == 0:
         return {"score": None, "per_input": {}, "windows": 0}
@@ -50,7 +53,7 @@ def shift_probe(artifact: Any, x_normal: np.ndarray, spreads: np.ndarray, featur
         x_normal = x_normal[np.sort(np.random.default_rng(seed).choice(len(x_normal), PROBE_WINDOWS, replace=False))]
     per_input: dict[str, float] = {}
     for j, name in enumerate(features):
-        if spreads[j] < SPREAD_FLOOR:
+        if not spreads[j] >= SPREAD_FLOOR:     # constant, or NaN (no clean normal training window)
             continue
         shares = []
         for k in shifts:
@@ -60,8 +63,10 @@ def shift_probe(artifact: Any, x_normal: np.ndarray, spreads: np.ndarray, featur
                 names, _, _ = artifact.prototypes.classify(artifact.embed(xs))
                 shares.append(float(np.mean(names == "unknown")))
         per_input[name] = round(float(np.mean(shares)), 4)
-    score = float(np.mean(list(per_input.values()))) if per_input else 0.0
-    return {"score": round(score, 4), "per_input": per_input, "windows": len(x_normal)}
+    if not per_input:
+        return {"score": None, "per_input": {}, "windows": len(x_normal)}
+    return {"score": round(float(np.mean(list(per_input.values()))), 4), "per_input": per_input,
+            "windows": len(x_normal)}
 
 
 def clean_normal_windows(lw: LabelledWindows, groups: np.ndarray, in_train: np.ndarray, in_val: np.ndarray

@@ -131,6 +131,7 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     refuse_verdicts({iv.label for p in label_paths for iv in read_labels(p)} - set(exclude_labels),
                     hint=", or --exclude-label them")
     split = split_windows(cfg, data_paths, label_paths, exclude_labels)     # the same for every seed: once
+    shutil.rmtree(out / CANDIDATES_DIR, ignore_errors=True)                 # no candidate of an earlier run
     arts = []
     for s in range(seed0, seed0 + n):
         say(f"candidate {s - seed0 + 1}/{n} (seed {s})")
