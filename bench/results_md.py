@@ -131,8 +131,8 @@ def _seeds_text(res: dict[str, Any]) -> str:
                 "the same recipe moves the worst figures a lot ([method.md](method.md#encoder-and-training-trainer)).\n\n"
                 + _candidates(res))
     return (f"Every leave-one-out model was trained {len(seeds)} times, with seeds {', '.join(seeds)} "
-            "(`--seeds`); a figure above is the worst over recordings and seeds (`r40_h5_b2b seed 1`: that "
-            "recording's seed-1 training). One training per recording says as much about the seed as about the "
+            f"(`--seeds`); a figure above is the worst over recordings and seeds (`r40_h5_b2b seed {seeds[1]}`: "
+            f"that recording's seed-{seeds[1]} training). One training per recording says as much about the seed as about the "
             "recipe; the same targets seed by seed:\n\n" + _by_seed(res) + "\n\n" + _candidates(res))
 
 
