@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from netsiam.config import Config
-from netsiam.schemas.classes import NORMAL
 from netsiam.trainer.dataset import LabelledWindows
-from netsiam.trainer.split import AFTERMATH_S, in_aftermath, split_windows
+from netsiam.trainer.split import AFTERMATH_S, clean_normal, in_aftermath, split_windows
 
 __all__ = ["PROBE_ONSETS", "PROBE_SHIFTS", "candidate_row", "clean_normal_windows", "pick_candidate", "probe_artifact",
            "probe_spreads", "shift_probe", "shift_probe_windows"]
@@ -69,11 +68,11 @@ def shift_probe(artifact: Any, x_normal: np.ndarray, spreads: np.ndarray, featur
             "windows": len(x_normal)}
 
 
-def clean_normal_windows(lw: LabelledWindows, groups: np.ndarray, in_train: np.ndarray, in_val: np.ndarray
+def clean_normal_windows(lw: LabelledWindows, aftermath: np.ndarray, in_train: np.ndarray, in_val: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray]:
-    """The probe's windows from ``netsiam train``'s split: clean normal validation windows (inside one
-    label, outside a fault's aftermath) and the spreads of the clean normal training windows."""
-    clean = (lw.labels == NORMAL) & ~lw.straddle & ~in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S)
+    """The probe's windows from ``netsiam train``'s split: clean normal validation windows
+    (:func:`~netsiam.trainer.split.clean_normal`) and the spreads of the clean normal training windows."""
+    clean = clean_normal(lw, aftermath)
     return lw.x[in_val & clean], probe_spreads(lw.x[in_train & clean])
 
 
@@ -81,7 +80,8 @@ def shift_probe_windows(cfg: Config, data_paths: Sequence[str | Path], label_pat
                         exclude_labels: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
     """:func:`clean_normal_windows` of this data, split as ``netsiam train`` splits it (to probe a model
     trained before the probe existed; training stores the score in ``metrics.shift_probe``)."""
-    return clean_normal_windows(*split_windows(cfg, data_paths, label_paths, exclude_labels)[:4])
+    lw, groups, in_train, in_val, _ = split_windows(cfg, data_paths, label_paths, exclude_labels)
+    return clean_normal_windows(lw, in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S), in_train, in_val)
 
 
 def probe_artifact(art: Any, cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],

@@ -17,7 +17,8 @@ from netsiam.errors import NetsiamError
 from netsiam.schemas.classes import KNOWN_LABELS, NORMAL
 from netsiam.trainer.dataset import LabelledWindows, build_windows
 
-__all__ = ["AFTERMATH_S", "class_order", "in_aftermath", "label_runs", "load_windows", "split_validation", "split_windows"]
+__all__ = ["AFTERMATH_S", "class_order", "clean_normal", "in_aftermath", "label_runs", "load_windows", "split_validation",
+           "split_windows"]
 
 AFTERMATH_S = 35.0        # after a fault: its calls time out (SIP timer B, 32 s) and its backlog is answered
 
@@ -64,6 +65,12 @@ def in_aftermath(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray, sec
         elif g in last_fault and end_ts[k] - last_fault[g] <= seconds:
             out[k] = True
     return out
+
+
+def clean_normal(lw: LabelledWindows, aftermath: np.ndarray) -> np.ndarray:
+    """(N,) clean normal windows: inside one label and outside a fault's aftermath (``aftermath``, from
+    :func:`in_aftermath`), whose timeouts and answered backlog are normal by label only."""
+    return (lw.labels == NORMAL) & ~lw.straddle & ~aftermath
 
 
 def split_validation(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray, val_fraction: float,

@@ -39,7 +39,6 @@ from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
 from netsiam.evidence import MANIFEST_KEY, normal_ranges, ranges_to_json
 from netsiam.features import required_metrics
-from netsiam.schemas.classes import NORMAL
 from netsiam.serving import FORMAT, Artifact, Prototypes, load_artifact
 from netsiam.traceio import atomic_write_bytes, read_labels
 from netsiam.trainer.augment import thinned_copies
@@ -50,7 +49,7 @@ from netsiam.trainer.outliers import Exposure
 from netsiam.trainer.probe import candidate_row, clean_normal_windows, pick_candidate, shift_probe
 from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
 from netsiam.trainer.scores import pair_scores, roc_auc
-from netsiam.trainer.split import AFTERMATH_S, class_order, in_aftermath, split_windows
+from netsiam.trainer.split import AFTERMATH_S, class_order, clean_normal, in_aftermath, split_windows
 from netsiam.trainer.tblog import ScalarLog
 
 __all__ = ["CANDIDATES_DIR", "CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "train",
@@ -62,6 +61,11 @@ VAR_FLOOR = 1e-6          # a feature constant in training must not divide by ~0
 MONITOR_PER_CLASS = 300   # training windows per class behind the per-epoch validation prototypes
 VAL_BATCHES = (4, 16)     # fixed validation batches: at least 4, at most 16, else ~one pass over val
 MIN_TRAIN_WINDOWS = 2     # per class: a prototype and a spread need at least two
+
+
+def _sayer(quiet: bool) -> Any:
+    """Progress lines on stderr, or nothing."""
+    return (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
 
 
 def _stratified(rng: np.random.Generator, labels: np.ndarray, n: int) -> np.ndarray:
@@ -123,7 +127,7 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     ``out_dir/candidates/seed-S``; the one the input-shift probe (``trainer.probe``) scores highest on
     validation windows is copied to ``out_dir``, its manifest listing every candidate."""
     cfg = override(cfg, {"training.epochs": epochs, "training.seed": seed})
-    say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
+    say = _sayer(quiet)
     n, seed0 = cfg.training.candidates, cfg.training.seed
     if n == 1:
         return _train_one(cfg, data_paths, label_paths, Path(out_dir), exclude_labels, logdir, quiet)
@@ -161,7 +165,7 @@ def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Seque
     already made)."""
     t_start = time.perf_counter()
     tc, w = cfg.training, cfg.window
-    say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
+    say = _sayer(quiet)
 
     # 1. data ------------------------------------------------------------------------------------------
     # every labelled class, even one no window ends in (an episode shorter than the start of the first window)
@@ -302,7 +306,7 @@ def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Seque
         "train_seconds": round(time.perf_counter() - t_start, 2),
     }
     artifact = Artifact(final, protos, manifest, out)
-    metrics["shift_probe"] = shift_probe(artifact, *clean_normal_windows(lw, groups, in_train, in_val), cfg.features)
+    metrics["shift_probe"] = shift_probe(artifact, *clean_normal_windows(lw, aftermath, in_train, in_val), cfg.features)
     artifact.save(out)
     atomic_write_bytes(out / HISTORY_FILE, orjson.dumps(history, option=orjson.OPT_INDENT_2))
     np.savez_compressed(out / SNAPSHOTS_FILE, emb=np.stack(monitor.snapshots),              # (E+1, P, D)
@@ -318,7 +322,7 @@ def _normal_ranges(lw: LabelledWindows, in_train: np.ndarray, aftermath: np.ndar
     one label and outside a fault's aftermath, whose timeouts and answered backlog are normal by label
     only (on the default model's data they would lift failed_log's 99th percentile from 0.86 to 2.7,
     above a capacity limit's median of 2.5)."""
-    clean = in_train & (lw.labels == NORMAL) & ~lw.straddle & ~aftermath
+    clean = in_train & clean_normal(lw, aftermath)
     return ranges_to_json(normal_ranges(lw.x[clean], cfg.features))
 
 
