@@ -36,7 +36,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from netsiam.config import Config
-from netsiam.evidence import ranges_from_manifest
+from netsiam.evidence import ranges_from_manifest, tails_in_range
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import RecordError, decode_record
@@ -362,6 +362,7 @@ class Pipeline:
         nearest = batch.artifact.prototypes.nearest(res.dists) if n else names
         within = batch.artifact.prototypes.within(res.dists) if n else names
         x, ranges = batch.x, ranges_from_manifest(getattr(batch.artifact, "manifest", None))
+        in_range = None if x is None or not n else tails_in_range(x, batch.artifact.features, ranges)
         n_events = 0
         half_replay = self.det.max_replay_s / 2
         i = -1
@@ -372,7 +373,8 @@ class Pipeline:
             i += 1
             st = w.state
             st.last_win_start = w.start
-            trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]), within[i])
+            trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]), within[i],
+                                      None if in_range is None else bool(in_range[i]))
             if st.tracker.quiet:
                 st.epoch = None  # a replay may start after this window
             elif st.epoch is None:

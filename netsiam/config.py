@@ -134,6 +134,7 @@ class DebounceConfig:
     switch_after: int = 5
     hold_within: bool = True
     aftermath_s: float = 35.0
+    release_in_range: bool = True   # inputs back in their normal ranges: an active fault holds no more
 
     def __post_init__(self) -> None:
         _check(self.aftermath_s >= 0, "detector.debounce.aftermath_s", "must be >= 0")

@@ -23,6 +23,12 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   fault for a window or two; chosen on the validation recordings, ``docs/method.md``). Any raise ends it.
 - ``hold_within`` (hysteresis, on by default): while a named fault is active, a ``normal`` window that is also within
   that fault's own threshold counts as the fault, so windows the two classes share do not clear it.
+- ``release_in_range`` (on by default): a window whose every input's last seconds are back inside its normal
+  range (``in_range``, :func:`netsiam.evidence.tails_in_range`) holds no named fault: while one is active or
+  in its aftermath such an ``unknown`` window counts as normal whatever its nearest class, and hysteresis does
+  not hold a ``normal`` one. A 30-s window remembers a fault long after its counters are back (a window
+  nearest the fault, beyond every threshold, for up to 9 s; chosen on the validation recordings,
+  ``docs/method.md``). It raises nothing and clears nothing by itself.
 """
 
 from __future__ import annotations
@@ -90,8 +96,9 @@ class FaultTracker:
         another raised the named class it saw next; one holds a named fault through normal windows within
         its threshold where another has none to hold). So after a window of a named class that some tracker
         could have raised, quiet waits for what ends every such fault and its aftermath: ``clear_m`` normal
-        windows in a row within no threshold of such a class (every tracker has cleared), then a run of
-        ``clear_m`` normal windows ending ``aftermath_s`` or more after them (the same run, if long enough)."""
+        windows in a row within no threshold of such a class or back in range (every tracker has cleared),
+        then a run of ``clear_m`` normal windows ending ``aftermath_s`` or more after them (the same run, if
+        long enough)."""
         return self._normal_streak >= self._cfg.clear_m and not self._aftermath and not self._seen
 
     @property
@@ -149,13 +156,13 @@ class FaultTracker:
             self._seen, self._settle_at = self._seen | {cls}, None
         self._plain_streak = 0
 
-    def _witness_other(self, cls: str, window_end: float, within: Collection[str] | None) -> None:
+    def _witness_other(self, cls: str, window_end: float, within: Collection[str] | None, released: bool) -> None:
         """A normal or unknown window once a named class was seen: forget it when no tracker can hold it or
         be in its aftermath any more."""
         cfg = self._cfg
         # plain: a normal window that holds no seen class in any tracker (past the first clear_m plain ones,
-        # none is active anywhere)
-        plain = cls == NORMAL and (self._settle_at is not None or not cfg.hold_within or within is None
+        # none is active anywhere; a released one holds none anywhere)
+        plain = cls == NORMAL and (released or self._settle_at is not None or not cfg.hold_within or within is None
                                    or self._seen.isdisjoint(within))
         self._plain_streak = self._plain_streak + 1 if plain else 0
         if self._plain_streak < cfg.clear_m:
@@ -166,25 +173,28 @@ class FaultTracker:
             self._seen, self._settle_at = _NONE, None
 
     def update(self, cls: str, window_end: float, nearest: str | None = None,
-               within: Collection[str] | None = None) -> list[Transition]:
+               within: Collection[str] | None = None, in_range: bool | None = None) -> list[Transition]:
         """One window's class (``nearest``: its nearest class ignoring thresholds; ``within``: the classes
-        whose threshold it is within; each when known)."""
+        whose threshold it is within; ``in_range``: every input's last seconds inside its normal range;
+        each when known)."""
         self._n += 1
         if cls == self._given:
             self._given_run += 1
         else:
             self._given, self._given_run = cls, 1
+        released = bool(in_range) and self._cfg.release_in_range
         if cls != NORMAL and cls != UNKNOWN:
             self._witness_named(cls)
         elif self._seen:
-            self._witness_other(cls, window_end, within)
-        if (self._cfg.hold_within and within is not None and cls == NORMAL
+            self._witness_other(cls, window_end, within, released)
+        if (self._cfg.hold_within and within is not None and cls == NORMAL and not released
                 and self._active not in (None, UNKNOWN) and self._active in within):
             cls = self._active
         self._clean_streak = self._clean_streak + 1 if cls == NORMAL else 0
         if self._clean_streak >= self._cfg.clear_m and window_end >= self._aftermath_until:
             self._aftermath = False
-        if cls == UNKNOWN and nearest == NORMAL and (self._aftermath or self._active not in (None, UNKNOWN)):
+        if (cls == UNKNOWN and (nearest == NORMAL or released)
+                and (self._aftermath or self._active not in (None, UNKNOWN))):
             cls = NORMAL    # a named fault's aftermath: beyond every threshold, but nearer normal than the fault
         elif cls != NORMAL and (cls != UNKNOWN or window_end >= self._aftermath_until):
             self._aftermath = False

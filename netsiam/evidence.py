@@ -31,7 +31,7 @@ import numpy as np
 from netsiam.features import derive
 
 __all__ = ["DECIMALS", "K", "MANIFEST_KEY", "QUANTILES", "TAIL", "NormalRange", "evidence", "evidence_text",
-           "normal_ranges", "ranges_from_manifest", "ranges_to_json", "window_evidence"]
+           "normal_ranges", "ranges_from_manifest", "ranges_to_json", "tails_in_range", "window_evidence"]
 
 MANIFEST_KEY = "normal_ranges"
 TAIL = 3                      # samples at the window's end that make a feature's value (changing it needs new ranges)
@@ -116,6 +116,18 @@ def evidence(window: np.ndarray, features: Sequence[str], ranges: Mapping[str, N
     scored.sort()                                                           # furthest first; feature order on ties
     picked = [t for t in scored if t[0] < 0][:k] or scored[:1]
     return [{"feature": f, "value": v, "normal": [r.lo, r.hi]} for _, _, f, v, r in picked]
+
+
+def tails_in_range(x: np.ndarray, features: Sequence[str], ranges: Mapping[str, NormalRange]) -> np.ndarray | None:
+    """(N, T, F) model inputs -> (N,) whether every feature's value (as :func:`evidence` reads it) is inside
+    its normal range: the window's last seconds look like normal traffic in every input. None when a
+    feature has no range (an artifact without ranges: nothing to say)."""
+    if not features or any(f not in ranges for f in features):
+        return None
+    lo = np.array([ranges[f].lo for f in features])
+    hi = np.array([ranges[f].hi for f in features])
+    v = np.round(_tail(x), DECIMALS)                                        # (N, F), compared as reported
+    return np.all((v >= lo) & (v <= hi), axis=-1)
 
 
 def window_evidence(raw: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,

@@ -149,6 +149,45 @@ def test_hold_within_keeps_a_fault_through_windows_both_classes_claim() -> None:
     assert out == ["raised", "cleared"]
 
 
+def _released(cfg: DebounceConfig, seq: list[tuple[str, str, set[str], bool | None]]) -> list[tuple[str, str, float]]:
+    t = FaultTracker(cfg)
+    return [(tr.state, tr.fault, tr.window_end) for i, (c, n, w, r) in enumerate(seq)
+            for tr in t.update(c, float(i), n, w, r)]
+
+
+def test_inputs_back_in_range_release_a_fault_the_window_still_remembers() -> None:
+    """After a freeze the counters are back within seconds, yet the 30-s window stays nearest the fault
+    (beyond every threshold) for up to 9 s: with every input back in its normal range those windows count
+    as normal and the fault clears; without that knowledge (None) or with release_in_range off they hold it."""
+    fault = [("blocked", "blocked", {"blocked"}, False)] * 3
+    memory = [("unknown", "blocked", set(), True)] * 6             # counters normal, window still remembers
+    after = [("normal", "normal", {"normal"}, True)] * 2
+    assert _released(CFG, fault + memory + after) == [("raised", "blocked", 1.0), ("cleared", "blocked", 4.0)]
+    held = [("raised", "blocked", 1.0), ("cleared", "blocked", 10.0)]
+    assert _released(replace(CFG, release_in_range=False), fault + memory + after) == held
+    unknown_range = [(c, n, w, None) for c, n, w, _ in memory]
+    assert _released(CFG, fault + unknown_range + after) == held
+    # inputs still outside their ranges: the window is anomalous as before
+    out_of_range = [(c, n, w, False) for c, n, w, _ in memory]
+    assert _released(CFG, fault + out_of_range + after) == held
+
+
+def test_inputs_back_in_range_end_hysteresis_but_raise_and_clear_nothing_alone() -> None:
+    """A normal window within the active fault's threshold holds it only while some input is still out of
+    range; in range, no fault is raised, an active unknown is not cleared and a named window still counts."""
+    fault = [("capacity_limit", "capacity_limit", {"capacity_limit"}, False)] * 3
+    shared = [("normal", "normal", {"normal", "capacity_limit"}, True)] * 4
+    assert _released(CFG, fault + shared) == [("raised", "capacity_limit", 1.0), ("cleared", "capacity_limit", 4.0)]
+    held = [(c, n, w, False) for c, n, w, _ in shared]
+    assert _released(CFG, fault + held) == [("raised", "capacity_limit", 1.0)]
+    # a named window in range is still that fault; an unknown run with no fault before it raises unknown
+    assert _released(CFG, [("blocked", "blocked", {"blocked"}, True)] * 3)[:1] == [("raised", "blocked", 1.0)]
+    assert _released(CFG, [("unknown", "blocked", set(), True)] * 6)[:1] == [("raised", "unknown", 3.0)]
+    # an active unknown is not ended by in-range windows nearest a fault
+    assert _released(CFG, [("unknown", "blocked", set(), False)] * 4 + [("unknown", "blocked", set(), True)] * 4) \
+        == [("raised", "unknown", 3.0)]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(sorted(M.values())), st.sampled_from(sorted(M.values())),
                           st.frozensets(st.sampled_from(sorted(M.values())))), max_size=60),

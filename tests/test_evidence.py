@@ -37,6 +37,7 @@ from netsiam.evidence import (
     normal_ranges,
     ranges_from_manifest,
     ranges_to_json,
+    tails_in_range,
     window_evidence,
 )
 from netsiam.features import DEFAULT_FEATURES, RAW_METRICS
@@ -124,6 +125,22 @@ def test_a_one_second_glitch_counts_for_a_third() -> None:
     spike[-1, 1] = 3.0                             # one second of retransmissions: tail mean 1.07
     assert evidence(w, FEATS, RANGES)[0] == {"feature": "success_rel", "value": 0.66, "normal": [0.97, 1.0]}
     assert evidence(spike, FEATS, RANGES)[0]["value"] == 1.07
+
+
+def test_a_window_is_in_range_when_every_input_its_evidence_reads_is() -> None:
+    """What the debounce's release reads: the same tail values, rounded and compared as evidence does."""
+    fault_then_normal = window(NORMAL_TAIL, head=5.0)                # the head remembers a fault: ignored
+    edge = window((0.97, 0.384, 0.0, 15.68))                         # 0.384 rounds to the range's 0.38
+    out = [window(NORMAL_TAIL) for _ in range(4)]
+    for j, v in enumerate((0.5, 1.0, 2.0, -30.0)):                   # each input once outside its range
+        out[j][-TAIL:, j] = v
+    x = np.stack([fault_then_normal, edge, *out])
+    assert tails_in_range(x, FEATS, RANGES).tolist() == [True, True, False, False, False, False]
+    assert all(not evidence(w, FEATS, RANGES)[0]["normal"][0] <= evidence(w, FEATS, RANGES)[0]["value"]
+               <= evidence(w, FEATS, RANGES)[0]["normal"][1] for w in out)
+    # one input without a range (an artifact trained before ranges existed): nothing known
+    assert tails_in_range(x, FEATS, {f: r for f, r in RANGES.items() if f != "failed_log"}) is None
+    assert tails_in_range(x, FEATS, {}) is None
 
 
 def test_a_raw_window_is_derived_before_it_is_explained() -> None:
@@ -255,3 +272,31 @@ def test_the_shipped_model_explains_its_raises_on_the_real_corpus() -> None:
     # mostly first, too
     for fault, names in firsts.items():
         assert sum(n in PLAUSIBLE[fault] for n in names) >= 0.9 * len(names), (fault, names)
+
+
+def _daemon_events(art: Any, cfg: Config, rec: Any) -> list[tuple[str, str, float]]:
+    from netsiam.importers.sipp import import_sipp
+
+    p = Pipeline(cfg, art)
+    for tp, msgs in partitioned(trace_lines(import_sipp([rec.stat], rec.source))).items():
+        p.feed(tp, msgs)
+    embed_all(p)
+    return [(e["state"], e["fault"], e["window_end"]) for o in p.take_outbox()
+            if isinstance(o, EventOut) for e in [o.event.to_json()]]
+
+
+@needs_shipped
+def test_the_daemon_releases_a_fault_once_the_inputs_are_back_in_range() -> None:
+    """The daemon's debounce reads the raise's own ranges: on r12_h15 the shipped model's first capacity
+    limit clears a window sooner with ``release_in_range`` (its window still remembers the failures that
+    held calls' timeouts brought after the limit ended) and everything else is the same."""
+    from netsiam.trainer.corpus import load_corpus
+
+    art = load_artifact(default_model_path())
+    rec = next(r for r in load_corpus() if r.name == "r12_h15")
+    on = _daemon_events(art, Config(), rec)
+    off = _daemon_events(art, override(Config(), {"detector.debounce.release_in_range": False}), rec)
+    assert [(s, f) for s, f, _ in on] == [(s, f) for s, f, _ in off]
+    moved = [(a[2], b[2]) for a, b in zip(on, off, strict=True) if a != b]
+    assert len(moved) == 1 and moved[0][0] < moved[0][1], moved
+    assert on[[e[2] for e in on].index(moved[0][0])][:2] == ("cleared", "capacity_limit")

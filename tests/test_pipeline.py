@@ -359,8 +359,9 @@ def test_a_bounded_replay_publishes_every_transition_at_its_window(model: Model,
 
 
 CLASSES = ["normal", "blocked", "capacity_limit", "unknown"]
-# class, nearest class, the classes whose threshold it is within (None: not known), window end (s)
-Window = tuple[str, str, "frozenset[str] | None", float]
+# class, nearest class, the classes whose threshold it is within (None: not known), window end (s), every input
+# back in its normal range (None: not known)
+Window = tuple[str, str, "frozenset[str] | None", float, "bool | None"]
 
 
 def transitions_after(seq: Sequence[Window], deb: DebounceConfig, first: int, q: int) -> list[tuple[int, Any]]:
@@ -370,8 +371,8 @@ def transitions_after(seq: Sequence[Window], deb: DebounceConfig, first: int, q:
     t = FaultTracker(deb)
     out = []
     for i in range(first, len(seq)):
-        cls, near, within, end = seq[i]
-        out += [(i, tr) for tr in t.update(cls, end, near, within)]
+        cls, near, within, end, in_range = seq[i]
+        out += [(i, tr) for tr in t.update(cls, end, near, within, in_range)]
     return [(i, tr) for i, tr in out if i > q]
 
 
@@ -380,8 +381,8 @@ def quiet_points(seq: Sequence[Window], deb: DebounceConfig) -> list[int]:
 
     t = FaultTracker(deb)
     out = []
-    for i, (cls, near, within, end) in enumerate(seq):
-        t.update(cls, end, near, within)
+    for i, (cls, near, within, end, in_range) in enumerate(seq):
+        t.update(cls, end, near, within, in_range)
         if t.quiet:
             out.append(i)
     return out
@@ -393,24 +394,28 @@ def assert_agree_after_every_quiet_window(seq: Sequence[Window], deb: DebounceCo
             assert transitions_after(seq, deb, start, q) == transitions_after(seq, deb, 0, q), (q, start)
 
 
-def timed(windows: Sequence[tuple[str, str, frozenset[str] | None]], gaps: Sequence[float] | None = None) -> list[Window]:
+def timed(windows: Sequence[tuple[Any, ...]], gaps: Sequence[float] | None = None) -> list[Window]:
+    """(class, nearest, within[, in_range]) per window -> windows at their end times."""
     ends = np.cumsum(gaps if gaps is not None else np.ones(len(windows)))
-    return [(c, n, w, float(e)) for (c, n, w), e in zip(windows, ends, strict=True)]
+    return [(w[0], w[1], w[2], float(e), w[3] if len(w) > 3 else None) for w, e in zip(windows, ends, strict=True)]
 
 
 @settings(max_examples=300, deadline=None)
 @given(windows=st.lists(st.tuples(st.sampled_from(CLASSES), st.sampled_from(CLASSES[:3]),
                                   st.none() | st.frozensets(st.sampled_from(CLASSES[:3])),
-                                  st.sampled_from([0.5, 1.0, 1.0, 1.0, 2.5, 40.0])), min_size=1, max_size=60),
+                                  st.sampled_from([0.5, 1.0, 1.0, 1.0, 2.5, 40.0]), st.none() | st.booleans()),
+                        min_size=1, max_size=60),
        deb=st.builds(DebounceConfig, raise_k=st.integers(1, 3), raise_n=st.integers(3, 5),
                      clear_m=st.integers(1, 3), unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5),
-                     hold_within=st.booleans(), aftermath_s=st.sampled_from([0.0, 4.0, 35.0])),
+                     hold_within=st.booleans(), aftermath_s=st.sampled_from([0.0, 4.0, 35.0]),
+                     release_in_range=st.booleans()),
        data=st.data())
 def test_tracker_is_new_again_once_quiet(windows: list[Any], deb: DebounceConfig, data: Any) -> None:
     """The property the rewind rule rests on: once the tracker is quiet, a tracker that started at ANY
-    earlier window acts like it from then on. Each window carries its class, its nearest class and the
-    thresholds it is within, as the daemon feeds them, at irregular times."""
-    seq = timed([w[:3] for w in windows], [w[3] for w in windows])
+    earlier window acts like it from then on. Each window carries its class, its nearest class, the
+    thresholds it is within and whether its inputs are back in range, as the daemon feeds them, at
+    irregular times."""
+    seq = timed([(*w[:3], w[4]) for w in windows], [w[3] for w in windows])
     quiet = quiet_points(seq, deb)
     if not quiet:
         return
@@ -432,12 +437,13 @@ def unstarted(trans: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
 @settings(max_examples=300, deadline=None)
 @given(runs=st.lists(st.tuples(st.sampled_from(CLASSES), st.sampled_from(CLASSES[:3]),
                                st.none() | st.frozensets(st.sampled_from(CLASSES[:3])),
-                               st.sampled_from([0.5, 1.0, 1.0, 1.0, 2.5, 40.0]), st.integers(1, 10)),
+                               st.sampled_from([0.5, 1.0, 1.0, 1.0, 2.5, 40.0]), st.integers(1, 10),
+                               st.none() | st.booleans()),
                      min_size=1, max_size=14),
        deb=st.integers(1, 3).flatmap(lambda k: st.builds(
            DebounceConfig, raise_k=st.just(k), raise_n=st.integers(k, 5), clear_m=st.integers(1, 3),
            unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5), hold_within=st.booleans(),
-           aftermath_s=st.sampled_from([0.0, 4.0, 35.0]))),
+           aftermath_s=st.sampled_from([0.0, 4.0, 35.0]), release_in_range=st.booleans())),
        data=st.data())
 def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs: list[Any], deb: DebounceConfig,
                                                                           data: Any) -> None:
@@ -447,11 +453,11 @@ def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs
     replay-from offset, so anywhere before the source's own). Runs of one class, so that spans occur."""
     from netsiam.debounce import FaultTracker
 
-    windows = [w[:4] for w in runs for _ in range(w[4])]
-    seq = timed([w[:3] for w in windows], [w[3] for w in windows])
+    windows = [w for w in runs for _ in range(w[4])]
+    seq = timed([(*w[:3], w[5]) for w in windows], [w[3] for w in windows])
     t, spans = FaultTracker(deb), []
-    for q, (cls, near, within, end) in enumerate(seq):
-        t.update(cls, end, near, within)
+    for q, (cls, near, within, end, in_range) in enumerate(seq):
+        t.update(cls, end, near, within, in_range)
         if t.restart_span:
             assert t.restart_span <= t.given_run
             spans.append((q, t.restart_span, t.given_run, t.active))
@@ -461,8 +467,8 @@ def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs
     want = unstarted(transitions_after(seq, deb, 0, q))
     for first in range(q - span + 2):
         fresh = FaultTracker(deb)
-        for cls, near, within, end in seq[first:q + 1]:
-            fresh.update(cls, end, near, within)
+        for cls, near, within, end, in_range in seq[first:q + 1]:
+            fresh.update(cls, end, near, within, in_range)
         assert fresh.active == active, first
         assert unstarted(transitions_after(seq, deb, first, q)) == want, first
 

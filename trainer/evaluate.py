@@ -35,6 +35,7 @@ import orjson
 
 from netsiam.config import Config, DebounceConfig, PrototypeConfig
 from netsiam.errors import NetsiamError
+from netsiam.evidence import ranges_from_manifest, tails_in_range
 from netsiam.schemas.classes import NORMAL, UNKNOWN
 from netsiam.serving import Artifact, load_artifact
 from netsiam.traceio import LabelInterval, atomic_write_bytes, read_labels
@@ -117,6 +118,7 @@ class _Judge:
     debounce: DebounceConfig
     grace_s: float
     seconds_per_window: float
+    in_range: np.ndarray | None = None   # (N,) every input's tail in its normal range (the debounce's release)
 
     def score(self, pred: np.ndarray, nway: np.ndarray, classes: Sequence[str], mask: np.ndarray,
               within: np.ndarray | None = None) -> dict[str, Any]:
@@ -125,7 +127,8 @@ class _Judge:
         det, _, _ = score_detection(self.lw.sources[mask], self.lw.end_ts[mask], pred[mask], self.lw.labels[mask],
                                     _covered(self.episodes, self.lw.subset(mask), 0.0), self.debounce, self.grace_s,
                                     self.seconds_per_window, known=classes, nearest=nway[mask],
-                                    within=None if within is None else within[mask])
+                                    within=None if within is None else within[mask],
+                                    in_range=None if self.in_range is None else self.in_range[mask])
         lab, p = self.lw.labels[ok], pred[ok]
         # the encoder's own figures, so every column of the report compares like with like
         return _scores(p, nway[ok], lab, classes) | {"per_class": _per_class(lab, p, classes),
@@ -219,11 +222,12 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     episodes = (episodes_from_intervals(intervals) if intervals is not None
                 else episodes_from_windows(lw.sources, lw.end_ts, labels, w.interval_s))
     episodes = _covered(episodes, lw, (w.length - 1) * w.interval_s)
+    in_range = tails_in_range(lw.x, list(cfg.features), ranges_from_manifest(getattr(artifact, "manifest", None)))
     judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=GRACE_S,
-                   seconds_per_window=w.stride * w.interval_s)
+                   seconds_per_window=w.stride * w.interval_s, in_range=in_range)
     det, ep_report, events = score_detection(lw.sources, lw.end_ts, pred, labels, episodes, judge.debounce,
                                              judge.grace_s, judge.seconds_per_window, known=classes, nearest=nway,
-                                             within=within)
+                                             within=within, in_range=in_range)
 
     novel = sorted(set(novel_labels) | (set(lab_ok.tolist()) - set(classes)))
     novelty: dict[str, Any] = {}

@@ -42,6 +42,7 @@ from netsiam.collect.dump import episodes_from_events as intervals_from_events
 from netsiam.collect.dump import read_topic_values
 from netsiam.config import Config
 from netsiam.errors import NetsiamError, UsageError
+from netsiam.evidence import ranges_from_manifest, tails_in_range
 from netsiam.features import RAW_METRICS, derive, required_metrics
 from netsiam.schemas.classes import NORMAL, SILENT
 from netsiam.schemas.event import event_id as make_event_id
@@ -127,18 +128,19 @@ def _windows(rows: Rows, art: Artifact) -> tuple[Windows, np.ndarray]:
 def trace_events(rows: Rows, art: Artifact, cfg: Config) -> list[Event]:
     """The events the daemon serving ``art`` raises for these samples (its windows, classes and debounce)."""
     w, x = _windows(rows, art)
-    return _events(w, art.embed(x), art, cfg)
+    return _events(w, x, art.embed(x), art, cfg)
 
 
-def _events(w: Windows, emb: np.ndarray, art: Artifact, cfg: Config) -> list[Event]:
+def _events(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config) -> list[Event]:
     names, _, dist = art.prototypes.classify(emb)
     return detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, art.prototypes.nearest(dist),
-                         art.prototypes.within(dist))
+                         art.prototypes.within(dist), tails_in_range(x, art.features, ranges_from_manifest(art.manifest)))
 
 
-def _episode_from_trace(w: Windows, emb: np.ndarray, art: Artifact, cfg: Config, eid: str) -> Episode:
-    """The daemon's debounce over a trace's windows (embedded ``emb``); the episode whose event id is ``eid``."""
-    for ev in _events(w, emb, art, cfg):
+def _episode_from_trace(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config, eid: str) -> Episode:
+    """The daemon's debounce over a trace's windows (inputs ``x``, embedded ``emb``); the episode whose event id
+    is ``eid``."""
+    for ev in _events(w, x, emb, art, cfg):
         if eid in (make_event_id(ev.source, ev.fault, ev.started_at, s) for s in ("raised", "cleared")):
             return Episode(ev.source, ev.fault, ev.started_at, math.inf if ev.cleared_at is None else ev.cleared_at)
     raise NetsiamError(f"no fault event with id {eid!r} in this trace as the model at hand judges it "
@@ -216,7 +218,7 @@ def teach(model: Path, fb: Feedback, cfg: Config, *, bootstrap: str | None = Non
         elif rows is not None:
             w, x = _windows(rows, art)
             emb_all = art.embed(x)
-            ep = _episode_from_trace(w, emb_all, art, cfg, fb.event_id)
+            ep = _episode_from_trace(w, x, emb_all, art, cfg, fb.event_id)
         else:
             raise UsageError("feedback needs the episode's samples: --bootstrap HOST:PORT or --data TRACE.jsonl")
         if any(e.get("event_id") == fb.event_id and e.get("label") == fb.label for e in lineage(model)):
