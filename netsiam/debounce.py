@@ -23,12 +23,13 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   fault for a window or two; chosen on the validation recordings, ``docs/method.md``). Any raise ends it.
 - ``hold_within`` (hysteresis, on by default): while a named fault is active, a ``normal`` window that is also within
   that fault's own threshold counts as the fault, so windows the two classes share do not clear it.
-- ``release_in_range`` (on by default): a window whose every input's last seconds are back inside its normal
+- ``release_in_range`` (on by default): a window whose every input's last samples are back inside its normal
   range (``in_range``, :func:`netsiam.evidence.tails_in_range`) holds no named fault: while one is active or
-  in its aftermath such an ``unknown`` window counts as normal whatever its nearest class, and hysteresis does
-  not hold a ``normal`` one. A 30-s window remembers a fault long after its counters are back (a window
-  nearest the fault, beyond every threshold, for up to 9 s; chosen on the validation recordings,
-  ``docs/method.md``). It raises nothing and clears nothing by itself.
+  in its aftermath such an ``unknown`` window counts as normal whatever its nearest class (so such windows
+  clear it as normal ones would), and hysteresis does not hold a ``normal`` one. A 30-s window remembers a
+  fault long after its counters are back (a window nearest the fault, beyond every threshold, for up to 9 s;
+  chosen on the validation recordings, ``docs/method.md``). A named window is never released, an active
+  ``unknown`` is not cleared by it, and with no fault active and no aftermath it changes nothing.
 """
 
 from __future__ import annotations

@@ -53,6 +53,12 @@ def _tail(x: np.ndarray) -> np.ndarray:
     return np.add.reduce(t, axis=-2) / t.shape[-2]   # what .mean() computes, without its wrapper (a raise pays it)
 
 
+def _values(x: np.ndarray) -> np.ndarray:
+    """(..., T, F) -> (..., F): each feature's value at the reported precision, as events show it and the
+    debounce's release compares it (one rounding for both; + 0.0: no -0.0 in an event)."""
+    return np.round(_tail(x), DECIMALS) + 0.0
+
+
 def _round(v: float) -> float:
     return round(float(v), DECIMALS) + 0.0   # + 0.0: no -0.0 in an event
 
@@ -103,13 +109,13 @@ def evidence(window: np.ndarray, features: Sequence[str], ranges: Mapping[str, N
     When none is outside, the one closest to leaving its range (so a raised event always says
     something when ranges exist); [] without ranges.
     """
-    vals = _tail(window).tolist()                                           # (F,) as floats
+    vals = _values(window).tolist()                                         # (F,) as floats
     scored = []
     for j, f in enumerate(features):
         r = ranges.get(f)
         if r is None:
             continue
-        v = _round(vals[j])
+        v = vals[j]
         # > 0: scales outside the range; <= 0: scales inside it, to the nearer edge
         d = (r.lo - v if v < r.lo else v - r.hi if v > r.hi else -min(v - r.lo, r.hi - v)) / r.scale
         scored.append((-d, j, f, v, r))
@@ -126,7 +132,7 @@ def tails_in_range(x: np.ndarray, features: Sequence[str], ranges: Mapping[str, 
         return None
     lo = np.array([ranges[f].lo for f in features])
     hi = np.array([ranges[f].hi for f in features])
-    v = np.round(_tail(x), DECIMALS)                                        # (N, F), compared as reported
+    v = _values(x)                                                          # (N, F), compared as reported
     return np.all((v >= lo) & (v <= hi), axis=-1)
 
 

@@ -8,6 +8,7 @@ its raises on real recordings names the inputs a person would check.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +136,12 @@ def test_a_window_is_in_range_when_every_input_its_evidence_reads_is() -> None:
     for j, v in enumerate((0.5, 1.0, 2.0, -30.0)):                   # each input once outside its range
         out[j][-TAIL:, j] = v
     x = np.stack([fault_then_normal, edge, *out])
-    assert tails_in_range(x, FEATS, RANGES).tolist() == [True, True, False, False, False, False]
-    assert all(not evidence(w, FEATS, RANGES)[0]["normal"][0] <= evidence(w, FEATS, RANGES)[0]["value"]
-               <= evidence(w, FEATS, RANGES)[0]["normal"][1] for w in out)
+    flags = tails_in_range(x, FEATS, RANGES)
+    assert flags.tolist() == [True, True, False, False, False, False]
+    # in range exactly when the evidence an event would quote shows every input inside its range
+    for w, ok in zip(x, flags, strict=True):
+        quoted = evidence(w, FEATS, RANGES, k=len(FEATS))
+        assert all(e["normal"][0] <= e["value"] <= e["normal"][1] for e in quoted) == ok
     # one input without a range (an artifact trained before ranges existed): nothing known
     assert tails_in_range(x, FEATS, {f: r for f, r in RANGES.items() if f != "failed_log"}) is None
     assert tails_in_range(x, FEATS, {}) is None
@@ -300,3 +304,18 @@ def test_the_daemon_releases_a_fault_once_the_inputs_are_back_in_range() -> None
     moved = [(a[2], b[2]) for a, b in zip(on, off, strict=True) if a != b]
     assert len(moved) == 1 and moved[0][0] < moved[0][1], moved
     assert on[[e[2] for e in on].index(moved[0][0])][:2] == ("cleared", "capacity_limit")
+    # netsiam evaluate judges the recording as the daemon acts on it, release included
+    from netsiam.importers.sipp import import_sipp
+    from netsiam.traceio import write_labels, write_trace
+    from netsiam.trainer.evaluate import config_for_artifact, evaluate_detailed, load_labelled
+
+    with tempfile.TemporaryDirectory() as d:
+        trace, labels = Path(d) / "t.jsonl", Path(d) / "l.csv"
+        write_trace(trace, import_sipp([rec.stat], rec.source))
+        write_labels(labels, read_labels(rec.labels))
+        cfg = config_for_artifact(Config(), art, False)
+        lw, ivs = load_labelled([str(trace)], [str(labels)], cfg)
+        events = evaluate_detailed(art, lw, cfg, intervals=ivs).events
+    offline = sorted([*(("raised", e.fault, e.raised_at) for e in events),
+                      *(("cleared", e.fault, e.cleared_at) for e in events if e.cleared_at is not None)], key=lambda e: e[2])
+    assert offline == on

@@ -501,6 +501,20 @@ def test_a_named_window_no_tracker_could_raise_does_not_hold_quiet_off() -> None
     assert_agree_after_every_quiet_window(seq, deb)
 
 
+def test_windows_back_in_range_let_the_tracker_go_quiet_though_within_the_fault() -> None:
+    """After a blocked fault, normal windows still within blocked's threshold hold it in some tracker
+    unless their inputs are back in range: then no tracker holds them, the fault clears, and quiet
+    comes ``aftermath_s`` after ``clear_m`` of them instead of never."""
+    deb = DebounceConfig()                                      # clear_m 2, aftermath_s 35
+    head = [(N, N, frozenset({N}), True)] * 3 + [(B, B, frozenset({B}), False)] * 2
+    back = timed(head + [(N, N, frozenset({N, B}), True)] * 60)
+    assert quiet_points(back, deb) == [1, 2, *range(41, len(back))]   # settled at window 6 (t=7) + 35 s
+    assert_agree_after_every_quiet_window(back, deb)
+    held = timed(head + [(N, N, frozenset({N, B}), False)] * 60)
+    assert quiet_points(held, deb) == [1, 2]                    # the fault is held throughout
+    assert quiet_points(back, replace(deb, release_in_range=False)) == [1, 2]
+
+
 @settings(max_examples=200, deadline=None)
 @given(seq=st.lists(st.sampled_from(CLASSES), min_size=1, max_size=40), clear_m=st.integers(1, 4),
        grace=st.integers(0, 12))
