@@ -8,7 +8,6 @@ its raises on real recordings names the inputs a person would check.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +204,23 @@ def test_raised_events_carry_evidence_cleared_none_and_the_series_follows_the_fa
 
 
 # -- the shipped model on real recordings ---------------------------------------------------------------
+def _daemon_events(art: Any, cfg: Config, rec: Any) -> list[dict[str, Any]]:
+    """The fault events (JSON) the daemon's pipeline makes of a corpus recording."""
+    from netsiam.importers.sipp import import_sipp
+
+    p = Pipeline(cfg, art)
+    for tp, msgs in partitioned(trace_lines(import_sipp([rec.stat], rec.source))).items():
+        p.feed(tp, msgs)
+    embed_all(p)
+    out = p.take_outbox()
+    assert all(isinstance(o, EventOut) for o in out)
+    return [o.event.to_json() for o in out if isinstance(o, EventOut)]
+
+
+def _transitions(art: Any, cfg: Config, rec: Any) -> list[tuple[str, str, float]]:
+    return [(e["state"], e["fault"], e["window_end"]) for e in _daemon_events(art, cfg, rec)]
+
+
 needs_shipped = pytest.mark.skipif(not default_model_path().is_dir(), reason="no shipped model yet (make model)")
 
 
@@ -235,7 +251,6 @@ PLAUSIBLE = {"blocked": {"retrans_log", "success_rel", "failed_log"}, "capacity_
 
 @needs_shipped
 def test_the_shipped_model_explains_its_raises_on_the_real_corpus() -> None:
-    from netsiam.importers.sipp import import_sipp
     from netsiam.trainer.corpus import load_corpus
 
     art = load_artifact(default_model_path())
@@ -244,14 +259,8 @@ def test_the_shipped_model_explains_its_raises_on_the_real_corpus() -> None:
     firsts: dict[str, list[str]] = {}
     raises = early = 0
     for rec in load_corpus():
-        p = Pipeline(Config(), art)
-        for tp, msgs in partitioned(trace_lines(import_sipp([rec.stat], rec.source))).items():
-            p.feed(tp, msgs)
-        embed_all(p)
         onsets = [iv.start for iv in read_labels(rec.labels)]
-        for o in p.take_outbox():
-            assert isinstance(o, EventOut)
-            e = o.event.to_json()
+        for e in _daemon_events(art, Config(), rec):
             validator.validate(e)
             if e["state"] != "raised":
                 assert e["evidence"] == []
@@ -278,19 +287,8 @@ def test_the_shipped_model_explains_its_raises_on_the_real_corpus() -> None:
         assert sum(n in PLAUSIBLE[fault] for n in names) >= 0.9 * len(names), (fault, names)
 
 
-def _daemon_events(art: Any, cfg: Config, rec: Any) -> list[tuple[str, str, float]]:
-    from netsiam.importers.sipp import import_sipp
-
-    p = Pipeline(cfg, art)
-    for tp, msgs in partitioned(trace_lines(import_sipp([rec.stat], rec.source))).items():
-        p.feed(tp, msgs)
-    embed_all(p)
-    return [(e["state"], e["fault"], e["window_end"]) for o in p.take_outbox()
-            if isinstance(o, EventOut) for e in [o.event.to_json()]]
-
-
 @needs_shipped
-def test_the_daemon_releases_a_fault_once_the_inputs_are_back_in_range() -> None:
+def test_the_daemon_releases_a_fault_once_the_inputs_are_back_in_range(tmp_path: Path) -> None:
     """The daemon's debounce reads the raise's own ranges: on r12_h15 the shipped model's first capacity
     limit clears a window sooner with ``release_in_range`` (its window still remembers the failures that
     held calls' timeouts brought after the limit ended) and everything else is the same."""
@@ -298,8 +296,8 @@ def test_the_daemon_releases_a_fault_once_the_inputs_are_back_in_range() -> None
 
     art = load_artifact(default_model_path())
     rec = next(r for r in load_corpus() if r.name == "r12_h15")
-    on = _daemon_events(art, Config(), rec)
-    off = _daemon_events(art, override(Config(), {"detector.debounce.release_in_range": False}), rec)
+    on = _transitions(art, Config(), rec)
+    off = _transitions(art, override(Config(), {"detector.debounce.release_in_range": False}), rec)
     assert [(s, f) for s, f, _ in on] == [(s, f) for s, f, _ in off]
     moved = [(a[2], b[2]) for a, b in zip(on, off, strict=True) if a != b]
     assert len(moved) == 1 and moved[0][0] < moved[0][1], moved
@@ -309,13 +307,12 @@ def test_the_daemon_releases_a_fault_once_the_inputs_are_back_in_range() -> None
     from netsiam.traceio import write_labels, write_trace
     from netsiam.trainer.evaluate import config_for_artifact, evaluate_detailed, load_labelled
 
-    with tempfile.TemporaryDirectory() as d:
-        trace, labels = Path(d) / "t.jsonl", Path(d) / "l.csv"
-        write_trace(trace, import_sipp([rec.stat], rec.source))
-        write_labels(labels, read_labels(rec.labels))
-        cfg = config_for_artifact(Config(), art, False)
-        lw, ivs = load_labelled([str(trace)], [str(labels)], cfg)
-        events = evaluate_detailed(art, lw, cfg, intervals=ivs).events
+    trace, labels = tmp_path / "t.jsonl", tmp_path / "l.csv"
+    write_trace(trace, import_sipp([rec.stat], rec.source))
+    write_labels(labels, read_labels(rec.labels))
+    cfg = config_for_artifact(Config(), art, False)
+    lw, ivs = load_labelled([str(trace)], [str(labels)], cfg)
+    events = evaluate_detailed(art, lw, cfg, intervals=ivs).events
     offline = sorted([*(("raised", e.fault, e.raised_at) for e in events),
                       *(("cleared", e.fault, e.cleared_at) for e in events if e.cleared_at is not None)], key=lambda e: e[2])
     assert offline == on
