@@ -27,7 +27,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from bench.common import machine_info  # noqa: E402
 from netsiam.config import Config, override  # noqa: E402
 
 __all__ = ["TARGETS", "leave_one_out_rows", "leave_one_out_sets", "main", "summary"]
@@ -153,8 +153,7 @@ def run(quick: bool, tmp: Path, models: Path | None = None, seeds: tuple[int, ..
     novel = [r.name for r in recs if r.role == "novel"]
     if quick:
         reported, novel = reported[:1], novel[:1]
-    out: dict[str, Any] = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                                       "cpus": os.cpu_count(), "quick": quick},
+    out: dict[str, Any] = {"machine": {**machine_info(), "quick": quick},
                            "targets": TARGETS, "corpus": {r.name: {"role": r.role, "rate": r.rate, "hold_s": r.hold_s}
                                                           for r in recs}}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -16,10 +17,34 @@ from typing import Any
 
 import orjson
 
-__all__ = ["REPO", "Ctx", "best_rates", "child_env", "new_topics", "rate", "run_json", "trace_lines",
+__all__ = ["REPO", "Ctx", "best_rates", "child_env", "machine_info", "new_topics", "rate", "run_json", "trace_lines",
            "unique_name", "wall_and_cpu_rates"]
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# The vector units TensorFlow's CPU kernels pick from: the same code and seed train different weights,
+# and embed at different rates, on machines that differ here, so every result names them.
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+
+
+def machine_info() -> dict[str, Any]:
+    """Platform, Python, CPU count, the CPU's name and which of ``_ISA_FLAGS`` it has (Linux)."""
+    cpu: dict[str, Any] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip()
+        if key == "model name" and "name" not in cpu:
+            cpu["name"] = val.strip()
+        elif key == "flags" and "isa" not in cpu:
+            have = set(val.split())
+            cpu["isa"] = [f for f in _ISA_FLAGS if f in have]
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "cpu": cpu.get("name", platform.processor() or "unknown"), "cpu_isa": cpu.get("isa", [])}
 
 
 def unique_name(prefix: str) -> str:

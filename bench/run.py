@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 import traceback
@@ -39,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import Ctx, child_env, rate, run_json, trace_lines
+from bench.common import Ctx, child_env, machine_info, rate, run_json, trace_lines
 
 __all__ = ["BENCHES", "TARGETS", "bench_decode", "main"]
 
@@ -239,9 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     ctx = Ctx(quick=args.quick, model=Path(args.model) if args.model else None)
-    results: dict[str, Any] = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                                           "cpus": os.cpu_count(), "loadavg_start": _loadavg(),
-                                           "quick": args.quick}}
+    results: dict[str, Any] = {"machine": {**machine_info(), "loadavg_start": _loadavg(), "quick": args.quick}}
     failed = []
     try:
         for name, fn in BENCHES.items():

@@ -68,3 +68,12 @@ def test_the_page_shows_every_candidates_probe_and_the_kept_one() -> None:
     assert "| recording | seed 0: candidates 0, 1, 2 | seed 1: candidates 1, 2, 3 |" in page
     assert "| `a` | 0.25 / **0.50** / 0.12 | 0.25 / **0.50** / 0.12 |" in page
     assert "candidates" not in render(_res() | {"summary": summary(_res())}, None)
+
+
+def test_the_page_names_the_cpu_it_was_measured_on() -> None:
+    # the same seed trains other weights on a CPU with other vector units: the page must say which
+    res = _res()
+    res["machine"] |= {"cpu": "Xeon", "cpu_isa": ["avx2", "avx512f"], "platform": "Linux-x"}
+    page = render(res | {"summary": summary(res)}, None)
+    assert "1 minutes on 2 CPUs (Xeon; avx2 avx512f; Linux-x) in this run" in page
+    assert "1 minutes on 2 CPUs (?) in this run" in render(_res() | {"summary": summary(_res())}, None)
