@@ -189,6 +189,11 @@ def render(res: dict[str, Any], bench: dict[str, Any] | None) -> str:
         "",
         _seeds_text(res),
         "",
+        "Training repeats exactly on one machine (the same seed gives the same weights, "
+        "`tests/test_train.py`), not across CPUs: TensorFlow's kernels round differently on other vector "
+        "units, so the same seed trains other weights, hence other worst cases, on another CPU (this run's "
+        "CPU is named above).",
+        "",
         "## Leave one recording out (reported recordings)",
         "",
         "A model trained on every other recording plus the default simulation, judged on the held-out one "
