@@ -3,7 +3,7 @@
 :func:`run_batch` derives features, embeds (one call; plain Keras: a few when that avoids padding) and
 classifies by nearest prototype; :meth:`~netsiam.detector.pipeline.Pipeline.apply` then debounces the
 result in window order on the main thread. The daemon runs only :func:`embed_inputs` on its embed
-thread, the numpy steps before and after it on the main thread (detector/loop.py).
+thread, the numpy steps before and after it on the main thread (detector/batcher.py).
 """
 
 from __future__ import annotations

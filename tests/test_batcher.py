@@ -1,4 +1,4 @@
-"""The daemon's micro-batching (detector/loop.py ``Batcher``), without Kafka: a backlog is embedded
+"""The daemon's micro-batching (detector/batcher.py ``Batcher``), without Kafka: a backlog is embedded
 as fast as it is fed, never held in memory, and its batches are applied in order."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from test_pipeline import events
 
 from netsiam.config import Config, override
 from netsiam.detector.batch import Batch
-from netsiam.detector.loop import Batcher
+from netsiam.detector.batcher import Batcher
 from netsiam.detector.pipeline import Pipeline
 
 BATCH_MAX = 64

@@ -130,7 +130,7 @@ def test_events_pending_when_the_broker_dies_reach_the_restarted_broker(
     back empty. The daemon must keep running, say not-ready meanwhile, and deliver those events to the
     new broker (re-sent through a new producer: the old one's id is unknown there), then process part 2
     like a fresh daemon; offsets are committed only once acked."""
-    import netsiam.detector.loop as dm
+    import netsiam.detector.batcher as dm
     from netsiam.detector.loop import Daemon
 
     port, tc, part1, part2 = outage_setup("bp")

@@ -233,7 +233,7 @@ def test_the_batcher_hands_raw_windows_over_and_applies_what_derive_then_embed_g
 
     from netsiam.config import Config, override
     from netsiam.detector.batch import Batch
-    from netsiam.detector.loop import Batcher
+    from netsiam.detector.batcher import Batcher
     from netsiam.detector.pipeline import Pipeline
     from netsiam.features import derive
 
