@@ -2,8 +2,8 @@
 
 ``python -m bench.sources_driver --bootstrap H:P --topic T --warmup W --jump J`` plays N sources, one
 record per source per second, from simulated traffic; :class:`Driver` starts it and talks to it over
-stdin/stdout. A process of its own so that producing never competes with the judged daemon's or the
-benchmark's own Python threads for one GIL.
+stdin/stdout. A process of its own: tens of thousands of sends a second must not compete for one
+GIL with the benchmark's sampling and scraping threads.
 """
 
 from __future__ import annotations
