@@ -81,25 +81,6 @@ def same_windowing(a: Artifact, b: Artifact) -> bool:
     return a.window == b.window and a.features == b.features and a.required == b.required
 
 
-def _move_epoch(st: SourceState, w: WindowRef, half: float) -> None:
-    """``detector.max_replay_s``: move a long episode's replay-from window up, to the latest anchor at
-    least ``half`` old. A window becomes an anchor once the run of one class it lies in covers the
-    tracker's ``restart_span`` from it on (a replay from it, or from any earlier offset, makes the same
-    transitions, ``started_at`` aside); the next one is looked for from the moment the last is ``half``
-    old, so while the windows carry the fault the epoch stays between ``half`` and about twice that back."""
-    t = st.tracker
-    if st.cand is not None and t.given_run == 1:  # the candidate's run of one class broke
-        st.cand = None
-    if w.end_ts - st.anchor_ts < half:
-        return
-    st.epoch = st.anchor
-    if st.cand is None:
-        st.cand, st.cand_ts, st.cand_run = w.start, w.end_ts, t.given_run
-    span = t.restart_span
-    if span and t.given_run - st.cand_run + 1 >= span:
-        st.anchor, st.anchor_ts, st.cand = st.cand, st.cand_ts, None
-
-
 class Pipeline:
     """Per-source windows and fault trackers for every partition this process owns."""
 
@@ -372,16 +353,9 @@ class Pipeline:
                 continue
             i += 1
             st = w.state
-            st.last_win_start = w.start
             trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]), within[i],
                                       None if in_range is None else bool(in_range[i]))
-            if st.tracker.quiet:
-                st.epoch = None  # a replay may start after this window
-            elif st.epoch is None:
-                st.epoch = st.anchor = w.start
-                st.anchor_ts, st.cand = w.end_ts, None
-            elif half_replay:
-                _move_epoch(st, w, half_replay)
+            st.windowed(w.start, w.end_ts, half_replay)
             if not trans:
                 continue
             row = res.dists[i]

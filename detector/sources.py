@@ -53,7 +53,7 @@ class SourceState:
         self.last_ts = -math.inf
         self.last_win_start: int | None = None  # first record of the last applied window
         self.epoch: int | None = None           # first record of the first window since the tracker was quiet
-        # detector.max_replay_s (Pipeline._move_epoch): the window a replay may start from in place of the
+        # detector.max_replay_s (_move_epoch): the window a replay may start from in place of the
         # epoch (first record, end), and a later candidate for it, with the tracker's given_run there
         self.anchor = 0
         self.anchor_ts = 0.0
@@ -69,6 +69,36 @@ class SourceState:
     def reset_buffer(self, window: WindowConfig) -> None:
         self.buf = WindowBuffer(window, len(RAW_METRICS))
         self.offsets = deque(maxlen=window.length)
+
+    def windowed(self, start: int, end_ts: float, half_replay: float) -> None:
+        """The tracker has taken a window (its first record's offset ``start``, its end ``end_ts``): keep
+        where a replay must start. ``half_replay``: half of ``detector.max_replay_s`` (0: no bound)."""
+        self.last_win_start = start
+        if self.tracker.quiet:
+            self.epoch = None  # a replay may start after this window
+        elif self.epoch is None:
+            self.epoch = self.anchor = start
+            self.anchor_ts, self.cand = end_ts, None
+        elif half_replay:
+            self._move_epoch(start, end_ts, half_replay)
+
+    def _move_epoch(self, start: int, end_ts: float, half: float) -> None:
+        """``detector.max_replay_s``: move a long episode's replay-from window up, to the latest anchor at
+        least ``half`` old. A window becomes an anchor once the run of one class it lies in covers the
+        tracker's ``restart_span`` from it on (a replay from it, or from any earlier offset, makes the same
+        transitions, ``started_at`` aside); the next one is looked for from the moment the last is ``half``
+        old, so while the windows carry the fault the epoch stays between ``half`` and about twice that back."""
+        t = self.tracker
+        if self.cand is not None and t.given_run == 1:  # the candidate's run of one class broke
+            self.cand = None
+        if end_ts - self.anchor_ts < half:
+            return
+        self.epoch = self.anchor
+        if self.cand is None:
+            self.cand, self.cand_ts, self.cand_run = start, end_ts, t.given_run
+        span = t.restart_span
+        if span and t.given_run - self.cand_run + 1 >= span:
+            self.anchor, self.anchor_ts, self.cand = self.cand, self.cand_ts, None
 
     def resync_offset(self) -> int:
         """Oldest offset a replay must start from to rebuild this state exactly (module docstring)."""
