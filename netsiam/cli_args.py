@@ -193,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None, help="/metrics and /healthz port (default: metrics.port)")
     p.add_argument("--group", default=None, help="consumer group (default: kafka.group_id)")
 
-    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (foreground)")
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (foreground)",
+                       description="Tansu, storage in memory: it keeps every record until it stops (no retention; "
+                                   "about 60 MiB per million records) and slows as its log grows. For a test session "
+                                   "or a demo; run a Kafka cluster with retention for anything longer.")
     _common(p)
     p.add_argument("--port", type=int, default=9092, help="port to serve Kafka on")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
