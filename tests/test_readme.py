@@ -32,6 +32,18 @@ def test_readme_has_no_link_outside_the_repository() -> None:
     assert len(text.splitlines()) <= 200
 
 
+def test_every_local_link_in_docs_resolves_inside_the_repository() -> None:
+    """Relative to the page that holds it, as a reader's browser resolves it."""
+    pages = sorted((REPO / "docs").glob("*.md"))
+    assert pages
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "#", "mailto:")):
+                continue
+            path = (page.parent / target.split("#")[0]).resolve()
+            assert path.is_relative_to(REPO) and path.exists(), f"{page.name}: {target}"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_the_tour_runs_as_pasted(tmp_path: Path) -> None:
