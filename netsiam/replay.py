@@ -2,22 +2,24 @@
 
 Each line goes out byte for byte (bad lines too, so the daemon's dead-letter path can be exercised),
 keyed by its ``source`` so a source stays on one partition and in order. A line is parsed only to
-find that key and its ``ts`` for pacing; a line that does not parse is sent with key None.
+find that key and its ``ts`` for pacing; a line that does not parse is sent with key None. A file
+whose first line is no record at all (a SIPp CSV, a labels file) is refused before anything is sent.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from netsiam.config import Config, KafkaConfig
-from netsiam.errors import ServiceError, UsageError
+from netsiam.errors import NetsiamError, ServiceError, UsageError
 from netsiam.producer import PublishError, producer_factory
 from netsiam.schemas.timeparse import parse_ts
 from netsiam.traceio import STDIO, read_trace
@@ -31,6 +33,7 @@ class ReplayStats:
     failed: int
     seconds: float
     error: str = ""  # the first delivery error, if any
+    unkeyed: int = 0  # lines sent without a source (not records: the daemon dead-letters them)
 
     @property
     def rate(self) -> float:
@@ -82,13 +85,14 @@ def replay_lines(lines: Iterable[bytes], bootstrap: str, topic: str, *, speed: f
 
     bar = tqdm(total=total, unit="rec", file=sys.stderr, disable=not progress, mininterval=0.5,
                desc=f"replay {topic}")
-    sent = 0
+    sent = unkeyed = 0
     t0 = time.monotonic()
     ts0: float | None = None
     clock = -math.inf  # pace by the newest ts seen: sources interleave, a late line must not stall
     try:
         for line in lines:
             key, ts = key_and_ts(line)
+            unkeyed += key is None
             if speed is not None and ts is not None:
                 if ts0 is None:
                     ts0, t0 = ts, time.monotonic()
@@ -110,11 +114,25 @@ def replay_lines(lines: Iterable[bytes], bootstrap: str, topic: str, *, speed: f
     finally:
         bar.close()
         producer.close(10)
-    return ReplayStats(sent - failed, failed, time.monotonic() - t0, first_error[0] if first_error else "")
+    return ReplayStats(sent - failed, failed, time.monotonic() - t0, first_error[0] if first_error else "", unkeyed)
 
 
 def _count_lines(path: str) -> int:
     return sum(1 for _ in read_trace(path))
+
+
+def _checked(path: str) -> Iterator[bytes]:
+    """The trace's lines, once its first one is seen to be a record (a JSON object with a ``source``):
+    replaying a SIPp CSV or a labels file by mistake must fail before anything reaches the topic."""
+    lines = read_trace(path)
+    first = next(lines, None)
+    if first is None:
+        raise NetsiamError(f"{path}: empty trace (no lines)")
+    lineno, line = first
+    if key_and_ts(line)[0] is None:
+        hint = " (SIPp statistics: netsiam import sipp first)" if line.startswith(b"StartTime") else ""
+        raise NetsiamError(f"{path}:{lineno}: not a trace record, a JSON object with source, ts and metrics{hint}")
+    return itertools.chain([line], (ln for _, ln in lines))
 
 
 def cli_replay(args: Any, cfg: Config) -> int:
@@ -124,11 +142,14 @@ def cli_replay(args: Any, cfg: Config) -> int:
     only the address."""
     bootstrap = args.bootstrap or cfg.kafka.bootstrap_servers
     topic = args.topic or cfg.kafka.topics.samples
+    if not args.max and not args.speed > 0:
+        raise UsageError(f"--speed must be > 0, got {args.speed}")
     # the progress bar's total needs a first pass over the file: not for stdin, nor when quiet
     total = None if args.quiet or args.trace == STDIO else _count_lines(args.trace)
-    stats = replay_lines((line for _, line in read_trace(args.trace)), bootstrap, topic,
+    stats = replay_lines(_checked(args.trace), bootstrap, topic,
                          speed=None if args.max else args.speed, kafka=cfg.kafka,
                          progress=not args.quiet, total=total)
     print(f"replay: sent {stats.sent} records to {topic} in {stats.seconds:.2f} s ({stats.rate:,.0f} records/s)"
+          + (f", {stats.unkeyed} of them not records (the daemon dead-letters them)" if stats.unkeyed else "")
           + (f", {stats.failed} FAILED ({stats.error})" if stats.failed else ""), flush=True)
     return 1 if stats.failed else 0

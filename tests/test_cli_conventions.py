@@ -84,6 +84,13 @@ def test_exit_status_says_which_kind_of_error(tmp_path: Path) -> None:
     assert netsiam("replay", str(DATA / "sipp_b_labels.csv"), "--speed", "0").returncode == EXIT_USAGE
     r = netsiam("replay", str(tmp_path / "none.jsonl"), "--max")
     assert r.returncode == EXIT_DATA and b"none.jsonl" in r.stderr
+    # no trace at all: refused before any broker is tried (nothing listens on port 1)
+    r = netsiam("replay", str(DATA / "sipp_b_stat.csv"), "--max", "--bootstrap", "127.0.0.1:1")
+    assert r.returncode == EXIT_DATA and b"sipp_b_stat.csv:1: not a trace record" in r.stderr, r.stderr
+    assert b"import sipp" in r.stderr
+    (tmp_path / "blank.jsonl").write_bytes(b"\n \n")
+    r = netsiam("replay", str(tmp_path / "blank.jsonl"), "--max", "--bootstrap", "127.0.0.1:1")
+    assert r.returncode == EXIT_DATA and b"empty trace" in r.stderr
     bad = tmp_path / "c.yaml"
     bad.write_text("detector:\n  silent_after_s: -1\n")
     r = netsiam("replay", str(tmp_path / "none.jsonl"), "--max", "--config", str(bad))

@@ -42,6 +42,7 @@ def test_cli_sends_every_line_unchanged_keyed_by_source(broker: Any, tmp_path: P
     assert p.returncode == 0, p.stderr
     m = re.search(r"sent (\d+) records to (\S+) in [0-9.]+ s \(([0-9,]+) records/s\)", p.stdout)
     assert m and int(m.group(1)) == len(lines) and m.group(2) == topic, p.stdout
+    assert "1 of them not records (the daemon dead-letters them)" in p.stdout, p.stdout
     assert "rec" in p.stderr  # the progress bar
     msgs = read_topic(broker.bootstrap, topic, until=lambda ms: len(ms) >= len(lines))
     assert sorted(x.value for x in msgs) == sorted(line.strip() for line in lines)
