@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from typing import Any, NamedTuple
 
 from netsiam.config import KafkaConfig
 from netsiam.errors import ConfigError
 
-__all__ = ["FETCH_MAX_WAIT_MS", "ClosedTransportFilter", "ConsumedRecord", "bootstrap_list", "client_kwargs", "consumer_kwargs", "producer_kwargs", "quiet_kafka_logs"]
+__all__ = ["FETCH_MAX_WAIT_MS", "ClosedTransportFilter", "ConsumedRecord", "UnreachableFilter", "bootstrap_list", "client_kwargs", "consumer_kwargs", "producer_kwargs", "quiet_kafka_logs"]
 
 # Tansu answers a fetch over several partitions only when fetch_max_wait_ms expires, even once data
 # is there (kafka-python's default 500 ms gave a record->consumer p50 of 150 ms, p99 290 ms; 50 ms
@@ -150,8 +151,21 @@ class ClosedTransportFilter(logging.Filter):
         return not (isinstance(exc, AttributeError) and "(closed)>" in record.getMessage())
 
 
+class UnreachableFilter(logging.Filter):
+    """Drops kafka-python's ERROR line for every failed (re)connection to a broker that is away: one a
+    second, 60 lines before a verb's own one-line "cannot reach the broker", and as many in the daemon's
+    log, which says "broker unreachable" and "broker reachable" itself. ``NETSIAM_DEBUG=1`` keeps them."""
+
+    MESSAGES = frozenset({"Connection failed: %s", "%s: Connection lost: %s", "Bootstrap failed: %s"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.MESSAGES or bool(os.environ.get("NETSIAM_DEBUG"))
+
+
 # on its own logger: a logger's filters see only the records logged on it (as RepeatFilter, confluent_io.py)
 logging.getLogger("kafka.net.transport").addFilter(ClosedTransportFilter())
+for _name in ("kafka.net.manager", "kafka.net.connection"):
+    logging.getLogger(_name).addFilter(UnreachableFilter())
 
 
 def quiet_kafka_logs() -> None:

@@ -44,6 +44,12 @@ Delivery = Callable[[BaseException | None], None]
 """Called once per record: ``None`` when acknowledged, else the error."""
 
 
+def _named(e: BaseException) -> str:
+    """``Type: message``, once: kafka-python's errors already start their message with their type."""
+    msg, name = str(e), type(e).__name__
+    return msg if msg.startswith(name) else f"{name}: {msg}"
+
+
 class PublishError(Exception):
     """The producer cannot be created, or a record cannot be handed to it (broker away, buffer full)."""
 
@@ -76,7 +82,7 @@ class KafkaPythonProducer:
         try:
             self._p = KafkaProducer(**kw)
         except KafkaError as e:
-            raise PublishError(f"{type(e).__name__}: {e}") from None
+            raise PublishError(_named(e)) from None
 
     def send(self, topic: str, key: bytes | None, value: bytes, on_delivery: Delivery | None = None) -> None:
         from kafka.errors import KafkaError
@@ -84,7 +90,7 @@ class KafkaPythonProducer:
         try:
             fut = self._p.send(topic, key=key, value=value)
         except KafkaError as e:  # no metadata or no buffer room within max_block_ms, closed...
-            raise PublishError(f"{type(e).__name__}: {e}") from None
+            raise PublishError(_named(e)) from None
         if on_delivery is not None:
             if not self._errors_only:
                 fut.add_callback(_acked, on_delivery)

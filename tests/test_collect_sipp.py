@@ -232,6 +232,21 @@ def test_verb_errors_are_one_line() -> None:
     assert r.returncode == 2 and b"--bootstrap" in r.stderr  # usage: publish or write, not both
 
 
+def test_a_file_that_cannot_be_collected_is_refused_before_the_broker_is_tried(tmp_path: Path) -> None:
+    """No broker listens on port 1: a missing file is said at once, not after the broker's timeout; read
+    once, a file with no SIPp header (a trace, an empty file) is an error, not a run of 0 records."""
+    t0 = time.monotonic()
+    r = netsiam("collect", "sipp", str(tmp_path / "missing.csv"), "--source", "s", "--bootstrap", "127.0.0.1:1",
+                "--state", "none")
+    assert r.returncode == 3 and b"missing.csv: no such file" in r.stderr and time.monotonic() - t0 < 20, r.stderr
+    trace, empty = tmp_path / "t.jsonl", tmp_path / "empty.csv"
+    trace.write_text('{"source": "a", "ts": 1795384000, "metrics": {}}\n')
+    empty.write_text("")
+    for bad in (trace, empty):
+        r = netsiam("collect", "sipp", str(bad), "--source", "s", "-o", str(tmp_path / "out.jsonl"))
+        assert r.returncode == 3 and b"not SIPp statistics" in r.stderr and b"Traceback" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_follow_restart_no_duplicate_no_gap(tmp_path: Path, sig: int) -> None:
     """--follow as a process: rows appear, the collector is stopped (SIGTERM) or killed (SIGKILL) once

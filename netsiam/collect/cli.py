@@ -100,6 +100,10 @@ def cli_collect(args: argparse.Namespace, cfg: Config) -> int:
     from netsiam.collect.sink import DEFAULT_MAX_PENDING, KafkaSink, Sink, StreamSink
 
     _setup_logging()
+    if args.kind == "sipp":
+        from netsiam.collect.sipp import check_paths
+
+        check_paths(args.files, args.follow)   # before the broker: a typo must not wait for it
     stop = threading.Event()
     _stop_on_signals(stop)
     metrics = CollectMetrics(CollectorRegistry(), args.kind)

@@ -26,7 +26,7 @@ from netsiam.collect.statfollow import StatFollower
 from netsiam.errors import NetsiamError, UsageError
 from netsiam.importers.sipp import StatRow
 
-__all__ = ["POLL_S", "SippCollector"]
+__all__ = ["POLL_S", "SippCollector", "check_paths"]
 
 log = logging.getLogger("netsiam.collect")
 
@@ -35,19 +35,25 @@ SAVE_EVERY_S = 0.2       # the state file is written at most this often (and at 
 FLUSH_ON_EXIT_S = 10.0   # on stop: wait this long for outstanding acks
 
 
+def check_paths(paths: Sequence[str | Path], follow: bool) -> None:
+    """Refuse what cannot be collected, before any broker is tried: no file, a compressed one, or (read
+    once, without ``follow``) one that does not exist. A followed file may appear later."""
+    if not paths:
+        raise UsageError("collect sipp: no statistics files given")
+    for p in paths:
+        if str(p).endswith(".gz"):
+            raise NetsiamError(f"{p}: a compressed file is finished, not followed: use `netsiam import sipp`")
+        if not follow and not Path(p).is_file():
+            raise NetsiamError(f"{p}: no such file")
+
+
 class SippCollector:
     def __init__(self, paths: Sequence[str | Path], source: str, sink: Sink, state: CollectState,
                  metrics: CollectMetrics, *, follow: bool = False, poll_s: float = POLL_S,
                  stop: threading.Event | None = None) -> None:
         if not source:
             raise UsageError("collect sipp: a source name is required")
-        if not paths:
-            raise UsageError("collect sipp: no statistics files given")
-        for p in paths:
-            if str(p).endswith(".gz"):
-                raise NetsiamError(f"{p}: a compressed file is finished, not followed: use `netsiam import sipp`")
-            if not follow and not Path(p).is_file():
-                raise NetsiamError(f"{p}: no such file")
+        check_paths(paths, follow)
         self.followers = [StatFollower(p, metrics) for p in paths]
         self.source, self.sink, self.state, self.metrics = source, sink, state, metrics
         self.follow, self.poll_s = follow, poll_s
@@ -96,6 +102,10 @@ class SippCollector:
                 log.warning("%d record(s) not acknowledged at exit: the next run publishes them again",
                             self.sink.pending)
             self._acked(force_save=True)
+        if not self.follow and not self.stop.is_set():
+            for f in self.followers:
+                if not f.headers:
+                    raise NetsiamError(f"{f.path}: not SIPp statistics (no -trace_stat header)")
         return self.published
 
     def _emit(self, r: StatRow) -> None:

@@ -89,6 +89,7 @@ class StatFollower:
         self._periods = PeriodFilter()
         self._line_no = 0
         self._warned = False
+        self.headers = 0            # -trace_stat headers read (0 after a whole file: not SIPp statistics)
         self.eof = False            # everything written so far has been read
         self.resets = 0
 
@@ -175,6 +176,7 @@ class StatFollower:
                 self._count_reset("new run")
             try:
                 self._header = parse_header(line, where)
+                self.headers += 1
             except NetsiamError as e:
                 self._not_statistics(str(e))
             return
