@@ -16,6 +16,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from netsiam.errors import ServiceError
+
 __all__ = ["HealthServer"]
 
 log = logging.getLogger("netsiam.detector")
@@ -33,7 +35,11 @@ class HealthServer:
                  ready: Callable[[], tuple[bool, str]]) -> None:
         self._metrics_app = make_wsgi_app(registry)
         self._ready = ready
-        self._server = make_server(host, port, self._app, ThreadingWSGIServer, handler_class=_QuietHandler)
+        try:
+            self._server = make_server(host, port, self._app, ThreadingWSGIServer, handler_class=_QuietHandler)
+        except OSError as e:   # the port taken, the address not this host's: say which (--metrics-port)
+            raise ServiceError(f"cannot serve metrics on {host}:{port} (--metrics-port, metrics.port): "
+                               f"{e.strerror or e}") from None
         self.host = host
         self.port = int(self._server.server_port)
         self._thread = threading.Thread(target=self._server.serve_forever, name="netsiam-http", daemon=True)

@@ -9,6 +9,7 @@ import argparse
 import os
 from typing import Any
 
+from netsiam.argtypes import finite, port
 from netsiam.collect.cli import add_parsers as add_collect_parsers
 
 __all__ = ["HelpFormatter", "build_parser", "iter_parsers", "version"]
@@ -71,13 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="write a synthetic signalling trace + labels with injected faults")
     _common(p)
     p.add_argument("--sources", type=int, default=8, help="monitored elements to simulate")
-    p.add_argument("--minutes", type=float, default=30.0, help="length of the trace")
+    p.add_argument("--minutes", type=finite, default=30.0, help="length of the trace")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same trace)")
     p.add_argument("--faults", default=None,
                    help="comma-separated fault kinds to inject (default: blocked,capacity_limit)")
-    p.add_argument("--min-load", type=float, default=None, help="lowest base offered load, calls/s "
+    p.add_argument("--min-load", type=finite, default=None, help="lowest base offered load, calls/s "
                    "(default: the simulator's)")
-    p.add_argument("--max-load", type=float, default=None, help="highest base offered load, calls/s "
+    p.add_argument("--max-load", type=finite, default=None, help="highest base offered load, calls/s "
                    "(default: the simulator's)")
     p.add_argument("-o", "--output", required=True, help="trace JSONL to write; - = stdout")
     p.add_argument("--labels", required=True, help="labels CSV to write")
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
     p.add_argument("--topic", default=None, help="topic (default: kafka.topics.samples)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--speed", type=float, help="recorded pace x SPEED")
+    g.add_argument("--speed", type=finite, help="recorded pace x SPEED")
     g.add_argument("--max", action="store_true", help="as fast as possible")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--bootstrap", default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
     p.add_argument("--model", default=None, help="artifact directory (default: detector.model, else the shipped model)")
-    p.add_argument("--metrics-port", type=int, default=None, help="/metrics and /healthz port (default: metrics.port)")
+    p.add_argument("--metrics-port", type=port, default=None, help="/metrics and /healthz port (default: metrics.port)")
     p.add_argument("--group", default=None, help="consumer group (default: kafka.group_id)")
 
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (foreground)",
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "about 60 MiB per million records) and slows as its log grows. For a test session "
                                    "or a demo; run a Kafka cluster with retention for anything longer.")
     _common(p)
-    p.add_argument("--port", type=int, default=9092, help="port to serve Kafka on")
+    p.add_argument("--port", type=port, default=9092, help="port to serve Kafka on")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--cert", default=None,
                    help="PEM certificate: serve TLS on --port (clients: kafka.security_protocol SSL, "

@@ -107,6 +107,41 @@ def test_exit_status_says_which_kind_of_error(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("netsiam replay: error: cannot reach the broker"), lines
 
 
+def test_a_bad_value_is_a_usage_error_that_names_the_flag_before_any_work(tmp_path: Path) -> None:
+    """What a typo gives: exit 2 and the flag, not an internal error after loading a model or embedding."""
+    out = str(tmp_path / "x")
+    cases = [
+        (("broker", "--port", "70000"), "--port"),
+        (("detect", "--metrics-port", "-1", "--bootstrap", "127.0.0.1:1"), "--metrics-port"),
+        (("simulate", "--minutes", "nan", "-o", out, "--labels", out + ".csv"), "--minutes"),
+        (("simulate", "--min-load", "50", "--max-load", "10", "-o", out, "--labels", out + ".csv"), "--min-load"),
+        (("simulate", "--min-load", "600", "-o", out, "--labels", out + ".csv"), "(its default)"),
+        (("simulate", "--minutes", "1", "-o", out, "--labels", out), "same file"),
+        (("plot", "dashboard", "--range", "abc", "-o", out + ".png", "--prometheus", "http://127.0.0.1:1"), "--range"),
+        (("plot", "embedding", "--data", str(DATA / "sipp_b_stat.csv"), "-o", out + ".txt"), "not an image"),
+        (("evaluate", "--data", str(DATA / "sipp_b_stat.csv"), "--labels", str(DATA / "sipp_b_labels.csv"),
+          "--plots", str(DATA / "sipp_b_labels.csv")), "--plots"),
+    ]
+    for args, needle in cases:
+        r = netsiam(*args)
+        err = r.stderr.decode()
+        assert r.returncode == EXIT_USAGE and needle in err and "internal error" not in err, (args, err)
+    assert not Path(out).exists() and not Path(out + ".csv").exists()
+
+
+def test_a_metrics_port_in_use_is_named(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = netsiam("detect", "--metrics-port", str(port), "--bootstrap", "127.0.0.1:1")
+    err = r.stderr.decode()
+    assert r.returncode == EXIT_RUNTIME and f"cannot serve metrics on 127.0.0.1:{port}" in err, err
+    assert "Traceback" not in err
+
+
 # -- configuration ----------------------------------------------------------------------------------------
 def test_config_lookup_order(tmp_path: Path) -> None:
     flag, via_env, system = (tmp_path / n for n in ("flag.yaml", "env.yaml", "system.yaml"))

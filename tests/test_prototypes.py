@@ -11,7 +11,7 @@ from helpers import lstm_encoder, manifest, prototypes_at, small_artifact
 
 from netsiam.cli import main
 from netsiam.config import PrototypeConfig, WindowConfig
-from netsiam.errors import EXIT_DATA, NetsiamError
+from netsiam.errors import EXIT_DATA, EXIT_USAGE, NetsiamError
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.classes import KNOWN_LABELS, SILENT, UNKNOWN
 from netsiam.serving import Prototypes, load_artifact
@@ -272,13 +272,16 @@ def test_cli_errors_are_one_line_and_leave_the_artifact_alone(model_dir: Path, t
     assert (model_dir / "prototypes.json").read_bytes() == before
 
 
-def test_cli_refuses_to_remove_the_last_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_to_remove_normal_or_the_last_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without ``normal`` every window would be a fault or unknown (an evaluate of it reads as perfect)."""
     d = lstm_artifact(tmp_path / "m")
-    for name in ("normal", "blocked"):
+    assert main(["prototypes", "remove", "--model", str(d), "--name", "normal"]) == EXIT_USAGE
+    assert "'normal' cannot be removed" in capsys.readouterr().err
+    for name in ("blocked", "capacity_limit"):
         assert main(["prototypes", "remove", "--model", str(d), "--name", name]) == 0
-    assert main(["prototypes", "remove", "--model", str(d), "--name", "capacity_limit"]) == EXIT_DATA
+    assert main(["prototypes", "remove", "--model", str(d), "--name", "normal"]) == EXIT_DATA
     assert "only class" in capsys.readouterr().err
-    assert orjson.loads((d / "prototypes.json").read_bytes())["classes"].keys() == {"capacity_limit"}
+    assert orjson.loads((d / "prototypes.json").read_bytes())["classes"].keys() == {"normal"}
 
 
 def test_cli_add_windows_with_the_models_window_settings(tmp_path: Path) -> None:

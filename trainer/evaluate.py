@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 
 from netsiam.config import Config, DebounceConfig, PrototypeConfig
-from netsiam.errors import NetsiamError
+from netsiam.errors import NetsiamError, UsageError
 from netsiam.evidence import ranges_from_manifest, tails_in_range
 from netsiam.schemas.classes import NORMAL, UNKNOWN
 from netsiam.serving import Artifact, load_artifact
@@ -395,6 +395,8 @@ def cli_evaluate(args: argparse.Namespace, cfg: Config) -> int:
         for p in paths:
             if not Path(p).is_file():
                 raise NetsiamError(f"{kind} file not found: {p}")
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise UsageError(f"--plots {args.plots}: a file, not a folder to write the plots into")
     refuse_verdicts(iv.label for p in args.labels for iv in read_labels(p))   # before the slow model load
     artifact = load_artifact(args.model)
     cfg = config_for_artifact(cfg, artifact, explicit=getattr(args, "config", None) is not None)

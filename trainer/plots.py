@@ -329,8 +329,19 @@ def animate_snapshots(snapshots: str | Path, out: str | Path, fps: int = 4) -> P
 # --------------------------------------------------------------------------- CLI
 
 
+def _image_path(path: str) -> None:
+    """Refuse an output matplotlib cannot write, before the work (``-o e.txt`` after embedding a trace)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if Path(path).suffix.lstrip(".").lower() not in kinds:
+        raise UsageError(f"-o {path}: not an image file name (.png, .svg, .pdf, ...: {', '.join(sorted(kinds))})")
+
+
 def cli_plot(args: argparse.Namespace, cfg: Config) -> int:
     what = "animate" if args.animate else args.what
+    if what != "animate":
+        _image_path(args.output)
     if what == "dashboard":
         from netsiam.dashboard.picture import cli_plot_dashboard
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from netsiam.config import Config, PrototypeConfig
-from netsiam.errors import NetsiamError
-from netsiam.schemas.classes import VERDICTS
+from netsiam.errors import NetsiamError, UsageError
+from netsiam.schemas.classes import NORMAL, VERDICTS
 from netsiam.serving import Artifact, Prototypes, load_artifact
 
 __all__ = [
@@ -264,6 +264,8 @@ def cli_prototypes(args: argparse.Namespace, cfg: Config) -> int:
             raise NetsiamError(f"no class {args.name!r} in {args.model} (classes: {', '.join(protos.classes)})")
         if len(protos.classes) == 1:
             raise NetsiamError(f"{args.name!r} is the only class; an artifact needs at least one")
+        if args.name == NORMAL:
+            raise UsageError("'normal' cannot be removed: every window would then be a fault or unknown")
         protos.remove(args.name)
         artifact.save_prototypes(args.model)
         print(f"removed {args.name!r}; classes: {', '.join(protos.classes)}")

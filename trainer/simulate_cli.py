@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from netsiam.config import Config
-from netsiam.errors import NetsiamError
+from netsiam.errors import UsageError
 from netsiam.traceio import write_labels, write_trace
 from netsiam.trainer.simulate import SimParams, simulate
 
@@ -16,7 +17,9 @@ __all__ = ["cli_simulate"]
 
 def cli_simulate(args: argparse.Namespace, cfg: Config) -> int:
     if args.sources < 1 or args.minutes <= 0:
-        raise NetsiamError("--sources must be >= 1 and --minutes > 0")
+        raise UsageError("--sources must be >= 1 and --minutes > 0")
+    if os.path.abspath(args.output) == os.path.abspath(args.labels) and args.output != "-":
+        raise UsageError(f"-o and --labels name the same file: {args.output}")
     params = SimParams()
     changes: dict[str, object] = {}
     if args.faults:
@@ -24,7 +27,10 @@ def cli_simulate(args: argparse.Namespace, cfg: Config) -> int:
     if args.min_load is not None or args.max_load is not None:
         lo = args.min_load if args.min_load is not None else params.load_range[0]
         hi = args.max_load if args.max_load is not None else params.load_range[1]
-        changes["load_range"] = (lo, max(lo, hi))
+        if lo > hi:
+            raise UsageError(f"--min-load {lo:g} is above --max-load {hi:g}"
+                             + ("" if args.max_load is not None else " (its default)"))
+        changes["load_range"] = (lo, hi)
     params = dataclasses.replace(params, **changes)
     records, labels = simulate(args.sources, args.minutes, args.seed, params, progress=not args.quiet)
     n = write_trace(args.output, records)

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from netsiam.argtypes import port
 from netsiam.config import Config
 
 __all__ = ["DEFAULT_METRICS_PORTS", "add_parsers", "cli_collect", "cli_dump"]
@@ -37,7 +38,7 @@ def _outputs(q: argparse.ArgumentParser, kind: str) -> None:
     g.add_argument("--bootstrap", help="HOST:PORT of the Kafka cluster to publish to (default: kafka.bootstrap_servers)")
     g.add_argument("-o", "--output", help="append records to this JSON Lines file instead of publishing; - = stdout")
     q.add_argument("--topic", default=None, help="samples topic (default: kafka.topics.samples)")
-    q.add_argument("--metrics-port", type=int, default=None,
+    q.add_argument("--metrics-port", type=port, default=None,
                    help=f"/metrics port (default {DEFAULT_METRICS_PORTS[kind]} when publishing, none with -o; "
                         "0 = any free port)")
     q.add_argument("--buffer", type=int, default=None,

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from netsiam.errors import UsageError
+
 from .prometheus import PanelData, fetch_panels, parse_duration
 
 __all__ = ["cli_plot_dashboard", "draw_dashboard", "fmt_value", "render_dashboard"]
@@ -231,7 +233,10 @@ def _human_range(s: float) -> str:
 def cli_plot_dashboard(args: argparse.Namespace, cfg: object = None) -> int:
     """``netsiam plot dashboard --prometheus URL -o out.png`` (optional ``--source``, ``--range``)."""
     rng = getattr(args, "range", None)
-    range_s = parse_duration(rng) if isinstance(rng, str) else float(rng or 3600.0)
+    try:
+        range_s = parse_duration(rng) if isinstance(rng, str) else float(rng or 3600.0)
+    except ValueError as e:
+        raise UsageError(f"--range: {e} (e.g. 15m, 1h, 1h30m)") from None
     out = render_dashboard(args.prometheus, args.output, source=getattr(args, "source", None),
                            range_s=range_s, instance=getattr(args, "instance", None))
     print(out)
