@@ -424,6 +424,21 @@ def test_cli_evaluate_refuses_the_detectors_verdicts_as_truth(tiny_artifact: Pat
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+def test_cli_evaluate_warns_when_the_labels_cannot_apply(tiny_artifact: Path, tmp_path: Path) -> None:
+    """Labels of other sources (another capture's file) read as all-normal, a report that looks fine."""
+    trace, labels = write_case(tmp_path)
+    r = netsiam("evaluate", "--model", str(tiny_artifact), "--data", str(trace), "--labels", str(labels))
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    other = tmp_path / "other.csv"
+    rows = labels.read_text().splitlines()
+    other.write_text("\n".join([rows[0], *("elsewhere," + ln.split(",", 1)[1] for ln in rows[1:])]) + "\n")
+    r = netsiam("evaluate", "--model", str(tiny_artifact), "--data", str(trace), "--labels", str(other),
+                "--novel", "nosuchclass")
+    assert r.returncode == 0
+    assert "the labels name none of the trace's sources (labels: elsewhere" in r.stderr, r.stderr
+    assert "--novel nosuchclass: no label interval names it" in r.stderr
+
+
 def test_cli_evaluate_missing_file_is_one_line(tiny_artifact: Path, tmp_path: Path) -> None:
     r = netsiam("evaluate", "--model", str(tiny_artifact), "--data", str(tmp_path / "nope.jsonl"),
                 "--labels", str(tmp_path / "nope.csv"), "--json", str(tmp_path / "r.json"))

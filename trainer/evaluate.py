@@ -389,6 +389,19 @@ def _json_ready(obj: Any) -> Any:
     return obj
 
 
+def _warn_unmatched(lw: LabelledWindows, intervals: Sequence[LabelInterval], novel: Sequence[str]) -> None:
+    """Say what a mismatched pair of files looks like before it reads as a report: labels whose sources
+    the trace does not have (every window then normal), a --novel class no label names."""
+    named = {iv.source for iv in intervals}
+    have = {str(s) for s in np.unique(lw.sources)}
+    if named and named.isdisjoint(have):
+        print(f"warning: the labels name none of the trace's sources (labels: {', '.join(sorted(named)[:5])}; "
+              f"trace: {', '.join(sorted(have)[:5])}): every window is scored as normal", file=sys.stderr)
+    for cls in novel:
+        if cls not in {iv.label for iv in intervals}:
+            print(f"warning: --novel {cls}: no label interval names it", file=sys.stderr)
+
+
 def cli_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     # check inputs before loading the model: a typo fails in a moment, not after importing Keras
     for kind, paths in (("trace", args.data), ("labels", args.labels)):
@@ -401,6 +414,7 @@ def cli_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     artifact = load_artifact(args.model)
     cfg = config_for_artifact(cfg, artifact, explicit=getattr(args, "config", None) is not None)
     lw, intervals = load_labelled(args.data, args.labels, cfg)
+    _warn_unmatched(lw, intervals, args.novel)
     ev = evaluate_detailed(artifact, lw, cfg, novel_labels=args.novel, intervals=intervals)
     if args.json_out:
         atomic_write_bytes(args.json_out, orjson.dumps(_json_ready(ev.report), option=orjson.OPT_INDENT_2))
