@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["finite", "port"]
+__all__ = ["finite", "port", "positive"]
 
 
 def port(text: str) -> int:
@@ -29,3 +29,14 @@ def finite(text: str) -> float:
     if not math.isfinite(x):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return x
+
+
+def positive(text: str) -> int:
+    """A whole number >= 1 (epochs, candidates, sources, examples)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n

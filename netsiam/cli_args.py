@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import Any
 
-from netsiam.argtypes import finite, port
+from netsiam.argtypes import finite, port, positive
 from netsiam.collect.cli import add_parsers as add_collect_parsers
 
 __all__ = ["HelpFormatter", "build_parser", "iter_parsers", "version"]
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="write a synthetic signalling trace + labels with injected faults")
     _common(p)
-    p.add_argument("--sources", type=int, default=8, help="monitored elements to simulate")
+    p.add_argument("--sources", type=positive, default=8, help="monitored elements to simulate")
     p.add_argument("--minutes", type=finite, default=30.0, help="length of the trace")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same trace)")
     p.add_argument("--faults", default=None,
@@ -101,10 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", required=True, help="trace JSONL (repeatable; one may be -)")
     p.add_argument("--labels", action="append", required=True, help="labels CSV (repeatable)")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
-    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default: training.epochs)")
+    p.add_argument("--epochs", type=positive, default=None, help="at most this many epochs (default: training.epochs)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: training.seed)")
     p.add_argument("--loss", choices=["triplet", "lossless"], default=None, help="loss (default: training.loss)")
-    p.add_argument("--candidates", type=int, default=None,
+    p.add_argument("--candidates", type=positive, default=None,
                    help="train seeds SEED..SEED+N-1, keep the one the input-shift probe scores highest "
                         "(default: training.candidates)")
     p.add_argument("--exclude-label", action="append", default=[],
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", action="append", required=True, help="trace JSONL (repeatable; one may be -)")
     q.add_argument("--labels", action="append", required=True, help="labels CSV (repeatable)")
     q.add_argument("--label", default=None, help="label in the labels file to take (default: --name)")
-    q.add_argument("--max-examples", type=int, default=None, help="use at most this many windows (default: all)")
+    q.add_argument("--max-examples", type=positive, default=None, help="use at most this many windows (default: all)")
     q = psub.add_parser("list", help="list classes")
     _common(q)
     q.add_argument("--model", required=True, help="artifact directory")

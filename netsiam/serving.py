@@ -311,7 +311,7 @@ def load_artifact(path: str | Path | None = None, reuse: Artifact | None = None)
 
     p = Path(path) if path else default_model_path()
     if not p.is_dir():
-        raise NetsiamError(f"model artifact not found: {p}")
+        raise NetsiamError(f"model artifact not found: {p}" + (" (a file; a model is a directory)" if p.exists() else ""))
     manifest = _read_json(p / MANIFEST_FILE)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise NetsiamError(f"{p / MANIFEST_FILE}: not a netsiam manifest (format {FORMAT} expected)")

@@ -67,8 +67,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         with path.open("wb") as f:
             f.write(data)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:   # name the file asked for, not the temporary one beside it
+        raise type(e)(e.errno, e.strerror, os.fspath(path)) from None
     umask = os.umask(0)
     os.umask(umask)
     try:

@@ -121,6 +121,9 @@ def test_a_bad_value_is_a_usage_error_that_names_the_flag_before_any_work(tmp_pa
         (("plot", "embedding", "--data", str(DATA / "sipp_b_stat.csv"), "-o", out + ".txt"), "not an image"),
         (("evaluate", "--data", str(DATA / "sipp_b_stat.csv"), "--labels", str(DATA / "sipp_b_labels.csv"),
           "--plots", str(DATA / "sipp_b_labels.csv")), "--plots"),
+        (("simulate", "--sources", "0", "-o", out, "--labels", out + ".csv"), "--sources"),
+        (("train", "--epochs", "0", "--data", out, "--labels", out, "-o", out), "--epochs"),
+        (("dump", "--from", "yesterday", "-o", out), "bad time 'yesterday'"),
     ]
     for args, needle in cases:
         r = netsiam(*args)

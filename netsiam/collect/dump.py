@@ -85,7 +85,7 @@ def _bound(text: str | None, default: float) -> float:
     try:
         return parse_ts(text)
     except ValueError as e:
-        raise UsageError(f"dump: bad time {text!r}: {e}") from None
+        raise UsageError(f"bad time {text!r}: {e}") from None
 
 
 def episodes_from_events(events: Sequence[dict[str, Any]], start: float, end: float,
