@@ -42,7 +42,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         default = action.default
         if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
-                or (isinstance(default, list) and not default) or "default" in text):
+                or (isinstance(default, list | str) and not default) or "default" in text):
             return text
         return f"{text} (default: %(default)s)"
 

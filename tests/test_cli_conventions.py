@@ -49,7 +49,7 @@ def test_every_flag_has_help_and_shows_its_default() -> None:
             if not (a.help or "").strip():
                 missing.append(name)
             shown = fmt._get_help_string(a) or ""
-            stated = a.default not in (None, False, argparse.SUPPRESS) and not (isinstance(a.default, list)
+            stated = a.default not in (None, False, argparse.SUPPRESS) and not (isinstance(a.default, list | str)
                                                                                  and not a.default)
             if a.option_strings and stated and "default" not in shown:
                 no_default.append(name)
@@ -76,6 +76,19 @@ def test_every_documented_invocation_names_a_verb_and_flags_it_has() -> None:
         word = line[len(cmd):].split()[0] if line[len(cmd):].split() else ""
         choices = [c for a in actions if not a.option_strings and a.choices for c in a.choices]
         assert not choices or word in choices, f"{line!r}: {word!r} is not one of {choices}"
+
+
+def test_the_flag_reference_in_cli_md_is_the_parsers_own() -> None:
+    from netsiam.cli_docs import BEGIN, END, flags_markdown
+
+    text = (REPO / "docs" / "cli.md").read_text()
+    block = text[text.index(BEGIN) + len(BEGIN):text.index(END)]
+    assert block.strip() == flags_markdown().strip(), "docs/cli.md's flags are stale: python -m netsiam.cli_docs"
+    for cmd, parser in iter_parsers(build_parser()):
+        for a in parser._actions:
+            if a.option_strings and a.dest not in ("help", "config", "version") and not any(
+                    isinstance(x, argparse._SubParsersAction) for x in parser._actions):
+                assert f"`{a.option_strings[-1]}`" in block, (cmd, a.option_strings)
 
 
 # -- exit status ----------------------------------------------------------------------------------------
