@@ -187,7 +187,12 @@ def test_capture_failure_is_one_line(tmp_path: Path) -> None:
                        cwd=REPO, capture_output=True, timeout=60)
     assert r.returncode == 1  # a runtime failure: the capture, not the input
     last = r.stderr.decode().strip().splitlines()[-1]
-    assert last.startswith("netsiam collect: error: capture on nosuchif0 ended") and "nosuchif0" in last
+    assert last.startswith("netsiam collect: error: capture on nosuchif0 ended") and "no device named" in last
+    # the line naming the cause, not dumpcap's advice after it
+    r = subprocess.run([sys.executable, "-m", "netsiam", "collect", "pcap", "--interface", "lo", "--filter",
+                        "udp prt 5060", "-o", "-"], cwd=REPO, capture_output=True, timeout=60)
+    last = r.stderr.decode().strip().splitlines()[-1]
+    assert r.returncode == 1 and 'Invalid capture filter "udp prt 5060"' in last, last
 
 
 @pytest.mark.parametrize("back_port", ["5070", "5060"])   # the relay's second leg from another port, or the same

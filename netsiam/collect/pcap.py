@@ -93,6 +93,16 @@ def capture_commands(interface: str, bpf: str = "", write: str = "") -> tuple[li
     return dumpcap, tshark + tshark_fields_args()
 
 
+# dumpcap's lines that say what went wrong, before the advice it prints after them
+_CAUSES = ("Invalid capture filter", "There is no device", "ermission", "No such device", "not permitted")
+
+
+def _why(lines: list[str]) -> str:
+    """The dumpcap line that names the cause (a bad filter, no such device, no permission), else its last."""
+    useful = [ln for ln in lines if ln and "Running as user" not in ln]
+    return next((ln for ln in useful if any(c in ln for c in _CAUSES)), useful[-1] if useful else "")
+
+
 class PcapCollector:
     def __init__(self, interface: str, bpf: str, sink: Sink, metrics: CollectMetrics, *,
                  interval_s: float = 1.0, lateness_s: float = LATENESS_S, write: str = "",
@@ -138,7 +148,7 @@ class PcapCollector:
             self.sink.poll()
         if failed and not self.stop.is_set():
             self.metrics.error("capture")
-            why = next((ln for ln in reversed(self._stderr) if ln and "Running as user" not in ln), "")
+            why = _why(self._stderr)
             raise ServiceError(f"capture on {self.interface} ended (dumpcap exit code {cap.returncode}, "
                                f"tshark {dec.returncode}): {why or failed}")
         return self.published
