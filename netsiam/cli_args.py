@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(q)
     q.add_argument("version", metavar="VERSION", help="a version from `model history` (or an event's model_version)")
     q.add_argument("--model", default=None, help="artifact directory (default: detector.model)")
-    q.add_argument("--by", default=os.environ.get("USER", ""), help="who rolls back (logged)")
+    q.add_argument("--by", default=os.environ.get("USER", ""), help="who rolls back (logged; default: $USER)")
     q = msub.add_parser("copy", help="copy a model (default: the shipped one) into a directory to serve and teach")
     _common(q)
     q.add_argument("directory", metavar="DIR", help="new artifact directory")

@@ -240,6 +240,9 @@ class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9108
 
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "metrics.port", "must be 0-65535")
+
 
 @dataclass(frozen=True)
 class Config:

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
-import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import confluent_kafka
 
 from netsiam.config import KafkaConfig
 from netsiam.errors import ConfigError
-from netsiam.kafka_io import RECONNECT_BACKOFF_MAX_MS, bootstrap_list
+from netsiam.kafka_io import RECONNECT_BACKOFF_MAX_MS, RepeatFilter, bootstrap_list
 from netsiam.producer import Delivery, PublishError
 
 __all__ = ["MAPPED_SASL", "ConfluentProducer", "RepeatFilter", "log", "on_error", "producer_config", "security_config"]
@@ -34,32 +31,6 @@ CONNECT_TIMEOUT_S = 10.0        # a new producer checks that a broker answers (k
 POLL_EVERY = 1024               # serve delivery reports every this many sends (they hold queue room)
 
 log = logging.getLogger("kafka.rdkafka")  # under "kafka": quiet_kafka_logs() quiets it like kafka-python
-REPEAT_S = 60.0  # a librdkafka line that differs from an earlier one only in its numbers: once per this
-
-
-class RepeatFilter(logging.Filter):
-    """librdkafka logs each failed reconnect at ERROR, ~20 lines a second per client while a broker is
-    away; callers report the outage themselves. Lets a line through once per ``every_s`` (numbers
-    ignored, so "after 0ms" and "after 3ms" are one line) and says how many were held back."""
-
-    def __init__(self, every_s: float = REPEAT_S, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self.every_s, self._clock = every_s, clock
-        self._seen: dict[str, tuple[float, int]] = {}  # shape -> (when last let through, held back since)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        shape = re.sub(r"\d+", "#", record.getMessage())
-        now = self._clock()
-        last, held = self._seen.get(shape, (-math.inf, 0))
-        if now - last < self.every_s:
-            self._seen[shape] = (last, held + 1)
-            return False
-        if len(self._seen) > 1000:  # bounded: shapes come from a handful of brokers and states
-            self._seen.clear()
-        self._seen[shape] = (now, 0)
-        if held:
-            record.msg, record.args = f"{record.getMessage()} ({held} like it in the last {now - last:.0f} s)", None
-        return True
 
 
 log.addFilter(RepeatFilter())

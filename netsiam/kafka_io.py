@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
+import re
+import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from netsiam.config import KafkaConfig
 from netsiam.errors import ConfigError
 
-__all__ = ["FETCH_MAX_WAIT_MS", "ClosedTransportFilter", "ConsumedRecord", "UnreachableFilter", "bootstrap_list", "client_kwargs", "consumer_kwargs", "producer_kwargs", "quiet_kafka_logs"]
+__all__ = ["FETCH_MAX_WAIT_MS", "ClosedTransportFilter", "ConsumedRecord", "REPEAT_S", "RepeatFilter", "UnreachableFilter", "bootstrap_list", "client_kwargs", "consumer_kwargs", "producer_kwargs", "quiet_kafka_logs"]
 
 # Tansu answers a fetch over several partitions only when fetch_max_wait_ms expires, even once data
 # is there (kafka-python's default 500 ms gave a record->consumer p50 of 150 ms, p99 290 ms; 50 ms
@@ -151,18 +155,51 @@ class ClosedTransportFilter(logging.Filter):
         return not (isinstance(exc, AttributeError) and "(closed)>" in record.getMessage())
 
 
-class UnreachableFilter(logging.Filter):
-    """Drops kafka-python's ERROR line for every failed (re)connection to a broker that is away: one a
-    second, 60 lines before a verb's own one-line "cannot reach the broker", and as many in the daemon's
-    log, which says "broker unreachable" and "broker reachable" itself. ``NETSIAM_DEBUG=1`` keeps them."""
+REPEAT_S = 60.0  # a client's log line that differs from an earlier one only in its numbers: once per this
 
-    MESSAGES = frozenset({"Connection failed: %s", "%s: Connection lost: %s", "Bootstrap failed: %s"})
+
+class RepeatFilter(logging.Filter):
+    """A client logs each failed reconnect at ERROR (librdkafka ~20 lines a second per client) while a
+    broker is away; callers report the outage themselves. Lets a line through once per ``every_s``
+    (numbers ignored, so "after 0ms" and "after 3ms" are one line) and says how many were held back."""
+
+    def __init__(self, every_s: float = REPEAT_S, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every_s, self._clock = every_s, clock
+        self._seen: dict[str, tuple[float, int]] = {}  # shape -> (when last let through, held back since)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self.MESSAGES or bool(os.environ.get("NETSIAM_DEBUG"))
+        shape = re.sub(r"\d+", "#", record.getMessage())
+        now = self._clock()
+        last, held = self._seen.get(shape, (-math.inf, 0))
+        if now - last < self.every_s:
+            self._seen[shape] = (last, held + 1)
+            return False
+        if len(self._seen) > 1000:  # bounded: shapes come from a handful of brokers and states
+            self._seen.clear()
+        self._seen[shape] = (now, 0)
+        if held:
+            record.msg, record.args = f"{record.getMessage()} ({held} like it in the last {now - last:.0f} s)", None
+        return True
 
 
-# on its own logger: a logger's filters see only the records logged on it (as RepeatFilter, confluent_io.py)
+class UnreachableFilter(RepeatFilter):
+    """kafka-python logs ERROR for every failed (re)connection, one a second: 60 lines before a verb's own
+    one-line "cannot reach the broker", and as many in the daemon's log, which says "broker unreachable"
+    and "broker reachable" itself. A broker that refuses or does not answer is dropped; any other cause
+    (TLS, a name that does not resolve) is what an operator needs, so it shows, once a minute per cause.
+    ``NETSIAM_DEBUG=1`` keeps every line."""
+
+    MESSAGES = frozenset({"Connection failed: %s", "%s: Connection lost: %s", "Bootstrap failed: %s"})
+    PLAIN = re.compile(r"ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|Unable to bootstrap|[Tt]imed? ?out")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in self.MESSAGES or os.environ.get("NETSIAM_DEBUG"):
+            return True
+        return not self.PLAIN.search(record.getMessage()) and super().filter(record)
+
+
+# on its own logger: a logger's filters see only the records logged on it (confluent_io.py: RepeatFilter on librdkafka's)
 logging.getLogger("kafka.net.transport").addFilter(ClosedTransportFilter())
 for _name in ("kafka.net.manager", "kafka.net.connection"):
     logging.getLogger(_name).addFilter(UnreachableFilter())

@@ -144,9 +144,10 @@ def cli_replay(args: Any, cfg: Config) -> int:
     topic = args.topic or cfg.kafka.topics.samples
     if not args.max and not args.speed > 0:
         raise UsageError(f"--speed must be > 0, got {args.speed}")
+    lines = _checked(args.trace)       # a file that is no trace is refused before it is read through
     # the progress bar's total needs a first pass over the file: not for stdin, nor when quiet
     total = None if args.quiet or args.trace == STDIO else _count_lines(args.trace)
-    stats = replay_lines(_checked(args.trace), bootstrap, topic,
+    stats = replay_lines(lines, bootstrap, topic,
                          speed=None if args.max else args.speed, kafka=cfg.kafka,
                          progress=not args.quiet, total=total)
     print(f"replay: sent {stats.sent} records to {topic} in {stats.seconds:.2f} s ({stats.rate:,.0f} records/s)"

@@ -46,6 +46,7 @@ def test_config_yaml_mentions_every_key_with_a_comment() -> None:
         ({"window": {"stride": 0}}, "window.stride"),
         ({"training": {"loss": "hinge"}}, "training.loss"),
         ({"metrics": {"port": True}}, "metrics.port: expected int, got bool"),
+        ({"metrics": {"port": 70000}}, "metrics.port: must be 0-65535"),
         ({"window": []}, "window: expected a mapping"),
         ({"detector": {"max_replay_s": 60}}, "detector.max_replay_s: must be 0 .no bound. or >= 120"),
     ],

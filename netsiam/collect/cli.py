@@ -24,6 +24,7 @@ from typing import Any
 
 from netsiam.argtypes import port
 from netsiam.config import Config
+from netsiam.errors import ServiceError
 
 __all__ = ["DEFAULT_METRICS_PORTS", "add_parsers", "cli_collect", "cli_dump"]
 
@@ -115,7 +116,11 @@ def cli_collect(args: argparse.Namespace, cfg: Config) -> int:
         port = DEFAULT_METRICS_PORTS[args.kind]
     server = None
     if port is not None:
-        server, _ = start_http_server(port, addr=cfg.metrics.host, registry=metrics.registry)
+        try:
+            server, _ = start_http_server(port, addr=cfg.metrics.host, registry=metrics.registry)
+        except OSError as e:
+            raise ServiceError(f"cannot serve metrics on {cfg.metrics.host}:{port} (--metrics-port): "
+                               f"{e.strerror or e}") from None
         log.info("metrics listening on http://%s:%d/metrics", cfg.metrics.host, server.server_port)
     topic = args.topic or cfg.kafka.topics.samples
     sink: Sink

@@ -30,7 +30,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO
 
 import orjson
@@ -97,7 +97,7 @@ def capture_commands(interface: str, bpf: str = "", write: str = "") -> tuple[li
 _CAUSES = ("Invalid capture filter", "There is no device", "ermission", "No such device", "not permitted")
 
 
-def _why(lines: list[str]) -> str:
+def _why(lines: Iterable[str]) -> str:
     """The dumpcap line that names the cause (a bad filter, no such device, no permission), else its last."""
     useful = [ln for ln in lines if ln and "Running as user" not in ln]
     return next((ln for ln in useful if any(c in ln for c in _CAUSES)), useful[-1] if useful else "")
