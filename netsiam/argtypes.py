@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 __all__ = ["finite", "port", "positive"]
+
+T = TypeVar("T")
+
+
+def _parsed(text: str, kind: Callable[[str], T], what: str) -> T:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
 
 
 def port(text: str) -> int:
     """A TCP port, 0-65535 (0: any free port, where the flag allows it)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    n = _parsed(text, int, "a port number")
     if not 0 <= n <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 0-65535, got {n}")
     return n
@@ -22,10 +30,7 @@ def port(text: str) -> int:
 
 def finite(text: str) -> float:
     """A finite number (no nan or inf)."""
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    x = _parsed(text, float, "a number")
     if not math.isfinite(x):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return x
@@ -33,10 +38,7 @@ def finite(text: str) -> float:
 
 def positive(text: str) -> int:
     """A whole number >= 1 (epochs, candidates, sources, examples)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    n = _parsed(text, int, "a whole number")
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
     return n
