@@ -68,6 +68,9 @@ def _setup_logging(verb: str) -> None:
     """netsiam's own loggers at INFO (or $NETSIAM_LOG_LEVEL), everyone else's at WARNING, on stderr."""
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if verb in LONG_RUNNING else "%(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=fmt)
+    from netsiam.kafka_io import install_log_filter
+
+    install_log_filter()   # a broker that is away: one line of ours, not kafka-python's every second
     level = os.environ.get("NETSIAM_LOG_LEVEL", "INFO").upper()
     logging.getLogger("netsiam").setLevel(level if level in logging.getLevelNamesMapping() else logging.INFO)
 

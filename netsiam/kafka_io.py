@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from netsiam.config import KafkaConfig
 from netsiam.errors import ConfigError
 
-__all__ = ["FETCH_MAX_WAIT_MS", "ClosedTransportFilter", "ConsumedRecord", "REPEAT_S", "RepeatFilter", "UnreachableFilter", "bootstrap_list", "client_kwargs", "consumer_kwargs", "producer_kwargs", "quiet_kafka_logs"]
+__all__ = ["FETCH_MAX_WAIT_MS", "ClosedTransportFilter", "ConsumedRecord", "KafkaNoiseFilter", "REPEAT_S", "RepeatFilter", "bootstrap_list", "client_kwargs", "consumer_kwargs", "install_log_filter", "producer_kwargs", "quiet_kafka_logs"]
 
 # Tansu answers a fetch over several partitions only when fetch_max_wait_ms expires, even once data
 # is there (kafka-python's default 500 ms gave a record->consumer p50 of 150 ms, p99 290 ms; 50 ms
@@ -183,26 +183,32 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-class UnreachableFilter(RepeatFilter):
-    """kafka-python logs ERROR for every failed (re)connection, one a second: 60 lines before a verb's own
-    one-line "cannot reach the broker", and as many in the daemon's log, which says "broker unreachable"
-    and "broker reachable" itself. A broker that refuses or does not answer is dropped; any other cause
-    (TLS, a name that does not resolve) is what an operator needs, so it shows, once a minute per cause.
-    ``NETSIAM_DEBUG=1`` keeps every line."""
+class KafkaNoiseFilter(RepeatFilter):
+    """On the log handler, so it sees every ``kafka.*`` logger: kafka-python logs ERROR from five places
+    (connection, cluster metadata, coordinator, fetcher, transport), each once a second or more, while a
+    broker is away: 60 lines before a verb's own one-line "cannot reach the broker", 116 in a 60-s outage
+    of the daemon, which says "broker unreachable" and "broker reachable" itself. A broker that refuses or
+    does not answer is dropped; any other line (TLS, a name that does not resolve, a rebalance) shows once
+    a minute per shape, which is what an operator needs. ``NETSIAM_DEBUG=1`` keeps every line; librdkafka's
+    (``kafka.rdkafka``) has its own RepeatFilter."""
 
-    MESSAGES = frozenset({"Connection failed: %s", "%s: Connection lost: %s", "Bootstrap failed: %s"})
     PLAIN = re.compile(r"ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|Unable to bootstrap|[Tt]imed? ?out")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg not in self.MESSAGES or os.environ.get("NETSIAM_DEBUG"):
+        if not record.name.startswith("kafka.") or record.name == "kafka.rdkafka" or os.environ.get("NETSIAM_DEBUG"):
             return True
         return not self.PLAIN.search(record.getMessage()) and super().filter(record)
 
 
+def install_log_filter() -> None:
+    """Put :class:`KafkaNoiseFilter` on the root logger's handlers (once; call after logging is set up)."""
+    for h in logging.getLogger().handlers:
+        if not any(isinstance(f, KafkaNoiseFilter) for f in h.filters):
+            h.addFilter(KafkaNoiseFilter())
+
+
 # on its own logger: a logger's filters see only the records logged on it (confluent_io.py: RepeatFilter on librdkafka's)
 logging.getLogger("kafka.net.transport").addFilter(ClosedTransportFilter())
-for _name in ("kafka.net.manager", "kafka.net.connection"):
-    logging.getLogger(_name).addFilter(UnreachableFilter())
 
 
 def quiet_kafka_logs() -> None:
