@@ -42,6 +42,7 @@ ACK_OVERDUE_S = 3.0         # oldest output unacknowledged this long: not ready,
 MAX_UNACKED = 20_000        # outputs in flight at most (and MAX_UNACKED_BYTES): beyond, consumption pauses
 MAX_UNACKED_BYTES = 16 << 20  # half of kafka-python's buffer_memory, so send() never blocks on a full buffer
 PRODUCER_STALL_S = 10.0     # no ack this long while the broker answers the consumer: replace the producer
+RETIRED = "retired"         # why a producer is replaced once the broker is back after an outage
 RECOVER_BACKOFF_S = (0.5, 30.0)  # between producer re-creations without progress: doubling, capped
 
 
@@ -208,9 +209,10 @@ class Publisher:
         from kafka.future import Future
 
         if self._broken is not None:
-            # this producer already failed a send() outright (e.g. no metadata within max_block_ms):
-            # do not block on it again for every output; they go out with the next producer
+            # this producer already failed a send() outright (e.g. no metadata within max_block_ms), or was
+            # retired in an outage: do not block on it again for every output; they go out with the next
             o.fut = Future().failure(self._broken)
+            self._send_failed = True
             return
         try:
             fut = self.producer.send(o.topic, key=o.key, value=o.value)
@@ -274,7 +276,10 @@ class Publisher:
         self._recover_after = now + self._backoff
         self._backoff = min(self._backoff * 2, RECOVER_BACKOFF_S[1])
         todo = self.ledger.unacked()
-        log.warning("publishing failed (%s): new producer, re-sending %d unacknowledged message(s)", why, len(todo))
+        if why == RETIRED:
+            log.info("broker back: new producer, re-sending %d held message(s)", len(todo))
+        else:
+            log.warning("publishing failed (%s): new producer, re-sending %d unacknowledged message(s)", why, len(todo))
         self._replace_producer()
         for o in todo:
             if not o.acked:
@@ -296,7 +301,9 @@ class Publisher:
             age = self.ledger.oldest_unacked_s()
             if not why and age > PRODUCER_STALL_S:
                 why = f"no acknowledgement for {age:.0f} s while the broker answers"
-        return why
+        # retired in an outage with nothing held: replaced now that the broker is back, not after a send
+        # failed into it and PRODUCER_STALL_S passed (every broker restart cost ~10 s of paused consumption)
+        return why or (RETIRED if self._broken is not None else "")
 
     def _replace_producer(self) -> None:
         with contextlib.suppress(Exception):  # its unsent batches are aborted; their errbacks are harmless

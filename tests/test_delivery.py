@@ -213,6 +213,24 @@ def test_tansu_outage_holds_every_output_until_the_output_topics_exist_again() -
     assert len(r.made) == 2 and r.producer.values() == [b"a", b"b", b"c"]
 
 
+def test_a_producer_retired_with_nothing_held_is_replaced_as_soon_as_the_broker_is_back() -> None:
+    """An outage while nothing was in flight: the first events after it went into the retired producer
+    and waited PRODUCER_STALL_S for the stall rule (consumption paused ~10 s after every broker restart)."""
+    topics = {"samples", "out"}
+    r = Rig(TansuWorkarounds(lambda: set(topics), ("out",)))
+    r.send(b"a")
+    r.producer.ack(0)
+    r.pub.broker_lost("broker unreachable")
+    r.pub.recover(broker_up=False)
+    assert len(r.made) == 1                                      # away: no new producer yet
+    r.pub.recover(broker_up=True)
+    assert len(r.made) == 2 and not r.producer.closed            # back: replaced at once
+    r.send(b"b")
+    assert r.producer.values() == [b"b"]                         # sent on the new producer, not failed
+    r.producer.ack(0)
+    assert r.pub.ledger.pending_safe() == 0
+
+
 def test_a_durable_broker_keeps_the_producer_through_an_outage() -> None:
     r = Rig()
     r.send(b"a")
