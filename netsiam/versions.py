@@ -153,6 +153,8 @@ def _served(path: Path) -> tuple[str, dict[str, Any], Prototypes]:
 
 def history(path: Path) -> list[VersionInfo]:
     """Every kept version and the served one, oldest first."""
+    if not (path / MANIFEST_FILE).is_file():
+        raise NetsiamError(f"model artifact not found: {path}")   # the words rollback and detect use
     version, manifest, protos = _served(path)
     out = {version: _info(manifest, version, tuple(protos.classes), True)}
     root = path / VERSIONS_DIR

@@ -168,6 +168,9 @@ def test_rollback_serves_a_kept_version_again(served: Path, recording: tuple[Pat
 
     assert main(["model", "rollback", "no-such-version", "--model", str(served)]) == 3
     assert "no version 'no-such-version'" in capsys.readouterr().err
+    for verb in (["history"], ["rollback", parent]):   # a mistyped model path: the same words every verb uses
+        assert main(["model", *verb, "--model", str(served) + "-typo"]) == 3
+        assert f"model artifact not found: {served}-typo" in capsys.readouterr().err
     assert load_artifact(served).version == taught
 
 
