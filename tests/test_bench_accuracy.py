@@ -50,6 +50,23 @@ def test_a_figure_is_the_worst_over_recordings_and_seeds() -> None:
         "worst_recording"]) == (4.0, "a")
 
 
+def test_a_taught_class_that_changes_other_recordings_fails_its_row() -> None:
+    """A class added from few windows must leave every known episode elsewhere raised as before."""
+    res = _res()
+    assert not any(r["what"].endswith("raised as before") for r in summary(res))   # not measured: no row
+    moved = {"label": "blocked", "before": ["blocked"], "after": ["blocked", "degraded"], "clear_s": [1.9, 30.7]}
+    res["few_shot"]["elsewhere"] = {"sipp_b": {"episodes": 4, "changed": [moved, moved], "max_clear_s": [2.1, 30.7]},
+                                    "r5_h30": {"episodes": 3, "changed": [], "max_clear_s": [3.0, 3.0]}}
+    row = _row_of(summary(res), "degraded added: episodes of the other recordings raised as before")
+    assert (row["encoder"], row["worst_recording"], row["pass"]) == ("5/7", "sipp_b", False)
+    page = render(res | {"summary": summary(res)}, None)
+    assert "2 other real recordings: 5/7 episodes raised as the shipped model raised them" in page
+    assert "| `sipp_b` | blocked | blocked | blocked, degraded | 1.9, 30.7 |" in page
+    res["few_shot"]["elsewhere"]["sipp_b"]["changed"] = []
+    row = _row_of(summary(res), "degraded added: episodes of the other recordings raised as before")
+    assert (row["encoder"], row["worst_recording"], row["pass"]) == ("7/7", None, True)
+
+
 def test_the_page_shows_each_seed() -> None:
     page = render(_res() | {"summary": summary(_res())}, None)
     assert "seeds 0, 1" in page and "| seed 0 | seed 1 |" in page and "bench.accuracy --seeds 0 1`" in page
