@@ -212,7 +212,6 @@ class Publisher:
             # this producer already failed a send() outright (e.g. no metadata within max_block_ms), or was
             # retired in an outage: do not block on it again for every output; they go out with the next
             o.fut = Future().failure(self._broken)
-            self._send_failed = True
             return
         try:
             fut = self.producer.send(o.topic, key=o.key, value=o.value)

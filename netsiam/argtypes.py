@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["finite", "port", "positive"]
+__all__ = ["finite", "port", "positive", "positive_finite"]
 
 T = TypeVar("T")
 
@@ -33,6 +33,14 @@ def finite(text: str) -> float:
     x = _parsed(text, float, "a number")
     if not math.isfinite(x):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return x
+
+
+def positive_finite(text: str) -> float:
+    """A finite number > 0 (a length of time, a speed)."""
+    x = finite(text)
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return x
 
 

@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import Any
 
-from netsiam.argtypes import finite, port, positive
+from netsiam.argtypes import finite, port, positive, positive_finite
 from netsiam.collect.cli import add_parsers as add_collect_parsers
 
 __all__ = ["HelpFormatter", "build_parser", "iter_parsers", "version"]
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="write a synthetic signalling trace + labels with injected faults")
     _common(p)
     p.add_argument("--sources", type=positive, default=8, help="monitored elements to simulate")
-    p.add_argument("--minutes", type=finite, default=30.0, help="length of the trace")
+    p.add_argument("--minutes", type=positive_finite, default=30.0, help="length of the trace")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same trace)")
     p.add_argument("--faults", default=None,
                    help="comma-separated fault kinds to inject (default: blocked,capacity_limit)")
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
     p.add_argument("--topic", default=None, help="topic (default: kafka.topics.samples)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--speed", type=finite, help="recorded pace x SPEED")
+    g.add_argument("--speed", type=positive_finite, help="recorded pace x SPEED")
     g.add_argument("--max", action="store_true", help="as fast as possible")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -24,11 +24,7 @@ def _names(a: argparse.Action) -> str:
 
 
 def _help(a: argparse.Action, fmt: HelpFormatter) -> str:
-    text = fmt._get_help_string(a) or ""
-    params = {**vars(a), "default": a.default, "prog": ""}
-    if a.choices is not None:
-        params["choices"] = ", ".join(map(str, a.choices))
-    text = text % params if "%(" in text else text
+    text = fmt._expand_help(a)   # what --help shows, %(default)s filled in
     if a.required and a.option_strings:
         text += " (required)"
     if a.choices is not None and not a.option_strings:

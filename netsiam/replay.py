@@ -142,8 +142,6 @@ def cli_replay(args: Any, cfg: Config) -> int:
     only the address."""
     bootstrap = args.bootstrap or cfg.kafka.bootstrap_servers
     topic = args.topic or cfg.kafka.topics.samples
-    if not args.max and not args.speed > 0:
-        raise UsageError(f"--speed must be > 0, got {args.speed}")
     lines = _checked(args.trace)       # a file that is no trace is refused before it is read through
     # the progress bar's total needs a first pass over the file: not for stdin, nor when quiet
     total = None if args.quiet or args.trace == STDIO else _count_lines(args.trace)

@@ -147,14 +147,14 @@ def _read_version(d: Path) -> tuple[dict[str, Any], Prototypes]:
 
 def _served(path: Path) -> tuple[str, dict[str, Any], Prototypes]:
     """The version served from ``path``, its manifest and prototypes."""
+    if not (path / MANIFEST_FILE).is_file():
+        raise NetsiamError(f"model artifact not found: {path}")   # the words writable_model and detect use
     manifest, protos = _read_version(path)
     return artifact_version(manifest, protos), manifest, protos
 
 
 def history(path: Path) -> list[VersionInfo]:
     """Every kept version and the served one, oldest first."""
-    if not (path / MANIFEST_FILE).is_file():
-        raise NetsiamError(f"model artifact not found: {path}")   # the words rollback and detect use
     version, manifest, protos = _served(path)
     out = {version: _info(manifest, version, tuple(protos.classes), True)}
     root = path / VERSIONS_DIR

@@ -135,6 +135,8 @@ def test_a_bad_value_is_a_usage_error_that_names_the_flag_before_any_work(tmp_pa
         (("evaluate", "--data", str(DATA / "sipp_b_stat.csv"), "--labels", str(DATA / "sipp_b_labels.csv"),
           "--plots", str(DATA / "sipp_b_labels.csv")), "--plots"),
         (("simulate", "--sources", "0", "-o", out, "--labels", out + ".csv"), "--sources"),
+        (("simulate", "--minutes", "0", "-o", out, "--labels", out + ".csv"), "--minutes"),
+        (("replay", str(DATA / "sipp_b_stat.csv"), "--speed", "-2"), "--speed"),
         (("train", "--epochs", "0", "--data", out, "--labels", out, "-o", out), "--epochs"),
         (("dump", "--from", "yesterday", "-o", out), "bad time 'yesterday'"),
     ]

@@ -397,8 +397,9 @@ def _warn_unmatched(lw: LabelledWindows, intervals: Sequence[LabelInterval], nov
     if named and named.isdisjoint(have):
         print(f"warning: the labels name none of the trace's sources (labels: {', '.join(sorted(named)[:5])}; "
               f"trace: {', '.join(sorted(have)[:5])}): every window is scored as normal", file=sys.stderr)
+    labelled = {iv.label for iv in intervals}
     for cls in novel:
-        if cls not in {iv.label for iv in intervals}:
+        if cls not in labelled:
             print(f"warning: --novel {cls}: no label interval names it", file=sys.stderr)
 
 

@@ -16,8 +16,6 @@ __all__ = ["cli_simulate"]
 
 
 def cli_simulate(args: argparse.Namespace, cfg: Config) -> int:
-    if args.sources < 1 or args.minutes <= 0:
-        raise UsageError("--sources must be >= 1 and --minutes > 0")
     same = os.path.abspath(args.output) == os.path.abspath(args.labels)
     if same and args.output != "-" and (not os.path.exists(args.output) or os.path.isfile(args.output)):
         raise UsageError(f"-o and --labels name the same file: {args.output}")
