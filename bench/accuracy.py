@@ -123,20 +123,22 @@ def _loro_dir(root: Path, name: str, seed: int) -> Path:
 
 
 def _candidate(cfg: Config, name: str, seed: int, traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path],
-               root: Path, probe_data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+               root: Path, probe_data: dict[str, Any], counts: dict[str, int] | None = None
+               ) -> tuple[Any, dict[str, Any]]:
     """The model trained without ``name`` with ``seed`` (reused if already in ``root``: kept by an earlier
     run with the same recipe, or a candidate of an earlier seed of this run) and its row for
     :func:`~netsiam.trainer.probe.pick_candidate`. ``probe_data``: the probe's windows per held-out
-    recording, filled here (the split is the same for every seed)."""
+    recording, filled here (the split is the same for every seed); ``counts``: "trained" or "reused"
+    counted up here."""
     from bench.realtraffic import train_without, training_files
     from netsiam.serving import load_artifact
     from netsiam.trainer.probe import candidate_row, shift_probe, shift_probe_windows
 
     out_dir = _loro_dir(root, name, seed)
-    if (out_dir / "manifest.json").is_file():
-        art = load_artifact(out_dir)
-    else:
-        art = train_without(cfg, {name}, traces, sim, out_dir, seed=seed)
+    reused = (out_dir / "manifest.json").is_file()
+    if counts is not None:
+        counts["reused" if reused else "trained"] += 1
+    art = load_artifact(out_dir) if reused else train_without(cfg, {name}, traces, sim, out_dir, seed=seed)
     if "shift_probe" not in art.manifest["metrics"]:      # trained before the probe existed: probed once, kept beside it
         kept = out_dir / "shift_probe.json"
         if not kept.is_file():
@@ -188,10 +190,7 @@ def run(quick: bool, tmp: Path, models: Path | None = None, seeds: tuple[int, ..
         loro: dict[str, Any] = {}
         for name in reported + novel:
             t = time.perf_counter()
-            for s in range(seed, seed + n_cand):
-                kept = (_loro_dir(models or tmp, name, s) / "manifest.json").is_file()
-                trainings["reused" if kept else "trained"] += 1
-            cands = [_candidate(single, name, s, traces, sim, models or tmp, probe_data)
+            cands = [_candidate(single, name, s, traces, sim, models or tmp, probe_data, trainings)
                      for s in range(seed, seed + n_cand)]
             rows = [c[1] for c in cands]
             best = pick_candidate(rows)
