@@ -40,7 +40,7 @@ from netsiam.evidence import ranges_from_manifest, tails_in_range
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import RecordError, decode_record
-from netsiam.serving import Artifact
+from netsiam.serving import Artifact, debounce_nearest
 
 from .batch import EVICTED, SILENT_CLEARED, SILENT_RAISED, Batch, BatchResult, Marker, WindowRef
 from .liveness import Liveness
@@ -340,7 +340,7 @@ class Pipeline:
         classes = list(batch.artifact.prototypes.classes)
         version = batch.artifact.version
         names = res.names
-        nearest = batch.artifact.prototypes.nearest(res.dists) if n else names
+        nearest = debounce_nearest(batch.artifact, res.dists, self.det.debounce) if n else names
         within = batch.artifact.prototypes.within(res.dists) if n else names
         x, ranges = batch.x, ranges_from_manifest(getattr(batch.artifact, "manifest", None))
         in_range = None if x is None or not n else tails_in_range(x, batch.artifact.features, ranges)

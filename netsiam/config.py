@@ -135,9 +135,11 @@ class DebounceConfig:
     hold_within: bool = True
     aftermath_s: float = 35.0
     release_in_range: bool = True   # inputs back in their normal ranges: an active fault holds no more
+    added_grace_s: float = 65.0     # a class added after training counts as unknown this long after another fault
 
     def __post_init__(self) -> None:
         _check(self.aftermath_s >= 0, "detector.debounce.aftermath_s", "must be >= 0")
+        _check(self.added_grace_s >= 0, "detector.debounce.added_grace_s", "must be >= 0")
         _check(1 <= self.raise_k <= self.raise_n, "detector.debounce.raise_k", "must be in 1..raise_n")
         _check(self.unknown_after >= 1, "detector.debounce.unknown_after", "must be >= 1")
         _check(self.clear_m >= 1, "detector.debounce.clear_m", "must be >= 1")

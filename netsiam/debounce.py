@@ -30,6 +30,13 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   fault long after its counters are back (a window nearest the fault, beyond every threshold, for up to 9 s;
   chosen on the validation recordings, ``docs/method.md``). A named window is never released, an active
   ``unknown`` is not cleared by it, and with no fault active and no aftermath it changes nothing.
+- A class added after training (``prototypes add``, feedback) is a named part of what was ``unknown``, placed
+  from a few windows, and it can take a fault's recovery (a freeze's held calls answered late look like a far end
+  answering slowly). Such a window is given with ``nearest`` the trained class nearest it (any other ``nearest``
+  than its own class marks it); while another fault is active, or for ``aftermath_s`` after another fault
+  cleared, it counts as an ``unknown`` window would. Outside that it is a named fault like any other, so a fault
+  of that class right after another is raised at most ``aftermath_s`` late (chosen on the validation recordings,
+  ``docs/method.md``).
 """
 
 from __future__ import annotations
@@ -57,8 +64,8 @@ class Transition:
 class FaultTracker:
     """Debounce per-window classes of one source into raised/cleared transitions."""
 
-    __slots__ = ("_active", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak", "_given", "_given_run", "_n",
-                 "_named", "_normal_streak", "_plain_streak", "_recent", "_run_len", "_run_start", "_seen", "_settle_at",
+    __slots__ = ("_active", "_added_until", "_after_fault", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak", "_given", "_given_run", "_n",
+                 "_named", "_normal_streak", "_plain_streak", "_recent", "_run_len", "_run_start", "_seen", "_settle_at", "_since_added",
                  "_started_at", "_tail", "_tail_len", "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
@@ -72,6 +79,8 @@ class FaultTracker:
         self._tail, self._tail_len, self._tail_start = NORMAL, 0, 0.0   # the latest run of one class
         self._aftermath = False               # a named fault cleared and the stream is not clean normal yet
         self._aftermath_until = 0.0           # ... nor aftermath_s past the clear
+        self._after_fault: str | None = None  # the fault it is the aftermath of
+        self._added_until = 0.0               # ... and the end of its grace for classes added after training
         self._clean_streak = 0
         # What ``quiet`` needs: the named classes a tracker started at any window may hold or be in the
         # aftermath of (one it could have raised), plain normal windows in a row since, and when every such
@@ -83,6 +92,7 @@ class FaultTracker:
         self._n = 0
         self._named: tuple[tuple[int, str], ...] = ()
         self._given, self._given_run = NORMAL, 0
+        self._since_added = 1 << 30           # windows since the last one of a class added after training
 
     @property
     def active(self) -> str | None:
@@ -121,7 +131,8 @@ class FaultTracker:
         if a is None or a == UNKNOWN or self._given != a:
             return 0
         need = max(cfg.raise_n, cfg.switch_after)
-        return need if self._given_run >= need else 0
+        # a window of a class added after training counts as unknown in some trackers' grace, not in others'
+        return need if self._given_run >= need and self._since_added >= need else 0
 
     def release(self, window_end: float) -> list[Transition]:
         """Start over as a new tracker; a fault still active ends with its ``cleared`` at ``window_end``
@@ -142,7 +153,7 @@ class FaultTracker:
 
     def _raise(self, fault: str, window_end: float) -> Transition:
         self._active = fault
-        self._aftermath = False   # a raised fault is no aftermath: nearest-normal windows must not clear it
+        self._aftermath, self._after_fault = False, None   # a raised fault is no aftermath: nearest-normal windows must not clear it
         self._started_at = self._run_start if self._run_start is not None else window_end
         return Transition("raised", fault, self._started_at, window_end)
 
@@ -175,9 +186,9 @@ class FaultTracker:
 
     def update(self, cls: str, window_end: float, nearest: str | None = None,
                within: Collection[str] | None = None, in_range: bool | None = None) -> list[Transition]:
-        """One window's class (``nearest``: its nearest class ignoring thresholds; ``within``: the classes
-        whose threshold it is within; ``in_range``: every input's last seconds inside its normal range;
-        each when known)."""
+        """One window's class (``nearest``: its nearest class ignoring thresholds, of the trained classes where
+        the window's class was added later; ``within``: the classes whose threshold it is within;
+        ``in_range``: every input's last seconds inside its normal range; each when known)."""
         self._n += 1
         if cls == self._given:
             self._given_run += 1
@@ -188,6 +199,12 @@ class FaultTracker:
             self._witness_named(cls)
         elif self._seen:
             self._witness_other(cls, window_end, within, released)
+        # a class added after training: ``nearest`` names the trained class nearest it
+        added = cls != NORMAL and cls != UNKNOWN and nearest is not None and nearest != cls
+        self._since_added = 0 if added else self._since_added + 1
+        if added and cls != self._active and self._cfg.added_grace_s > 0 and (self._active not in (None, UNKNOWN) or (
+                self._aftermath and window_end < self._added_until and cls != self._after_fault)):
+            cls = UNKNOWN   # in another fault's grace it is judged as an unknown window would be
         if (self._cfg.hold_within and within is not None and cls == NORMAL and not released
                 and self._active not in (None, UNKNOWN) and self._active in within):
             cls = self._active
@@ -216,6 +233,7 @@ class FaultTracker:
             if self._normal_streak >= self._cfg.clear_m:
                 out.append(Transition("cleared", self._active, self._started_at, window_end))
                 self._aftermath_until = window_end + self._cfg.aftermath_s
+                self._after_fault, self._added_until = self._active, window_end + self._cfg.added_grace_s
                 self._aftermath = self._active != UNKNOWN and (self._clean_streak < self._cfg.clear_m
                                                                or self._cfg.aftermath_s > 0)
                 self._active = None

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import tempfile
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import orjson
 
 from netsiam.compiled import BUCKETS, CompiledEncoder, CompileError, compile_encoder
-from netsiam.config import WindowConfig
+from netsiam.config import DebounceConfig, WindowConfig
 from netsiam.errors import NetsiamError
 from netsiam.features import FEATURES, RAW_METRICS, required_metrics
 from netsiam.schemas.classes import UNKNOWN
@@ -36,8 +37,10 @@ __all__ = [
     "Artifact",
     "Prototypes",
     "artifact_version",
+    "debounce_nearest",
     "default_model_path",
     "load_artifact",
+    "trained_classes",
 ]
 
 FORMAT = 1
@@ -100,9 +103,15 @@ class Prototypes:
             out[:, j] = d.min(axis=1)
         return out
 
-    def nearest(self, dist: np.ndarray) -> np.ndarray:
-        """(N, C) distances -> (N,) the nearest class of each window, thresholds ignored."""
-        return np.asarray(self.classes, dtype=object)[np.asarray(dist).argmin(axis=1)]
+    def nearest(self, dist: np.ndarray, among: Collection[str] | None = None) -> np.ndarray:
+        """(N, C) distances -> (N,) the nearest class of each window, thresholds ignored (``among``: of
+        these classes only, if any of them is here)."""
+        dist = np.asarray(dist, dtype=np.float64)
+        if among is not None:
+            keep = np.isin(np.asarray(self.classes, dtype=object), list(among))
+            if keep.any() and not keep.all():
+                dist = np.where(keep[None, :], dist, np.inf)
+        return np.asarray(self.classes, dtype=object)[dist.argmin(axis=1)]
 
     def within(self, dist: np.ndarray) -> np.ndarray:
         """(N, C) distances -> (N,) frozensets: the classes whose threshold each window is within."""
@@ -154,6 +163,23 @@ class Prototypes:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise NetsiamError(f"{PROTOTYPES_FILE}: invalid ({e})") from None
         return protos
+
+
+def trained_classes(protos: Prototypes, manifest: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The classes the encoder was trained on (the manifest's ``classes``) that ``protos`` still hold; the
+    others were added later from a few windows. Without that list, every class."""
+    mine = (manifest or {}).get("classes")
+    trained = tuple(c for c in protos.classes if not isinstance(mine, list) or c in mine)
+    return trained or tuple(protos.classes)
+
+
+def debounce_nearest(artifact: Any, dist: np.ndarray, cfg: DebounceConfig) -> np.ndarray:
+    """(N, C) distances -> (N,) the nearest class the debounce is given: of the trained classes where
+    ``added_grace_s`` is on (a window of a class added later then says which trained class it is nearest),
+    else of every class."""
+    protos: Prototypes = artifact.prototypes
+    among = trained_classes(protos, getattr(artifact, "manifest", None)) if cfg.added_grace_s > 0 else None
+    return protos.nearest(dist, among)
 
 
 class Artifact:

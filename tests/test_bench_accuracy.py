@@ -65,6 +65,17 @@ def test_a_taught_class_that_changes_other_recordings_fails_its_row() -> None:
     res["few_shot"]["elsewhere"]["sipp_b"]["changed"] = []
     row = _row_of(summary(res), "degraded added: episodes of the other recordings raised as before")
     assert (row["encoder"], row["worst_recording"], row["pass"]) == ("7/7", None, True)
+    # raises in the other recordings' normal traffic, beyond the shipped model's, fail their own row
+    fr_row = "degraded added: false raises on the other recordings beyond the shipped model's"
+    assert not any(r["what"] == fr_row for r in summary(res))   # not measured (before 2026-12-05): no row
+    res["few_shot"]["elsewhere"]["sipp_b"]["false_raises"] = [1, 1]
+    res["few_shot"]["elsewhere"]["r5_h30"]["false_raises"] = [0, 2]
+    row = _row_of(summary(res), fr_row)
+    assert (row["encoder"], row["worst_recording"], row["pass"]) == (2, "r5_h30", False)
+    assert "false raises in their normal traffic: 3 (shipped model: 1)" in render(res | {"summary": summary(res)}, None)
+    res["few_shot"]["elsewhere"]["r5_h30"]["false_raises"] = [0, 0]
+    row = _row_of(summary(res), fr_row)
+    assert (row["encoder"], row["worst_recording"], row["pass"]) == (0, None, True)
 
 
 def test_the_page_shows_each_seed() -> None:

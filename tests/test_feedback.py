@@ -20,9 +20,10 @@ import pytest
 from netsiam.cli import main
 from netsiam.config import Config, PrototypeConfig
 from netsiam.errors import NetsiamError
+from netsiam.importers.sipp import import_sipp
 from netsiam.schemas.event import event_id
 from netsiam.serving import MANIFEST_FILE, PROTOTYPES_FILE, default_model_path, load_artifact
-from netsiam.traceio import read_labels
+from netsiam.traceio import read_labels, write_trace
 from netsiam.trainer.corpus import load_corpus, to_traces
 from netsiam.trainer.dataset import load_trace
 from netsiam.trainer.detection import Event
@@ -30,6 +31,7 @@ from netsiam.trainer.feedback import episode_from_events, trace_events, update_p
 from netsiam.versions import LOG_FILE, VERSIONS_DIR, history
 
 RECORDING = "novel_r70_h8"
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def eid(ev: Event, state: str = "raised") -> str:
 
 
 def test_a_never_seen_fault_becomes_a_class_from_one_event(served: Path, recording: tuple[Path, list[Any]],
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+                                                            capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     trace, labels = recording
     degraded = [iv for iv in labels if iv.label == "degraded"]
     capacity = [iv for iv in labels if iv.label == "capacity_limit"]
@@ -90,6 +92,14 @@ def test_a_never_seen_fault_becomes_a_class_from_one_event(served: Path, recordi
     assert [raised_in(after, iv.start, iv.end) for iv in degraded] == [["degraded"], ["degraded"]]
     assert [raised_in(after, iv.start, iv.end)[:1] for iv in capacity] == [["capacity_limit"]]
     assert [e.fault for e in after if e.fault == "unknown"] == []
+
+    # another testbed's freezes and limits (sipp_b): the new class, a far end answering late, must not take a
+    # freeze's recovery (its held calls answered late), so every episode is raised as before, once
+    other = tmp_path / "sipp_b.jsonl"
+    write_trace(other, import_sipp([DATA / "sipp_b_stat.csv"], "sbc-b"))
+    episodes = read_labels(DATA / "sipp_b_labels.csv")
+    taught = [raised_in(events(served, other), iv.start, iv.end) for iv in episodes]
+    assert taught == [[iv.label] for iv in episodes], taught
 
     art = load_artifact(served)
     assert art.prototypes.classes[-1] == "degraded" and art.version != parent

@@ -14,7 +14,7 @@ from netsiam.config import PrototypeConfig, WindowConfig
 from netsiam.errors import EXIT_DATA, EXIT_USAGE, NetsiamError
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.classes import KNOWN_LABELS, SILENT, UNKNOWN
-from netsiam.serving import Prototypes, load_artifact
+from netsiam.serving import Prototypes, debounce_nearest, load_artifact, trained_classes
 from netsiam.traceio import LabelInterval, Record, write_labels, write_trace
 from netsiam.trainer.prototypes import (
     add_class,
@@ -147,6 +147,23 @@ def test_add_class_then_classify_without_retraining() -> None:
     names, _, _ = protos.classify(later)
     assert (names == "retrans_storm").mean() > 0.95
     assert protos.classify(np.array([[0.9, 0.9, 0.9]]))[0][0] == UNKNOWN
+
+
+def test_the_debounce_is_told_the_trained_class_nearest_an_added_one() -> None:
+    """``nearest`` for the debounce: with ``added_grace_s`` on, the nearest of the classes the encoder was trained on
+    (``manifest["classes"]``), so a window of a class added later says which trained class it lies nearest."""
+    from netsiam.config import DebounceConfig
+
+    protos = prototypes_at({"normal": [[0.5, 0.5, 0.5]], "blocked": [[0.9, 0.1, 0.1]], "degraded": [[0.6, 0.6, 0.6]]})
+    art = small_artifact(None, protos, manifest(classes=["normal", "blocked", "capacity_limit"]))
+    emb = np.array([[0.62, 0.6, 0.6], [0.85, 0.15, 0.1]])
+    dist = protos.distances(emb)
+    assert trained_classes(protos, art.manifest) == ("normal", "blocked")   # capacity_limit was removed since
+    assert list(protos.nearest(dist)) == ["degraded", "blocked"]
+    assert list(debounce_nearest(art, dist, DebounceConfig(added_grace_s=65.0))) == ["normal", "blocked"]
+    assert list(debounce_nearest(art, dist, DebounceConfig(added_grace_s=0.0))) == ["degraded", "blocked"]
+    # a manifest without the list: every class counts as trained
+    assert trained_classes(protos, manifest()) == ("normal", "blocked", "degraded")
 
 
 def test_add_class_threshold_from_a_wide_support_set() -> None:

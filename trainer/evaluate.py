@@ -37,7 +37,7 @@ from netsiam.config import Config, DebounceConfig, PrototypeConfig
 from netsiam.errors import NetsiamError, UsageError
 from netsiam.evidence import ranges_from_manifest, tails_in_range
 from netsiam.schemas.classes import NORMAL, UNKNOWN
-from netsiam.serving import Artifact, load_artifact
+from netsiam.serving import Artifact, debounce_nearest, load_artifact
 from netsiam.traceio import LabelInterval, atomic_write_bytes, read_labels
 from netsiam.trainer.baselines import (
     ExpertRule,
@@ -121,12 +121,14 @@ class _Judge:
     in_range: np.ndarray | None = None   # (N,) every input's tail in its normal range (the debounce's release)
 
     def score(self, pred: np.ndarray, nway: np.ndarray, classes: Sequence[str], mask: np.ndarray,
-              within: np.ndarray | None = None) -> dict[str, Any]:
-        """Window scores on ``mask`` minus straddling windows, detection over every window of ``mask``."""
+              within: np.ndarray | None = None, nearest: np.ndarray | None = None) -> dict[str, Any]:
+        """Window scores on ``mask`` minus straddling windows, detection over every window of ``mask``
+        (``nearest``: the debounce's nearest class, if not ``nway``)."""
+        nearest = nway if nearest is None else nearest
         ok = mask & ~self.lw.straddle
         det, _, _ = score_detection(self.lw.sources[mask], self.lw.end_ts[mask], pred[mask], self.lw.labels[mask],
                                     _covered(self.episodes, self.lw.subset(mask), 0.0), self.debounce, self.grace_s,
-                                    self.seconds_per_window, known=classes, nearest=nway[mask],
+                                    self.seconds_per_window, known=classes, nearest=nearest[mask],
                                     within=None if within is None else within[mask],
                                     in_range=None if self.in_range is None else self.in_range[mask])
         lab, p = self.lw.labels[ok], pred[ok]
@@ -137,7 +139,7 @@ class _Judge:
 
 
 def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.ndarray, within: np.ndarray,
-               support: LabelledWindows | None, pcfg: PrototypeConfig) -> dict[str, Any]:
+               support: LabelledWindows | None, pcfg: PrototypeConfig, nearest: np.ndarray) -> dict[str, Any]:
     """The encoder and the no-learning baselines, scored on the same windows and episodes.
 
     The raw-prototype and z-score baselines are fitted on the artifact's own training windows (stored
@@ -175,7 +177,7 @@ def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.nda
     out["support"], out["n_support"] = how, n_sup
     if not np.any(scored):
         return out | {"error": "no window left to score after the support split"}
-    out["encoder"] = judge.score(pred, nway, classes, scored, within)
+    out["encoder"] = judge.score(pred, nway, classes, scored, within, nearest)
     rule = ExpertRule().predict(lw.raw)
     out["expert_rule"] = judge.score(rule, rule, list(ExpertRule.classes), scored) | {
         "rule": {"retrans_share": ExpertRule().retrans_share, "failed_share": ExpertRule().failed_share}}
@@ -205,6 +207,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     classes = list(protos.classes)
     pred, _, dists = protos.classify(emb)
     nway = protos.nearest(dists)
+    nearest = debounce_nearest(artifact, dists, cfg.detector.debounce)   # what the daemon's debounce is given
     within = protos.within(dists)
     labels = np.asarray(lw.labels, dtype=object)
     ok = ~np.asarray(lw.straddle, dtype=bool)
@@ -226,7 +229,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=GRACE_S,
                    seconds_per_window=w.stride * w.interval_s, in_range=in_range)
     det, ep_report, events = score_detection(lw.sources, lw.end_ts, pred, labels, episodes, judge.debounce,
-                                             judge.grace_s, judge.seconds_per_window, known=classes, nearest=nway,
+                                             judge.grace_s, judge.seconds_per_window, known=classes, nearest=nearest,
                                              within=within, in_range=in_range)
 
     novel = sorted(set(novel_labels) | (set(lab_ok.tolist()) - set(classes)))
@@ -259,7 +262,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
             "grace_s": judge.grace_s, "debounce": dataclasses.asdict(cfg.detector.debounce),
         },
         "episodes": ep_report,
-        "baselines": _baselines(artifact, judge, pred, nway, within, support, cfg.prototypes),
+        "baselines": _baselines(artifact, judge, pred, nway, within, support, cfg.prototypes, nearest),
         "window": dataclasses.asdict(w),
         "features": list(cfg.features),
     }
