@@ -114,7 +114,10 @@ def _few_shot(art: Any, traces: dict[str, tuple[Path, Path]], novel: list[str],
                     "clear_s": [b["clear_s"], a["clear_s"]]} for b, a in pairs if a["raised"] != b["raised"]]
         out["elsewhere"][name] = {"episodes": len(pairs), "changed": changed,
                                   "max_clear_s": [before["detectors"]["encoder"]["max_clear_s"],
-                                                  after["detectors"]["encoder"]["max_clear_s"]]}
+                                                  after["detectors"]["encoder"]["max_clear_s"]],
+                                  # raises in normal traffic: the new class must not claim it either
+                                  "false_raises": [before["detectors"]["encoder"]["false_raises"],
+                                                   after["detectors"]["encoder"]["false_raises"]]}
     return out
 
 
@@ -299,6 +302,12 @@ def summary(res: dict[str, Any], seed: str | None = None) -> list[dict[str, Any]
         worst = max(el, key=lambda k: (len(el[k]["changed"]), k))
         add(f"{NOVEL} added: episodes of the other recordings raised as before", (f"{same}/{n}", worst if same < n
                                                                                   else None), None, "all", same == n)
+        fr = {k: r["false_raises"] for k, r in el.items() if "false_raises" in r}   # measured since 2026-12-05
+        if fr:
+            extra = sum(max(a - b, 0) for b, a in fr.values())
+            worst = max(fr, key=lambda k: (fr[k][1] - fr[k][0], k))
+            add(f"{NOVEL} added: false raises on the other recordings beyond the shipped model's",
+                (extra, worst if extra else None), None, 0, extra == 0)
     if "make_model_seconds" in res:
         add("make model wall time, s", (res["make_model_seconds"], None), None, TARGETS["make_model_s"],
             res["make_model_seconds"] <= TARGETS["make_model_s"])

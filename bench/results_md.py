@@ -87,8 +87,11 @@ def _few_shot(fs: dict[str, Any]) -> str:
     if el:
         n = sum(r["episodes"] for r in el.values())
         changed = [(name, c) for name, r in el.items() for c in r["changed"]]
+        fr = [r["false_raises"] for r in el.values() if "false_raises" in r]
         lines += ["", f"The taught model on the {len(el)} other real recordings: {n - len(changed)}/{n} episodes "
-                      f"raised as the shipped model raised them."]
+                      f"raised as the shipped model raised them"
+                      + (f"; false raises in their normal traffic: {sum(a for _, a in fr)} (shipped model: "
+                         f"{sum(b for b, _ in fr)})." if fr else ".")]
         if changed:
             lines += ["", "| recording | episode | shipped model raised | taught model raised | clear s (shipped, taught) |",
                       "|---|---|---|---|---|"]
