@@ -33,10 +33,10 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
 - A class added after training (``prototypes add``, feedback) is a named part of what was ``unknown``, placed
   from a few windows, and it can take a fault's recovery (a freeze's held calls answered late look like a far end
   answering slowly). Such a window is given with ``nearest`` the trained class nearest it (any other ``nearest``
-  than its own class marks it); while another fault is active, or for ``aftermath_s`` after another fault
-  cleared, it counts as an ``unknown`` window would. Outside that it is a named fault like any other, so a fault
-  of that class right after another is raised at most ``aftermath_s`` late (chosen on the validation recordings,
-  ``docs/method.md``).
+  than its own class marks it); while another fault is active, or in its aftermath up to ``added_grace_s`` after
+  it cleared, it counts as an ``unknown`` window would. Outside that it is a named fault like any other, so a
+  fault of that class right after another is raised at most ``added_grace_s`` after that clear (chosen on the
+  validation recordings, ``docs/method.md``).
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ class Transition:
 class FaultTracker:
     """Debounce per-window classes of one source into raised/cleared transitions."""
 
-    __slots__ = ("_active", "_added_until", "_after_fault", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak", "_given", "_given_run", "_n",
-                 "_named", "_normal_streak", "_plain_streak", "_recent", "_run_len", "_run_start", "_seen", "_settle_at", "_since_added",
-                 "_started_at", "_tail", "_tail_len", "_tail_start")
+    __slots__ = ("_active", "_added_until", "_after_fault", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak",
+                 "_given", "_given_run", "_n", "_named", "_normal_streak", "_plain_streak", "_recent", "_run_len",
+                 "_run_start", "_seen", "_settle_at", "_since_added", "_started_at", "_tail", "_tail_len", "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
         self._cfg = cfg
@@ -153,7 +153,8 @@ class FaultTracker:
 
     def _raise(self, fault: str, window_end: float) -> Transition:
         self._active = fault
-        self._aftermath, self._after_fault = False, None   # a raised fault is no aftermath: nearest-normal windows must not clear it
+        # a raised fault is no aftermath: nearest-normal windows must not clear it
+        self._aftermath, self._after_fault = False, None
         self._started_at = self._run_start if self._run_start is not None else window_end
         return Transition("raised", fault, self._started_at, window_end)
 
@@ -202,8 +203,9 @@ class FaultTracker:
         # a class added after training: ``nearest`` names the trained class nearest it
         added = cls != NORMAL and cls != UNKNOWN and nearest is not None and nearest != cls
         self._since_added = 0 if added else self._since_added + 1
-        if added and cls != self._active and self._cfg.added_grace_s > 0 and (self._active not in (None, UNKNOWN) or (
-                self._aftermath and window_end < self._added_until and cls != self._after_fault)):
+        if added and cls != self._active and self._cfg.added_grace_s > 0 and (
+                self._active not in (None, UNKNOWN)
+                or (self._aftermath and window_end < self._added_until and cls != self._after_fault)):
             cls = UNKNOWN   # in another fault's grace it is judged as an unknown window would be
         if (self._cfg.hold_within and within is not None and cls == NORMAL and not released
                 and self._active not in (None, UNKNOWN) and self._active in within):
