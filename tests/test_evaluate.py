@@ -31,7 +31,7 @@ from netsiam.trainer.detection import (
     false_alarms_per_hour,
     match_episodes,
 )
-from netsiam.trainer.evaluate import evaluate, evaluate_detailed
+from netsiam.trainer.evaluate import evaluate, evaluate_detailed, per_class_lines
 from netsiam.trainer.scores import (
     accuracy,
     confusion,
@@ -96,6 +96,13 @@ def test_confusion_and_per_class() -> None:
     assert pc["u"]["precision"] == pytest.approx(0.5) and pc["u"]["recall"] == 1.0
     assert pc["u"]["f1"] == pytest.approx(2 / 3)
     assert pc["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}   # zero_division=0
+    # the printed summary says "-" where the ratio is undefined, not 0.000
+    rows = per_class_lines(pc | {"n": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}},
+                           {"labels": ["a", "b", "u", "c", "n"],
+                            "matrix": [[2, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 1, 0, 0], [0] * 5, [2, 0, 0, 0, 0]]})
+    assert [r.split() for r in rows] == [["a", "1.000", "0.667", "0.800", "3"], ["b", "0.500", "0.500", "0.500", "2"],
+                                         ["u", "0.500", "1.000", "0.667", "1"], ["c", "-", "-", "-", "0"],
+                                         ["n", "-", "0.000", "-", "2"]]
 
 
 def brute_auc(scores: np.ndarray, positive: np.ndarray) -> float:

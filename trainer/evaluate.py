@@ -306,6 +306,21 @@ def _pair(det: dict[str, Any], key: str) -> str:
     return "-" if lo is None else f"{lo:.1f} / {hi:.1f}"
 
 
+def per_class_lines(per_class: dict[str, dict[str, Any]], conf: dict[str, Any] | None) -> list[str]:
+    """The summary's rows of precision, recall, f1, support: a ratio the data leave undefined (no window of
+    the class, or none called it) reads ``-`` here; the JSON keeps 0 (sklearn's ``zero_division=0``)."""
+    conf = conf or {"labels": [], "matrix": []}
+    called = dict(zip(conf["labels"], np.asarray(conf["matrix"], dtype=np.int64).reshape(len(conf["labels"]), -1)
+                      .sum(axis=0).tolist(), strict=True))
+    out = []
+    for c, m in per_class.items():
+        p_ok, r_ok = called.get(c, 1) > 0, m["support"] > 0
+        cells = [f"{m[k]:>10.3f}" if ok else f"{'-':>10}"
+                 for k, ok in (("precision", p_ok), ("recall", r_ok), ("f1", p_ok and r_ok))]
+        out.append(f"{c:<18}{''.join(cells)}{m['support']:>10d}")
+    return out
+
+
 def format_summary(report: dict[str, Any]) -> str:
     """A short human-readable table of the report."""
     det = report["detection"]
@@ -315,9 +330,8 @@ def format_summary(report: dict[str, Any]) -> str:
              f"pair AUC {_f(report['auc'])}   window accuracy {_f(report['window_accuracy'])}   "
              f"n-way accuracy {_f(report['n_way_accuracy'])}   binary accuracy {_f(report['binary_accuracy'])}",
              "",
-             f"{'class':<18}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
-    for c, m in report["per_class"].items():
-        lines.append(f"{c:<18}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>10d}")
+             f"{'class':<18}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+             *per_class_lines(report["per_class"], report.get("confusion"))]
     lines += ["",
               f"episodes detected {det['detected']}/{det['episodes']} (right label {det['label_correct']}), "
               f"median delay {_f(det['median_delay_s'], '{:.1f}')} s, false alarms "
