@@ -40,7 +40,7 @@ from netsiam.evidence import ranges_from_manifest, tails_in_range
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import RecordError, decode_record
-from netsiam.serving import Artifact, debounce_nearest
+from netsiam.serving import Artifact, debounce_view
 
 from .batch import EVICTED, SILENT_CLEARED, SILENT_RAISED, Batch, BatchResult, Marker, WindowRef
 from .liveness import Liveness
@@ -340,7 +340,7 @@ class Pipeline:
         classes = list(batch.artifact.prototypes.classes)
         version = batch.artifact.version
         names = res.names
-        nearest = debounce_nearest(batch.artifact, res.dists, self.det.debounce) if n else names
+        nearest, added = debounce_view(batch.artifact, names, res.dists, self.det.debounce) if n else (names, None)
         within = batch.artifact.prototypes.within(res.dists) if n else names
         x, ranges = batch.x, ranges_from_manifest(getattr(batch.artifact, "manifest", None))
         in_range = None if x is None or not n else tails_in_range(x, batch.artifact.features, ranges)
@@ -354,7 +354,8 @@ class Pipeline:
             i += 1
             st = w.state
             trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]), within[i],
-                                      None if in_range is None else bool(in_range[i]))
+                                      None if in_range is None else bool(in_range[i]),
+                                      added is not None and bool(added[i]))
             st.windowed(w.start, w.end_ts, half_replay)
             if not trans:
                 continue

@@ -28,15 +28,15 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   in its aftermath such an ``unknown`` window counts as normal whatever its nearest class (so such windows
   clear it as normal ones would), and hysteresis does not hold a ``normal`` one. A 30-s window remembers a
   fault long after its counters are back (a window nearest the fault, beyond every threshold, for up to 9 s;
-  chosen on the validation recordings, ``docs/method.md``). A named window is never released, an active
-  ``unknown`` is not cleared by it, and with no fault active and no aftermath it changes nothing.
-- A class added after training (``prototypes add``, feedback) is a named part of what was ``unknown``, placed
-  from a few windows, and it can take a fault's recovery (a freeze's held calls answered late look like a far end
-  answering slowly). Such a window is given with ``nearest`` the trained class nearest it (any other ``nearest``
-  than its own class marks it); while another fault is active, or in its aftermath up to ``added_grace_s`` after
-  it cleared, it counts as an ``unknown`` window would. Outside that it is a named fault like any other, so a
-  fault of that class right after another is raised at most ``added_grace_s`` after that clear (chosen on the
-  validation recordings, ``docs/method.md``).
+  chosen on the validation recordings, ``docs/method.md``). A named window is never released (one of a class
+  added after training may first count as ``unknown``, below), an active ``unknown`` is not cleared by it, and
+  with no fault active and no aftermath it changes nothing.
+- A class added after training (``prototypes add``, feedback; the window is given with ``added`` and, as
+  ``nearest``, the trained class nearest it) is placed from a few windows, and it can take a fault's recovery (a
+  freeze's held calls answered late look like a far end answering slowly). While another fault is active, or in
+  its aftermath up to ``added_grace_s`` after it cleared, such a window counts as ``unknown`` (then judged by the
+  rules above, by that nearest trained class). Outside that it is a named fault like any other. Chosen on the
+  validation recordings, ``docs/method.md``.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class FaultTracker:
         if a is None or a == UNKNOWN or self._given != a:
             return 0
         need = max(cfg.raise_n, cfg.switch_after)
-        # a window of a class added after training counts as unknown in some trackers' grace, not in others'
+        # a window of a class added after training is read otherwise in some trackers' grace, not in others'
         return need if self._given_run >= need and self._since_added >= need else 0
 
     def release(self, window_end: float) -> list[Transition]:
@@ -186,10 +186,11 @@ class FaultTracker:
             self._seen, self._settle_at = _NONE, None
 
     def update(self, cls: str, window_end: float, nearest: str | None = None,
-               within: Collection[str] | None = None, in_range: bool | None = None) -> list[Transition]:
-        """One window's class (``nearest``: its nearest class ignoring thresholds, of the trained classes where
-        the window's class was added later; ``within``: the classes whose threshold it is within;
-        ``in_range``: every input's last seconds inside its normal range; each when known)."""
+               within: Collection[str] | None = None, in_range: bool | None = None,
+               added: bool = False) -> list[Transition]:
+        """One window's class (``nearest``: its nearest class ignoring thresholds, of the trained classes only
+        where ``added``: the window's class was added after training; ``within``: the classes whose threshold
+        it is within; ``in_range``: every input's last seconds inside its normal range; each when known)."""
         self._n += 1
         if cls == self._given:
             self._given_run += 1
@@ -200,13 +201,12 @@ class FaultTracker:
             self._witness_named(cls)
         elif self._seen:
             self._witness_other(cls, window_end, within, released)
-        # a class added after training: ``nearest`` names the trained class nearest it
-        added = cls != NORMAL and cls != UNKNOWN and nearest is not None and nearest != cls
+        added = added and cls != NORMAL and cls != UNKNOWN
         self._since_added = 0 if added else self._since_added + 1
         if added and cls != self._active and self._cfg.added_grace_s > 0 and (
                 self._active not in (None, UNKNOWN)
                 or (self._aftermath and window_end < self._added_until and cls != self._after_fault)):
-            cls = UNKNOWN   # in another fault's grace it is judged as an unknown window would be
+            cls = UNKNOWN   # in another fault's grace: judged as an unknown window nearest that trained class
         if (self._cfg.hold_within and within is not None and cls == NORMAL and not released
                 and self._active not in (None, UNKNOWN) and self._active in within):
             cls = self._active

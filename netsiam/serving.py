@@ -37,7 +37,7 @@ __all__ = [
     "Artifact",
     "Prototypes",
     "artifact_version",
-    "debounce_nearest",
+    "debounce_view",
     "default_model_path",
     "load_artifact",
     "trained_classes",
@@ -173,13 +173,18 @@ def trained_classes(protos: Prototypes, manifest: Mapping[str, Any] | None) -> t
     return trained or tuple(protos.classes)
 
 
-def debounce_nearest(artifact: Any, dist: np.ndarray, cfg: DebounceConfig) -> np.ndarray:
-    """(N, C) distances -> (N,) the nearest class the debounce is given: of the trained classes where
-    ``added_grace_s`` is on (a window of a class added later then says which trained class it is nearest),
-    else of every class."""
+def debounce_view(artifact: Any, names: np.ndarray, dist: np.ndarray,
+                  cfg: DebounceConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Classes (N,) and distances (N, C) -> what the debounce is given beside them: the nearest class
+    (N,), and which windows are of a class added after training (N,) bool, None if none can be. Where
+    ``added_grace_s`` is on and the prototypes hold such a class, the nearest is that of the trained
+    classes, so such a window says how the trained classes alone read it."""
     protos: Prototypes = artifact.prototypes
-    among = trained_classes(protos, getattr(artifact, "manifest", None)) if cfg.added_grace_s > 0 else None
-    return protos.nearest(dist, among)
+    trained = trained_classes(protos, getattr(artifact, "manifest", None))
+    extra = [c for c in protos.classes if c not in trained]
+    if cfg.added_grace_s <= 0 or not extra:
+        return protos.nearest(dist), None
+    return protos.nearest(dist, trained), np.isin(np.asarray(names, dtype=object), extra)
 
 
 class Artifact:

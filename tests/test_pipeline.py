@@ -92,17 +92,45 @@ def test_records_to_events_match_labels_and_offline_evaluation(model: Model, tra
         if e["state"] == "cleared":
             assert e["window_end"] > e["started_at"]
     # identical to the offline evaluation over the same windows (evaluate judges as the daemon acts)
-    w, x, _, _ = labelled_windows_from_lines(lines, labels, model.window)
-    names, _, dists = model.prototypes.classify(model.head.embed(x))
-    offline = detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, model.prototypes.nearest(dists),
-                            model.prototypes.within(dists))
+    w, _ = assert_as_offline(evs, lines, labels, art, model.window, cfg)
+    m = p.metrics
+    assert m.records_consumed._value.get() == len(lines) == m.records_valid._value.get()
+    assert m.windows_embedded._value.get() == len(w)
+
+
+def assert_as_offline(evs: list[dict[str, Any]], lines: Sequence[bytes], labels: Any, art: Any, window: WindowConfig,
+                      cfg: Config) -> tuple[Any, np.ndarray | None]:
+    """The daemon's events ``evs`` are those ``detect_events`` finds over the same windows, given what the
+    daemon's debounce is given (:func:`~netsiam.serving.debounce_view`); -> (the windows, their ``added``)."""
+    from netsiam.serving import debounce_view
+
+    w, x, _, _ = labelled_windows_from_lines(lines, labels, window)
+    names, _, dists = art.prototypes.classify(art.head.embed(x))
+    nearest, added = debounce_view(art, names, dists, cfg.detector.debounce)
+    offline = detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, nearest, art.prototypes.within(dists),
+                            None, added)
     ends = {(e["source"], e["fault"], e["started_at"], e["state"]): e["window_end"] for e in evs}
     assert len(ends) == len(evs)
     assert sorted((e.source, e.fault, e.started_at, e.raised_at, e.cleared_at) for e in offline) == sorted(
         (s, f, t, ends[(s, f, t, "raised")], ends.get((s, f, t, "cleared"))) for s, f, t, st in ends if st == "raised")
-    m = p.metrics
-    assert m.records_consumed._value.get() == len(lines) == m.records_valid._value.get()
-    assert m.windows_embedded._value.get() == len(w)
+    return w, added
+
+
+def test_a_class_added_after_training_is_debounced_as_the_offline_evaluation_does(model: Model, trace: Any) -> None:
+    """A class taught after training (here between normal and blocked, where a freeze's edges fall) gets the
+    debounce's grace in another fault's recovery: the daemon and ``detect_events`` agree on it."""
+    import copy
+
+    lines, labels = trace
+    cfg = override(Config(), {"detector.debounce.hold_within": False})
+    art = model.fake()
+    art.prototypes = copy.deepcopy(model.prototypes)
+    art.manifest = {"classes": list(model.prototypes.classes)}   # what the encoder was trained on
+    normal, blocked = (art.prototypes.points[art.prototypes.classes.index(c)].mean(axis=0) for c in ("normal", "blocked"))
+    art.prototypes.set("degraded", (normal + blocked) / 2, float(np.linalg.norm(normal - blocked)) / 2, 10)
+    evs = events(run_all(Pipeline(cfg, art), partitioned(lines)))
+    _, added = assert_as_offline(evs, lines, labels, art, model.window, cfg)
+    assert added is not None and 0 < added.sum() < len(added)
 
 
 def labelled_windows_from_lines(lines: Sequence[bytes], labels: Any, window: WindowConfig) -> Any:
@@ -358,10 +386,10 @@ def test_a_bounded_replay_publishes_every_transition_at_its_window(model: Model,
     assert all(e == by_key[key(e)] for e in after if e not in moved)
 
 
-CLASSES = ["normal", "blocked", "capacity_limit", "unknown"]
+CLASSES = ["normal", "blocked", "capacity_limit", "unknown", "degraded"]   # degraded: a class added later
 # class, nearest class, the classes whose threshold it is within (None: not known), window end (s), every input
-# back in its normal range (None: not known)
-Window = tuple[str, str, "frozenset[str] | None", float, "bool | None"]
+# back in its normal range (None: not known), its class added after training
+Window = tuple[str, str, "frozenset[str] | None", float, "bool | None", bool]
 
 
 def transitions_after(seq: Sequence[Window], deb: DebounceConfig, first: int, q: int) -> list[tuple[int, Any]]:
@@ -371,8 +399,8 @@ def transitions_after(seq: Sequence[Window], deb: DebounceConfig, first: int, q:
     t = FaultTracker(deb)
     out = []
     for i in range(first, len(seq)):
-        cls, near, within, end, in_range = seq[i]
-        out += [(i, tr) for tr in t.update(cls, end, near, within, in_range)]
+        cls, near, within, end, in_range, added = seq[i]
+        out += [(i, tr) for tr in t.update(cls, end, near, within, in_range, added)]
     return [(i, tr) for i, tr in out if i > q]
 
 
@@ -381,8 +409,8 @@ def quiet_points(seq: Sequence[Window], deb: DebounceConfig) -> list[int]:
 
     t = FaultTracker(deb)
     out = []
-    for i, (cls, near, within, end, in_range) in enumerate(seq):
-        t.update(cls, end, near, within, in_range)
+    for i, (cls, near, within, end, in_range, added) in enumerate(seq):
+        t.update(cls, end, near, within, in_range, added)
         if t.quiet:
             out.append(i)
     return out
@@ -395,15 +423,17 @@ def assert_agree_after_every_quiet_window(seq: Sequence[Window], deb: DebounceCo
 
 
 def timed(windows: Sequence[tuple[Any, ...]], gaps: Sequence[float] | None = None) -> list[Window]:
-    """(class, nearest, within[, in_range]) per window -> windows at their end times."""
+    """(class, nearest, within[, in_range[, added]]) per window -> windows at their end times."""
     ends = np.cumsum(gaps if gaps is not None else np.ones(len(windows)))
-    return [(w[0], w[1], w[2], float(e), w[3] if len(w) > 3 else None) for w, e in zip(windows, ends, strict=True)]
+    return [(w[0], w[1], w[2], float(e), w[3] if len(w) > 3 else None, len(w) > 4 and w[4])
+            for w, e in zip(windows, ends, strict=True)]
 
 
 @settings(max_examples=300, deadline=None)
 @given(windows=st.lists(st.tuples(st.sampled_from(CLASSES), st.sampled_from(CLASSES[:3]),
                                   st.none() | st.frozensets(st.sampled_from(CLASSES[:3])),
-                                  st.sampled_from([0.5, 1.0, 1.0, 1.0, 2.5, 40.0]), st.none() | st.booleans()),
+                                  st.sampled_from([0.5, 1.0, 1.0, 1.0, 2.5, 40.0]), st.none() | st.booleans(),
+                                  st.booleans()),
                         min_size=1, max_size=60),
        deb=st.builds(DebounceConfig, raise_k=st.integers(1, 3), raise_n=st.integers(3, 5),
                      clear_m=st.integers(1, 3), unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5),
@@ -416,7 +446,7 @@ def test_tracker_is_new_again_once_quiet(windows: list[Any], deb: DebounceConfig
     earlier window acts like it from then on. Each window carries its class, its nearest class, the
     thresholds it is within and whether its inputs are back in range, as the daemon feeds them, at
     irregular times."""
-    seq = timed([(*w[:3], w[4]) for w in windows], [w[3] for w in windows])
+    seq = timed([(*w[:3], w[4], w[5]) for w in windows], [w[3] for w in windows])
     quiet = quiet_points(seq, deb)
     if not quiet:
         return
@@ -439,7 +469,7 @@ def unstarted(trans: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
 @given(runs=st.lists(st.tuples(st.sampled_from(CLASSES), st.sampled_from(CLASSES[:3]),
                                st.none() | st.frozensets(st.sampled_from(CLASSES[:3])),
                                st.sampled_from([0.5, 1.0, 1.0, 1.0, 2.5, 40.0]), st.integers(1, 10),
-                               st.none() | st.booleans()),
+                               st.none() | st.booleans(), st.booleans()),
                      min_size=1, max_size=14),
        deb=st.integers(1, 3).flatmap(lambda k: st.builds(
            DebounceConfig, raise_k=st.just(k), raise_n=st.integers(k, 5), clear_m=st.integers(1, 3),
@@ -456,10 +486,10 @@ def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs
     from netsiam.debounce import FaultTracker
 
     windows = [w for w in runs for _ in range(w[4])]
-    seq = timed([(*w[:3], w[5]) for w in windows], [w[3] for w in windows])
+    seq = timed([(*w[:3], w[5], w[6]) for w in windows], [w[3] for w in windows])
     t, spans = FaultTracker(deb), []
-    for q, (cls, near, within, end, in_range) in enumerate(seq):
-        t.update(cls, end, near, within, in_range)
+    for q, (cls, near, within, end, in_range, added) in enumerate(seq):
+        t.update(cls, end, near, within, in_range, added)
         if t.restart_span:
             assert t.restart_span <= t.given_run
             spans.append((q, t.restart_span, t.given_run, t.active))
@@ -469,8 +499,8 @@ def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs
     want = unstarted(transitions_after(seq, deb, 0, q))
     for first in range(q - span + 2):
         fresh = FaultTracker(deb)
-        for cls, near, within, end, in_range in seq[first:q + 1]:
-            fresh.update(cls, end, near, within, in_range)
+        for cls, near, within, end, in_range, added in seq[first:q + 1]:
+            fresh.update(cls, end, near, within, in_range, added)
         assert fresh.active == active, first
         assert unstarted(transitions_after(seq, deb, first, q)) == want, first
 

@@ -14,7 +14,7 @@ from netsiam.config import PrototypeConfig, WindowConfig
 from netsiam.errors import EXIT_DATA, EXIT_USAGE, NetsiamError
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.classes import KNOWN_LABELS, SILENT, UNKNOWN
-from netsiam.serving import Prototypes, debounce_nearest, load_artifact, trained_classes
+from netsiam.serving import Prototypes, debounce_view, load_artifact, trained_classes
 from netsiam.traceio import LabelInterval, Record, write_labels, write_trace
 from netsiam.trainer.prototypes import (
     add_class,
@@ -150,8 +150,8 @@ def test_add_class_then_classify_without_retraining() -> None:
 
 
 def test_the_debounce_is_told_the_trained_class_nearest_an_added_one() -> None:
-    """``nearest`` for the debounce: with ``added_grace_s`` on, the nearest of the classes the encoder was trained on
-    (``manifest["classes"]``), so a window of a class added later says which trained class it lies nearest."""
+    """What the debounce is given: with ``added_grace_s`` on, which windows are of a class added after training
+    and, as their nearest class, the nearest of the classes the encoder was trained on (``manifest["classes"]``)."""
     from netsiam.config import DebounceConfig
 
     protos = prototypes_at({"normal": [[0.5, 0.5, 0.5]], "blocked": [[0.9, 0.1, 0.1]], "degraded": [[0.6, 0.6, 0.6]]})
@@ -160,10 +160,14 @@ def test_the_debounce_is_told_the_trained_class_nearest_an_added_one() -> None:
     dist = protos.distances(emb)
     assert trained_classes(protos, art.manifest) == ("normal", "blocked")   # capacity_limit was removed since
     assert list(protos.nearest(dist)) == ["degraded", "blocked"]
-    assert list(debounce_nearest(art, dist, DebounceConfig(added_grace_s=65.0))) == ["normal", "blocked"]
-    assert list(debounce_nearest(art, dist, DebounceConfig(added_grace_s=0.0))) == ["degraded", "blocked"]
-    # a manifest without the list: every class counts as trained
+    names = protos.classify(emb)[0]
+    nearest, added = debounce_view(art, names, dist, DebounceConfig(added_grace_s=65.0))
+    assert list(nearest) == ["normal", "blocked"] and added is not None and list(added) == [True, False]
+    nearest, added = debounce_view(art, names, dist, DebounceConfig(added_grace_s=0.0))   # the rule off
+    assert list(nearest) == ["degraded", "blocked"] and added is None
+    # a manifest without the list: every class counts as trained, none as added
     assert trained_classes(protos, manifest()) == ("normal", "blocked", "degraded")
+    assert debounce_view(small_artifact(None, protos, manifest()), names, dist, DebounceConfig())[1] is None
 
 
 def test_add_class_threshold_from_a_wide_support_set() -> None:

@@ -37,7 +37,7 @@ from netsiam.config import Config, DebounceConfig, PrototypeConfig
 from netsiam.errors import NetsiamError, UsageError
 from netsiam.evidence import ranges_from_manifest, tails_in_range
 from netsiam.schemas.classes import NORMAL, UNKNOWN
-from netsiam.serving import Artifact, debounce_nearest, load_artifact
+from netsiam.serving import Artifact, debounce_view, load_artifact
 from netsiam.traceio import LabelInterval, atomic_write_bytes, read_labels
 from netsiam.trainer.baselines import (
     ExpertRule,
@@ -121,16 +121,19 @@ class _Judge:
     in_range: np.ndarray | None = None   # (N,) every input's tail in its normal range (the debounce's release)
 
     def score(self, pred: np.ndarray, nway: np.ndarray, classes: Sequence[str], mask: np.ndarray,
-              within: np.ndarray | None = None, nearest: np.ndarray | None = None) -> dict[str, Any]:
+              within: np.ndarray | None = None, nearest: np.ndarray | None = None,
+              added: np.ndarray | None = None) -> dict[str, Any]:
         """Window scores on ``mask`` minus straddling windows, detection over every window of ``mask``
-        (``nearest``: the debounce's nearest class, if not ``nway``)."""
+        (``nearest``, ``added``: what the debounce is given, :func:`~netsiam.serving.debounce_view`;
+        ``nearest`` defaults to ``nway``)."""
         nearest = nway if nearest is None else nearest
         ok = mask & ~self.lw.straddle
         det, _, _ = score_detection(self.lw.sources[mask], self.lw.end_ts[mask], pred[mask], self.lw.labels[mask],
                                     _covered(self.episodes, self.lw.subset(mask), 0.0), self.debounce, self.grace_s,
                                     self.seconds_per_window, known=classes, nearest=nearest[mask],
                                     within=None if within is None else within[mask],
-                                    in_range=None if self.in_range is None else self.in_range[mask])
+                                    in_range=None if self.in_range is None else self.in_range[mask],
+                                    added=None if added is None else added[mask])
         lab, p = self.lw.labels[ok], pred[ok]
         # the encoder's own figures, so every column of the report compares like with like
         return _scores(p, nway[ok], lab, classes) | {"per_class": _per_class(lab, p, classes),
@@ -139,7 +142,8 @@ class _Judge:
 
 
 def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.ndarray, within: np.ndarray,
-               support: LabelledWindows | None, pcfg: PrototypeConfig, nearest: np.ndarray) -> dict[str, Any]:
+               support: LabelledWindows | None, pcfg: PrototypeConfig, nearest: np.ndarray,
+               added: np.ndarray | None) -> dict[str, Any]:
     """The encoder and the no-learning baselines, scored on the same windows and episodes.
 
     The raw-prototype and z-score baselines are fitted on the artifact's own training windows (stored
@@ -177,7 +181,7 @@ def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.nda
     out["support"], out["n_support"] = how, n_sup
     if not np.any(scored):
         return out | {"error": "no window left to score after the support split"}
-    out["encoder"] = judge.score(pred, nway, classes, scored, within, nearest)
+    out["encoder"] = judge.score(pred, nway, classes, scored, within, nearest, added)
     rule = ExpertRule().predict(lw.raw)
     out["expert_rule"] = judge.score(rule, rule, list(ExpertRule.classes), scored) | {
         "rule": {"retrans_share": ExpertRule().retrans_share, "failed_share": ExpertRule().failed_share}}
@@ -207,7 +211,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     classes = list(protos.classes)
     pred, _, dists = protos.classify(emb)
     nway = protos.nearest(dists)
-    nearest = debounce_nearest(artifact, dists, cfg.detector.debounce)   # what the daemon's debounce is given
+    nearest, added = debounce_view(artifact, pred, dists, cfg.detector.debounce)   # as the daemon's debounce
     within = protos.within(dists)
     labels = np.asarray(lw.labels, dtype=object)
     ok = ~np.asarray(lw.straddle, dtype=bool)
@@ -230,7 +234,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
                    seconds_per_window=w.stride * w.interval_s, in_range=in_range)
     det, ep_report, events = score_detection(lw.sources, lw.end_ts, pred, labels, episodes, judge.debounce,
                                              judge.grace_s, judge.seconds_per_window, known=classes, nearest=nearest,
-                                             within=within, in_range=in_range)
+                                             within=within, in_range=in_range, added=added)
 
     novel = sorted(set(novel_labels) | (set(lab_ok.tolist()) - set(classes)))
     novelty: dict[str, Any] = {}
@@ -262,7 +266,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
             "grace_s": judge.grace_s, "debounce": dataclasses.asdict(cfg.detector.debounce),
         },
         "episodes": ep_report,
-        "baselines": _baselines(artifact, judge, pred, nway, within, support, cfg.prototypes, nearest),
+        "baselines": _baselines(artifact, judge, pred, nway, within, support, cfg.prototypes, nearest, added),
         "window": dataclasses.asdict(w),
         "features": list(cfg.features),
     }
@@ -308,7 +312,8 @@ def _pair(det: dict[str, Any], key: str) -> str:
 
 def per_class_lines(per_class: dict[str, dict[str, Any]], conf: dict[str, Any] | None) -> list[str]:
     """The summary's rows of precision, recall, f1, support: a ratio the data leave undefined (no window of
-    the class, or none called it) reads ``-`` here; the JSON keeps 0 (sklearn's ``zero_division=0``)."""
+    the class, or none called it; f1 with no window of the class) reads ``-`` here; the JSON keeps 0 (sklearn's
+    ``zero_division=0``)."""
     conf = conf or {"labels": [], "matrix": []}
     called = dict(zip(conf["labels"], np.asarray(conf["matrix"], dtype=np.int64).reshape(len(conf["labels"]), -1)
                       .sum(axis=0).tolist(), strict=True))
@@ -316,7 +321,7 @@ def per_class_lines(per_class: dict[str, dict[str, Any]], conf: dict[str, Any] |
     for c, m in per_class.items():
         p_ok, r_ok = called.get(c, 1) > 0, m["support"] > 0
         cells = [f"{m[k]:>10.3f}" if ok else f"{'-':>10}"
-                 for k, ok in (("precision", p_ok), ("recall", r_ok), ("f1", p_ok and r_ok))]
+                 for k, ok in (("precision", p_ok), ("recall", r_ok), ("f1", r_ok))]
         out.append(f"{c:<18}{''.join(cells)}{m['support']:>10d}")
     return out
 

@@ -48,7 +48,7 @@ from netsiam.schemas.classes import NORMAL, SILENT
 from netsiam.schemas.event import event_id as make_event_id
 from netsiam.schemas.feedback import Feedback
 from netsiam.schemas.record import RecordError, decode_record
-from netsiam.serving import Artifact, debounce_nearest, load_artifact
+from netsiam.serving import Artifact, debounce_view, load_artifact
 from netsiam.versions import lineage, locked, publish, writable_model
 from netsiam.windowing import Windows, windows_from_records
 
@@ -133,8 +133,9 @@ def trace_events(rows: Rows, art: Artifact, cfg: Config) -> list[Event]:
 
 def _events(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config) -> list[Event]:
     names, _, dist = art.prototypes.classify(emb)
-    return detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, debounce_nearest(art, dist, cfg.detector.debounce),
-                         art.prototypes.within(dist), tails_in_range(x, art.features, ranges_from_manifest(art.manifest)))
+    nearest, added = debounce_view(art, names, dist, cfg.detector.debounce)
+    return detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, nearest, art.prototypes.within(dist),
+                         tails_in_range(x, art.features, ranges_from_manifest(art.manifest)), added)
 
 
 def _episode_from_trace(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config, eid: str) -> Episode:
