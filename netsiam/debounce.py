@@ -153,8 +153,7 @@ class FaultTracker:
 
     def _raise(self, fault: str, window_end: float) -> Transition:
         self._active = fault
-        # a raised fault is no aftermath: nearest-normal windows must not clear it
-        self._aftermath, self._after_fault = False, None
+        self._aftermath = False   # a raised fault is no aftermath: nearest-normal windows must not clear it
         self._started_at = self._run_start if self._run_start is not None else window_end
         return Transition("raised", fault, self._started_at, window_end)
 
