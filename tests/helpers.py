@@ -91,6 +91,22 @@ def labelled_windows(records: Sequence[Record], labels: Sequence[LabelInterval],
     return w, x, lab, start != lab
 
 
+
+def detect_offline(art: Any, emb: np.ndarray, x: np.ndarray, w: Any, debounce: Any) -> tuple[list[Any], np.ndarray | None]:
+    """The events ``netsiam evaluate`` finds over windows ``w`` (derived ``x``, embedded ``emb``), given all the
+    daemon's debounce is given: nearest trained class, thresholds within, inputs in range, added classes;
+    -> (events, the ``added`` mask)."""
+    from netsiam.evidence import ranges_from_manifest, tails_in_range
+    from netsiam.serving import debounce_view
+    from netsiam.trainer.detection import detect_events
+
+    names, _, dists = art.prototypes.classify(emb)
+    nearest, added = debounce_view(art, names, dists, debounce)
+    in_range = tails_in_range(x, list(getattr(art, "features", ())),
+                              ranges_from_manifest(getattr(art, "manifest", None)))
+    return detect_events(w.sources, w.end_ts, names, debounce, nearest, art.prototypes.within(dists),
+                         in_range, added), added
+
 # -- small artifacts built by hand ----------------------------------------------------------------
 class MeanEncoder:
     """Stand-in encoder: the embedding of a window is the mean of its first 3 features, clipped."""

@@ -16,6 +16,7 @@ from helpers import (
     Model,
     bad_lines,
     check_episodes,
+    detect_offline,
     events_of,
     http_get,
     labelled_trace,
@@ -35,7 +36,7 @@ from netsiam.replay import replay_lines
 from netsiam.schemas import load_schema
 from netsiam.schemas.deadletter import validate_dead_letter
 from netsiam.serving import default_model_path, load_artifact
-from netsiam.trainer.detection import detect_events, episodes_from_intervals
+from netsiam.trainer.detection import episodes_from_intervals
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +53,8 @@ def test_labelled_trace_gives_one_raised_and_one_cleared_per_episode(
     from netsiam.traceio import Record
 
     w, x, _, _ = labelled_windows([Record(**orjson.loads(b)) for b in lines], labels, model.window)
-    names, _, dists = model.prototypes.classify(load_artifact(model_dir).embed(x))  # the very encoder served
-    offline = detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, model.prototypes.nearest(dists),
-                            model.prototypes.within(dists))
+    served = load_artifact(model_dir)   # the very encoder served
+    offline, _ = detect_offline(served, served.embed(x), x, w, cfg.detector.debounce)
     n_events = len(offline) + sum(e.cleared_at is not None for e in offline)
     replay_lines(lines, broker.bootstrap, topics.samples)
     with running(cfg, model_dir) as d:
@@ -228,9 +228,7 @@ def test_shipped_model_daemon_acts_exactly_as_the_offline_evaluation(broker: Any
     from netsiam.traceio import Record
 
     w, x, _, _ = labelled_windows([Record(**orjson.loads(b)) for b in lines], labels, art.window)
-    names, _, dists = art.prototypes.classify(art.embed(x))
-    offline = detect_events(w.sources, w.end_ts, names, DebounceConfig(), art.prototypes.nearest(dists),
-                            art.prototypes.within(dists))
+    offline, _ = detect_offline(art, art.embed(x), x, w, DebounceConfig())
     assert sorted((e.source, e.fault, e.started_at, e.raised_at) for e in offline) == sorted(
         (e["source"], e["fault"], e["started_at"], e["window_end"]) for e in evs if e["state"] == "raised")
     eps = episodes_from_intervals(labels)

@@ -19,6 +19,7 @@ import pytest
 from helpers import (
     REPO,
     check_episodes,
+    detect_offline,
     events_of,
     labelled_windows,
     make_config,
@@ -36,7 +37,7 @@ from netsiam.schemas import load_schema
 from netsiam.schemas.event import event_id
 from netsiam.serving import default_model_path, load_artifact
 from netsiam.traceio import read_labels
-from netsiam.trainer.detection import detect_events, episodes_from_intervals
+from netsiam.trainer.detection import episodes_from_intervals
 
 DATA = REPO / "tests" / "data"
 
@@ -61,9 +62,7 @@ def test_real_sipp_recording_gives_one_raised_and_one_cleared_per_episode(
 
     # what the offline evaluation computes for the very windows and encoder the daemon serves
     w, x, _, _ = labelled_windows(records, labels, art.window)
-    names, _, dists = art.prototypes.classify(art.embed(x))
-    offline = detect_events(w.sources, w.end_ts, names, DebounceConfig(), art.prototypes.nearest(dists),
-                            art.prototypes.within(dists))
+    offline, _ = detect_offline(art, art.embed(x), x, w, DebounceConfig())
     n_events = len(offline) + sum(e.cleared_at is not None for e in offline)
 
     replay_lines(lines, broker.bootstrap, topics.samples)

@@ -21,6 +21,7 @@ from helpers import (
     Msg,
     bad_lines,
     check_episodes,
+    detect_offline,
     easy_sim_params,
     embed_all,
     labelled_trace,
@@ -40,7 +41,7 @@ from netsiam.features import derive
 from netsiam.schemas import load_schema
 from netsiam.schemas.deadletter import DeadLetter, validate_dead_letter
 from netsiam.schemas.event import event_id
-from netsiam.trainer.detection import detect_events, episodes_from_intervals
+from netsiam.trainer.detection import episodes_from_intervals
 
 
 def run_all(p: Pipeline, parts: dict[Any, list[Msg]], chunk: int = 500,
@@ -102,13 +103,8 @@ def assert_as_offline(evs: list[dict[str, Any]], lines: Sequence[bytes], labels:
                       cfg: Config) -> tuple[Any, np.ndarray | None]:
     """The daemon's events ``evs`` are those ``detect_events`` finds over the same windows, given what the
     daemon's debounce is given (:func:`~netsiam.serving.debounce_view`); -> (the windows, their ``added``)."""
-    from netsiam.serving import debounce_view
-
     w, x, _, _ = labelled_windows_from_lines(lines, labels, window)
-    names, _, dists = art.prototypes.classify(art.head.embed(x))
-    nearest, added = debounce_view(art, names, dists, cfg.detector.debounce)
-    offline = detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, nearest, art.prototypes.within(dists),
-                            None, added)
+    offline, added = detect_offline(art, art.head.embed(x), x, w, cfg.detector.debounce)
     ends = {(e["source"], e["fault"], e["started_at"], e["state"]): e["window_end"] for e in evs}
     assert len(ends) == len(evs)
     assert sorted((e.source, e.fault, e.started_at, e.raised_at, e.cleared_at) for e in offline) == sorted(
