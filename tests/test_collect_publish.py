@@ -180,3 +180,25 @@ def test_real_sipp_restart_and_collector_restart_publish_each_row_once(broker: A
     got = values(broker.bootstrap, tc.samples, len(want))
     assert len(want) >= 12
     assert got == want, "no duplicate, no gap, byte for byte the import of both runs"
+
+
+def test_one_shot_run_without_its_topic_says_so_and_the_next_run_publishes_every_row(broker: Any,
+                                                                                      tmp_path: Path) -> None:
+    """Without --follow there is no outage to ride out: a topic (or broker) that is not there is a one-line
+    error at once, nothing is marked published, and the same command publishes every row once it is there."""
+    tc = _topics()
+    stat = REPO / "tests" / "data" / "sipp_c_stat.csv"
+    state = tmp_path / "state.json"
+    args = [sys.executable, "-m", "netsiam", "collect", "sipp", str(stat), "--source", "s", "--bootstrap",
+            broker.bootstrap, "--topic", tc.samples, "--state", str(state), "--metrics-port", "0"]
+    r = subprocess.run(args, capture_output=True, timeout=120, cwd=REPO)
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 1 and "Traceback" not in r.stderr.decode(), r.stderr
+    assert err[-1] == (f"netsiam collect: error: cannot publish to {broker.bootstrap}: topic {tc.samples} "
+                       "does not exist; nothing published")
+    assert not state.exists()
+    create_topics(broker.bootstrap, tc)
+    r = subprocess.run(args, capture_output=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    want = imported([stat])
+    assert sorted(values(broker.bootstrap, tc.samples, len(want))) == sorted(want)

@@ -54,7 +54,8 @@ def add_parsers(sub: Any, common: Any) -> None:
     common(q)
     q.add_argument("files", nargs="+", help="SIPp statistics files of one source (parts of one run, or restarts)")
     q.add_argument("--source", required=True, help="source name of these records")
-    q.add_argument("--follow", action="store_true", help="keep following the files (like tail -F)")
+    q.add_argument("--follow", action="store_true", help="keep following the files (like tail -F), riding out broker outages; without it, the files are "
+                        "read once and a broker or topic that is not there is an error at start")
     q.add_argument("--state", default=None,
                    help="state file: resume after the last published row (default when publishing: "
                         "$STATE_DIRECTORY or ~/.local/state/netsiam; 'none' = no state)")
@@ -127,6 +128,10 @@ def cli_collect(args: argparse.Namespace, cfg: Config) -> int:
     if args.bootstrap:
         sink = KafkaSink(args.bootstrap, topic, metrics, kafka=cfg.kafka,
                          max_pending=args.buffer or DEFAULT_MAX_PENDING, stop=stop)
+        if args.kind == "sipp" and not args.follow and not sink.up:
+            # a one-shot run has no outage to ride out: say so now, as replay does (the rows stay in the files)
+            sink.close()
+            raise ServiceError(f"cannot publish to {args.bootstrap}: {sink.down_why}; nothing published")
     else:
         sink = StreamSink(args.output, metrics)
     try:

@@ -145,6 +145,7 @@ class KafkaSink:
         self._gen = 0                 # producer generation: failures of retired producers are ignored
         self._next_probe = 0.0
         self._up: bool | None = None
+        self.down_why = ""            # why the broker is not taking records, while it is not
         self._recover()               # connect now: a wrong address or a missing topic shows at once
 
     @property
@@ -284,7 +285,13 @@ class KafkaSink:
             self._gen += 1
             producer.abort()  # unsent batches dropped: the next producer re-sends them, in order
 
+    @property
+    def up(self) -> bool:
+        """The last probe found the broker and the topic."""
+        return bool(self._up)
+
     def _set_up(self, up: bool, why: str) -> None:
+        self.down_why = why
         if up != self._up:
             if up:
                 log.info("broker reachable, topic %s present: publishing with %s", self.topic, self._client)
