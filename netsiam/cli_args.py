@@ -215,9 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", default=[], help="trace JSONL for `plot embedding` (repeatable)")
     p.add_argument("--labels", action="append", default=[], help="labels CSV for `plot embedding` (repeatable)")
     p.add_argument("--animate", action="store_true", help="same as `plot animate`")
-    p.add_argument("--prometheus", default="http://127.0.0.1:9090", help="for `plot dashboard`: Prometheus URL")
+    # defaults None, said in the help: a flag given for another kind of plot is a usage error (trainer/plots.py)
+    p.add_argument("--prometheus", default=None,
+                   help="for `plot dashboard`: Prometheus URL (default: http://127.0.0.1:9090)")
     p.add_argument("--source", default=None, help="for `plot dashboard`: one source (default: all)")
-    p.add_argument("--range", default="1h", help="for `plot dashboard`: time range, e.g. 15m, 1h")
+    p.add_argument("--range", default=None, help="for `plot dashboard`: time range, e.g. 15m, 1h (default: 1h)")
     p.add_argument("-o", "--output", required=True, help="image (PNG, or GIF for animate) to write")
     add_collect_parsers(sub, _common)
     _formatted(ap)

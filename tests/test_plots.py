@@ -103,6 +103,14 @@ def test_cli_plot_animate_and_dashboard(tmp_path: Path, capsys: pytest.CaptureFi
     # a usage error: embedding needs --data
     assert main(["plot", "embedding", "--model", str(model), "-o", str(tmp_path / "e.png")]) == EXIT_USAGE
     assert "--data" in capsys.readouterr().err
+    # a flag of another kind of plot is a usage error, not silently ignored
+    for argv, says in ((["animate", "--prometheus", "http://x"], "--prometheus is for `plot dashboard`, not `plot animate`"),
+                       (["dashboard", "--data", "t.jsonl"], "--data is for `plot embedding`, not `plot dashboard`"),
+                       (["dashboard", "--model", str(model)], "--model is for `plot embedding` and `plot animate`"),
+                       (["--range", "1h"], "--range is for `plot dashboard`, not `plot embedding`"),
+                       (["dashboard", "--animate"], "--animate draws `plot animate`, not `plot dashboard`")):
+        assert main(["plot", *argv, "-o", str(tmp_path / "f.png")]) == EXIT_USAGE, argv
+        assert says in capsys.readouterr().err, argv
 
 
 def test_cli_plot_embedding_from_a_trace(tmp_path: Path) -> None:

@@ -338,8 +338,18 @@ def _image_path(path: str) -> None:
         raise UsageError(f"-o {path}: not an image file name (.png, .svg, .pdf, ...: {', '.join(sorted(kinds))})")
 
 
+# flags that draw one kind of plot only; given for another, they would be silently ignored
+_ONLY_FOR = {"data": ("embedding",), "labels": ("embedding",), "model": ("embedding", "animate"),
+             "prometheus": ("dashboard",), "source": ("dashboard",), "range": ("dashboard",)}
+
+
 def cli_plot(args: argparse.Namespace, cfg: Config) -> int:
     what = "animate" if args.animate else args.what
+    if args.animate and args.what not in ("embedding", "animate"):   # `embedding` is the positional's default
+        raise UsageError(f"--animate draws `plot animate`, not `plot {args.what}`")
+    for flag, kinds in _ONLY_FOR.items():
+        if getattr(args, flag, None) and what not in kinds:
+            raise UsageError(f"--{flag} is for {' and '.join(f'`plot {k}`' for k in kinds)}, not `plot {what}`")
     if what != "animate":
         _image_path(args.output)
     if what == "dashboard":

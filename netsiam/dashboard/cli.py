@@ -10,7 +10,7 @@ from pathlib import Path
 from netsiam.errors import NetsiamError
 
 from .grafana import grafana_json
-from .picture import cli_plot_dashboard
+from .picture import DEFAULT_PROMETHEUS, cli_plot_dashboard
 
 __all__ = ["main"]
 
@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = sub.add_parser("grafana", help="write the Grafana dashboard JSON")
     g.add_argument("-o", "--output", default="-")
     r = sub.add_parser("png", help="render the dashboard from a Prometheus to a PNG")
-    r.add_argument("--prometheus", default="http://127.0.0.1:9090")
+    r.add_argument("--prometheus", default=DEFAULT_PROMETHEUS)
     r.add_argument("--source", default=None)
     r.add_argument("--instance", default=None)
     r.add_argument("--range", default="1h")

@@ -19,7 +19,7 @@ from netsiam.errors import UsageError
 
 from .prometheus import PanelData, fetch_panels, parse_duration
 
-__all__ = ["cli_plot_dashboard", "draw_dashboard", "fmt_value", "render_dashboard"]
+__all__ = ["DEFAULT_PROMETHEUS", "cli_plot_dashboard", "draw_dashboard", "fmt_value", "render_dashboard"]
 
 
 def fmt_value(v: float, unit: str) -> str:
@@ -52,6 +52,7 @@ def fmt_value(v: float, unit: str) -> str:
     return f"{v:.3g}{suffix}"
 
 
+DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"   # `plot dashboard` without --prometheus
 _COLORS = {"red": "#d44a3a", "green": "#37872d", "orange": "#ff9830", "grey": "#8e8e8e"}
 
 
@@ -237,7 +238,7 @@ def cli_plot_dashboard(args: argparse.Namespace, cfg: object = None) -> int:
         range_s = parse_duration(rng) if isinstance(rng, str) else float(rng or 3600.0)
     except ValueError as e:
         raise UsageError(f"--range: {e} (e.g. 15m, 1h, 1h30m)") from None
-    out = render_dashboard(args.prometheus, args.output, source=getattr(args, "source", None),
+    out = render_dashboard(args.prometheus or DEFAULT_PROMETHEUS, args.output, source=getattr(args, "source", None),
                            range_s=range_s, instance=getattr(args, "instance", None))
     print(out)
     return 0
