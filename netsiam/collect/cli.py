@@ -54,8 +54,9 @@ def add_parsers(sub: Any, common: Any) -> None:
     common(q)
     q.add_argument("files", nargs="+", help="SIPp statistics files of one source (parts of one run, or restarts)")
     q.add_argument("--source", required=True, help="source name of these records")
-    q.add_argument("--follow", action="store_true", help="keep following the files (like tail -F), riding out broker outages; without it, the files are "
-                        "read once and a broker or topic that is not there is an error at start")
+    q.add_argument("--follow", action="store_true",
+                   help="keep following the files (like tail -F), riding out broker outages; without it, the files "
+                        "are read once and a broker or topic that is not there is an error at start")
     q.add_argument("--state", default=None,
                    help="state file: resume after the last published row (default when publishing: "
                         "$STATE_DIRECTORY or ~/.local/state/netsiam; 'none' = no state)")
