@@ -124,11 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--novel", action="append", default=[],
                    help="label that the model never saw (report how often it is 'unknown'); repeatable")
 
+    # the shipped model is package data: `model copy DIR` makes one to change (netsiam/versions.py)
+    changed_model = ("artifact directory to change in place (default: detector.model; not the shipped model: "
+                     "`netsiam model copy DIR` first)")
     p = sub.add_parser("prototypes", help="add/list/remove classes without retraining")
     psub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = psub.add_parser("add", help="add (or replace) a class from a few labelled windows")
     _common(q)
-    q.add_argument("--model", required=True, help="artifact directory to change (in place)")
+    q.add_argument("--model", default=None, help=changed_model)
     q.add_argument("--name", required=True, help="class name")
     q.add_argument("--data", action="append", required=True, help="trace JSONL (repeatable; one may be -)")
     q.add_argument("--labels", action="append", required=True, help="labels CSV (repeatable)")
@@ -136,10 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-examples", type=positive, default=None, help="use at most this many windows (default: all)")
     q = psub.add_parser("list", help="list classes")
     _common(q)
-    q.add_argument("--model", required=True, help="artifact directory")
+    q.add_argument("--model", default=None, help="artifact directory (default: detector.model, else the shipped model)")
     q = psub.add_parser("remove", help="remove a class")
     _common(q)
-    q.add_argument("--model", required=True, help="artifact directory to change (in place)")
+    q.add_argument("--model", default=None, help=changed_model)
     q.add_argument("--name", required=True, help="class name")
 
     p = sub.add_parser("feedback", help="relabel a raised event: the served model learns from its episode")

@@ -293,6 +293,34 @@ def test_cli_errors_are_one_line_and_leave_the_artifact_alone(model_dir: Path, t
     assert (model_dir / "prototypes.json").read_bytes() == before
 
 
+def test_cli_changes_detector_model_by_default_and_never_the_shipped_model(
+        model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As ``feedback`` does: add/remove change --model, else detector.model, never the model shipped in the
+    package (a usage error naming ``model copy``); list reads --model, else detector.model, else the shipped one."""
+    from netsiam.serving import default_model_path
+
+    shipped = default_model_path()
+    before = (shipped / "prototypes.json").read_bytes()
+    trace, labels = write_small_trace(tmp_path)
+    for argv in (["remove", "--model", str(shipped), "--name", "blocked"],
+                 ["add", "--model", str(shipped), "--name", "congestion", "--data", str(trace), "--labels", str(labels)]):
+        assert main(["prototypes", *argv]) == EXIT_USAGE
+        assert "`netsiam model copy DIR`" in capsys.readouterr().err
+    assert main(["prototypes", "remove", "--name", "blocked"]) == EXIT_USAGE     # no --model, no detector.model
+    assert "no model to change" in capsys.readouterr().err
+    assert (shipped / "prototypes.json").read_bytes() == before
+    assert main(["prototypes", "list"]) == 0
+    listed = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == load_artifact(shipped).prototypes.classes
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"detector:\n  model: {model_dir}\n")
+    assert main(["prototypes", "remove", "--config", str(cfg), "--name", "blocked"]) == 0
+    assert load_artifact(model_dir).prototypes.classes == ["normal", "capacity_limit"]
+    capsys.readouterr()
+    assert main(["prototypes", "list", "--config", str(cfg)]) == 0
+    assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()[1:]] == ["normal", "capacity_limit"]
+
+
 def test_cli_refuses_to_remove_normal_or_the_last_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Without ``normal`` every window would be a fault or unknown (an evaluate of it reads as perfect)."""
     d = lstm_artifact(tmp_path / "m")

@@ -253,12 +253,21 @@ def _support_windows(args: argparse.Namespace, cfg: Config, artifact: Artifact) 
 
 
 def cli_prototypes(args: argparse.Namespace, cfg: Config) -> int:
-    """``netsiam prototypes add|list|remove --model DIR ...``."""
+    """``netsiam prototypes add|list|remove [--model DIR] ...`` (default: ``detector.model``; ``list`` then
+    falls back to the shipped model, which ``add`` and ``remove`` never change, as ``feedback`` does not)."""
+    from netsiam.versions import locked, writable_model
+
+    if args.action == "list":
+        print(format_table(load_artifact(args.model or cfg.detector.model or None).prototypes))
+        return 0
+    args.model = writable_model(args.model or cfg.detector.model)
+    with locked(args.model):   # one change at a time: `netsiam learn` may be teaching the same directory
+        return _change(args, cfg)
+
+
+def _change(args: argparse.Namespace, cfg: Config) -> int:
     artifact = load_artifact(args.model)
     protos = artifact.prototypes
-    if args.action == "list":
-        print(format_table(protos))
-        return 0
     if args.action == "remove":
         if args.name not in protos.classes:
             raise NetsiamError(f"no class {args.name!r} in {args.model} (classes: {', '.join(protos.classes)})")
