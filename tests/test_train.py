@@ -235,6 +235,19 @@ def test_cli_train_missing_file_is_one_line_without_traceback(tmp_path: Path) ->
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_train_never_writes_over_the_shipped_model(tmp_path: Path) -> None:
+    from netsiam.serving import default_model_path
+
+    shipped = default_model_path()
+    before = (shipped / "manifest.json").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "netsiam", "train", "--data", str(tmp_path / "t.jsonl"),
+                           "--labels", str(tmp_path / "l.csv"), "-o", str(shipped)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is the model shipped in the package" in proc.stderr.strip().splitlines()[-1]
+    assert (shipped / "manifest.json").read_bytes() == before
+
+
 def test_cli_train_refuses_zero_candidates_in_one_line(data: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
     trace, labels = data["train"]
     proc = subprocess.run([sys.executable, "-m", "netsiam", "train", "--data", str(trace), "--labels", str(labels),
