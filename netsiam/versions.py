@@ -36,7 +36,7 @@ from netsiam.serving import (
 )
 from netsiam.traceio import atomic_write_bytes
 
-__all__ = ["LOG_FILE", "VERSIONS_DIR", "VersionInfo", "history", "lineage", "locked", "publish", "rollback",
+__all__ = ["LOG_FILE", "VERSIONS_DIR", "VersionInfo", "history", "is_shipped", "lineage", "locked", "publish", "rollback",
            "writable_model"]
 
 VERSIONS_DIR = "versions"
@@ -54,13 +54,18 @@ class VersionInfo:
     current: bool
 
 
+def is_shipped(path: str | Path) -> bool:
+    """Is ``path`` the model shipped in the package (package data: only ``make model`` writes it)?"""
+    return Path(path).resolve() == default_model_path().resolve()
+
+
 def writable_model(path: str | Path | None) -> Path:
     """The artifact directory a change goes to; the shipped model (package data) is never changed."""
     if not path:
         raise UsageError("no model to change: pass --model DIR (a copy of the model the daemon serves "
                          "from, e.g. made by `netsiam model copy DIR`) or set detector.model")
     p = Path(path)
-    if p.resolve() == default_model_path().resolve():
+    if is_shipped(p):
         raise UsageError(f"{p} is the model shipped in the package; `netsiam model copy DIR` makes a copy to "
                          "serve (detect --model DIR) and teach")
     if not (p / MANIFEST_FILE).is_file():

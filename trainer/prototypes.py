@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -260,23 +261,23 @@ def cli_prototypes(args: argparse.Namespace, cfg: Config) -> int:
     if args.action == "list":
         print(format_table(load_artifact(args.model or cfg.detector.model or None).prototypes))
         return 0
-    args.model = writable_model(args.model or cfg.detector.model)
-    with locked(args.model):   # one change at a time: `netsiam learn` may be teaching the same directory
-        return _change(args, cfg)
+    model = writable_model(args.model or cfg.detector.model)
+    with locked(model):   # one change at a time: `netsiam learn` may be teaching the same directory
+        return _change(args, cfg, model)
 
 
-def _change(args: argparse.Namespace, cfg: Config) -> int:
-    artifact = load_artifact(args.model)
+def _change(args: argparse.Namespace, cfg: Config, model: Path) -> int:
+    artifact = load_artifact(model)
     protos = artifact.prototypes
     if args.action == "remove":
         if args.name not in protos.classes:
-            raise NetsiamError(f"no class {args.name!r} in {args.model} (classes: {', '.join(protos.classes)})")
+            raise NetsiamError(f"no class {args.name!r} in {model} (classes: {', '.join(protos.classes)})")
         if len(protos.classes) == 1:
             raise NetsiamError(f"{args.name!r} is the only class; an artifact needs at least one")
         if args.name == NORMAL:
             raise UsageError("'normal' cannot be removed: every window would then be a fault or unknown")
         protos.remove(args.name)
-        artifact.save_prototypes(args.model)
+        artifact.save_prototypes(model)
         print(f"removed {args.name!r}; classes: {', '.join(protos.classes)}")
         return 0
     if args.action == "add":
@@ -284,7 +285,7 @@ def _change(args: argparse.Namespace, cfg: Config) -> int:
         x = _support_windows(args, cfg, artifact)
         replaced = args.name in protos.classes
         thr = add_class(artifact, args.name, x, cfg.prototypes)
-        artifact.save_prototypes(args.model)
+        artifact.save_prototypes(model)
         print(f"{'replaced' if replaced else 'added'} {args.name!r} from {len(x)} windows "
               f"(threshold {thr:.4f}); classes: {', '.join(protos.classes)}")
         return 0

@@ -39,7 +39,7 @@ from netsiam.config import Config, override
 from netsiam.errors import NetsiamError, UsageError
 from netsiam.evidence import MANIFEST_KEY, normal_ranges, ranges_to_json
 from netsiam.features import required_metrics
-from netsiam.serving import FORMAT, Artifact, Prototypes, default_model_path, load_artifact
+from netsiam.serving import FORMAT, Artifact, Prototypes, load_artifact
 from netsiam.traceio import atomic_write_bytes, read_labels
 from netsiam.trainer.augment import thinned_copies
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule
@@ -51,6 +51,7 @@ from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
 from netsiam.trainer.scores import pair_scores, roc_auc
 from netsiam.trainer.split import AFTERMATH_S, class_order, clean_normal, in_aftermath, split_windows
 from netsiam.trainer.tblog import ScalarLog
+from netsiam.versions import is_shipped
 
 __all__ = ["CANDIDATES_DIR", "CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "train",
            "training_ranges"]
@@ -366,7 +367,7 @@ def _f(v: float | None) -> str:
 def cli_train(args: argparse.Namespace, cfg: Config) -> int:
     """``netsiam train --data T.jsonl --labels L.csv -o DIR [--epochs N] [--seed S] [--loss L] [--candidates N] ...``."""
     cfg = override(cfg, {"training.loss": args.loss, "training.candidates": args.candidates})
-    if Path(args.output).resolve() == default_model_path().resolve():   # package data: `make model` makes it
+    if is_shipped(args.output):   # package data: `make model` makes it
         raise UsageError(f"-o {args.output} is the model shipped in the package (`make model` regenerates it); "
                          "write yours to another directory and serve it with `netsiam detect --model DIR`")
     for p in [*args.data, *args.labels]:   # fail before the (slow, noisy) TensorFlow import

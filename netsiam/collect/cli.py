@@ -129,13 +129,12 @@ def cli_collect(args: argparse.Namespace, cfg: Config) -> int:
     if args.bootstrap:
         sink = KafkaSink(args.bootstrap, topic, metrics, kafka=cfg.kafka,
                          max_pending=args.buffer or DEFAULT_MAX_PENDING, stop=stop)
-        if args.kind == "sipp" and not args.follow and not sink.up:
-            # a one-shot run has no outage to ride out: say so now, as replay does (the rows stay in the files)
-            sink.close()
-            raise ServiceError(f"cannot publish to {args.bootstrap}: {sink.down_why}; nothing published")
     else:
         sink = StreamSink(args.output, metrics)
     try:
+        if isinstance(sink, KafkaSink) and args.kind == "sipp" and not args.follow and not sink.up:
+            # a one-shot run has no outage to ride out: say so now, as replay does (the rows stay in the files)
+            raise ServiceError(f"cannot publish to {args.bootstrap}: {sink.down_why}; nothing published")
         if args.kind == "sipp":
             return _collect_sipp(args, sink, metrics, stop)
         return _collect_pcap(args, cfg, sink, metrics, stop)
