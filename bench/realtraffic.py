@@ -7,7 +7,8 @@ does: the encoder, the per-second expert rule and the raw nearest-prototype base
 daemon's debounce, on the same windows.
 
 ``--select`` holds out only the VALIDATION recordings (``val_*``): what recipes, thresholds and
-debounce settings are chosen on. ``--report`` holds out every other recording (never used for a
+debounce settings are chosen on; each ``unseen_*`` recording, which no model trains on, is then judged
+by every one of those models too. ``--report`` holds out every reported recording (never used for a
 choice) and writes ``bench/realtraffic.json``; the worst recording is what counts.
 ``--set KEY=VALUE`` overrides config keys (``window.length=10``) for a candidate recipe, ``--sim-set``
 the simulator's (``min_gap_s=5``); ``--sim-novel`` also judges each model on a simulated fault none
@@ -33,6 +34,7 @@ import yaml
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from netsiam.config import Config, override  # noqa: E402
+from netsiam.trainer.corpus import role_of  # noqa: E402
 
 __all__ = ["DETECTORS", "evaluate_recording", "judge_sim_novel", "main", "slow_answers", "train_without", "training_files",
            "write_simulation"]
@@ -63,10 +65,15 @@ def splice_file(name: str, files: tuple[Path, Path], out_dir: Path, overlay: boo
     return out
 
 
+def _trained(held_out: set[str], traces: dict[str, tuple[Path, Path]]) -> list[str]:
+    """The recordings a model trained without ``held_out`` reads: no model trains on an ``unseen_`` one."""
+    return sorted(n for n in traces if n not in held_out and role_of(n) != "unseen")
+
+
 def training_files(held_out: set[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None
                    ) -> tuple[list[Path], list[Path]]:
     """The traces and labels a model trained without ``held_out`` reads (before any splices)."""
-    names = sorted(n for n in traces if n not in held_out)
+    names = _trained(held_out, traces)
     return ([traces[n][0] for n in names] + ([sim[0]] if sim else []),
             [traces[n][1] for n in names] + ([sim[1]] if sim else []))
 
@@ -76,7 +83,7 @@ def train_without(cfg: Config, held_out: set[str], traces: dict[str, tuple[Path,
     """``splice``: None, ``cut`` or ``overlay`` (the splices are kept beside ``out``, one folder per kind)."""
     from netsiam.trainer.train import train
 
-    names = sorted(n for n in traces if n not in held_out)
+    names = _trained(held_out, traces)
     data, labels = training_files(held_out, traces, sim)
     if splice is not None:
         splice_dir = out.parent / f"splices-{splice}"
@@ -159,7 +166,11 @@ def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim:
     from netsiam.trainer.simulate import SLOW_ANSWERS
 
     out: dict[str, Any] = {}
-    for name in held:
+    unseen = [n for n in held if role_of(n) == "unseen"]
+    if unseen and len(unseen) == len(held):
+        raise SystemExit("an unseen_ recording is judged by the models trained without a validation one: "
+                         "hold out a val_ recording too (--select does)")
+    for name in (n for n in held if n not in unseen):
         t0 = time.perf_counter()
         art = train_without(cfg, {name}, traces, sim, models / f"model-{name}", seed, splice)
         res = evaluate_recording(art, traces[name], cfg=cfg)
@@ -167,6 +178,9 @@ def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim:
         res["epochs"] = art.manifest["metrics"]["epochs_run"]
         out[name] = res
         print(_line(name, res), flush=True)
+        for u in unseen:                 # no model trains on it: each judges it as a testbed it never saw
+            out[f"{u} (model without {name})"] = ures = evaluate_recording(art, traces[u], cfg=cfg)
+            print(_line(u, ures), flush=True)
         if sim_novel is not None:
             res["sim_novel"] = sn = judge_sim_novel(art, sim_novel, cfg)
             res["shift_probe"] = art.manifest["metrics"]["shift_probe"]["score"]
@@ -212,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         held = args.only
     elif args.report:
-        held = [n for n, r in role.items() if r != "validation"]
+        held = [n for n, r in role.items() if r in ("reported", "novel")]
     else:
-        held = [n for n, r in role.items() if r == "validation"]
+        held = [n for n, r in role.items() if r in ("validation", "unseen")]
     with tempfile.TemporaryDirectory(prefix="netsiam-realtraffic-") as tmp_s:
         tmp = Path(tmp_s)
         traces = to_traces(recs, Path(args.cache) if args.cache else tmp / "traces")

@@ -225,7 +225,7 @@ def render(res: dict[str, Any], bench: dict[str, Any] | None) -> str:
                        recordings_table({n: v for n, v in rows.items() if corpus[n]["role"] == "reported"}, corpus), "")],
         "## The shipped model as is, on every real recording",
         "",
-        f"Model version `{res['shipped']['version']}`. It trained on the corpus's non-novel recordings, so "
+        f"Model version `{res['shipped']['version']}`. It trained on the corpus's recordings but the novel and `unseen_` ones, so "
         "their rows show fit, not generalisation; `sipp_a`, `sipp_b`, `sipp_c` it never saw.",
         "",
         recordings_table({n: shipped[n] for n in order}, corpus),

@@ -1,10 +1,10 @@
 """The shipped model's training seed, judged on validation only: ``python -m bench.seeds 1 2 3 4 5``.
 
-Each seed trains the shipped recipe on the shipped data (``make model``'s: the corpus's non-novel
-recordings plus the simulation); each model is then judged on a simulated fault none of them knows
+Each seed trains the shipped recipe on the shipped data (``make model``'s: the corpus's recordings
+but the novel and ``unseen_`` ones, plus the simulation); each model is then judged on a simulated fault none of them knows
 (``slow_answers``, :func:`bench.realtraffic.slow_answers`) among known ones: the share of its windows
 called ``unknown``, its episodes first raised ``unknown``, the known episodes first raised right and
-the false raises. Every real recording is in the training data or reported, so none is looked at.
+the false raises. Every real recording but the ``unseen_`` ones is in the training data or reported, so none is looked at.
 ``--models DIR`` keeps the models (and reuses those already there).
 """
 

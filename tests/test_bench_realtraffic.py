@@ -51,3 +51,22 @@ def test_seeds_judges_each_kept_model_on_the_simulated_never_seen_fault(model_di
     assert r["episodes"] >= 10 and 0 <= r["first_raised_unknown"] <= r["episodes"]
     assert 0.0 <= r["unknown_rate"] <= 1.0 and 0 <= r["first_label_correct"] <= r["all_episodes"]
     assert not (tmp_path / "work" / "corpus").exists()       # nothing to train: the corpus is not imported
+
+
+def test_no_model_trains_on_an_unseen_recording(tmp_path: Path) -> None:
+    """``unseen_*`` recordings are validation every model is judged on as a testbed it never saw: the
+    leave-one-out models' training files and the shipped model's training data leave them out."""
+    from bench.realtraffic import training_files
+    from netsiam.trainer.corpus import load_corpus
+    from netsiam.trainer.default_model import training_data
+
+    recs = load_corpus()
+    unseen = {r.name for r in recs if r.role == "unseen"}
+    assert unseen and all(not r.trained_on for r in recs if r.name in unseen)
+    traces = {r.name: (tmp_path / f"{r.name}.jsonl", r.labels) for r in recs}
+    data, labels = training_files({"val_r20_h2"}, traces, None)
+    read = {p.name.removesuffix(".jsonl") for p in data}
+    assert read == {r.name for r in recs} - unseen - {"val_r20_h2"}
+    assert len(labels) == len(data)
+    shipped, _ = training_data(tmp_path / "shipped")
+    assert {p.stem for p in shipped} == {"sim"} | {r.name for r in recs if r.role in ("validation", "reported")}

@@ -6,6 +6,8 @@ corpus keeps to it:
 
 * ``val_*``: the VALIDATION subset: recipes, thresholds, debounce settings and the expert rule's
   bounds are chosen on these only;
+* ``unseen_*``: validation too, but no model trains on them: a choice is also checked on a testbed
+  every model never saw (:attr:`Recording.trained_on`);
 * ``novel_*``: recordings with ``degraded`` episodes, a class the shipped model is never trained on
   (novelty, and few-shot learning of a new class);
 * every other recording is REPORTED: evaluated leave-one-recording-out, never used for a choice.
@@ -22,10 +24,18 @@ from netsiam.errors import NetsiamError
 from netsiam.importers.sipp import import_sipp
 from netsiam.traceio import write_trace
 
-__all__ = ["CORPUS_DIR", "NOVEL_LABEL", "Recording", "load_corpus", "to_traces"]
+__all__ = ["CORPUS_DIR", "NOVEL_LABEL", "Recording", "load_corpus", "role_of", "to_traces"]
 
 CORPUS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "testbed" / "corpus"
 NOVEL_LABEL = "degraded"
+
+
+def role_of(name: str) -> str:
+    """A recording's role by its name: validation | unseen | novel | reported."""
+    for prefix, role in (("val_", "validation"), ("unseen_", "unseen"), ("novel_", "novel")):
+        if name.startswith(prefix):
+            return role
+    return "reported"
 
 
 @dataclass(frozen=True)
@@ -38,10 +48,14 @@ class Recording:
 
     @property
     def role(self) -> str:
-        """validation | novel | reported"""
-        if self.name.startswith("val_"):
-            return "validation"
-        return "novel" if self.name.startswith("novel_") else "reported"
+        """validation | unseen | novel | reported (:func:`role_of`)"""
+        return role_of(self.name)
+
+    @property
+    def trained_on(self) -> bool:
+        """Whether a model may train on it (leave-one-out models: every such recording but the one held
+        out; the shipped model: these, novel ones excepted)."""
+        return self.role != "unseen"
 
     @property
     def rate(self) -> float:

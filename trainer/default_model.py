@@ -1,9 +1,9 @@
 """``make model``: regenerate the model shipped in the package, reproducibly.
 
-Training data: every non-novel recording of the real-SIPp corpus (``deploy/testbed/corpus``: real
-SIPp quirks, 5-200 calls/s, holds of 1-60 s, the fault shapes a testbed shows) plus a simulation
-(fixed seed, :data:`netsiam.trainer.simulate.VARIED`: many short sources, each its own testbed,
-so the model sees loads and holds no recording has). ``degraded`` episodes are left out: that class
+Training data: every recording of the real-SIPp corpus (``deploy/testbed/corpus``: real SIPp quirks,
+5-200 calls/s, holds of 1-60 s, the fault shapes a testbed shows) but the novel and ``unseen_`` ones,
+plus a simulation (fixed seed, :data:`netsiam.trainer.simulate.VARIED`: many short sources, each its own
+testbed, so the model sees loads and holds no recording has). ``degraded`` episodes are left out: that class
 is the one the shipped model must call ``unknown``. Then ``netsiam train`` with the config defaults
 and a fixed seed -> ``netsiam/default_model/``. TensorBoard logs and the checkpoint go to a temporary
 directory, not into the package.
@@ -76,7 +76,7 @@ def training_data(directory: str | Path) -> tuple[list[Path], list[Path]]:
     records, intervals = simulate(TRAIN_SOURCES, TRAIN_MINUTES, TRAIN_SEED, TRAIN_PARAMS)
     write_trace(trace, records)
     write_labels(labels, intervals)
-    real = to_traces([r for r in load_corpus() if r.role != "novel"], d / "corpus")
+    real = to_traces([r for r in load_corpus() if r.trained_on and r.role != "novel"], d / "corpus")
     return [trace, *(t for t, _ in real.values())], [labels, *(lab for _, lab in real.values())]
 
 
