@@ -180,10 +180,12 @@ def render(res: dict[str, Any], bench: dict[str, Any] | None) -> str:
         + ") and `bench/results.json` (`make bench`).",
         "",
         "**How figures were chosen.** Recipes, thresholds, debounce settings and the expert rule's bounds were "
-        "chosen on the corpus's validation recordings (`val_*`, `python -m bench.realtraffic --select`) only. "
-        "Every recording below is either held out of training (leave one recording out) or, for the shipped "
-        "model, one it never trained on (`sipp_a`, `sipp_b`, `sipp_c`, made with another recorder); none was "
-        "used for a choice. The worst recording counts.",
+        "chosen on the corpus's validation recordings (`val_*`, and `unseen_*`, which no model trains on; "
+        "`python -m bench.realtraffic --select`) only. Every recording the targets are judged on is either held "
+        "out of training (leave one recording out) or, for the shipped model, one it never trained on "
+        "(`sipp_a`, `sipp_b`, `sipp_c`, made with another recorder); none was used for a choice. The shipped "
+        "model's table also shows the validation recordings, which the targets leave out. The worst recording "
+        "counts.",
         "",
         "**How events are judged** (as an operator does): an episode's first raised fault must be its label "
         "(`unknown` for a fault the model never learnt), raised once, soon after the fault began, cleared soon "

@@ -36,7 +36,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from netsiam.config import Config
-from netsiam.evidence import ranges_from_manifest, tails_in_range
+from netsiam.evidence import ranges_from_manifest, signatures_from_manifest, signatures_shown, tails_in_range
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import RecordError, decode_record
@@ -342,8 +342,11 @@ class Pipeline:
         names = res.names
         nearest, added = debounce_view(batch.artifact, names, res.dists, self.det.debounce) if n else (names, None)
         within = batch.artifact.prototypes.within(res.dists) if n else names
-        x, ranges = batch.x, ranges_from_manifest(getattr(batch.artifact, "manifest", None))
+        manifest = getattr(batch.artifact, "manifest", None)
+        x, ranges = batch.x, ranges_from_manifest(manifest)
         in_range = None if x is None or not n else tails_in_range(x, batch.artifact.features, ranges)
+        held = (None if x is None or not n or not self.debounce.hold_signature
+                else signatures_shown(x, batch.artifact.features, ranges, signatures_from_manifest(manifest)))
         n_events = 0
         half_replay = self.det.max_replay_s / 2
         i = -1
@@ -355,7 +358,7 @@ class Pipeline:
             st = w.state
             trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]), within[i],
                                       None if in_range is None else bool(in_range[i]),
-                                      added is not None and bool(added[i]))
+                                      added is not None and bool(added[i]), None if held is None else held[i])
             st.windowed(w.start, w.end_ts, half_replay)
             if not trans:
                 continue

@@ -37,6 +37,11 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   its aftermath up to ``added_grace_s`` after it cleared, such a window counts as ``unknown`` (then judged by the
   rules above, by that nearest trained class). Outside that it is a named fault like any other. Chosen on the
   validation recordings, ``docs/method.md``.
+- ``hold_signature``: while a named fault is active, a ``normal`` window, or an ``unknown`` one nearest
+  ``normal``, that shows the fault's signature (``held``: an input that rises above its normal range in most
+  of the fault's training windows and hardly ever in its aftermath, :func:`netsiam.evidence.fault_signatures`:
+  a limit's failures and rejections) counts as the fault. In the steady middle of a long fault the encoder's
+  window drifts back towards normal; the counters say it goes on.
 """
 
 from __future__ import annotations
@@ -168,14 +173,16 @@ class FaultTracker:
             self._seen, self._settle_at = self._seen | {cls}, None
         self._plain_streak = 0
 
-    def _witness_other(self, cls: str, window_end: float, within: Collection[str] | None, released: bool) -> None:
+    def _witness_other(self, cls: str, window_end: float, within: Collection[str] | None, released: bool,
+                       held: Collection[str] | None) -> None:
         """A normal or unknown window once a named class was seen: forget it when no tracker can hold it or
         be in its aftermath any more."""
         cfg = self._cfg
         # plain: a normal window that holds no seen class in any tracker (past the first clear_m plain ones,
         # none is active anywhere; a released one holds none anywhere)
-        plain = cls == NORMAL and (released or self._settle_at is not None or not cfg.hold_within or within is None
-                                   or self._seen.isdisjoint(within))
+        plain = cls == NORMAL and (released or self._settle_at is not None
+                                   or ((not cfg.hold_within or within is None or self._seen.isdisjoint(within))
+                                       and (not cfg.hold_signature or not held or self._seen.isdisjoint(held))))
         self._plain_streak = self._plain_streak + 1 if plain else 0
         if self._plain_streak < cfg.clear_m:
             return
@@ -186,10 +193,11 @@ class FaultTracker:
 
     def update(self, cls: str, window_end: float, nearest: str | None = None,
                within: Collection[str] | None = None, in_range: bool | None = None,
-               added: bool = False) -> list[Transition]:
+               added: bool = False, held: Collection[str] | None = None) -> list[Transition]:
         """One window's class (``nearest``: its nearest class ignoring thresholds, of the trained classes only
         where ``added``: the window's class was added after training; ``within``: the classes whose threshold
-        it is within; ``in_range``: every input's last seconds inside its normal range; each when known)."""
+        it is within; ``in_range``: every input's last seconds inside its normal range; ``held``: the faults whose
+        signature it shows; each when known)."""
         self._n += 1
         if cls == self._given:
             self._given_run += 1
@@ -199,7 +207,7 @@ class FaultTracker:
         if cls != NORMAL and cls != UNKNOWN:
             self._witness_named(cls)
         elif self._seen:
-            self._witness_other(cls, window_end, within, released)
+            self._witness_other(cls, window_end, within, released, held)
         added = added and cls != NORMAL and cls != UNKNOWN
         self._since_added = 0 if added else self._since_added + 1
         if added and cls != self._active and self._cfg.added_grace_s > 0 and (
@@ -208,6 +216,9 @@ class FaultTracker:
             cls = UNKNOWN   # in another fault's grace: judged as an unknown window nearest that trained class
         if (self._cfg.hold_within and within is not None and cls == NORMAL and not released
                 and self._active not in (None, UNKNOWN) and self._active in within):
+            cls = self._active
+        if (self._cfg.hold_signature and held and (cls == NORMAL or (cls == UNKNOWN and nearest == NORMAL))
+                and self._active not in (None, UNKNOWN) and self._active in held):
             cls = self._active
         self._clean_streak = self._clean_streak + 1 if cls == NORMAL else 0
         if self._clean_streak >= self._cfg.clear_m and window_end >= self._aftermath_until:

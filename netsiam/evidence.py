@@ -18,6 +18,12 @@ window in the feature units a person can check against the traffic.
 
 The ranges are written into the artifact manifest under :data:`MANIFEST_KEY`; an artifact without them
 (trained before evidence existed) gives empty evidence.
+
+A fault's **signature** (:func:`fault_signatures`, manifest key :data:`SIGNATURE_KEY`): the inputs that rise
+above their normal range in most of its training windows and hardly ever in the normal windows of its
+aftermath (a capacity limit's failures and rejections stop with it; a freeze's retransmissions do not).
+While the fault is active, a window that shows its signature (:func:`signatures_shown`) still carries
+it, whatever the encoder makes of the window (the debounce's ``hold_signature``).
 """
 
 from __future__ import annotations
@@ -30,14 +36,26 @@ import numpy as np
 
 from netsiam.features import derive
 
-__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "QUANTILES", "TAIL", "NormalRange", "evidence", "evidence_text",
-           "normal_ranges", "ranges_from_manifest", "ranges_to_json", "tails_in_range", "window_evidence"]
+__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "QUANTILES", "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY", "TAIL",
+           "NormalRange", "evidence", "evidence_text", "fault_signatures", "normal_ranges", "ranges_from_manifest",
+           "ranges_to_json", "signatures_from_manifest", "signatures_shown", "tails_in_range", "window_evidence"]
 
 MANIFEST_KEY = "normal_ranges"
 TAIL = 3                      # samples at the window's end that make a feature's value (changing it needs new ranges)
 QUANTILES = (0.01, 0.99)      # the normal range: 98 % of clean normal windows fall inside it
 DECIMALS = 2                  # the precision values and ranges are reported (and compared) at
 K = 3                         # at most this many features per event: the few that explain it
+SIGNATURE_KEY = "fault_signatures"
+# An input is a fault's signature when it lies above its normal range in at least this share of the fault's
+# training windows and in at most SIGNATURE_AFTER of its aftermath's (on the shipped model's data a freeze's
+# retransmissions stay out in 0.39 of its aftermath, a limit's failures and rejections in 0.06-0.09). Only a
+# rise: an input below its range (a freeze's missing answers) is a shortfall that outlasts the fault while
+# held calls drain; on the validation recordings holding on it fixed nothing and held 17 freezes 1-2 s past
+# their clear (docs/method.md). Read on the window's last SIGNATURE_TAIL samples: the counters as they are
+# now (3, the evidence's mean, held 46 of 207 validation episodes 1-2 s past their clear, 1 held 17)
+SIGNATURE_DURING = 0.5
+SIGNATURE_AFTER = 0.15
+SIGNATURE_TAIL = 1
 _SCALE_FLOOR = 10.0 ** -DECIMALS  # a feature constant in normal traffic: deviations below the precision mean nothing
 
 
@@ -47,16 +65,16 @@ class NormalRange(NamedTuple):
     scale: float   # std of the statistic over normal windows (>= the reported precision)
 
 
-def _tail(x: np.ndarray) -> np.ndarray:
-    """(..., T, F) -> (..., F): each feature's value (mean of the last TAIL samples)."""
-    t = np.asarray(np.asarray(x)[..., -TAIL:, :], np.float64)
+def _tail(x: np.ndarray, n: int = TAIL) -> np.ndarray:
+    """(..., T, F) -> (..., F): each feature's value (mean of the last ``n`` samples)."""
+    t = np.asarray(np.asarray(x)[..., -n:, :], np.float64)
     return np.add.reduce(t, axis=-2) / t.shape[-2]   # what .mean() computes, without its wrapper (a raise pays it)
 
 
-def _values(x: np.ndarray) -> np.ndarray:
+def _values(x: np.ndarray, n: int = TAIL) -> np.ndarray:
     """(..., T, F) -> (..., F): each feature's value at the reported precision, as events show it and the
     debounce's release compares it (one rounding for both; + 0.0: no -0.0 in an event)."""
-    return np.round(_tail(x), DECIMALS) + 0.0
+    return np.round(_tail(x, n), DECIMALS) + 0.0
 
 
 def _round(v: float) -> float:
@@ -134,6 +152,71 @@ def tails_in_range(x: np.ndarray, features: Sequence[str], ranges: Mapping[str, 
     hi = np.array([ranges[f].hi for f in features])
     v = _values(x)                                                          # (N, F), compared as reported
     return np.all((v >= lo) & (v <= hi), axis=-1)
+
+
+def fault_signatures(x: np.ndarray, labels: np.ndarray, after: np.ndarray, features: Sequence[str],
+                     ranges: Mapping[str, NormalRange], normal: str = "normal") -> dict[str, dict[str, str]]:
+    """Derived training windows (N, T, F), their labels and the fault whose aftermath each normal one lies in
+    ("" for none) -> per fault, its signature ``{feature: "above"}``. A fault with no aftermath windows gets
+    none: nothing says which of its inputs end with it."""
+    v = _values(x, SIGNATURE_TAIL)                                          # (N, F)
+    out: dict[str, dict[str, str]] = {}
+    for c in sorted({str(c) for c in labels} - {normal}):
+        during, aft = labels == c, after == c
+        if not during.any() or not aft.any():
+            continue
+        sig = {}
+        for j, f in enumerate(features):
+            r = ranges.get(f)
+            if r is None:
+                continue
+            above = v[:, j] > r.hi
+            if above[during].mean() >= SIGNATURE_DURING and above[aft].mean() <= SIGNATURE_AFTER:
+                sig[f] = "above"
+        if sig:
+            out[c] = sig
+    return out
+
+
+def signatures_from_manifest(manifest: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
+    """The manifest's fault signatures; {} when it has none. Malformed entries (a side other than "above")
+    are skipped, as malformed ranges are."""
+    raw = (manifest or {}).get(SIGNATURE_KEY)
+    out: dict[str, dict[str, str]] = {}
+    if not isinstance(raw, Mapping):
+        return out
+    for c, sig in raw.items():
+        if isinstance(sig, Mapping):
+            ok = {str(f): side for f, side in sig.items() if side == "above"}
+            if ok:
+                out[str(c)] = ok
+    return out
+
+
+def signatures_shown(x: np.ndarray, features: Sequence[str], ranges: Mapping[str, NormalRange],
+                     signatures: Mapping[str, Mapping[str, str]]) -> list[frozenset[str]] | None:
+    """(N, T, F) model inputs -> per window, the faults whose signature shows in its last seconds (some
+    signature input above its normal range, values as :func:`evidence` reads them);
+    None when there is nothing to show (no signatures, or one names an input without a range)."""
+    idx = {f: j for j, f in enumerate(features)}
+    sigs = [(c, sig) for c, sig in signatures.items() if sig]
+    if not sigs or any(f not in idx or f not in ranges for _, sig in sigs for f in sig):
+        return None
+    v = _values(x, SIGNATURE_TAIL)                                          # (N, F)
+    shown = np.zeros((len(v), len(sigs)), dtype=bool)                       # (N, C)
+    for b, (_, sig) in enumerate(sigs):
+        for f in sig:
+            shown[:, b] |= v[:, idx[f]] > ranges[f].hi
+    names = [c for c, _ in sigs]
+    cache: dict[bytes, frozenset[str]] = {}   # one set per combination: most windows share the empty one
+    out = []
+    for row in shown:
+        key = row.tobytes()
+        got = cache.get(key)
+        if got is None:
+            got = cache[key] = frozenset(c for c, on in zip(names, row.tolist(), strict=True) if on)
+        out.append(got)
+    return out
 
 
 def window_evidence(raw: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,

@@ -227,6 +227,33 @@ def test_inputs_back_in_range_end_hysteresis_but_raise_and_clear_nothing_alone()
         == [("raised", "unknown", 3.0)]
 
 
+def _signed(cfg: DebounceConfig, seq: list[tuple[str, str, frozenset[str]]]) -> list[tuple[str, str, float]]:
+    t = FaultTracker(cfg)
+    return [(tr.state, tr.fault, tr.window_end) for i, (c, n, h) in enumerate(seq)
+            for tr in t.update(c, float(i), n, {c}, False, held=h)]
+
+
+def test_a_window_showing_the_active_faults_signature_holds_it() -> None:
+    """Mid-limit, the encoder's window drifts back towards normal (normal, or unknown nearest normal) while
+    the rejections go on: with hold_signature (on by default) those windows still carry the limit, one
+    raise and one clear; without it the limit clears and is raised again."""
+    on = CFG
+    cap, sig = "capacity_limit", frozenset({"capacity_limit"})
+    seq = ([(cap, cap, sig)] * 3 + [("unknown", "normal", sig)] * 3 + [("normal", "normal", sig)] * 3
+           + [(cap, cap, sig)] * 3 + [("normal", "normal", frozenset())] * 2)
+    assert _signed(on, seq) == [("raised", cap, 1.0), ("cleared", cap, 13.0)]
+    assert _signed(replace(CFG, hold_signature=False), seq) == [("raised", cap, 1.0), ("cleared", cap, 4.0), ("raised", cap, 10.0),
+                                 ("cleared", cap, 13.0)]
+    # only the active fault's own signature holds it; an unknown window nearest another fault is anomalous anyway
+    other = [(cap, cap, sig)] * 3 + [("normal", "normal", frozenset({"blocked"}))] * 2
+    assert _signed(on, other)[-1] == ("cleared", cap, 4.0)
+    # it raises nothing: normal windows showing a signature with no fault active stay normal
+    assert _signed(on, [("normal", "normal", sig)] * 6) == []
+    # an active unknown is not held by it (no named fault to carry)
+    unk = [("unknown", "blocked", sig)] * 4 + [("normal", "normal", sig)] * 2
+    assert _signed(on, unk) == [("raised", "unknown", 3.0), ("cleared", "unknown", 5.0)]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(sorted(M.values())), st.sampled_from(sorted(M.values())),
                           st.frozensets(st.sampled_from(sorted(M.values())))), max_size=60),

@@ -30,13 +30,17 @@ from netsiam.detector.pipeline import EventOut, Pipeline
 from netsiam.evidence import (
     MANIFEST_KEY,
     QUANTILES,
+    SIGNATURE_KEY,
     TAIL,
     NormalRange,
     evidence,
     evidence_text,
+    fault_signatures,
     normal_ranges,
     ranges_from_manifest,
     ranges_to_json,
+    signatures_from_manifest,
+    signatures_shown,
     tails_in_range,
     window_evidence,
 )
@@ -146,6 +150,47 @@ def test_a_window_is_in_range_when_every_input_its_evidence_reads_is() -> None:
     assert tails_in_range(x, FEATS, {}) is None
 
 
+# -- fault signatures -----------------------------------------------------------------------------------
+def test_a_signature_is_what_rises_in_the_fault_and_not_in_its_aftermath() -> None:
+    """A limit's failures stop with it: its signature. A freeze's retransmissions go on in its aftermath:
+    not its signature, though out in every freeze window; nor is its collapsed success ratio, a fall below
+    the range (a shortfall outlasts the fault). A fault whose aftermath no window shows gets none."""
+    fail, retrans, low = (0.99, 0.1, 2.5, 1.0), (0.99, 3.0, 0.75, 1.0), (0.5, 3.0, 0.75, 1.0)
+    rows = ([(fail, "capacity_limit", "")] * 8 + [(NORMAL_TAIL, "normal", "capacity_limit")] * 9
+            + [(fail, "normal", "capacity_limit")]                         # 1 in 10 aftermath windows: still its own
+            + [(low, "blocked", "")] * 6 + [(retrans, "blocked", "")] * 4     # success below in 6 of 10: not counted
+            + [(retrans, "normal", "blocked")] * 5 + [(NORMAL_TAIL, "normal", "blocked")] * 5
+            + [(fail, "silent_far_end", "")] * 3 + [(NORMAL_TAIL, "normal", "")] * 20)
+    x = np.stack([window(t) for t, _, _ in rows])
+    labels = np.array([lab for _, lab, _ in rows], dtype=object)
+    after = np.array([a for _, _, a in rows], dtype=object)
+    sig = fault_signatures(x, labels, after, FEATS, RANGES)
+    assert sig == {"capacity_limit": {"failed_log": "above"}}
+    # the share in the aftermath decides: 1 failing in 4 of a limit's aftermath windows is too many
+    few = after.copy()
+    few[8:14] = ""                                                         # aftermath: 3 clean, 1 failing
+    assert "capacity_limit" not in fault_signatures(x, labels, few, FEATS, RANGES)
+    # and the share in the fault: failing in 3 of 8 limit windows is too few
+    rare = x.copy()
+    rare[3:8] = window(NORMAL_TAIL)
+    assert "capacity_limit" not in fault_signatures(rare, labels, after, FEATS, RANGES)
+
+
+def test_a_window_shows_the_faults_whose_signature_input_is_above_its_range() -> None:
+    sigs = {"capacity_limit": {"failed_log": "above"}, "blocked": {"retrans_log": "above"}}
+    x = np.stack([window(NORMAL_TAIL), window((0.99, 0.1, 2.5, 1.0)), window((0.99, 3.0, 2.5, 1.0)),
+                  window((0.99, 0.1, -1.0, 1.0)),                               # failures below: no rise
+                  window(NORMAL_TAIL, head=5.0)])                                # only the head out: nothing shown
+    assert signatures_shown(x, FEATS, RANGES, sigs) == [
+        frozenset(), frozenset({"capacity_limit"}), frozenset({"capacity_limit", "blocked"}), frozenset(), frozenset()]
+    assert signatures_shown(x, FEATS, RANGES, {}) is None                      # nothing to show
+    assert signatures_shown(x, FEATS, RANGES, {"blocked": {"log_response_ms": "above"}}) is None   # no such input
+    man = {SIGNATURE_KEY: {"blocked": {"retrans_log": "above", "failed_log": "below"}, "capacity_limit": [1],
+                           "silent": {"failed_log": "up"}}}
+    assert signatures_from_manifest(man) == {"blocked": {"retrans_log": "above"}}
+    assert signatures_from_manifest({}) == {} and signatures_from_manifest({SIGNATURE_KEY: 3}) == {}
+
+
 def test_a_raw_window_is_derived_before_it_is_explained() -> None:
     t = 30
     raw = np.zeros((t, len(RAW_METRICS)))
@@ -225,18 +270,22 @@ needs_shipped = pytest.mark.skipif(not default_model_path().is_dir(), reason="no
 
 
 @needs_shipped
-def test_the_shipped_manifest_has_ranges_for_every_feature_that_ranges_only_reproduces(tmp_path: Path) -> None:
+def test_the_shipped_manifest_has_the_ranges_and_signatures_ranges_only_reproduces(tmp_path: Path) -> None:
     from netsiam.trainer.default_model import EXCLUDED_LABELS, training_config, training_data
-    from netsiam.trainer.train import training_ranges
+    from netsiam.trainer.train import training_evidence
 
     man = orjson.loads((default_model_path() / "manifest.json").read_bytes())
     ranges = ranges_from_manifest(man)
     assert list(ranges) == man["features"] and list(man[MANIFEST_KEY]) == man["features"]
     assert all(r.lo <= r.hi and r.scale > 0 for r in ranges.values())
     traces, labels = training_data(tmp_path)
-    assert training_ranges(training_config(), traces, labels, EXCLUDED_LABELS) == man[MANIFEST_KEY], (
-        "netsiam/default_model/manifest.json's normal_ranges are stale: run "
+    got = training_evidence(training_config(), traces, labels, EXCLUDED_LABELS)
+    assert got == {MANIFEST_KEY: man[MANIFEST_KEY], SIGNATURE_KEY: man.get(SIGNATURE_KEY)}, (
+        "netsiam/default_model/manifest.json's normal_ranges or fault_signatures are stale: run "
         "`python -m netsiam.trainer.default_model --ranges-only`")
+    # what the corpus says: a limit's failures and rejections end with it; a freeze's retransmissions do not,
+    # and what else marks a freeze is a fall (answers missing), which no signature holds
+    assert man[SIGNATURE_KEY] == {"capacity_limit": {"failed_log": "above", "refused_log": "above"}}
 
 
 # What a raise's evidence names, per fault, on the real-SIPp corpus (one of these in every raise, first in 90 %): a blocked path shows

@@ -8,10 +8,11 @@ is the one the shipped model must call ``unknown``. Then ``netsiam train`` with 
 and a fixed seed -> ``netsiam/default_model/``. TensorBoard logs and the checkpoint go to a temporary
 directory, not into the package.
 
-``--ranges-only`` rewrites only the manifest's ``normal_ranges`` (the evidence fault events quote,
-:mod:`netsiam.evidence`) from the same training windows, as :func:`~netsiam.trainer.train.train`
-computes them: the shipped model gets them without retraining (which would change every published
-figure). Training writes them itself, so ``make model`` needs no extra step.
+``--ranges-only`` rewrites only the manifest's ``normal_ranges`` and ``fault_signatures`` (the evidence
+fault events quote and the debounce's signature hold, :mod:`netsiam.evidence`) from the same training
+windows, as :func:`~netsiam.trainer.train.train` computes them: the shipped model gets them without
+retraining (which would change every published figure). Training writes them itself, so ``make model``
+needs no extra step.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from netsiam.serving import MANIFEST_FILE, default_model_path
 from netsiam.traceio import atomic_write_bytes, write_labels, write_trace
 from netsiam.trainer.corpus import NOVEL_LABEL, load_corpus, to_traces
 from netsiam.trainer.simulate import VARIED, simulate
-from netsiam.trainer.train import train, training_ranges
+from netsiam.trainer.train import train, training_evidence
 
 __all__ = ["EXCLUDED_LABELS", "MODEL_SEED", "TRAIN_MINUTES", "TRAIN_OVERRIDES", "TRAIN_PARAMS", "TRAIN_SEED", "TRAIN_SOURCES",
            "main", "training_config", "training_data", "write_ranges"]
@@ -86,16 +87,17 @@ def training_config(base: Config | None = None) -> Config:
 
 
 def write_ranges(model_dir: str | Path) -> dict[str, object]:
-    """Recompute the default model's normal ranges from its training windows and write them into
-    ``model_dir``'s manifest (nothing else in it changes; the manifest is not hashed); -> the ranges."""
+    """Recompute the default model's normal ranges and fault signatures from its training windows and write
+    them into ``model_dir``'s manifest (nothing else in it changes; the manifest is not hashed); -> the ranges."""
     path = Path(model_dir) / MANIFEST_FILE
     if not path.is_file():
         raise NetsiamError(f"{path}: no manifest (train the model first: make model)")
     manifest = orjson.loads(path.read_bytes())
     with tempfile.TemporaryDirectory(prefix="netsiam-ranges-") as tmp:
         traces, labels = training_data(tmp)
-        ranges = training_ranges(training_config(), traces, labels, EXCLUDED_LABELS)
-    manifest[MANIFEST_KEY] = ranges
+        evidence = training_evidence(training_config(), traces, labels, EXCLUDED_LABELS)
+    manifest.update(evidence)
+    ranges = dict(evidence[MANIFEST_KEY])
     atomic_write_bytes(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     return ranges
 
@@ -106,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     ap.add_argument("--seed", type=int, default=MODEL_SEED, help="training seed (the shipped model's by default)")
     ap.add_argument("--ranges-only", action="store_true",
-                    help="only rewrite the manifest's normal ranges (evidence), without training")
+                    help="only rewrite the manifest's normal ranges and fault signatures (evidence), without training")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     if args.ranges_only:
         ranges = write_ranges(args.output)
-        print(f"normal ranges of {len(ranges)} features written to {Path(args.output) / MANIFEST_FILE} "
+        print(f"normal ranges of {len(ranges)} features and the fault signatures written to {Path(args.output) / MANIFEST_FILE} "
               f"in {time.perf_counter() - t0:.0f} s")
         return 0
     with tempfile.TemporaryDirectory(prefix="netsiam-model-") as tmp:

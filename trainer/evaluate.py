@@ -35,7 +35,7 @@ import orjson
 
 from netsiam.config import Config, DebounceConfig, PrototypeConfig
 from netsiam.errors import NetsiamError, UsageError
-from netsiam.evidence import ranges_from_manifest, tails_in_range
+from netsiam.evidence import ranges_from_manifest, signatures_from_manifest, signatures_shown, tails_in_range
 from netsiam.schemas.classes import NORMAL, UNKNOWN
 from netsiam.serving import Artifact, debounce_view, load_artifact
 from netsiam.traceio import LabelInterval, atomic_write_bytes, read_labels
@@ -119,6 +119,7 @@ class _Judge:
     grace_s: float
     seconds_per_window: float
     in_range: np.ndarray | None = None   # (N,) every input's tail in its normal range (the debounce's release)
+    held: list[frozenset[str]] | None = None   # (N,) the faults whose signature each window shows (its hold)
 
     def score(self, pred: np.ndarray, nway: np.ndarray, classes: Sequence[str], mask: np.ndarray,
               within: np.ndarray | None = None, nearest: np.ndarray | None = None,
@@ -133,7 +134,8 @@ class _Judge:
                                     self.seconds_per_window, known=classes, nearest=nearest[mask],
                                     within=None if within is None else within[mask],
                                     in_range=None if self.in_range is None else self.in_range[mask],
-                                    added=None if added is None else added[mask])
+                                    added=None if added is None else added[mask],
+                                    held=None if self.held is None else [self.held[i] for i in np.flatnonzero(mask)])
         lab, p = self.lw.labels[ok], pred[ok]
         # the encoder's own figures, so every column of the report compares like with like
         return _scores(p, nway[ok], lab, classes) | {"per_class": _per_class(lab, p, classes),
@@ -229,12 +231,15 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     episodes = (episodes_from_intervals(intervals) if intervals is not None
                 else episodes_from_windows(lw.sources, lw.end_ts, labels, w.interval_s))
     episodes = _covered(episodes, lw, (w.length - 1) * w.interval_s)
-    in_range = tails_in_range(lw.x, list(cfg.features), ranges_from_manifest(getattr(artifact, "manifest", None)))
+    manifest = getattr(artifact, "manifest", None)
+    ranges = ranges_from_manifest(manifest)
+    in_range = tails_in_range(lw.x, list(cfg.features), ranges)
+    held = signatures_shown(lw.x, list(cfg.features), ranges, signatures_from_manifest(manifest))
     judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=GRACE_S,
-                   seconds_per_window=w.stride * w.interval_s, in_range=in_range)
+                   seconds_per_window=w.stride * w.interval_s, in_range=in_range, held=held)
     det, ep_report, events = score_detection(lw.sources, lw.end_ts, pred, labels, episodes, judge.debounce,
                                              judge.grace_s, judge.seconds_per_window, known=classes, nearest=nearest,
-                                             within=within, in_range=in_range, added=added)
+                                             within=within, in_range=in_range, added=added, held=held)
 
     novel = sorted(set(novel_labels) | (set(lab_ok.tolist()) - set(classes)))
     novelty: dict[str, Any] = {}

@@ -17,7 +17,7 @@ from netsiam.errors import NetsiamError
 from netsiam.schemas.classes import KNOWN_LABELS, NORMAL
 from netsiam.trainer.dataset import LabelledWindows, build_windows
 
-__all__ = ["AFTERMATH_S", "class_order", "clean_normal", "in_aftermath", "label_runs", "load_windows", "split_validation",
+__all__ = ["AFTERMATH_S", "aftermath_of", "class_order", "clean_normal", "in_aftermath", "label_runs", "load_windows", "split_validation",
            "split_windows"]
 
 AFTERMATH_S = 35.0        # after a fault: its calls time out (SIP timer B, 32 s) and its backlog is answered
@@ -51,20 +51,25 @@ def label_runs(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray) -> np
     return runs
 
 
-def in_aftermath(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray, seconds: float) -> np.ndarray:
-    """(N,) normal windows ending within ``seconds`` after their group's last fault window: the backlog
-    answered in a burst, retransmissions draining, the fault's calls timing out; normal by label, far
-    from clean normal traffic."""
-    out = np.zeros(len(end_ts), dtype=bool)
+def aftermath_of(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray, seconds: float) -> np.ndarray:
+    """(N,) the fault whose aftermath each normal window lies in (ending within ``seconds`` after its
+    group's last fault window: the backlog answered in a burst, retransmissions draining, the fault's
+    calls timing out; normal by label, far from clean normal traffic), "" for any other window."""
+    out = np.full(len(end_ts), "", dtype=object)
     order = np.lexsort((end_ts, groups))
-    last_fault: dict[object, float] = {}
+    last_fault: dict[object, tuple[float, str]] = {}
     for k in order:
         g = groups[k]
         if labels[k] != NORMAL:
-            last_fault[g] = end_ts[k]
-        elif g in last_fault and end_ts[k] - last_fault[g] <= seconds:
-            out[k] = True
+            last_fault[g] = (end_ts[k], str(labels[k]))
+        elif g in last_fault and end_ts[k] - last_fault[g][0] <= seconds:
+            out[k] = last_fault[g][1]
     return out
+
+
+def in_aftermath(end_ts: np.ndarray, groups: np.ndarray, labels: np.ndarray, seconds: float) -> np.ndarray:
+    """(N,) normal windows in a fault's aftermath (:func:`aftermath_of`)."""
+    return aftermath_of(end_ts, groups, labels, seconds) != ""
 
 
 def clean_normal(lw: LabelledWindows, aftermath: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@
    baselines fitted on the same windows, metrics.
 6. artifact: encoder.keras, prototypes.json, manifest.json (+ history.json, snapshots.npz). The manifest
    also holds each feature's normal range (``normal_ranges``, from the training windows of clean
-   normal traffic), which fault events quote as their evidence (``netsiam.evidence``).
+   normal traffic), which fault events quote as their evidence (``netsiam.evidence``), and each fault's
+   signature (``fault_signatures``: inputs beyond those ranges in its windows, not in its aftermath).
 
 Keras/TensorFlow are imported only once the data has loaded, so a bad path fails fast with one line.
 """
@@ -37,7 +38,7 @@ import orjson
 
 from netsiam.config import Config, override
 from netsiam.errors import NetsiamError, UsageError
-from netsiam.evidence import MANIFEST_KEY, normal_ranges, ranges_to_json
+from netsiam.evidence import MANIFEST_KEY, SIGNATURE_KEY, fault_signatures, normal_ranges, ranges_to_json
 from netsiam.features import required_metrics
 from netsiam.serving import FORMAT, Artifact, Prototypes, load_artifact
 from netsiam.traceio import atomic_write_bytes, read_labels
@@ -49,12 +50,12 @@ from netsiam.trainer.outliers import Exposure
 from netsiam.trainer.probe import candidate_row, clean_normal_windows, pick_candidate, shift_probe
 from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
 from netsiam.trainer.scores import pair_scores, roc_auc
-from netsiam.trainer.split import AFTERMATH_S, class_order, clean_normal, in_aftermath, split_windows
+from netsiam.trainer.split import AFTERMATH_S, aftermath_of, class_order, clean_normal, split_windows
 from netsiam.trainer.tblog import ScalarLog
 from netsiam.versions import is_shipped
 
 __all__ = ["CANDIDATES_DIR", "CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "train",
-           "training_ranges"]
+           "training_evidence", "training_ranges"]
 
 SNAPSHOTS_FILE, HISTORY_FILE, CHECKPOINT_FILE = "snapshots.npz", "history.json", "checkpoint.weights.h5"
 CANDIDATES_DIR = "candidates"
@@ -174,9 +175,10 @@ def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Seque
     refuse_verdicts(labelled, hint=", or --exclude-label them")   # before the windowing, the heavy part
     lw, groups, in_train, in_val, overlapping = split or split_windows(cfg, data_paths, label_paths, exclude_labels)
     tr, va = lw.subset(in_train), lw.subset(in_val)
-    aftermath = in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S)
+    after = aftermath_of(lw.end_ts, groups, lw.labels, AFTERMATH_S)          # (N,) whose aftermath, "" none
+    aftermath = after != ""
     va_aftermath = aftermath[in_val]
-    ranges = _normal_ranges(lw, in_train, aftermath, cfg)                     # before any thinned copies
+    evidence = _evidence(lw, in_train, after, cfg)                            # before any thinned copies
     classes = class_order(np.array(sorted(set(lw.labels.tolist()) | labelled), dtype=object))
     if len(classes) < 2:
         raise NetsiamError(f"training needs windows of at least two classes, found {classes or 'none'}")
@@ -303,7 +305,7 @@ def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Seque
         "excluded_labels": sorted(set(exclude_labels)),
         "validation_overlaps_training": overlapping,
         "baselines": baselines,
-        MANIFEST_KEY: ranges,
+        **evidence,
         "train_seconds": round(time.perf_counter() - t_start, 2),
     }
     artifact = Artifact(final, protos, manifest, out)
@@ -318,20 +320,31 @@ def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Seque
     return artifact
 
 
-def _normal_ranges(lw: LabelledWindows, in_train: np.ndarray, aftermath: np.ndarray, cfg: Config) -> dict[str, Any]:
-    """The evidence ranges (netsiam.evidence) from the training windows of clean normal traffic: inside
-    one label and outside a fault's aftermath, whose timeouts and answered backlog are normal by label
-    only (on the default model's data they would lift failed_log's 99th percentile from 0.86 to 2.7,
-    above a capacity limit's median of 2.5)."""
-    clean = in_train & clean_normal(lw, aftermath)
-    return ranges_to_json(normal_ranges(lw.x[clean], cfg.features))
+def _evidence(lw: LabelledWindows, in_train: np.ndarray, after: np.ndarray, cfg: Config) -> dict[str, Any]:
+    """The manifest's evidence keys from the training windows: the normal ranges (netsiam.evidence) of clean
+    normal traffic, inside one label and outside a fault's aftermath, whose timeouts and answered backlog
+    are normal by label only (on the default model's data they would lift failed_log's 99th percentile
+    from 0.86 to 2.7, above a capacity limit's median of 2.5); and each fault's signature, the inputs
+    beyond those ranges in its windows and not in its aftermath (``after``: the fault each normal window
+    is the aftermath of)."""
+    clean = in_train & clean_normal(lw, after != "")
+    ranges = normal_ranges(lw.x[clean], cfg.features)
+    signatures = fault_signatures(lw.x[in_train], lw.labels[in_train], after[in_train], cfg.features, ranges)
+    return {MANIFEST_KEY: ranges_to_json(ranges), SIGNATURE_KEY: signatures}
+
+
+def training_evidence(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
+                      exclude_labels: Sequence[str] = ()) -> dict[str, Any]:
+    """The manifest's ``normal_ranges`` and ``fault_signatures`` exactly as :func:`train` computes them,
+    without training."""
+    lw, groups, in_train, _, _ = split_windows(cfg, data_paths, label_paths, exclude_labels)
+    return _evidence(lw, in_train, aftermath_of(lw.end_ts, groups, lw.labels, AFTERMATH_S), cfg)
 
 
 def training_ranges(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
                     exclude_labels: Sequence[str] = ()) -> dict[str, Any]:
     """The manifest's ``normal_ranges`` exactly as :func:`train` computes them, without training."""
-    lw, groups, in_train, _, _ = split_windows(cfg, data_paths, label_paths, exclude_labels)
-    return _normal_ranges(lw, in_train, in_aftermath(lw.end_ts, groups, lw.labels, AFTERMATH_S), cfg)
+    return dict(training_evidence(cfg, data_paths, label_paths, exclude_labels)[MANIFEST_KEY])
 
 
 def _core(lw: LabelledWindows, keep: np.ndarray | None = None) -> np.ndarray:
