@@ -345,7 +345,7 @@ class Pipeline:
         manifest = getattr(batch.artifact, "manifest", None)
         x, ranges = batch.x, ranges_from_manifest(manifest)
         in_range = None if x is None or not n else tails_in_range(x, batch.artifact.features, ranges)
-        held = (None if x is None or not n or not self.debounce.hold_signature
+        held = (None if x is None or not n or not (self.debounce.hold_signature or self.debounce.name_on_signature)
                 else signatures_shown(x, batch.artifact.features, ranges, signatures_from_manifest(manifest)))
         n_events = 0
         half_replay = self.det.max_replay_s / 2

@@ -42,6 +42,10 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   of the fault's training windows and hardly ever in its aftermath, :func:`netsiam.evidence.fault_signatures`:
   a limit's failures and rejections) counts as the fault. In the steady middle of a long fault the encoder's
   window drifts back towards normal; the counters say it goes on.
+- ``name_on_signature``: while no fault is active, an ``unknown`` window whose nearest class is a fault whose
+  signature it shows (``held``) counts as that fault: the counters confirm what the encoder's window is
+  nearest to, at a fault's onset before the window is within its threshold. Never a switch: a fault's held
+  calls failing late look like a limit's signature (chosen on the validation recordings, ``docs/method.md``).
 """
 
 from __future__ import annotations
@@ -204,10 +208,18 @@ class FaultTracker:
         else:
             self._given, self._given_run = cls, 1
         released = bool(in_range) and self._cfg.release_in_range
+        # an unknown window nearest a fault it shows the signature of: a tracker with no fault active reads it
+        # as that fault (so every tracker witnesses it as one it could raise)
+        signed = (self._cfg.name_on_signature and cls == UNKNOWN and held is not None and nearest is not None
+                  and nearest in held)
         if cls != NORMAL and cls != UNKNOWN:
             self._witness_named(cls)
+        elif signed:
+            self._witness_named(str(nearest))
         elif self._seen:
             self._witness_other(cls, window_end, within, released, held)
+        if signed and self._active is None:
+            cls = str(nearest)
         added = added and cls != NORMAL and cls != UNKNOWN
         self._since_added = 0 if added else self._since_added + 1
         if added and cls != self._active and self._cfg.added_grace_s > 0 and (

@@ -254,6 +254,23 @@ def test_a_window_showing_the_active_faults_signature_holds_it() -> None:
     assert _signed(on, unk) == [("raised", "unknown", 3.0), ("cleared", "unknown", 5.0)]
 
 
+def test_an_unknown_window_nearest_a_fault_that_shows_its_signature_is_that_fault_unless_one_is_active() -> None:
+    """At a limit's onset the encoder's window is nearest the limit but beyond its threshold while the
+    rejections already show: with name_on_signature (on by default) it counts as the limit, raised two
+    windows sooner. Only its own signature does it, and it never switches another active fault."""
+    cap, sig, none = "capacity_limit", frozenset({"capacity_limit"}), frozenset[str]()
+    tail = [(cap, cap, sig)] * 2 + [("normal", "normal", none)] * 2
+    onset = [("unknown", cap, sig)] * 2 + tail
+    assert _signed(CFG, onset) == [("raised", cap, 1.0), ("cleared", cap, 5.0)]
+    assert _signed(replace(CFG, name_on_signature=False), onset) == [("raised", cap, 3.0), ("cleared", cap, 5.0)]
+    # no signature shown, or another fault's: the unknown windows stay unknown
+    assert _signed(CFG, [("unknown", cap, none)] * 2 + tail)[0] == ("raised", cap, 3.0)
+    assert _signed(CFG, [("unknown", cap, frozenset({"blocked"}))] * 2 + tail)[0] == ("raised", cap, 3.0)
+    # never a switch: a freeze's held calls failing late show a limit's signature while the freeze is raised
+    late = [("blocked", "blocked", none)] * 3 + [("unknown", cap, sig)] * 6 + [("normal", "normal", none)] * 2
+    assert _signed(CFG, late) == [("raised", "blocked", 1.0), ("cleared", "blocked", 10.0)]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(sorted(M.values())), st.sampled_from(sorted(M.values())),
                           st.frozensets(st.sampled_from(sorted(M.values())))), max_size=60),
