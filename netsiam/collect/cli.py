@@ -125,14 +125,16 @@ def cli_collect(args: argparse.Namespace, cfg: Config) -> int:
                                f"{e.strerror or e}") from None
         log.info("metrics listening on http://%s:%d/metrics", cfg.metrics.host, server.server_port)
     topic = args.topic or cfg.kafka.topics.samples
+    one_shot = args.kind == "sipp" and not args.follow
     sink: Sink
     if args.bootstrap:
+        # a one-shot run has no outage to ride out: it refuses below, without a warning first
         sink = KafkaSink(args.bootstrap, topic, metrics, kafka=cfg.kafka,
-                         max_pending=args.buffer or DEFAULT_MAX_PENDING, stop=stop)
+                         max_pending=args.buffer or DEFAULT_MAX_PENDING, stop=stop, ride_out=not one_shot)
     else:
         sink = StreamSink(args.output, metrics)
     try:
-        if isinstance(sink, KafkaSink) and args.kind == "sipp" and not args.follow and not sink.up:
+        if isinstance(sink, KafkaSink) and one_shot and not sink.up:
             # a one-shot run has no outage to ride out: say so now, as replay does (the rows stay in the files)
             raise ServiceError(f"cannot publish to {args.bootstrap}: {sink.down_why}; nothing published")
         if args.kind == "sipp":

@@ -122,7 +122,11 @@ class _Pending:
 
 class KafkaSink:
     def __init__(self, bootstrap: str, topic: str, metrics: CollectMetrics, *, kafka: KafkaConfig | None = None,
-                 max_pending: int = DEFAULT_MAX_PENDING, stop: threading.Event | None = None) -> None:
+                 max_pending: int = DEFAULT_MAX_PENDING, stop: threading.Event | None = None,
+                 ride_out: bool = True) -> None:
+        """``ride_out``: an outage found by the first probe is held through like any other (records wait, a
+        warning says so); False for a caller that refuses to start without the broker (a one-shot run) and
+        says why itself. Outages after the start are held through either way."""
         from netsiam.kafka_io import client_kwargs
 
         if max_pending < 1:
@@ -131,6 +135,7 @@ class KafkaSink:
         self.topic, self.metrics, self.max_pending = topic, metrics, max_pending
         self._client = kcfg.client
         self.stop = stop or threading.Event()
+        self._ride_out = ride_out
         # checked now (a missing confluent-kafka is a config error at start, broker there or not)
         self._open_producer = producer_factory(kcfg, bootstrap, linger_ms=5, idempotent=False,
                                                max_block_ms=PRODUCER_MAX_BLOCK_MS, max_buffered=max_pending)
@@ -295,7 +300,7 @@ class KafkaSink:
         if up != self._up:
             if up:
                 log.info("broker reachable, topic %s present: publishing with %s", self.topic, self._client)
-            else:
+            elif self._ride_out or self._up is not None:
                 log.warning("%s: holding records (%d waiting, at most %d)", why, len(self._q), self.max_pending)
         self._up = up
         self.metrics.broker_up.set(1 if up else 0)
