@@ -96,7 +96,12 @@ def detect_offline(art: Any, emb: np.ndarray, x: np.ndarray, w: Any, debounce: A
     """The events ``netsiam evaluate`` finds over windows ``w`` (derived ``x``, embedded ``emb``), given all the
     daemon's debounce is given: nearest trained class, thresholds within, inputs in range, added classes,
     fault signatures shown; -> (events, the ``added`` mask)."""
-    from netsiam.evidence import ranges_from_manifest, signatures_from_manifest, signatures_shown, tails_in_range
+    from netsiam.evidence import (
+        ranges_from_manifest,
+        signatures_from_manifest,
+        signatures_shown,
+        tails_in_range,
+    )
     from netsiam.serving import debounce_view
     from netsiam.trainer.detection import detect_events
 
