@@ -218,7 +218,7 @@ class FaultTracker:
             self._witness_named(str(nearest))
         elif self._seen:
             self._witness_other(cls, window_end, within, released, held)
-        if signed and self._active is None:
+        if signed and self._active is None and not released:   # a window back in range holds no fault
             cls = str(nearest)
         added = added and cls != NORMAL and cls != UNKNOWN
         self._since_added = 0 if added else self._since_added + 1
@@ -229,7 +229,8 @@ class FaultTracker:
         if (self._cfg.hold_within and within is not None and cls == NORMAL and not released
                 and self._active not in (None, UNKNOWN) and self._active in within):
             cls = self._active
-        if (self._cfg.hold_signature and held and (cls == NORMAL or (cls == UNKNOWN and nearest == NORMAL))
+        if (self._cfg.hold_signature and held and not released
+                and (cls == NORMAL or (cls == UNKNOWN and nearest == NORMAL))
                 and self._active not in (None, UNKNOWN) and self._active in held):
             cls = self._active
         self._clean_streak = self._clean_streak + 1 if cls == NORMAL else 0

@@ -517,6 +517,12 @@ N, B, U, NONE = "normal", "blocked", "unknown", frozenset[str]()
     # while the first one has only an unknown to clear there
     (timed([(B, N, NONE), (B, N, NONE), (U, N, NONE), (B, N, NONE), (N, N, frozenset({N, B})), (B, N, NONE)]),
      DebounceConfig(raise_k=2, raise_n=3, clear_m=1, unknown_after=1, switch_after=1, aftermath_s=0.0)),
+    # a normal window back in range whose last second still shows blocked's signature: it holds no fault in
+    # any tracker (one started at window 2 held blocked through it while the first one went quiet)
+    (timed([(N, N, None), ("capacity_limit", N, None), (N, N, None), (B, N, None),
+            (N, N, None, True, False, frozenset({B})), (N, N, None), (N, N, None)], [0.5] * 7),
+     DebounceConfig(raise_k=1, raise_n=3, clear_m=2, unknown_after=1, switch_after=2, hold_within=False,
+                    aftermath_s=0.0, added_grace_s=0.0)),
 ])
 def test_trackers_started_anywhere_agree_after_every_quiet_window(seq: list[Window], deb: DebounceConfig) -> None:
     """Counterexamples hypothesis found, checked for every quiet window and every start before it."""
