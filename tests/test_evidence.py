@@ -183,6 +183,12 @@ def test_a_window_shows_the_faults_whose_signature_input_is_above_its_range() ->
                   window(NORMAL_TAIL, head=5.0)])                                # only the head out: nothing shown
     assert signatures_shown(x, FEATS, RANGES, sigs) == [
         frozenset(), frozenset({"capacity_limit"}), frozenset({"capacity_limit", "blocked"}), frozenset(), frozenset()]
+    # read on the last second alone: failures back in range over the last 3 s (what evidence and the release
+    # read) still show while the last second is out
+    last = window(NORMAL_TAIL)
+    last[-3:, 2] = (0.2, 0.2, 1.5)                                          # mean 0.63, in range up to 0.86
+    assert signatures_shown(last[None], FEATS, RANGES, sigs) == [frozenset({"capacity_limit"})]
+    assert tails_in_range(last[None], FEATS, RANGES).tolist() == [True]
     assert signatures_shown(x, FEATS, RANGES, {}) is None                      # nothing to show
     assert signatures_shown(x, FEATS, RANGES, {"blocked": {"log_response_ms": "above"}}) is None   # no such input
     man = {SIGNATURE_KEY: {"blocked": {"retrans_log": "above", "failed_log": "below"}, "capacity_limit": [1],

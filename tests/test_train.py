@@ -13,6 +13,7 @@ import pytest
 from netsiam.cli import main
 from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
+from netsiam.evidence import SIGNATURE_KEY
 from netsiam.features import DEFAULT_FEATURES
 from netsiam.serving import load_artifact
 from netsiam.traceio import write_labels, write_trace
@@ -22,8 +23,8 @@ from netsiam.trainer.outliers import Exposure, outlier_scales, synthetic_outlier
 from netsiam.trainer.probe import pick_candidate, probe_artifact, probe_spreads, shift_probe
 from netsiam.trainer.scores import pair_scores, roc_auc
 from netsiam.trainer.simulate import SimParams, simulate
-from netsiam.trainer.split import in_aftermath, label_runs, load_windows, split_validation
-from netsiam.trainer.train import train, training_ranges
+from netsiam.trainer.split import aftermath_of, in_aftermath, label_runs, load_windows, split_validation
+from netsiam.trainer.train import train, training_evidence, training_ranges
 
 
 def sim_files(tmp: Path, name: str, sources: int, minutes: float, seed: int,
@@ -286,6 +287,11 @@ def test_train_end_to_end_separates_faults_on_held_out_data(data: dict[str, tupl
     # the evidence ranges: every feature, from the training windows, as --ranges-only recomputes them
     assert list(m["normal_ranges"]) == m["features"]
     assert training_ranges(Config(), [trace], [labels], ["retrans_storm"]) == m["normal_ranges"]
+    # and each fault's signature, as --ranges-only recomputes it: only rises above a range
+    sigs = m[SIGNATURE_KEY]
+    assert training_evidence(Config(), [trace], [labels], ["retrans_storm"])[SIGNATURE_KEY] == sigs
+    assert set(sigs) <= {"blocked", "capacity_limit"} and all(
+        f in m["features"] and side == "above" for s in sigs.values() for f, side in s.items())
 
     with np.load(out / "snapshots.npz", allow_pickle=False) as z:
         emb, lab, epochs = z["emb"], z["labels"], z["epochs"]
@@ -340,6 +346,16 @@ def test_aftermath_marks_the_normal_windows_right_after_a_fault() -> None:
     assert np.flatnonzero(after).tolist() == list(range(15, 50))     # 35 s after the last blocked window
     other = np.full(len(end_ts), "1:b", dtype=object)
     assert not in_aftermath(end_ts, other, np.full(len(end_ts), "normal", dtype=object), 35.0).any()
+
+
+def test_the_aftermath_of_back_to_back_faults_is_the_latest_ones() -> None:
+    """A limit 5 s after a freeze: the normal windows between them are the freeze's aftermath, those after
+    the limit the limit's (a fault's signature is what stops in its own aftermath)."""
+    end_ts, labels = _timeline([("normal", 10), ("blocked", 5), ("normal", 5), ("capacity_limit", 5), ("normal", 50)])
+    after = aftermath_of(end_ts, np.full(len(end_ts), "0:a", dtype=object), labels, 35.0)
+    assert after[:15].tolist() == [""] * 15
+    assert after[15:20].tolist() == ["blocked"] * 5 and after[20:25].tolist() == [""] * 5
+    assert after[25:60].tolist() == ["capacity_limit"] * 35 and not after[60:].any()
 
 
 @pytest.mark.slow
