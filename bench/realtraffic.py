@@ -8,8 +8,8 @@ daemon's debounce, on the same windows.
 
 ``--select`` holds out only the VALIDATION recordings (``val_*``): what recipes, thresholds and
 debounce settings are chosen on; each ``unseen_*`` recording, which no model trains on, is then judged
-by every one of those models too. ``--report`` holds out every reported recording (never used for a
-choice) and writes ``bench/realtraffic.json``; the worst recording is what counts.
+by every one of those models too. ``--report`` holds out every reported and novel recording (never
+used for a choice) and writes ``bench/realtraffic.json``; the worst recording is what counts.
 ``--set KEY=VALUE`` overrides config keys (``window.length=10``) for a candidate recipe, ``--sim-set``
 the simulator's (``min_gap_s=5``); ``--sim-novel`` also judges each model on a simulated fault none
 knows (``slow_answers``), for choosing novelty settings without looking at a real never-seen fault;
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--select", action="store_true", help="hold out the validation recordings only")
-    mode.add_argument("--report", action="store_true", help="hold out every reported recording")
+    mode.add_argument("--report", action="store_true", help="hold out every reported and novel recording")
     ap.add_argument("--only", nargs="*", default=None, help="hold out these recordings")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE (YAML values)")
     ap.add_argument("--sim-set", nargs="*", default=[], help="simulator overrides KEY=VALUE (min_gap_s=5)")

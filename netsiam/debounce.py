@@ -116,7 +116,8 @@ class FaultTracker:
         another raised the named class it saw next; one holds a named fault through normal windows within
         its threshold where another has none to hold). So after a window of a named class that some tracker
         could have raised, quiet waits for what ends every such fault and its aftermath: ``clear_m`` normal
-        windows in a row within no threshold of such a class or back in range (every tracker has cleared),
+        windows in a row within no threshold of such a class and showing none of their signatures, or back
+        in range (every tracker has cleared),
         then a run of ``clear_m`` normal windows ending ``aftermath_s`` or more after them (the same run, if
         long enough)."""
         return self._normal_streak >= self._cfg.clear_m and not self._aftermath and not self._seen

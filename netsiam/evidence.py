@@ -23,7 +23,8 @@ A fault's **signature** (:func:`fault_signatures`, manifest key :data:`SIGNATURE
 above their normal range in most of its training windows and hardly ever in the normal windows of its
 aftermath (a capacity limit's failures and rejections stop with it; a freeze's retransmissions do not).
 While the fault is active, a window that shows its signature (:func:`signatures_shown`) still carries
-it, whatever the encoder makes of the window (the debounce's ``hold_signature``).
+it, whatever the encoder makes of the window (the debounce's ``hold_signature``); while no fault is
+active, an ``unknown`` window nearest the fault that shows it is that fault (``name_on_signature``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 
 from netsiam.features import derive
 
-__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "QUANTILES", "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY", "TAIL",
+__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "QUANTILES", "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY", "SIGNATURE_TAIL", "TAIL",
            "NormalRange", "evidence", "evidence_text", "fault_signatures", "normal_ranges", "ranges_from_manifest",
            "ranges_to_json", "signatures_from_manifest", "signatures_shown", "tails_in_range", "window_evidence"]
 
@@ -196,7 +197,8 @@ def signatures_from_manifest(manifest: Mapping[str, Any] | None) -> dict[str, di
 def signatures_shown(x: np.ndarray, features: Sequence[str], ranges: Mapping[str, NormalRange],
                      signatures: Mapping[str, Mapping[str, str]]) -> list[frozenset[str]] | None:
     """(N, T, F) model inputs -> per window, the faults whose signature shows in its last seconds (some
-    signature input above its normal range, values as :func:`evidence` reads them);
+    signature input above its normal range in the window's last SIGNATURE_TAIL samples, rounded as
+    :func:`evidence` rounds values);
     None when there is nothing to show (no signatures, or one names an input without a range)."""
     idx = {f: j for j, f in enumerate(features)}
     sigs = [(c, sig) for c, sig in signatures.items() if sig]

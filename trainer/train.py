@@ -15,7 +15,7 @@
 6. artifact: encoder.keras, prototypes.json, manifest.json (+ history.json, snapshots.npz). The manifest
    also holds each feature's normal range (``normal_ranges``, from the training windows of clean
    normal traffic), which fault events quote as their evidence (``netsiam.evidence``), and each fault's
-   signature (``fault_signatures``: inputs beyond those ranges in its windows, not in its aftermath).
+   signature (``fault_signatures``: inputs above those ranges in its windows, not in its aftermath).
 
 Keras/TensorFlow are imported only once the data has loaded, so a bad path fails fast with one line.
 """
@@ -325,7 +325,7 @@ def _evidence(lw: LabelledWindows, in_train: np.ndarray, after: np.ndarray, cfg:
     normal traffic, inside one label and outside a fault's aftermath, whose timeouts and answered backlog
     are normal by label only (on the default model's data they would lift failed_log's 99th percentile
     from 0.86 to 2.7, above a capacity limit's median of 2.5); and each fault's signature, the inputs
-    beyond those ranges in its windows and not in its aftermath (``after``: the fault each normal window
+    above those ranges in its windows and not in its aftermath (``after``: the fault each normal window
     is the aftermath of)."""
     clean = in_train & clean_normal(lw, after != "")
     ranges = normal_ranges(lw.x[clean], cfg.features)
