@@ -228,7 +228,8 @@ def render(res: dict[str, Any], bench: dict[str, Any] | None) -> str:
         "## The shipped model as is, on every real recording",
         "",
         f"Model version `{res['shipped']['version']}`. It trained on the corpus's recordings but the novel and `unseen_` ones, so "
-        "their rows show fit, not generalisation; `sipp_a`, `sipp_b`, `sipp_c` it never saw.",
+        "the rows of those it trained on show fit, not generalisation; the `novel_*` and `unseen_*` "
+        "recordings and `sipp_a`, `sipp_b`, `sipp_c` it never saw.",
         "",
         recordings_table({n: shipped[n] for n in order}, corpus),
         "",
