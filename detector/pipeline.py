@@ -36,7 +36,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from netsiam.config import Config
-from netsiam.evidence import ranges_from_manifest, signatures_from_manifest, signatures_shown, tails_in_range
+from netsiam.evidence import debounce_inputs, ranges_from_manifest
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import RecordError, decode_record
@@ -343,10 +343,9 @@ class Pipeline:
         nearest, added = debounce_view(batch.artifact, names, res.dists, self.det.debounce) if n else (names, None)
         within = batch.artifact.prototypes.within(res.dists) if n else names
         manifest = getattr(batch.artifact, "manifest", None)
-        x, ranges = batch.x, ranges_from_manifest(manifest)
-        in_range = None if x is None or not n else tails_in_range(x, batch.artifact.features, ranges)
-        held = (None if x is None or not n or not (self.debounce.hold_signature or self.debounce.name_on_signature)
-                else signatures_shown(x, batch.artifact.features, ranges, signatures_from_manifest(manifest)))
+        x, ranges = batch.x, ranges_from_manifest(manifest)   # the events' evidence quotes them too
+        in_range, held = (None, None) if x is None or not n else debounce_inputs(x, batch.artifact.features, manifest,
+                                                                                 ranges)
         n_events = 0
         half_replay = self.det.max_replay_s / 2
         i = -1

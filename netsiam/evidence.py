@@ -38,7 +38,7 @@ import numpy as np
 from netsiam.features import derive
 
 __all__ = ["DECIMALS", "K", "MANIFEST_KEY", "QUANTILES", "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY", "SIGNATURE_TAIL", "TAIL",
-           "NormalRange", "evidence", "evidence_text", "fault_signatures", "normal_ranges", "ranges_from_manifest",
+           "NormalRange", "debounce_inputs", "evidence", "evidence_text", "fault_signatures", "normal_ranges", "ranges_from_manifest",
            "ranges_to_json", "signatures_from_manifest", "signatures_shown", "tails_in_range", "window_evidence"]
 
 MANIFEST_KEY = "normal_ranges"
@@ -219,6 +219,20 @@ def signatures_shown(x: np.ndarray, features: Sequence[str], ranges: Mapping[str
             got = cache[key] = frozenset(c for c, on in zip(names, row.tolist(), strict=True) if on)
         out.append(got)
     return out
+
+
+def debounce_inputs(x: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,
+                    ranges: Mapping[str, NormalRange] | None = None
+                    ) -> tuple[np.ndarray | None, list[frozenset[str]] | None]:
+    """(N, T, F) model inputs -> what the debounce reads of the counters under the artifact's manifest: per
+    window, every input back in its normal range (:func:`tails_in_range`) and the faults whose signature it
+    shows (:func:`signatures_shown`); each None when the manifest has nothing to judge it by. ``ranges``: the
+    manifest's, where the caller has read them already. The daemon, ``netsiam evaluate`` and feedback all
+    feed the debounce from here."""
+    if ranges is None:
+        ranges = ranges_from_manifest(manifest)
+    return (tails_in_range(x, features, ranges),
+            signatures_shown(x, features, ranges, signatures_from_manifest(manifest)))
 
 
 def window_evidence(raw: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,

@@ -35,7 +35,7 @@ import orjson
 
 from netsiam.config import Config, DebounceConfig, PrototypeConfig
 from netsiam.errors import NetsiamError, UsageError
-from netsiam.evidence import ranges_from_manifest, signatures_from_manifest, signatures_shown, tails_in_range
+from netsiam.evidence import debounce_inputs
 from netsiam.schemas.classes import NORMAL, UNKNOWN
 from netsiam.serving import Artifact, debounce_view, load_artifact
 from netsiam.traceio import LabelInterval, atomic_write_bytes, read_labels
@@ -231,10 +231,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     episodes = (episodes_from_intervals(intervals) if intervals is not None
                 else episodes_from_windows(lw.sources, lw.end_ts, labels, w.interval_s))
     episodes = _covered(episodes, lw, (w.length - 1) * w.interval_s)
-    manifest = getattr(artifact, "manifest", None)
-    ranges = ranges_from_manifest(manifest)
-    in_range = tails_in_range(lw.x, list(cfg.features), ranges)
-    held = signatures_shown(lw.x, list(cfg.features), ranges, signatures_from_manifest(manifest))
+    in_range, held = debounce_inputs(lw.x, list(cfg.features), getattr(artifact, "manifest", None))
     judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=GRACE_S,
                    seconds_per_window=w.stride * w.interval_s, in_range=in_range, held=held)
     det, ep_report, events = score_detection(lw.sources, lw.end_ts, pred, labels, episodes, judge.debounce,

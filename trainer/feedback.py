@@ -42,7 +42,7 @@ from netsiam.collect.dump import episodes_from_events as intervals_from_events
 from netsiam.collect.dump import read_topic_values
 from netsiam.config import Config
 from netsiam.errors import NetsiamError, UsageError
-from netsiam.evidence import ranges_from_manifest, signatures_from_manifest, signatures_shown, tails_in_range
+from netsiam.evidence import debounce_inputs
 from netsiam.features import RAW_METRICS, derive, required_metrics
 from netsiam.schemas.classes import NORMAL, SILENT
 from netsiam.schemas.event import event_id as make_event_id
@@ -134,10 +134,9 @@ def trace_events(rows: Rows, art: Artifact, cfg: Config) -> list[Event]:
 def _events(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config) -> list[Event]:
     names, _, dist = art.prototypes.classify(emb)
     nearest, added = debounce_view(art, names, dist, cfg.detector.debounce)
-    ranges = ranges_from_manifest(art.manifest)
+    in_range, held = debounce_inputs(x, art.features, art.manifest)
     return detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, nearest, art.prototypes.within(dist),
-                         tails_in_range(x, art.features, ranges), added,
-                         signatures_shown(x, art.features, ranges, signatures_from_manifest(art.manifest)))
+                         in_range, added, held)
 
 
 def _episode_from_trace(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config, eid: str) -> Episode:

@@ -55,7 +55,7 @@ from netsiam.trainer.tblog import ScalarLog
 from netsiam.versions import is_shipped
 
 __all__ = ["CANDIDATES_DIR", "CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "train",
-           "training_evidence", "training_ranges"]
+           "training_evidence"]
 
 SNAPSHOTS_FILE, HISTORY_FILE, CHECKPOINT_FILE = "snapshots.npz", "history.json", "checkpoint.weights.h5"
 CANDIDATES_DIR = "candidates"
@@ -339,12 +339,6 @@ def training_evidence(cfg: Config, data_paths: Sequence[str | Path], label_paths
     without training."""
     lw, groups, in_train, _, _ = split_windows(cfg, data_paths, label_paths, exclude_labels)
     return _evidence(lw, in_train, aftermath_of(lw.end_ts, groups, lw.labels, AFTERMATH_S), cfg)
-
-
-def training_ranges(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
-                    exclude_labels: Sequence[str] = ()) -> dict[str, Any]:
-    """The manifest's ``normal_ranges`` exactly as :func:`train` computes them, without training."""
-    return dict(training_evidence(cfg, data_paths, label_paths, exclude_labels)[MANIFEST_KEY])
 
 
 def _core(lw: LabelledWindows, keep: np.ndarray | None = None) -> np.ndarray:
