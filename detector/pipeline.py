@@ -344,8 +344,8 @@ class Pipeline:
         within = batch.artifact.prototypes.within(res.dists) if n else names
         manifest = getattr(batch.artifact, "manifest", None)
         x, ranges = batch.x, ranges_from_manifest(manifest)   # the events' evidence quotes them too
-        in_range, held = (None, None) if x is None or not n else debounce_inputs(x, batch.artifact.features, manifest,
-                                                                                 ranges)
+        in_range, held, marked = ((None, None, None) if x is None or not n
+                                  else debounce_inputs(x, batch.artifact.features, manifest, ranges))
         n_events = 0
         half_replay = self.det.max_replay_s / 2
         i = -1
@@ -357,7 +357,8 @@ class Pipeline:
             st = w.state
             trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]), within[i],
                                       None if in_range is None else bool(in_range[i]),
-                                      added is not None and bool(added[i]), None if held is None else held[i])
+                                      added is not None and bool(added[i]), None if held is None else held[i],
+                                      None if marked is None else marked[i])
             st.windowed(w.start, w.end_ts, half_replay)
             if not trans:
                 continue

@@ -46,6 +46,12 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   signature it shows (``held``) counts as that fault: the counters confirm what the encoder's window is
   nearest to, at a fault's onset before the window is within its threshold. Never a switch: a fault's held
   calls failing late look like a limit's signature (chosen on the validation recordings, ``docs/method.md``).
+- ``name_on_mark``: a window that shows the mark of exactly one fault (``marked``: an input that no other fault
+  and no aftermath shows, :func:`netsiam.evidence.fault_marks`: a limit's rejections) is that fault, whatever
+  the encoder gave it (a class added after training aside), before any rule above: the window's own counters
+  name it, so the tracker treats it as a window of that class. It names a limit that begins while a freeze or
+  its aftermath still fills the encoder's window, which neither a switch nor a raise from the aftermath's
+  nearest-normal windows caught for up to 27 s (chosen on the validation recordings, ``docs/method.md``).
 """
 
 from __future__ import annotations
@@ -198,11 +204,14 @@ class FaultTracker:
 
     def update(self, cls: str, window_end: float, nearest: str | None = None,
                within: Collection[str] | None = None, in_range: bool | None = None,
-               added: bool = False, held: Collection[str] | None = None) -> list[Transition]:
+               added: bool = False, held: Collection[str] | None = None,
+               marked: Collection[str] | None = None) -> list[Transition]:
         """One window's class (``nearest``: its nearest class ignoring thresholds, of the trained classes only
         where ``added``: the window's class was added after training; ``within``: the classes whose threshold
         it is within; ``in_range``: every input's last seconds inside its normal range; ``held``: the faults whose
-        signature it shows; each when known)."""
+        signature it shows; ``marked``: those whose mark it shows; each when known)."""
+        if self._cfg.name_on_mark and marked and len(marked) == 1 and not added:
+            cls = next(iter(marked))   # stateless: every tracker, wherever it started, reads the window so
         self._n += 1
         if cls == self._given:
             self._given_run += 1

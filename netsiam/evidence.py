@@ -25,6 +25,11 @@ aftermath (a capacity limit's failures and rejections stop with it; a freeze's r
 While the fault is active, a window that shows its signature (:func:`signatures_shown`) still carries
 it, whatever the encoder makes of the window (the debounce's ``hold_signature``); while no fault is
 active, an ``unknown`` window nearest the fault that shows it is that fault (``name_on_signature``).
+
+A fault's **mark** (:func:`fault_marks`, manifest key :data:`MARK_KEY`): the signature inputs that also stay in
+range in the windows of every other fault and of every aftermath (a limit's rejections: a freeze's held calls
+fail too, but by timing out, never answered with an error). A window showing one fault's mark is that fault
+whatever the encoder makes of it (``name_on_mark``).
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ import numpy as np
 
 from netsiam.features import derive
 
-__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "QUANTILES", "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY", "SIGNATURE_TAIL", "TAIL",
-           "NormalRange", "debounce_inputs", "evidence", "evidence_text", "fault_signatures", "normal_ranges", "ranges_from_manifest",
-           "ranges_to_json", "signatures_from_manifest", "signatures_shown", "tails_in_range", "window_evidence"]
+__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "MARK_KEY", "QUANTILES", "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY", "SIGNATURE_TAIL", "TAIL",
+           "DebounceInputs", "NormalRange", "debounce_inputs", "evidence", "evidence_text", "fault_marks", "fault_signatures",
+           "normal_ranges", "ranges_from_manifest", "ranges_to_json", "signatures_from_manifest", "signatures_shown",
+           "tails_in_range", "window_evidence"]
 
 MANIFEST_KEY = "normal_ranges"
 TAIL = 3                      # samples at the window's end that make a feature's value (changing it needs new ranges)
@@ -47,6 +53,7 @@ QUANTILES = (0.01, 0.99)      # the normal range: 98 % of clean normal windows f
 DECIMALS = 2                  # the precision values and ranges are reported (and compared) at
 K = 3                         # at most this many features per event: the few that explain it
 SIGNATURE_KEY = "fault_signatures"
+MARK_KEY = "fault_marks"
 # An input is a fault's signature when it lies above its normal range in at least this share of the fault's
 # training windows and in at most SIGNATURE_AFTER of its aftermath's (on the shipped model's data a freeze's
 # retransmissions stay out in 0.39 of its aftermath, a limit's failures and rejections in 0.06-0.09). Only a
@@ -155,34 +162,52 @@ def tails_in_range(x: np.ndarray, features: Sequence[str], ranges: Mapping[str, 
     return np.all((v >= lo) & (v <= hi), axis=-1)
 
 
-def fault_signatures(x: np.ndarray, labels: np.ndarray, after: np.ndarray, features: Sequence[str],
-                     ranges: Mapping[str, NormalRange], normal: str = "normal") -> dict[str, dict[str, str]]:
-    """Derived training windows (N, T, F), their labels and the fault whose aftermath each normal one lies in
-    ("" for none) -> per fault, its signature ``{feature: "above"}``. A fault with no aftermath windows gets
-    none: nothing says which of its inputs end with it."""
+def _rising(x: np.ndarray, labels: np.ndarray, after: np.ndarray, features: Sequence[str],
+            ranges: Mapping[str, NormalRange], normal: str, exclusive: bool) -> dict[str, dict[str, str]]:
+    """Per fault, the inputs above their range in SIGNATURE_DURING of its windows and in at most SIGNATURE_AFTER
+    of its aftermath's (``exclusive``: and of every other fault's windows and aftermath)."""
     v = _values(x, SIGNATURE_TAIL)                                          # (N, F)
+    faults = sorted({str(c) for c in labels} - {normal})
     out: dict[str, dict[str, str]] = {}
-    for c in sorted({str(c) for c in labels} - {normal}):
+    for c in faults:
         during, aft = labels == c, after == c
         if not during.any() or not aft.any():
             continue
+        elsewhere = [aft] + [m for o in faults if o != c for m in (labels == o, after == o) if exclusive and m.any()]
         sig = {}
         for j, f in enumerate(features):
             r = ranges.get(f)
             if r is None:
                 continue
             above = v[:, j] > r.hi
-            if above[during].mean() >= SIGNATURE_DURING and above[aft].mean() <= SIGNATURE_AFTER:
+            if above[during].mean() >= SIGNATURE_DURING and all(above[m].mean() <= SIGNATURE_AFTER for m in elsewhere):
                 sig[f] = "above"
         if sig:
             out[c] = sig
     return out
 
 
-def signatures_from_manifest(manifest: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
-    """The manifest's fault signatures; {} when it has none. Malformed entries (a side other than "above")
-    are skipped, as malformed ranges are."""
-    raw = (manifest or {}).get(SIGNATURE_KEY)
+def fault_signatures(x: np.ndarray, labels: np.ndarray, after: np.ndarray, features: Sequence[str],
+                     ranges: Mapping[str, NormalRange], normal: str = "normal") -> dict[str, dict[str, str]]:
+    """Derived training windows (N, T, F), their labels and the fault whose aftermath each normal one lies in
+    ("" for none) -> per fault, its signature ``{feature: "above"}``. A fault with no aftermath windows gets
+    none: nothing says which of its inputs end with it."""
+    return _rising(x, labels, after, features, ranges, normal, exclusive=False)
+
+
+def fault_marks(x: np.ndarray, labels: np.ndarray, after: np.ndarray, features: Sequence[str],
+                ranges: Mapping[str, NormalRange], normal: str = "normal") -> dict[str, dict[str, str]]:
+    """As :func:`fault_signatures`, keeping only the inputs that also stay in range in every other fault's
+    windows and aftermath (at most SIGNATURE_AFTER of them above): what no other known fault shows. On the
+    shipped model's data a limit's rejections (above in 0.67 of its windows, 0.001 of a freeze's, 0.02 of a
+    freeze's aftermath); its failures are no mark (a freeze's held calls time out: 0.69 of its windows)."""
+    return _rising(x, labels, after, features, ranges, normal, exclusive=True)
+
+
+def signatures_from_manifest(manifest: Mapping[str, Any] | None, key: str = SIGNATURE_KEY) -> dict[str, dict[str, str]]:
+    """The manifest's fault signatures (``key``: :data:`MARK_KEY` for its marks); {} when it has none.
+    Malformed entries (a side other than "above") are skipped, as malformed ranges are."""
+    raw = (manifest or {}).get(key)
     out: dict[str, dict[str, str]] = {}
     if not isinstance(raw, Mapping):
         return out
@@ -221,18 +246,24 @@ def signatures_shown(x: np.ndarray, features: Sequence[str], ranges: Mapping[str
     return out
 
 
+class DebounceInputs(NamedTuple):
+    in_range: np.ndarray | None                  # (N,) every input's tail back in its normal range
+    held: list[frozenset[str]] | None            # (N,) the faults whose signature each window shows
+    marked: list[frozenset[str]] | None          # (N,) the faults whose mark each window shows
+
+
 def debounce_inputs(x: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,
-                    ranges: Mapping[str, NormalRange] | None = None
-                    ) -> tuple[np.ndarray | None, list[frozenset[str]] | None]:
+                    ranges: Mapping[str, NormalRange] | None = None) -> DebounceInputs:
     """(N, T, F) model inputs -> what the debounce reads of the counters under the artifact's manifest: per
-    window, every input back in its normal range (:func:`tails_in_range`) and the faults whose signature it
-    shows (:func:`signatures_shown`); each None when the manifest has nothing to judge it by. ``ranges``: the
-    manifest's, where the caller has read them already. The daemon, ``netsiam evaluate`` and feedback all
-    feed the debounce from here."""
+    window, every input back in its normal range (:func:`tails_in_range`), the faults whose signature it
+    shows and those whose mark it shows (:func:`signatures_shown`); each None when the manifest has nothing
+    to judge it by. ``ranges``: the manifest's, where the caller has read them already. The daemon,
+    ``netsiam evaluate`` and feedback all feed the debounce from here."""
     if ranges is None:
         ranges = ranges_from_manifest(manifest)
-    return (tails_in_range(x, features, ranges),
-            signatures_shown(x, features, ranges, signatures_from_manifest(manifest)))
+    return DebounceInputs(tails_in_range(x, features, ranges),
+                          signatures_shown(x, features, ranges, signatures_from_manifest(manifest)),
+                          signatures_shown(x, features, ranges, signatures_from_manifest(manifest, MARK_KEY)))
 
 
 def window_evidence(raw: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,

@@ -385,8 +385,9 @@ def test_a_bounded_replay_publishes_every_transition_at_its_window(model: Model,
 CLASSES = ["normal", "blocked", "capacity_limit", "unknown", "degraded"]   # degraded: a class added later
 # class, nearest class, the classes whose threshold it is within (None: not known), window end (s), every input
 # back in its normal range (None: not known), its class added after training, the faults whose signature it
-# shows (None: not known)
-Window = tuple[str, str, "frozenset[str] | None", float, "bool | None", bool, "frozenset[str] | None"]
+# shows and those whose mark it shows (None: not known)
+Window = tuple[str, str, "frozenset[str] | None", float, "bool | None", bool, "frozenset[str] | None",
+               "frozenset[str] | None"]
 
 
 def transitions_after(seq: Sequence[Window], deb: DebounceConfig, first: int, q: int) -> list[tuple[int, Any]]:
@@ -396,8 +397,8 @@ def transitions_after(seq: Sequence[Window], deb: DebounceConfig, first: int, q:
     t = FaultTracker(deb)
     out = []
     for i in range(first, len(seq)):
-        cls, near, within, end, in_range, added, held = seq[i]
-        out += [(i, tr) for tr in t.update(cls, end, near, within, in_range, added, held)]
+        cls, near, within, end, in_range, added, held, marked = seq[i]
+        out += [(i, tr) for tr in t.update(cls, end, near, within, in_range, added, held, marked)]
     return [(i, tr) for i, tr in out if i > q]
 
 
@@ -406,8 +407,8 @@ def quiet_points(seq: Sequence[Window], deb: DebounceConfig) -> list[int]:
 
     t = FaultTracker(deb)
     out = []
-    for i, (cls, near, within, end, in_range, added, held) in enumerate(seq):
-        t.update(cls, end, near, within, in_range, added, held)
+    for i, (cls, near, within, end, in_range, added, held, marked) in enumerate(seq):
+        t.update(cls, end, near, within, in_range, added, held, marked)
         if t.quiet:
             out.append(i)
     return out
@@ -420,10 +421,10 @@ def assert_agree_after_every_quiet_window(seq: Sequence[Window], deb: DebounceCo
 
 
 def timed(windows: Sequence[tuple[Any, ...]], gaps: Sequence[float] | None = None) -> list[Window]:
-    """(class, nearest, within[, in_range[, added[, held]]]) per window -> windows at their end times."""
+    """(class, nearest, within[, in_range[, added[, held[, marked]]]]) per window -> windows at their end times."""
     ends = np.cumsum(gaps if gaps is not None else np.ones(len(windows)))
     return [(w[0], w[1], w[2], float(e), w[3] if len(w) > 3 else None, len(w) > 4 and w[4],
-             w[5] if len(w) > 5 else None)
+             w[5] if len(w) > 5 else None, w[6] if len(w) > 6 else None)
             for w, e in zip(windows, ends, strict=True)]
 
 
@@ -431,21 +432,22 @@ def timed(windows: Sequence[tuple[Any, ...]], gaps: Sequence[float] | None = Non
 @given(windows=st.lists(st.tuples(st.sampled_from(CLASSES), st.sampled_from(CLASSES[:3]),
                                   st.none() | st.frozensets(st.sampled_from(CLASSES[:3])),
                                   st.sampled_from([0.5, 1.0, 1.0, 1.0, 2.5, 40.0]), st.none() | st.booleans(),
-                                  st.booleans(), st.none() | st.frozensets(st.sampled_from(CLASSES[1:3]))),
+                                  st.booleans(), st.none() | st.frozensets(st.sampled_from(CLASSES[1:3])),
+                                  st.none() | st.frozensets(st.sampled_from(CLASSES[1:3]))),
                         min_size=1, max_size=60),
        deb=st.builds(DebounceConfig, raise_k=st.integers(1, 3), raise_n=st.integers(3, 5),
                      clear_m=st.integers(1, 3), unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5),
                      hold_within=st.booleans(), aftermath_s=st.sampled_from([0.0, 4.0, 35.0]),
                      added_grace_s=st.sampled_from([0.0, 4.0, 65.0]),
                      release_in_range=st.booleans(), hold_signature=st.booleans(),
-                     name_on_signature=st.booleans()),
+                     name_on_signature=st.booleans(), name_on_mark=st.booleans()),
        data=st.data())
 def test_tracker_is_new_again_once_quiet(windows: list[Any], deb: DebounceConfig, data: Any) -> None:
     """The property the rewind rule rests on: once the tracker is quiet, a tracker that started at ANY
     earlier window acts like it from then on. Each window carries its class, its nearest class, the
     thresholds it is within, whether its inputs are back in range, whether its class was added after
-    training and the fault signatures it shows, as the daemon feeds them, at irregular times."""
-    seq = timed([(*w[:3], w[4], w[5], w[6]) for w in windows], [w[3] for w in windows])
+    training and the fault signatures and marks it shows, as the daemon feeds them, at irregular times."""
+    seq = timed([(*w[:3], w[4], w[5], w[6], w[7]) for w in windows], [w[3] for w in windows])
     quiet = quiet_points(seq, deb)
     if not quiet:
         return
@@ -469,13 +471,15 @@ def unstarted(trans: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
                                st.none() | st.frozensets(st.sampled_from(CLASSES[:3])),
                                st.sampled_from([0.5, 1.0, 1.0, 1.0, 2.5, 40.0]), st.integers(1, 10),
                                st.none() | st.booleans(), st.booleans(),
+                               st.none() | st.frozensets(st.sampled_from(CLASSES[1:3])),
                                st.none() | st.frozensets(st.sampled_from(CLASSES[1:3]))),
                      min_size=1, max_size=14),
        deb=st.integers(1, 3).flatmap(lambda k: st.builds(
            DebounceConfig, raise_k=st.just(k), raise_n=st.integers(k, 5), clear_m=st.integers(1, 3),
            unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5), hold_within=st.booleans(),
            aftermath_s=st.sampled_from([0.0, 4.0, 35.0]), added_grace_s=st.sampled_from([0.0, 4.0, 65.0]),
-           release_in_range=st.booleans(), hold_signature=st.booleans(), name_on_signature=st.booleans())),
+           release_in_range=st.booleans(), hold_signature=st.booleans(), name_on_signature=st.booleans(),
+           name_on_mark=st.booleans())),
        data=st.data())
 def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs: list[Any], deb: DebounceConfig,
                                                                           data: Any) -> None:
@@ -486,10 +490,10 @@ def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs
     from netsiam.debounce import FaultTracker
 
     windows = [w for w in runs for _ in range(w[4])]
-    seq = timed([(*w[:3], w[5], w[6], w[7]) for w in windows], [w[3] for w in windows])
+    seq = timed([(*w[:3], w[5], w[6], w[7], w[8]) for w in windows], [w[3] for w in windows])
     t, spans = FaultTracker(deb), []
-    for q, (cls, near, within, end, in_range, added, held) in enumerate(seq):
-        t.update(cls, end, near, within, in_range, added, held)
+    for q, (cls, near, within, end, in_range, added, held, marked) in enumerate(seq):
+        t.update(cls, end, near, within, in_range, added, held, marked)
         if t.restart_span:
             assert t.restart_span <= t.given_run
             spans.append((q, t.restart_span, t.given_run, t.active))
@@ -499,8 +503,8 @@ def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs
     want = unstarted(transitions_after(seq, deb, 0, q))
     for first in range(q - span + 2):
         fresh = FaultTracker(deb)
-        for cls, near, within, end, in_range, added, held in seq[first:q + 1]:
-            fresh.update(cls, end, near, within, in_range, added, held)
+        for cls, near, within, end, in_range, added, held, marked in seq[first:q + 1]:
+            fresh.update(cls, end, near, within, in_range, added, held, marked)
         assert fresh.active == active, first
         assert unstarted(transitions_after(seq, deb, first, q)) == want, first
 

@@ -13,7 +13,7 @@ import pytest
 from netsiam.cli import main
 from netsiam.config import Config, override
 from netsiam.errors import NetsiamError
-from netsiam.evidence import SIGNATURE_KEY
+from netsiam.evidence import MARK_KEY, SIGNATURE_KEY
 from netsiam.features import DEFAULT_FEATURES
 from netsiam.serving import load_artifact
 from netsiam.traceio import write_labels, write_trace
@@ -287,11 +287,13 @@ def test_train_end_to_end_separates_faults_on_held_out_data(data: dict[str, tupl
     # the evidence ranges (every feature) and each fault's signature (only rises above a range), from the
     # training windows, as --ranges-only recomputes them
     assert list(m["normal_ranges"]) == m["features"]
-    sigs = m[SIGNATURE_KEY]
+    sigs, marks = m[SIGNATURE_KEY], m[MARK_KEY]
     assert training_evidence(Config(), [trace], [labels], ["retrans_storm"]) == {
-        "normal_ranges": m["normal_ranges"], SIGNATURE_KEY: sigs}
+        "normal_ranges": m["normal_ranges"], SIGNATURE_KEY: sigs, MARK_KEY: marks}
     assert set(sigs) <= {"blocked", "capacity_limit"} and all(
         f in m["features"] and side == "above" for s in sigs.values() for f, side in s.items())
+    # a mark is a signature input no other fault shows: each fault's marks are some of its signature
+    assert all(set(mk) <= set(sigs[c]) for c, mk in marks.items())
 
     with np.load(out / "snapshots.npz", allow_pickle=False) as z:
         emb, lab, epochs = z["emb"], z["labels"], z["epochs"]

@@ -8,8 +8,8 @@ is the one the shipped model must call ``unknown``. Then ``netsiam train`` with 
 and a fixed seed -> ``netsiam/default_model/``. TensorBoard logs and the checkpoint go to a temporary
 directory, not into the package.
 
-``--ranges-only`` rewrites only the manifest's ``normal_ranges`` and ``fault_signatures`` (the evidence
-fault events quote and the debounce's signature hold, :mod:`netsiam.evidence`) from the same training
+``--ranges-only`` rewrites only the manifest's ``normal_ranges``, ``fault_signatures`` and ``fault_marks`` (the
+evidence fault events quote and what the debounce reads of the counters, :mod:`netsiam.evidence`) from the same training
 windows, as :func:`~netsiam.trainer.train.train` computes them: the shipped model gets them without
 retraining (which would change every published figure). Training writes them itself, so ``make model``
 needs no extra step.
@@ -87,7 +87,7 @@ def training_config(base: Config | None = None) -> Config:
 
 
 def write_ranges(model_dir: str | Path) -> dict[str, object]:
-    """Recompute the default model's normal ranges and fault signatures from its training windows and write
+    """Recompute the default model's normal ranges, fault signatures and marks from its training windows and write
     them into ``model_dir``'s manifest (nothing else in it changes; the manifest is not hashed); -> the ranges."""
     path = Path(model_dir) / MANIFEST_FILE
     if not path.is_file():
@@ -108,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     ap.add_argument("--seed", type=int, default=MODEL_SEED, help="training seed (the shipped model's by default)")
     ap.add_argument("--ranges-only", action="store_true",
-                    help="only rewrite the manifest's normal ranges and fault signatures (evidence), without training")
+                    help="only rewrite the manifest's normal ranges, fault signatures and marks (evidence), without training")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     if args.ranges_only:
         ranges = write_ranges(args.output)
-        print(f"normal ranges of {len(ranges)} features and the fault signatures written to {Path(args.output) / MANIFEST_FILE} "
+        print(f"normal ranges of {len(ranges)} features, the fault signatures and marks written to {Path(args.output) / MANIFEST_FILE} "
               f"in {time.perf_counter() - t0:.0f} s")
         return 0
     with tempfile.TemporaryDirectory(prefix="netsiam-model-") as tmp:

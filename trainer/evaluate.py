@@ -120,6 +120,7 @@ class _Judge:
     seconds_per_window: float
     in_range: np.ndarray | None = None   # (N,) every input's tail in its normal range (the debounce's release)
     held: list[frozenset[str]] | None = None   # (N,) the faults whose signature each window shows (its hold)
+    marked: list[frozenset[str]] | None = None   # (N,) the faults whose mark each window shows
 
     def score(self, pred: np.ndarray, nway: np.ndarray, classes: Sequence[str], mask: np.ndarray,
               within: np.ndarray | None = None, nearest: np.ndarray | None = None,
@@ -135,7 +136,8 @@ class _Judge:
                                     within=None if within is None else within[mask],
                                     in_range=None if self.in_range is None else self.in_range[mask],
                                     added=None if added is None else added[mask],
-                                    held=None if self.held is None else [self.held[i] for i in np.flatnonzero(mask)])
+                                    held=None if self.held is None else [self.held[i] for i in np.flatnonzero(mask)],
+                                    marked=None if self.marked is None else [self.marked[i] for i in np.flatnonzero(mask)])
         lab, p = self.lw.labels[ok], pred[ok]
         # the encoder's own figures, so every column of the report compares like with like
         return _scores(p, nway[ok], lab, classes) | {"per_class": _per_class(lab, p, classes),
@@ -231,12 +233,13 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     episodes = (episodes_from_intervals(intervals) if intervals is not None
                 else episodes_from_windows(lw.sources, lw.end_ts, labels, w.interval_s))
     episodes = _covered(episodes, lw, (w.length - 1) * w.interval_s)
-    in_range, held = debounce_inputs(lw.x, list(cfg.features), getattr(artifact, "manifest", None))
+    in_range, held, marked = debounce_inputs(lw.x, list(cfg.features), getattr(artifact, "manifest", None))
     judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=GRACE_S,
-                   seconds_per_window=w.stride * w.interval_s, in_range=in_range, held=held)
+                   seconds_per_window=w.stride * w.interval_s, in_range=in_range, held=held, marked=marked)
     det, ep_report, events = score_detection(lw.sources, lw.end_ts, pred, labels, episodes, judge.debounce,
                                              judge.grace_s, judge.seconds_per_window, known=classes, nearest=nearest,
-                                             within=within, in_range=in_range, added=added, held=held)
+                                             within=within, in_range=in_range, added=added, held=held,
+                                             marked=marked)
 
     novel = sorted(set(novel_labels) | (set(lab_ok.tolist()) - set(classes)))
     novelty: dict[str, Any] = {}

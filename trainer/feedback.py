@@ -134,9 +134,9 @@ def trace_events(rows: Rows, art: Artifact, cfg: Config) -> list[Event]:
 def _events(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config) -> list[Event]:
     names, _, dist = art.prototypes.classify(emb)
     nearest, added = debounce_view(art, names, dist, cfg.detector.debounce)
-    in_range, held = debounce_inputs(x, art.features, art.manifest)
+    in_range, held, marked = debounce_inputs(x, art.features, art.manifest)
     return detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, nearest, art.prototypes.within(dist),
-                         in_range, added, held)
+                         in_range, added, held, marked)
 
 
 def _episode_from_trace(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config, eid: str) -> Episode:

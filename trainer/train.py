@@ -15,7 +15,8 @@
 6. artifact: encoder.keras, prototypes.json, manifest.json (+ history.json, snapshots.npz). The manifest
    also holds each feature's normal range (``normal_ranges``, from the training windows of clean
    normal traffic), which fault events quote as their evidence (``netsiam.evidence``), and each fault's
-   signature (``fault_signatures``: inputs above those ranges in its windows, not in its aftermath).
+   signature (``fault_signatures``: inputs above those ranges in its windows, not in its aftermath) and
+   mark (``fault_marks``: those of its signature inputs that no other fault's windows or aftermath show).
 
 Keras/TensorFlow are imported only once the data has loaded, so a bad path fails fast with one line.
 """
@@ -38,7 +39,15 @@ import orjson
 
 from netsiam.config import Config, override
 from netsiam.errors import NetsiamError, UsageError
-from netsiam.evidence import MANIFEST_KEY, SIGNATURE_KEY, fault_signatures, normal_ranges, ranges_to_json
+from netsiam.evidence import (
+    MANIFEST_KEY,
+    MARK_KEY,
+    SIGNATURE_KEY,
+    fault_marks,
+    fault_signatures,
+    normal_ranges,
+    ranges_to_json,
+)
 from netsiam.features import required_metrics
 from netsiam.serving import FORMAT, Artifact, Prototypes, load_artifact
 from netsiam.traceio import atomic_write_bytes, read_labels
@@ -326,17 +335,19 @@ def _evidence(lw: LabelledWindows, in_train: np.ndarray, after: np.ndarray, cfg:
     are normal by label only (on the default model's data they would lift failed_log's 99th percentile
     from 0.86 to 2.7, above a capacity limit's median of 2.5); and each fault's signature, the inputs
     above those ranges in its windows and not in its aftermath (``after``: the fault each normal window
-    is the aftermath of)."""
+    is the aftermath of), and its mark, those no other fault's windows or aftermath show either."""
     clean = in_train & clean_normal(lw, after != "")
     ranges = normal_ranges(lw.x[clean], cfg.features)
-    signatures = fault_signatures(lw.x[in_train], lw.labels[in_train], after[in_train], cfg.features, ranges)
-    return {MANIFEST_KEY: ranges_to_json(ranges), SIGNATURE_KEY: signatures}
+    xs, labels, afters = lw.x[in_train], lw.labels[in_train], after[in_train]
+    return {MANIFEST_KEY: ranges_to_json(ranges),
+            SIGNATURE_KEY: fault_signatures(xs, labels, afters, cfg.features, ranges),
+            MARK_KEY: fault_marks(xs, labels, afters, cfg.features, ranges)}
 
 
 def training_evidence(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
                       exclude_labels: Sequence[str] = ()) -> dict[str, Any]:
-    """The manifest's ``normal_ranges`` and ``fault_signatures`` exactly as :func:`train` computes them,
-    without training."""
+    """The manifest's ``normal_ranges``, ``fault_signatures`` and ``fault_marks`` exactly as :func:`train`
+    computes them, without training."""
     lw, groups, in_train, _, _ = split_windows(cfg, data_paths, label_paths, exclude_labels)
     return _evidence(lw, in_train, aftermath_of(lw.end_ts, groups, lw.labels, AFTERMATH_S), cfg)
 
