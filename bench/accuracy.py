@@ -145,14 +145,16 @@ def _candidate(cfg: Config, name: str, seed: int, traces: dict[str, tuple[Path, 
     if counts is not None:
         counts["reused" if reused else "trained"] += 1
     art = load_artifact(out_dir) if reused else train_without(cfg, {name}, traces, sim, out_dir, seed=seed)
+    ev: dict[str, Any] | None = None
     for key in (SIGNATURE_KEY, MARK_KEY):    # trained before signatures (marks) existed: computed once, kept beside it
         if key in art.manifest:
             continue
         kept = out_dir / f"{key}.json"
         if not kept.is_file():
-            ev = training_evidence(cfg, *training_files({name}, traces, sim), [NOVEL])
-            if ev[MANIFEST_KEY] != art.manifest.get(MANIFEST_KEY):
-                raise SystemExit(f"{out_dir}: its normal ranges are not what its training data gives: retrain it")
+            if ev is None:
+                ev = training_evidence(cfg, *training_files({name}, traces, sim), [NOVEL])
+                if ev[MANIFEST_KEY] != art.manifest.get(MANIFEST_KEY):
+                    raise SystemExit(f"{out_dir}: its normal ranges are not what its training data gives: retrain it")
             kept.write_text(json.dumps(ev[key]))
         art.manifest[key] = json.loads(kept.read_text())
     if "shift_probe" not in art.manifest["metrics"]:      # trained before the probe existed: probed once, kept beside it

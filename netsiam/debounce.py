@@ -46,12 +46,14 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   signature it shows (``held``) counts as that fault: the counters confirm what the encoder's window is
   nearest to, at a fault's onset before the window is within its threshold. Never a switch: a fault's held
   calls failing late look like a limit's signature (chosen on the validation recordings, ``docs/method.md``).
-- ``name_on_mark``: a window that shows the mark of exactly one fault (``marked``: an input that no other fault
-  and no aftermath shows, :func:`netsiam.evidence.fault_marks`: a limit's rejections) is that fault, whatever
-  the encoder gave it (a class added after training aside), before any rule above: the window's own counters
-  name it, so the tracker treats it as a window of that class. It names a limit that begins while a freeze or
-  its aftermath still fills the encoder's window, which neither a switch nor a raise from the aftermath's
-  nearest-normal windows caught for up to 27 s (chosen on the validation recordings, ``docs/method.md``).
+- ``name_on_mark`` (off by default): a window that shows the mark of exactly one fault (``marked``: an input
+  that no other fault and no aftermath shows, :func:`netsiam.evidence.fault_marks`: a limit's rejections) is
+  that fault, whatever the encoder gave it (a class added after training aside), before any rule above and
+  whether or not its inputs are back in range: the window's own counters name it, and it is read alone, so
+  every tracker, wherever it started, treats it as a window of that class. It names a limit that begins while
+  a freeze or its aftermath still fills the encoder's window, which neither a switch nor a raise from the
+  aftermath's nearest-normal windows catches for up to 27 s; but where normal traffic has a few rejected
+  calls a second it raises limits there (``docs/method.md``).
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ class FaultTracker:
 
     @property
     def given_run(self) -> int:
-        """Windows in a row, up to the last one, given as the same class (before any rule converts it)."""
+        """Windows in a row, up to the last one, given as the same class (before any rule converts it but
+        ``name_on_mark``, which reads the window alone)."""
         return self._given_run
 
     @property

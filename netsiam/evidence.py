@@ -26,16 +26,16 @@ While the fault is active, a window that shows its signature (:func:`signatures_
 it, whatever the encoder makes of the window (the debounce's ``hold_signature``); while no fault is
 active, an ``unknown`` window nearest the fault that shows it is that fault (``name_on_signature``).
 
-A fault's **mark** (:func:`fault_marks`, manifest key :data:`MARK_KEY`): the signature inputs that also stay in
-range in the windows of every other fault and of every aftermath (a limit's rejections: a freeze's held calls
-fail too, but by timing out, never answered with an error). A window showing one fault's mark is that fault
-whatever the encoder makes of it (``name_on_mark``).
+A fault's **mark** (:func:`fault_marks`, manifest key :data:`MARK_KEY`): the signature inputs that also rise
+above their range in hardly any window of another fault or of any aftermath (a limit's rejections: a freeze's
+held calls fail too, but by timing out, never answered with an error). With the debounce's ``name_on_mark``
+(off by default) a window showing one fault's mark is that fault whatever the encoder makes of it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -253,17 +253,22 @@ class DebounceInputs(NamedTuple):
 
 
 def debounce_inputs(x: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,
-                    ranges: Mapping[str, NormalRange] | None = None) -> DebounceInputs:
+                    ranges: Mapping[str, NormalRange] | None = None,
+                    classes: Collection[str] | None = None) -> DebounceInputs:
     """(N, T, F) model inputs -> what the debounce reads of the counters under the artifact's manifest: per
     window, every input back in its normal range (:func:`tails_in_range`), the faults whose signature it
     shows and those whose mark it shows (:func:`signatures_shown`); each None when the manifest has nothing
-    to judge it by. ``ranges``: the manifest's, where the caller has read them already. The daemon,
-    ``netsiam evaluate`` and feedback all feed the debounce from here."""
+    to judge it by. ``ranges``: the manifest's, where the caller has read them already; ``classes``: the
+    model's classes now (a mark names its fault outright, so none of a class removed since training). The
+    daemon, ``netsiam evaluate`` and feedback all feed the debounce from here."""
     if ranges is None:
         ranges = ranges_from_manifest(manifest)
+    marks = signatures_from_manifest(manifest, MARK_KEY)
+    if classes is not None:
+        marks = {c: m for c, m in marks.items() if c in classes}
     return DebounceInputs(tails_in_range(x, features, ranges),
                           signatures_shown(x, features, ranges, signatures_from_manifest(manifest)),
-                          signatures_shown(x, features, ranges, signatures_from_manifest(manifest, MARK_KEY)))
+                          signatures_shown(x, features, ranges, marks))
 
 
 def window_evidence(raw: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,

@@ -176,15 +176,16 @@ def trained_classes(protos: Prototypes, manifest: Mapping[str, Any] | None) -> t
 def debounce_view(artifact: Any, names: np.ndarray, dist: np.ndarray,
                   cfg: DebounceConfig) -> tuple[np.ndarray, np.ndarray | None]:
     """Classes (N,) and distances (N, C) -> what the debounce is given beside them: the nearest class
-    (N,), and which windows are of a class added after training (N,) bool, None if none can be. Where
-    ``added_grace_s`` is on and the prototypes hold such a class, the nearest is that of the trained
-    classes, so such a window says how the trained classes alone read it."""
+    (N,), and which windows are of a class added after training (N,) bool, None if none can be (a mark
+    never renames them). Where ``added_grace_s`` is on and the prototypes hold such a class, the nearest
+    is that of the trained classes, so such a window says how the trained classes alone read it."""
     protos: Prototypes = artifact.prototypes
     trained = trained_classes(protos, getattr(artifact, "manifest", None))
     extra = [c for c in protos.classes if c not in trained]
-    if cfg.added_grace_s <= 0 or not extra:
+    if not extra:
         return protos.nearest(dist), None
-    return protos.nearest(dist, trained), np.isin(np.asarray(names, dtype=object), extra)
+    added = np.isin(np.asarray(names, dtype=object), extra)
+    return (protos.nearest(dist) if cfg.added_grace_s <= 0 else protos.nearest(dist, trained)), added
 
 
 class Artifact:

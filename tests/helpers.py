@@ -95,24 +95,17 @@ def labelled_windows(records: Sequence[Record], labels: Sequence[LabelInterval],
 def detect_offline(art: Any, emb: np.ndarray, x: np.ndarray, w: Any, debounce: Any) -> tuple[list[Any], np.ndarray | None]:
     """The events ``netsiam evaluate`` finds over windows ``w`` (derived ``x``, embedded ``emb``), given all the
     daemon's debounce is given: nearest trained class, thresholds within, inputs in range, added classes,
-    fault signatures shown; -> (events, the ``added`` mask)."""
-    from netsiam.evidence import (
-        ranges_from_manifest,
-        signatures_from_manifest,
-        signatures_shown,
-        tails_in_range,
-    )
+    fault signatures and marks shown; -> (events, the ``added`` mask)."""
+    from netsiam.evidence import debounce_inputs
     from netsiam.serving import debounce_view
     from netsiam.trainer.detection import detect_events
 
     names, _, dists = art.prototypes.classify(emb)
     nearest, added = debounce_view(art, names, dists, debounce)
-    features, manifest = list(getattr(art, "features", ())), getattr(art, "manifest", None)
-    ranges = ranges_from_manifest(manifest)
-    in_range = tails_in_range(x, features, ranges)
-    held = signatures_shown(x, features, ranges, signatures_from_manifest(manifest))
+    in_range, held, marked = debounce_inputs(x, list(getattr(art, "features", ())), getattr(art, "manifest", None),
+                                             classes=art.prototypes.classes)
     return detect_events(w.sources, w.end_ts, names, debounce, nearest, art.prototypes.within(dists),
-                         in_range, added, held), added
+                         in_range, added, held, marked), added
 
 # -- small artifacts built by hand ----------------------------------------------------------------
 class MeanEncoder:

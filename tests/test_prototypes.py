@@ -150,8 +150,8 @@ def test_add_class_then_classify_without_retraining() -> None:
 
 
 def test_the_debounce_is_told_the_trained_class_nearest_an_added_one() -> None:
-    """What the debounce is given: with ``added_grace_s`` on, which windows are of a class added after training
-    and, as their nearest class, the nearest of the classes the encoder was trained on (``manifest["classes"]``)."""
+    """What the debounce is given: which windows are of a class added after training and, with ``added_grace_s``
+    on, as their nearest class the nearest of the classes the encoder was trained on (``manifest["classes"]``)."""
     from netsiam.config import DebounceConfig
 
     protos = prototypes_at({"normal": [[0.5, 0.5, 0.5]], "blocked": [[0.9, 0.1, 0.1]], "degraded": [[0.6, 0.6, 0.6]]})
@@ -163,8 +163,9 @@ def test_the_debounce_is_told_the_trained_class_nearest_an_added_one() -> None:
     names = protos.classify(emb)[0]
     nearest, added = debounce_view(art, names, dist, DebounceConfig(added_grace_s=65.0))
     assert list(nearest) == ["normal", "blocked"] and added is not None and list(added) == [True, False]
-    nearest, added = debounce_view(art, names, dist, DebounceConfig(added_grace_s=0.0))   # the rule off
-    assert list(nearest) == ["degraded", "blocked"] and added is None
+    # the grace off: the nearest of every class, and still which windows are added (a mark never renames them)
+    nearest, added = debounce_view(art, names, dist, DebounceConfig(added_grace_s=0.0))
+    assert list(nearest) == ["degraded", "blocked"] and added is not None and list(added) == [True, False]
     # a manifest without the list: every class counts as trained, none as added
     assert trained_classes(protos, manifest()) == ("normal", "blocked", "degraded")
     assert debounce_view(small_artifact(None, protos, manifest()), names, dist, DebounceConfig())[1] is None
