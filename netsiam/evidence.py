@@ -173,7 +173,8 @@ def _rising(x: np.ndarray, labels: np.ndarray, after: np.ndarray, features: Sequ
         during, aft = labels == c, after == c
         if not during.any() or not aft.any():
             continue
-        elsewhere = [aft] + [m for o in faults if o != c for m in (labels == o, after == o) if exclusive and m.any()]
+        others = [m for o in faults if o != c for m in (labels == o, after == o) if m.any()] if exclusive else []
+        elsewhere = [aft, *others]                                          # where it must stay (mostly) in range
         sig = {}
         for j, f in enumerate(features):
             r = ranges.get(f)
