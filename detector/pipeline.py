@@ -345,7 +345,7 @@ class Pipeline:
         manifest = getattr(batch.artifact, "manifest", None)
         x, ranges = batch.x, ranges_from_manifest(manifest)   # the events' evidence quotes them too
         in_range, held, marked = ((None, None, None) if x is None or not n
-                                  else debounce_inputs(x, batch.artifact.features, manifest, ranges,
+                                  else debounce_inputs(x, batch.raw, batch.artifact.features, manifest, ranges,
                                                        batch.artifact.prototypes.classes))
         n_events = 0
         half_replay = self.det.max_replay_s / 2

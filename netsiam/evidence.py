@@ -29,7 +29,9 @@ active, an ``unknown`` window nearest the fault that shows it is that fault (``n
 A fault's **mark** (:func:`fault_marks`, manifest key :data:`MARK_KEY`): the signature inputs that also rise
 above their range in hardly any window of another fault or of any aftermath (a limit's rejections: a freeze's
 held calls fail too, but by timing out, never answered with an error). With the debounce's ``name_on_mark``
-(off by default) a window showing one fault's mark is that fault whatever the encoder makes of it.
+(off by default) a window showing one fault's mark is that fault whatever the encoder makes of it. A mark on a
+count of calls shows only where the calls behind it are more than chance could give (:data:`MARK_SHARE`): one
+rejected call in a second at 5 calls/s reads above the range but is no limit.
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from netsiam.features import derive
+from netsiam.features import RAW_METRICS, call_counts, derive
 
-__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "MARK_KEY", "QUANTILES", "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY", "SIGNATURE_TAIL", "TAIL",
-           "DebounceInputs", "NormalRange", "debounce_inputs", "evidence", "evidence_text", "fault_marks", "fault_signatures",
-           "normal_ranges", "ranges_from_manifest", "ranges_to_json", "signatures_from_manifest", "signatures_shown",
-           "tails_in_range", "window_evidence"]
+__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "MARK_ALPHA", "MARK_KEY", "MARK_SECONDS", "MARK_SHARE", "QUANTILES", "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY", "SIGNATURE_TAIL", "TAIL",
+           "DebounceInputs", "NormalRange", "binomial_tail", "debounce_inputs", "evidence", "evidence_text", "fault_marks", "fault_signatures",
+           "marks_counted", "normal_ranges", "ranges_from_manifest", "ranges_to_json", "signatures_from_manifest",
+           "signatures_shown", "tails_in_range", "window_evidence"]
 
 MANIFEST_KEY = "normal_ranges"
 TAIL = 3                      # samples at the window's end that make a feature's value (changing it needs new ranges)
@@ -64,6 +66,16 @@ MARK_KEY = "fault_marks"
 SIGNATURE_DURING = 0.5
 SIGNATURE_AFTER = 0.15
 SIGNATURE_TAIL = 1
+# A mark on a count of calls (a limit's rejections) shows only where those calls, over the window's last 1, 2 or
+# MARK_SECONDS seconds, are more than a MARK_SHARE share of the calls offered would give with probability
+# MARK_ALPHA (one-sided binomial): at a few calls/s a rejected call or two per second is chance (simulated normal
+# traffic refuses ~1 % of calls and, with the mark unchecked, raised limits), at 60 calls/s a 10 % limit is not.
+# Chosen on the validation recordings and two simulations (no two marked seconds in a row in their normal
+# traffic; the limits still marked within 5 s), docs/method.md.
+MARK_SHARE = 0.05
+MARK_ALPHA = 1e-4
+MARK_SECONDS = 3
+_OFFERED = RAW_METRICS.index("OutgoingCall")
 _SCALE_FLOOR = 10.0 ** -DECIMALS  # a feature constant in normal traffic: deviations below the precision mean nothing
 
 
@@ -220,11 +232,51 @@ def signatures_from_manifest(manifest: Mapping[str, Any] | None, key: str = SIGN
     return out
 
 
+def marks_counted(raw: np.ndarray, feature: str) -> np.ndarray | None:
+    """Raw windows (N, T, R) -> (N,) whether the calls ``feature`` counts, over the window's last 1..MARK_SECONDS
+    samples, are beyond chance at a MARK_SHARE share of the calls offered; None for a feature that counts no calls."""
+    counts = call_counts(raw, feature)                                      # (N, T) or None
+    if counts is None:
+        return None
+    out = np.zeros(len(raw), dtype=bool)
+    for k in range(1, MARK_SECONDS + 1):
+        c = np.rint(counts[:, -k:].sum(axis=1))                             # (N,)
+        n = np.maximum(np.rint(raw[:, -k:, _OFFERED].sum(axis=1)), c)       # a counter behind by a second: never < c
+        for i in np.flatnonzero(~out):
+            out[i] = binomial_tail(int(c[i]), int(n[i]), MARK_SHARE) < MARK_ALPHA
+    return out
+
+
+def binomial_tail(c: int, n: int, p: float) -> float:
+    """P(X >= c) for X ~ Binomial(n, p), 0 < p < 1 (scipy's ``binom.sf(c - 1, n, p)``, which costs 0.7 s to
+    import on a hot path that rarely needs it; equal within 1e-9, tests/test_evidence.py)."""
+    if c <= 0:
+        return 1.0
+    if c > n:
+        return 0.0
+    below = c <= n * p                   # sum the tail that lies away from the mean: its terms fall geometrically
+    total, i, step = 0.0, (c - 1 if below else c), (-1 if below else 1)
+    while 0 <= i <= n:
+        t = _pmf(i, n, p)
+        total += t
+        if t < total * 1e-17:
+            break
+        i += step
+    return min(max(1.0 - total if below else total, 0.0), 1.0)
+
+
+def _pmf(i: int, n: int, p: float) -> float:
+    return math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p)
+                    + (n - i) * math.log1p(-p))
+
+
 def signatures_shown(x: np.ndarray, features: Sequence[str], ranges: Mapping[str, NormalRange],
-                     signatures: Mapping[str, Mapping[str, str]]) -> list[frozenset[str]] | None:
+                     signatures: Mapping[str, Mapping[str, str]],
+                     raw: np.ndarray | None = None) -> list[frozenset[str]] | None:
     """(N, T, F) model inputs -> per window, the faults whose signature shows in its last seconds (some
     signature input above its normal range in the window's last SIGNATURE_TAIL samples, rounded as
-    :func:`evidence` rounds values);
+    :func:`evidence` rounds values); with ``raw`` (the same windows' raw samples, for marks), an input that
+    counts calls shows only where :func:`marks_counted` finds them beyond chance;
     None when there is nothing to show (no signatures, or one names an input without a range)."""
     idx = {f: j for j, f in enumerate(features)}
     sigs = [(c, sig) for c, sig in signatures.items() if sig]
@@ -234,7 +286,13 @@ def signatures_shown(x: np.ndarray, features: Sequence[str], ranges: Mapping[str
     shown = np.zeros((len(v), len(sigs)), dtype=bool)                       # (N, C)
     for b, (_, sig) in enumerate(sigs):
         for f in sig:
-            shown[:, b] |= v[:, idx[f]] > ranges[f].hi
+            above = v[:, idx[f]] > ranges[f].hi
+            rows = np.flatnonzero(above)
+            if raw is not None and len(rows):                               # rare: the test runs on those only
+                counted = marks_counted(raw[rows], f)
+                if counted is not None:
+                    above[rows] = counted
+            shown[:, b] |= above
     names = [c for c, _ in sigs]
     cache: dict[bytes, frozenset[str]] = {}   # one set per combination: most windows share the empty one
     out = []
@@ -253,13 +311,14 @@ class DebounceInputs(NamedTuple):
     marked: list[frozenset[str]] | None          # (N,) the faults whose mark each window shows
 
 
-def debounce_inputs(x: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,
+def debounce_inputs(x: np.ndarray, raw: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,
                     ranges: Mapping[str, NormalRange] | None = None,
                     classes: Collection[str] | None = None) -> DebounceInputs:
-    """(N, T, F) model inputs -> what the debounce reads of the counters under the artifact's manifest: per
-    window, every input back in its normal range (:func:`tails_in_range`), the faults whose signature it
-    shows and those whose mark it shows (:func:`signatures_shown`); each None when the manifest has nothing
-    to judge it by. ``ranges``: the manifest's, where the caller has read them already; ``classes``: the
+    """(N, T, F) model inputs and the (N, T, R) raw windows they derive from -> what the debounce reads of the
+    counters under the artifact's manifest: per window, every input back in its normal range
+    (:func:`tails_in_range`), the faults whose signature it shows and those whose mark it shows
+    (:func:`signatures_shown`, a mark on a count of calls only beyond chance); each None when the manifest has
+    nothing to judge it by. ``ranges``: the manifest's, where the caller has read them already; ``classes``: the
     model's classes now (a mark names its fault outright, so none of a class removed since training). The
     daemon, ``netsiam evaluate`` and feedback all feed the debounce from here."""
     if ranges is None:
@@ -269,7 +328,7 @@ def debounce_inputs(x: np.ndarray, features: Sequence[str], manifest: Mapping[st
         marks = {c: m for c, m in marks.items() if c in classes}
     return DebounceInputs(tails_in_range(x, features, ranges),
                           signatures_shown(x, features, ranges, signatures_from_manifest(manifest)),
-                          signatures_shown(x, features, ranges, marks))
+                          signatures_shown(x, features, ranges, marks, raw))
 
 
 def window_evidence(raw: np.ndarray, features: Sequence[str], manifest: Mapping[str, Any] | None,

@@ -55,6 +55,7 @@ __all__ = [
     "FEATURES",
     "RAW_METRICS",
     "TIMEOUT_METRICS",
+    "call_counts",
     "derive",
     "feature_columns",
     "refused_calls",
@@ -152,6 +153,21 @@ FEATURES: dict[str, tuple[tuple[str, ...], Deriver]] = {
 }
 DEFAULT_FEATURES: tuple[str, ...] = ("offered_rel", "success_rel", "failed_log", "retrans_log", "concurrency_delta",
                                       "log_response_ms", "refused_log")
+
+
+# Features that are a count of calls over the offered load, and those calls per sample: what tells a few
+# calls at 5 calls/s (chance) from a share of many (a fault) where the ratio alone reads alike.
+_CALL_COUNTS: dict[str, Callable[[Any], Any]] = {
+    "failed_rel": lambda raw: _col(raw, "FailedCall"),
+    "failed_log": lambda raw: _col(raw, "FailedCall"),
+    "refused_log": refused_calls,
+}
+
+
+def call_counts(raw: np.ndarray, feature: str) -> np.ndarray | None:
+    """Raw samples (..., R) -> the calls ``feature`` counts in each (...); None for a feature that counts no calls."""
+    f = _CALL_COUNTS.get(feature)
+    return None if f is None else np.asarray(f(raw))
 
 
 def required_metrics(features: Sequence[str] = DEFAULT_FEATURES) -> tuple[str, ...]:

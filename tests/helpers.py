@@ -102,7 +102,7 @@ def detect_offline(art: Any, emb: np.ndarray, x: np.ndarray, w: Any, debounce: A
 
     names, _, dists = art.prototypes.classify(emb)
     nearest, added = debounce_view(art, names, dists, debounce)
-    in_range, held, marked = debounce_inputs(x, list(getattr(art, "features", ())), getattr(art, "manifest", None),
+    in_range, held, marked = debounce_inputs(x, w.raw, list(getattr(art, "features", ())), getattr(art, "manifest", None),
                                              classes=art.prototypes.classes)
     return detect_events(w.sources, w.end_ts, names, debounce, nearest, art.prototypes.within(dists),
                          in_range, added, held, marked), added

@@ -30,15 +30,19 @@ from netsiam.detector.pipeline import EventOut, Pipeline
 from netsiam.evidence import (
     MANIFEST_KEY,
     MARK_KEY,
+    MARK_SECONDS,
+    MARK_SHARE,
     QUANTILES,
     SIGNATURE_KEY,
     TAIL,
     NormalRange,
+    binomial_tail,
     debounce_inputs,
     evidence,
     evidence_text,
     fault_marks,
     fault_signatures,
+    marks_counted,
     normal_ranges,
     ranges_from_manifest,
     ranges_to_json,
@@ -62,6 +66,15 @@ def window(tail: tuple[float, ...], head: float | None = None, t: int = 30) -> n
     """(T, F): ``tail`` in the last TAIL samples, the head something else (only the tail may count)."""
     w = np.tile(np.asarray(tail if head is None else [head] * len(tail), np.float64), (t, 1))
     w[-TAIL:] = tail
+    return w
+
+
+def calls(offered: float, refused: float, t: int = 30) -> np.ndarray:
+    """(T, R) raw samples: ``offered`` calls a second, ``refused`` of them answered with an error."""
+    w = np.zeros((t, len(RAW_METRICS)))
+    w[:, RAW_METRICS.index("OutgoingCall")] = offered
+    w[:, RAW_METRICS.index("SuccessfulCall")] = offered - refused
+    w[:, RAW_METRICS.index("FailedCall")] = refused
     return w
 
 
@@ -200,8 +213,35 @@ def test_a_mark_is_a_signature_input_no_other_fault_or_aftermath_shows() -> None
     man = {MARK_KEY: {"capacity_limit": {"refused_log": "above"}}, SIGNATURE_KEY: {"blocked": {"retrans_log": "above"}}}
     assert signatures_from_manifest(man, MARK_KEY) == {"capacity_limit": {"refused_log": "above"}}
     # what the debounce is given: a limit window shows its mark, unless the model no longer holds the class
-    assert debounce_inputs(x[:1], feats, man, ranges).marked == [frozenset({"capacity_limit"})]
-    assert debounce_inputs(x[:1], feats, man, ranges, classes=["normal", "blocked"]).marked is None   # none to show
+    limit = calls(60, 15)[None]                                             # a 25 % limit at 60 calls/s
+    assert debounce_inputs(x[:1], limit, feats, man, ranges).marked == [frozenset({"capacity_limit"})]
+    assert debounce_inputs(x[:1], limit, feats, man, ranges, classes=["normal", "blocked"]).marked is None
+    # the same ratio from one refused call a second at 10 calls/s: chance, no mark
+    assert debounce_inputs(x[:1], calls(10, 1)[None], feats, man, ranges).marked == [frozenset()]
+
+
+def test_a_mark_on_refused_calls_needs_more_of_them_than_chance_gives() -> None:
+    raw = np.stack([calls(60, 6), calls(10, 1), calls(10, 5), calls(5, 1), calls(200, 13), calls(200, 30),
+                    calls(0, 0)])
+    # over 3 s: 18 refused of 180 offered (10 %) could come of a 5 % share (p 0.004), 15 of 30 or 90 of 600 not
+    counted = marks_counted(raw, "refused_log")
+    assert counted is not None
+    assert counted.tolist() == [False, False, True, False, False, True, False]
+    # only the last MARK_SECONDS count: refusals that stopped that long ago are no mark, one second later they are
+    stopped = calls(60, 0)
+    stopped[:-MARK_SECONDS] = calls(60, 30)[:-MARK_SECONDS]
+    assert not marks_counted(stopped[None], "refused_log")[0]
+    assert marks_counted(stopped[None, :-1], "refused_log")[0]
+    assert marks_counted(raw, "retrans_log") is None                       # no count of calls: shown as it reads
+
+
+def test_the_binomial_tail_is_scipys() -> None:
+    from scipy.stats import binom
+
+    for n in (0, 1, 7, 60, 180, 600, 3000):
+        for c in range(0, min(n, 300) + 2):
+            for p in (0.01, MARK_SHARE, 0.3):
+                assert binomial_tail(c, n, p) == pytest.approx(binom.sf(c - 1, n, p), abs=1e-9)
 
 
 def test_a_window_shows_the_faults_whose_signature_input_is_above_its_range() -> None:

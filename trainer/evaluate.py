@@ -233,7 +233,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     episodes = (episodes_from_intervals(intervals) if intervals is not None
                 else episodes_from_windows(lw.sources, lw.end_ts, labels, w.interval_s))
     episodes = _covered(episodes, lw, (w.length - 1) * w.interval_s)
-    in_range, held, marked = debounce_inputs(lw.x, list(cfg.features), getattr(artifact, "manifest", None),
+    in_range, held, marked = debounce_inputs(lw.x, lw.raw, list(cfg.features), getattr(artifact, "manifest", None),
                                              classes=artifact.prototypes.classes)
     judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=GRACE_S,
                    seconds_per_window=w.stride * w.interval_s, in_range=in_range, held=held, marked=marked)
