@@ -36,6 +36,7 @@ rejected call in a second at 5 calls/s reads above the range but is no limit.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -46,7 +47,7 @@ from netsiam.features import RAW_METRICS, call_counts, derive
 
 __all__ = ["DECIMALS", "K", "MANIFEST_KEY", "MARK_ALPHA", "MARK_KEY", "MARK_SECONDS", "MARK_SHARE", "QUANTILES", "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY", "SIGNATURE_TAIL", "TAIL",
            "DebounceInputs", "NormalRange", "binomial_tail", "debounce_inputs", "evidence", "evidence_text", "fault_marks", "fault_signatures",
-           "marks_counted", "normal_ranges", "ranges_from_manifest", "ranges_to_json", "signatures_from_manifest",
+           "fewest_beyond_chance", "marks_counted", "normal_ranges", "ranges_from_manifest", "ranges_to_json", "signatures_from_manifest",
            "signatures_shown", "tails_in_range", "window_evidence"]
 
 MANIFEST_KEY = "normal_ranges"
@@ -242,9 +243,23 @@ def marks_counted(raw: np.ndarray, feature: str) -> np.ndarray | None:
     for k in range(1, MARK_SECONDS + 1):
         c = np.rint(counts[:, -k:].sum(axis=1))                             # (N,)
         n = np.maximum(np.rint(raw[:, -k:, _OFFERED].sum(axis=1)), c)       # a counter behind by a second: never < c
-        for i in np.flatnonzero(~out):
-            out[i] = binomial_tail(int(c[i]), int(n[i]), MARK_SHARE) < MARK_ALPHA
+        sizes, at = np.unique(n.astype(np.int64), return_inverse=True)
+        out |= c >= np.array([fewest_beyond_chance(int(v)) for v in sizes])[at.reshape(-1)]
     return out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def fewest_beyond_chance(n: int) -> int:
+    """The fewest of ``n`` offered calls that a MARK_SHARE share gives with probability under MARK_ALPHA
+    (n + 1 where none can): one search per call count, cached, so a window costs a lookup."""
+    lo, hi = 1, n + 1
+    while lo < hi:                       # the tail falls as the count grows
+        mid = (lo + hi) // 2
+        if binomial_tail(mid, n, MARK_SHARE) < MARK_ALPHA:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def binomial_tail(c: int, n: int, p: float) -> float:

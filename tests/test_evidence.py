@@ -29,6 +29,7 @@ from netsiam.config import Config, override
 from netsiam.detector.pipeline import EventOut, Pipeline
 from netsiam.evidence import (
     MANIFEST_KEY,
+    MARK_ALPHA,
     MARK_KEY,
     MARK_SECONDS,
     MARK_SHARE,
@@ -42,6 +43,7 @@ from netsiam.evidence import (
     evidence_text,
     fault_marks,
     fault_signatures,
+    fewest_beyond_chance,
     marks_counted,
     normal_ranges,
     ranges_from_manifest,
@@ -242,6 +244,10 @@ def test_the_binomial_tail_is_scipys() -> None:
         for c in range(0, min(n, 300) + 2):
             for p in (0.01, MARK_SHARE, 0.3):
                 assert binomial_tail(c, n, p) == pytest.approx(binom.sf(c - 1, n, p), abs=1e-9)
+    # the cached count a mark needs is the first beyond chance
+    for n in (0, 1, 10, 30, 180, 600, 5000):
+        c = fewest_beyond_chance(n)
+        assert binom.sf(c - 1, n, MARK_SHARE) < MARK_ALPHA <= (binom.sf(c - 2, n, MARK_SHARE) if c > 1 else 1.0)
 
 
 def test_a_window_shows_the_faults_whose_signature_input_is_above_its_range() -> None:
