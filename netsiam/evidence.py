@@ -29,7 +29,7 @@ active, an ``unknown`` window nearest the fault that shows it is that fault (``n
 A fault's **mark** (:func:`fault_marks`, manifest key :data:`MARK_KEY`): the signature inputs that also rise
 above their range in hardly any window of another fault or of any aftermath (a limit's rejections: a freeze's
 held calls fail too, but by timing out, never answered with an error). With the debounce's ``name_on_mark``
-(off by default) a window showing one fault's mark is that fault whatever the encoder makes of it. A mark on a
+(on by default) a window showing one fault's mark is that fault whatever the encoder makes of it. A mark on a
 count of calls shows only where the calls behind it are more than chance could give (:data:`MARK_SHARE`): one
 rejected call in a second at 5 calls/s reads above the range but is no limit.
 """
@@ -45,10 +45,11 @@ import numpy as np
 
 from netsiam.features import RAW_METRICS, call_counts, derive
 
-__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "MARK_ALPHA", "MARK_KEY", "MARK_SECONDS", "MARK_SHARE", "QUANTILES", "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY", "SIGNATURE_TAIL", "TAIL",
-           "DebounceInputs", "NormalRange", "binomial_tail", "debounce_inputs", "evidence", "evidence_text", "fault_marks", "fault_signatures",
-           "fewest_beyond_chance", "marks_counted", "normal_ranges", "ranges_from_manifest", "ranges_to_json", "signatures_from_manifest",
-           "signatures_shown", "tails_in_range", "window_evidence"]
+__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "MARK_ALPHA", "MARK_KEY", "MARK_SECONDS", "MARK_SHARE", "QUANTILES",
+           "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY", "SIGNATURE_TAIL", "TAIL", "DebounceInputs",
+           "NormalRange", "binomial_tail", "debounce_inputs", "evidence", "evidence_text", "fault_marks",
+           "fault_signatures", "fewest_beyond_chance", "marks_counted", "normal_ranges", "ranges_from_manifest",
+           "ranges_to_json", "signatures_from_manifest", "signatures_shown", "tails_in_range", "window_evidence"]
 
 MANIFEST_KEY = "normal_ranges"
 TAIL = 3                      # samples at the window's end that make a feature's value (changing it needs new ranges)
@@ -70,7 +71,8 @@ SIGNATURE_TAIL = 1
 # A mark on a count of calls (a limit's rejections) shows only where those calls, over the window's last 1, 2 or
 # MARK_SECONDS seconds, are more than a MARK_SHARE share of the calls offered would give with probability
 # MARK_ALPHA (one-sided binomial): at a few calls/s a rejected call or two per second is chance (simulated normal
-# traffic refuses ~1 % of calls and, with the mark unchecked, raised limits), at 60 calls/s a 10 % limit is not.
+# traffic refuses ~1 % of calls and, with the mark unchecked, raised limits). Marked within 1-3 s: refusing half
+# the calls from 5 calls/s, a quarter from 10, 15 % from 40, 10 % from 150; below that the encoder alone names it.
 # Chosen on the validation recordings and two simulations (no two marked seconds in a row in their normal
 # traffic; the limits still marked within 5 s), docs/method.md.
 MARK_SHARE = 0.05
