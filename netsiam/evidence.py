@@ -253,15 +253,17 @@ def marks_counted(raw: np.ndarray, feature: str) -> np.ndarray | None:
 @functools.lru_cache(maxsize=1 << 16)
 def fewest_beyond_chance(n: int) -> int:
     """The fewest of ``n`` offered calls that a MARK_SHARE share gives with probability under MARK_ALPHA
-    (n + 1 where none can): one search per call count, cached, so a window costs a lookup."""
-    lo, hi = 1, n + 1
-    while lo < hi:                       # the tail falls as the count grows
-        mid = (lo + hi) // 2
-        if binomial_tail(mid, n, MARK_SHARE) < MARK_ALPHA:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    (n + 1 where none can): worked out once per call count and cached, so a window costs a lookup."""
+    p = MARK_SHARE
+    c = math.floor(n * p) + 1            # at or below the mean is never beyond chance
+    if c > n:
+        return n + 1
+    tail, pmf = binomial_tail(c, n, p), _pmf(c, n, p)
+    while tail >= MARK_ALPHA and c <= n:  # P(X >= c + 1) = P(X >= c) - P(X = c): a few sigma of steps
+        tail -= pmf
+        pmf *= (n - c) / (c + 1) * p / (1 - p)
+        c += 1
+    return c if tail < MARK_ALPHA else n + 1
 
 
 def binomial_tail(c: int, n: int, p: float) -> float:
@@ -276,7 +278,7 @@ def binomial_tail(c: int, n: int, p: float) -> float:
     while 0 <= i <= n:
         t = _pmf(i, n, p)
         total += t
-        if t < total * 1e-17:
+        if t <= total * 1e-17:           # nothing left to add (a first term that underflows: none at all)
             break
         i += step
     return min(max(1.0 - total if below else total, 0.0), 1.0)
