@@ -138,7 +138,7 @@ class DebounceConfig:
     added_grace_s: float = 65.0     # a class added after training counts as unknown this long after another fault
     hold_signature: bool = True     # a window showing the active fault's signature inputs still carries it
     name_on_signature: bool = True  # no fault active: an unknown window nearest a fault showing its signature is it
-    name_on_mark: bool = False      # a window showing one fault's mark (what no other fault shows) is that fault
+    name_on_mark: bool = True       # a window showing one fault's mark (what no other fault shows) is that fault
 
     def __post_init__(self) -> None:
         _check(self.aftermath_s >= 0, "detector.debounce.aftermath_s", "must be >= 0")

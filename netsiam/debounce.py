@@ -46,14 +46,15 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   signature it shows (``held``) counts as that fault: the counters confirm what the encoder's window is
   nearest to, at a fault's onset before the window is within its threshold. Never a switch: a fault's held
   calls failing late look like a limit's signature (chosen on the validation recordings, ``docs/method.md``).
-- ``name_on_mark`` (off by default): a window that shows the mark of exactly one fault (``marked``: an input
+- ``name_on_mark`` (on by default): a window that shows the mark of exactly one fault (``marked``: an input
   that no other fault and no aftermath shows, :func:`netsiam.evidence.fault_marks`: a limit's rejections) is
   that fault, whatever the encoder gave it (a class added after training aside), before any rule above and
   whether or not its inputs are back in range: the window's own counters name it, and it is read alone, so
   every tracker, wherever it started, treats it as a window of that class. It names a limit that begins while
   a freeze or its aftermath still fills the encoder's window, which neither a switch nor a raise from the
-  aftermath's nearest-normal windows catches for up to 27 s; but where normal traffic has a few rejected
-  calls a second it raises limits there (``docs/method.md``).
+  aftermath's nearest-normal windows catches for up to 27 s. A mark on a count of calls shows only beyond
+  chance (:func:`netsiam.evidence.marks_counted`): unchecked, the few rejected calls a second of normal traffic
+  at a low call rate raised limits (``docs/method.md``).
 """
 
 from __future__ import annotations

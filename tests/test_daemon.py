@@ -215,7 +215,7 @@ def test_security_settings_pass_through_and_the_password_is_never_printed() -> N
 
 @pytest.mark.slow
 @pytest.mark.skipif(not default_model_path().is_dir(), reason="no shipped model yet (make model)")
-@pytest.mark.parametrize("deb", [DebounceConfig(), DebounceConfig(name_on_mark=True)], ids=["defaults", "name_on_mark"])
+@pytest.mark.parametrize("deb", [DebounceConfig(), DebounceConfig(name_on_mark=False)], ids=["defaults", "no_name_on_mark"])
 def test_shipped_model_daemon_acts_exactly_as_the_offline_evaluation(broker: Any, topics: Any, labelled: Any,
                                                                      deb: DebounceConfig) -> None:
     """With the real trained model: events on Kafka == the evaluation's events, most episodes caught; also

@@ -281,18 +281,20 @@ def _marked(cfg: DebounceConfig, seq: list[tuple[str, str, frozenset[str]]], add
 def test_a_window_showing_one_faults_mark_is_that_fault_with_name_on_mark() -> None:
     """A limit that begins as a freeze clears: the encoder's windows, still full of the freeze, are unknown
     and nearest normal (the freeze's aftermath: counted as normal) or still blocked, while the rejections
-    already show. With name_on_mark they are the limit: raised from the aftermath at its second window,
-    switched from an active freeze after switch_after; without it (the default), neither."""
-    on, cap, b, mk, none = replace(CFG, name_on_mark=True), "capacity_limit", "blocked", frozenset({"capacity_limit"}), frozenset[str]()
+    already show. With name_on_mark (the default) they are the limit: raised from the aftermath at its second
+    window, switched from an active freeze after switch_after; without it, neither."""
+    cap, b, mk, none = "capacity_limit", "blocked", frozenset({"capacity_limit"}), frozenset[str]()
+    on, off = replace(CFG, name_on_mark=True), replace(CFG, name_on_mark=False)
+    assert CFG.name_on_mark
     freeze, calm = [(b, b, none)] * 3 + [("normal", "normal", none)] * 2, [("normal", "normal", none)] * 2
     after = freeze + [("unknown", "normal", mk)] * 4 + calm
     assert _marked(on, after) == [("raised", b, 1.0), ("cleared", b, 4.0), ("raised", cap, 6.0), ("cleared", cap, 10.0)]
-    assert _marked(CFG, after) == [("raised", b, 1.0), ("cleared", b, 4.0)]
+    assert _marked(off, after) == [("raised", b, 1.0), ("cleared", b, 4.0)]
     during = [(b, b, none)] * 3 + [(b, b, mk)] * 6 + calm
     assert _marked(on, during) == [("raised", b, 1.0), ("cleared", b, 5.0), ("raised", cap, 5.0), ("cleared", cap, 10.0)]
-    assert _marked(CFG, during) == [("raised", b, 1.0), ("cleared", b, 10.0)]
-    # a normal window with no fault before it too: the counters name the fault (so where normal traffic
-    # rejects a few calls, it raises a limit there: why the rule is off by default)
+    assert _marked(off, during) == [("raised", b, 1.0), ("cleared", b, 10.0)]
+    # a normal window with no fault before it too: the counters name the fault (why a mark on a count of
+    # calls must be beyond chance: netsiam.evidence.marks_counted)
     assert _marked(on, [("normal", "normal", mk)] * 2 + calm) == [("raised", cap, 1.0), ("cleared", cap, 3.0)]
     # two faults' marks at once name neither; a class added after training keeps its own name
     assert _marked(on, [("normal", "normal", mk | {b})] * 4) == []
