@@ -189,6 +189,8 @@ def _rising(x: np.ndarray, labels: np.ndarray, after: np.ndarray, features: Sequ
         if not during.any() or not aft.any():
             continue
         others = [m for o in faults if o != c for m in (labels == o, after == o) if m.any()] if exclusive else []
+        if exclusive and not others:       # no other fault to tell it from: a never-seen one may show it too
+            continue
         elsewhere = [aft, *others]                                          # where it must stay (mostly) in range
         sig = {}
         for j, f in enumerate(features):
@@ -216,7 +218,9 @@ def fault_marks(x: np.ndarray, labels: np.ndarray, after: np.ndarray, features: 
     """As :func:`fault_signatures`, keeping only the inputs that also stay in range in every other fault's
     windows and aftermath (at most SIGNATURE_AFTER of them above): what no other known fault shows. On the
     shipped model's data a limit's rejections (above in 0.67 of its windows, 0.001 of a freeze's, 0.02 of a
-    freeze's aftermath); its failures are no mark (a freeze's held calls time out: 0.69 of its windows)."""
+    freeze's aftermath); its failures are no mark (a freeze's held calls time out: 0.69 of its windows). A model
+    that knows one fault only has no marks: with nothing to tell it from, its failures would name every fault
+    that fails calls, never-seen ones included, after it."""
     return _rising(x, labels, after, features, ranges, normal, exclusive=True)
 
 

@@ -212,6 +212,10 @@ def test_a_mark_is_a_signature_input_no_other_fault_or_aftermath_shows() -> None
     late = x.copy()
     late[24:26, -1, 4] = 2.0
     assert fault_marks(late, labels, after, feats, ranges) == {"blocked": {"retrans_log": "above"}}
+    # one fault known: nothing to tell it from, so no mark (a never-seen fault failing calls would take its name)
+    alone = labels != "blocked"
+    assert fault_marks(x[alone], labels[alone], np.where(after[alone] == "blocked", "", after[alone]), feats,
+                       ranges) == {}
     man = {MARK_KEY: {"capacity_limit": {"refused_log": "above"}}, SIGNATURE_KEY: {"blocked": {"retrans_log": "above"}}}
     assert signatures_from_manifest(man, MARK_KEY) == {"capacity_limit": {"refused_log": "above"}}
     # what the debounce is given: a limit window shows its mark, unless the model no longer holds the class
