@@ -310,9 +310,9 @@ def signatures_shown(x: np.ndarray, features: Sequence[str], ranges: Mapping[str
     for b, (_, sig) in enumerate(sigs):
         for f in sig:
             above = v[:, idx[f]] > ranges[f].hi
-            rows = np.flatnonzero(above)
-            if raw is not None and len(rows):                               # rare: the test runs on those only
-                counted = marks_counted(raw[rows], f)
+            if raw is not None:                                             # marks only; signatures read as is
+                rows = np.flatnonzero(above)                                # rare: the test runs on those only
+                counted = marks_counted(raw[rows], f) if len(rows) else None
                 if counted is not None:
                     above[rows] = counted
             shown[:, b] |= above
