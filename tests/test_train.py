@@ -17,6 +17,7 @@ from netsiam.evidence import MARK_KEY, SIGNATURE_KEY
 from netsiam.features import DEFAULT_FEATURES
 from netsiam.serving import load_artifact
 from netsiam.traceio import write_labels, write_trace
+from netsiam.trainer import train as train_module
 from netsiam.trainer.augment import thin_windows
 from netsiam.trainer.dataset import build_windows
 from netsiam.trainer.outliers import Exposure, outlier_scales, synthetic_outliers
@@ -384,9 +385,12 @@ def test_one_real_recording_with_its_faults_early_trains(tmp_path: Path) -> None
 
 
 def test_candidates_train_one_seed_each_and_keep_the_best_probe(data: dict[str, tuple[Path, Path]],
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     trace, labels = data["train"]
     cfg = override(Config(), {"training.steps_per_epoch": 6, "training.batch_per_class": 8})
+    # side by side in worker processes whatever this machine's cores: the single training below, in this
+    # process, must give the same weights
+    monkeypatch.setattr(train_module, "candidate_workers", lambda n: n)
     art = train(override(cfg, {"training.candidates": 2}), [trace], [labels], tmp_path / "m", epochs=2, seed=11,
                 quiet=True)
     table = art.manifest["candidates"]
