@@ -413,6 +413,21 @@ def test_candidates_train_one_seed_each_and_keep_the_best_probe(data: dict[str, 
     assert probe_artifact(art, cfg, [trace], [labels])["score"] == probe["score"]
 
 
+def test_a_candidate_refusing_its_data_in_a_worker_is_the_same_one_line_error(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidates side by side: a training that refuses its data in its worker process is raised here as
+    the same NetsiamError (the CLI's one line), not a pool's error."""
+    from netsiam.importers.sipp import import_sipp
+
+    monkeypatch.setattr(train_module, "candidate_workers", lambda n: n)
+    data = Path(__file__).parent / "data"
+    small = tmp_path / "small.jsonl"
+    write_trace(small, import_sipp([data / "sipp_small_stat.csv"], "127.0.0.1:25360"))
+    cfg = override(Config(), {"training.epochs": 1, "training.steps_per_epoch": 3, "training.candidates": 2})
+    with pytest.raises(NetsiamError, match=r"blocked has 0 training and 0 validation windows"):
+        train(cfg, [small], [data / "sipp_small_labels.csv"], tmp_path / "s", quiet=True)
+
+
 def test_pick_candidate_prefers_the_probe_then_the_validation_loss() -> None:
     rows = [{"seed": 0, "shift_probe": 0.5, "val_loss": 0.01}, {"seed": 1, "shift_probe": 0.7, "val_loss": 0.09},
             {"seed": 2, "shift_probe": 0.7, "val_loss": 0.05}, {"seed": 3, "shift_probe": None, "val_loss": 0.0}]
