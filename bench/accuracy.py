@@ -126,14 +126,40 @@ def _loro_dir(root: Path, name: str, seed: int) -> Path:
     return root / (f"loro-{name}" if seed == 0 else f"loro-{name}-seed{seed}")
 
 
+def _train_missing(cfg: Config, names: list[str], seeds: list[int], traces: dict[str, tuple[Path, Path]],
+                   sim: tuple[Path, Path], root: Path) -> set[tuple[str, int]]:
+    """Train every leave-one-out model (held-out name x seed) not yet in ``root``, side by side, one process per
+    core (:func:`~netsiam.trainer.train.candidate_pool`: the same weights as one after another); -> the
+    (name, seed) trained here. With one core nothing is trained here: :func:`_candidate` trains each in turn."""
+    from netsiam.trainer.train import candidate_pool, candidate_workers
+
+    jobs = [(cfg, name, s, traces, sim, _loro_dir(root, name, s)) for s in seeds for name in names
+            if not (_loro_dir(root, name, s) / "manifest.json").is_file()]
+    workers = candidate_workers(len(jobs))
+    if workers < 2:
+        return set()
+    print(f"training {len(jobs)} leave-one-out models, {workers} at a time", flush=True)
+    with candidate_pool(workers) as pool:
+        pool.map(_train_job, jobs, chunksize=1)
+    return {(name, s) for _, name, s, *_ in jobs}
+
+
+def _train_job(job: tuple[Any, ...]) -> None:
+    """One leave-one-out model in a worker process (:func:`_train_missing`)."""
+    from bench.realtraffic import train_without
+
+    cfg, name, seed, traces, sim, out_dir = job
+    train_without(cfg, {name}, traces, sim, out_dir, seed=seed)
+
+
 def _candidate(cfg: Config, name: str, seed: int, traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path],
-               root: Path, probe_data: dict[str, Any], counts: dict[str, int] | None = None
-               ) -> tuple[Any, dict[str, Any]]:
+               root: Path, probe_data: dict[str, Any], counts: dict[str, int] | None = None,
+               fresh: set[tuple[str, int]] | None = None) -> tuple[Any, dict[str, Any]]:
     """The model trained without ``name`` with ``seed`` (reused if already in ``root``: kept by an earlier
     run with the same recipe, or a candidate of an earlier seed of this run) and its row for
     :func:`~netsiam.trainer.probe.pick_candidate`. ``probe_data``: the probe's windows per held-out
     recording, filled here (the split is the same for every seed); ``counts``: "trained" or "reused"
-    counted up here."""
+    counted up here (``fresh``: the models :func:`_train_missing` trained in this run, each counted once)."""
     from bench.realtraffic import train_without, training_files
     from netsiam.evidence import MANIFEST_KEY, MARK_KEY, SIGNATURE_KEY
     from netsiam.serving import load_artifact
@@ -143,7 +169,10 @@ def _candidate(cfg: Config, name: str, seed: int, traces: dict[str, tuple[Path, 
     out_dir = _loro_dir(root, name, seed)
     reused = (out_dir / "manifest.json").is_file()
     if counts is not None:
-        counts["reused" if reused else "trained"] += 1
+        trained_here = fresh is not None and (name, seed) in fresh
+        counts["reused" if reused and not trained_here else "trained"] += 1
+        if fresh is not None:
+            fresh.discard((name, seed))      # a later seed's candidate reuses it
     art = load_artifact(out_dir) if reused else train_without(cfg, {name}, traces, sim, out_dir, seed=seed)
     ev: dict[str, Any] | None = None
     for key in (SIGNATURE_KEY, MARK_KEY):    # trained before signatures (marks) existed: computed once, kept beside it
@@ -204,11 +233,13 @@ def run(quick: bool, tmp: Path, models: Path | None = None, seeds: tuple[int, ..
     by_seed: dict[str, Any] = {}
     probe_data: dict[str, Any] = {}
     trainings = {"trained": 0, "reused": 0}   # candidates trained in this run, or kept from an earlier one
+    fresh = _train_missing(single, reported + novel, sorted({s for seed in seeds for s in range(seed, seed + n_cand)}),
+                           traces, sim, models or tmp)
     for seed in seeds:
         loro: dict[str, Any] = {}
         for name in reported + novel:
             t = time.perf_counter()
-            cands = [_candidate(single, name, s, traces, sim, models or tmp, probe_data, trainings)
+            cands = [_candidate(single, name, s, traces, sim, models or tmp, probe_data, trainings, fresh)
                      for s in range(seed, seed + n_cand)]
             rows = [c[1] for c in cands]
             best = pick_candidate(rows)

@@ -29,6 +29,7 @@ import ctypes
 import dataclasses
 import hashlib
 import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
 import signal
@@ -69,7 +70,7 @@ from netsiam.trainer.split import AFTERMATH_S, aftermath_of, class_order, clean_
 from netsiam.trainer.tblog import ScalarLog
 from netsiam.versions import is_shipped
 
-__all__ = ["CANDIDATES_DIR", "CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "candidate_workers", "cli_train", "train",
+__all__ = ["CANDIDATES_DIR", "CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "candidate_pool", "candidate_workers", "cli_train", "train",
            "training_evidence"]
 
 SNAPSHOTS_FILE, HISTORY_FILE, CHECKPOINT_FILE = "snapshots.npz", "history.json", "checkpoint.weights.h5"
@@ -131,7 +132,7 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
         # busy (two threads measured 6 % faster than one), and the weights are the same either way.
         # spawn, not fork: the caller may have TensorFlow's thread pools running already. Leaving the
         # block on an error or Ctrl-C terminates the workers instead of waiting for their trainings.
-        with multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_start) as pool:
+        with candidate_pool(workers) as pool:
             dirs = pool.map(_train_candidate, jobs, chunksize=1)
         arts = [load_artifact(d) for d in dirs]
     table = [candidate_row(a) for a in arts]
@@ -153,6 +154,12 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
 def candidate_workers(n: int) -> int:
     """How many candidates train at once: one per core, at most ``n``."""
     return max(1, min(n, os.cpu_count() or 1))
+
+
+def candidate_pool(workers: int) -> multiprocessing.pool.Pool:
+    """``workers`` training processes: spawned, one TensorFlow thread each, dying with this process; leaving
+    the pool's ``with`` block terminates them."""
+    return multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_start)
 
 
 def _worker_start() -> None:
