@@ -129,18 +129,17 @@ def _loro_dir(root: Path, name: str, seed: int) -> Path:
 def _train_missing(cfg: Config, names: list[str], seeds: list[int], traces: dict[str, tuple[Path, Path]],
                    sim: tuple[Path, Path], root: Path) -> set[tuple[str, int]]:
     """Train every leave-one-out model (held-out name x seed) not yet in ``root``, side by side, one process per
-    core (:func:`~netsiam.trainer.train.candidate_pool`: the same weights as one after another); -> the
-    (name, seed) trained here. With one core nothing is trained here: :func:`_candidate` trains each in turn."""
-    from netsiam.trainer.train import candidate_pool, candidate_workers
+    core (:mod:`netsiam.trainer.workers`: the same weights as one after another); -> the (name, seed) trained
+    here. Where they cannot run side by side nothing is trained here: :func:`_candidate` trains each in turn."""
+    from netsiam.trainer.workers import side_by_side, workers_for
 
     jobs = [(cfg, name, s, traces, sim, _loro_dir(root, name, s)) for s in seeds for name in names
             if not (_loro_dir(root, name, s) / "manifest.json").is_file()]
-    workers = candidate_workers(len(jobs))
+    workers = workers_for(len(jobs))
     if workers < 2:
         return set()
     print(f"training {len(jobs)} leave-one-out models, {workers} at a time", flush=True)
-    with candidate_pool(workers) as pool:
-        pool.map(_train_job, jobs, chunksize=1)
+    side_by_side(_train_job, jobs, workers)
     return {(name, s) for _, name, s, *_ in jobs}
 
 
@@ -233,8 +232,10 @@ def run(quick: bool, tmp: Path, models: Path | None = None, seeds: tuple[int, ..
     by_seed: dict[str, Any] = {}
     probe_data: dict[str, Any] = {}
     trainings = {"trained": 0, "reused": 0}   # candidates trained in this run, or kept from an earlier one
+    t = time.perf_counter()
     fresh = _train_missing(single, reported + novel, sorted({s for seed in seeds for s in range(seed, seed + n_cand)}),
                            traces, sim, models or tmp)
+    out["side_by_side_seconds"] = round(time.perf_counter() - t, 1)   # trainings; each recording's seconds below
     for seed in seeds:
         loro: dict[str, Any] = {}
         for name in reported + novel:
@@ -244,7 +245,7 @@ def run(quick: bool, tmp: Path, models: Path | None = None, seeds: tuple[int, ..
             rows = [c[1] for c in cands]
             best = pick_candidate(rows)
             loro[name] = evaluate_recording(cands[rows.index(best)][0], traces[name]) | {
-                "train_seconds": round(time.perf_counter() - t, 1)}
+                "train_seconds": round(time.perf_counter() - t, 1)}   # its trainings here only if not side by side
             if n_cand > 1:
                 loro[name]["candidates"] = [r | {"chosen": r is best} for r in rows]
             enc = loro[name]["detectors"]["encoder"]

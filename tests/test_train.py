@@ -384,13 +384,14 @@ def test_one_real_recording_with_its_faults_early_trains(tmp_path: Path) -> None
         train(cfg, [small], [data / "sipp_small_labels.csv"], tmp_path / "s", quiet=True)
 
 
-def test_candidates_train_one_seed_each_and_keep_the_best_probe(data: dict[str, tuple[Path, Path]],
-                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("side_by_side", [True, False], ids=["side_by_side", "in_turn"])
+def test_candidates_train_one_seed_each_and_keep_the_best_probe(data: dict[str, tuple[Path, Path]], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch, side_by_side: bool) -> None:
     trace, labels = data["train"]
     cfg = override(Config(), {"training.steps_per_epoch": 6, "training.batch_per_class": 8})
-    # side by side in worker processes whatever this machine's cores: the single training below, in this
-    # process, must give the same weights
-    monkeypatch.setattr(train_module, "candidate_workers", lambda n: n)
+    # in worker processes whatever this machine's cores (or one after another in this process): the single
+    # training below, in this process, must give the same weights either way
+    monkeypatch.setattr(train_module, "workers_for", lambda n: n if side_by_side else 1)
     art = train(override(cfg, {"training.candidates": 2}), [trace], [labels], tmp_path / "m", epochs=2, seed=11,
                 quiet=True)
     table = art.manifest["candidates"]
@@ -413,13 +414,17 @@ def test_candidates_train_one_seed_each_and_keep_the_best_probe(data: dict[str, 
     assert probe_artifact(art, cfg, [trace], [labels])["score"] == probe["score"]
 
 
-def test_a_candidate_refusing_its_data_in_a_worker_is_the_same_one_line_error(tmp_path: Path,
-                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Candidates side by side: a training that refuses its data in its worker process is raised here as
-    the same NetsiamError (the CLI's one line), not a pool's error."""
+def test_candidates_refuse_too_few_windows_before_any_worker_starts(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidates side by side: data too short for a class is refused with the single training's one line,
+    before a worker process (and its TensorFlow) starts."""
     from netsiam.importers.sipp import import_sipp
 
-    monkeypatch.setattr(train_module, "candidate_workers", lambda n: n)
+    def no_workers(*_a: object) -> None:
+        raise AssertionError("a worker started")
+
+    monkeypatch.setattr(train_module, "workers_for", lambda n: n)
+    monkeypatch.setattr(train_module, "side_by_side", no_workers)
     data = Path(__file__).parent / "data"
     small = tmp_path / "small.jsonl"
     write_trace(small, import_sipp([data / "sipp_small_stat.csv"], "127.0.0.1:25360"))

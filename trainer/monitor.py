@@ -4,6 +4,7 @@ snapshots the animation plays (``netsiam plot``)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ class EpochMonitor:
     CHUNK = 1024
 
     def __init__(self, encoder: Any, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-                 snap_idx: np.ndarray, epochs: int, say: Any, classes: list[str], pcfg: Any) -> None:
+                 snap_idx: np.ndarray, epochs: int, say: Callable[[str], None], classes: list[str], pcfg: Any) -> None:
         self.encoder, self.fit_y, self.val_y, self.snap_idx = encoder, fit_y, val_y, snap_idx
         self.epochs, self.say, self.classes, self.pcfg = epochs, say, classes, pcfg
         self.n_fit, self.n = len(fit_x), len(fit_x) + len(val_x)
@@ -34,6 +35,7 @@ class EpochMonitor:
         self.t = time.perf_counter()
 
     def embed(self, x: np.ndarray) -> np.ndarray:
+        """Windows -> embeddings, as Keras predicts them (the prototypes are fitted on these)."""
         return np.asarray(self.encoder.predict(x, batch_size=1024, verbose=0), np.float64)  # (N, T, F) -> (N, D)
 
     def epoch_embeddings(self) -> tuple[np.ndarray, np.ndarray]:

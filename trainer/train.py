@@ -24,18 +24,12 @@ Keras/TensorFlow are imported only once the data has loaded, so a bad path fails
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import dataclasses
 import hashlib
-import multiprocessing
-import multiprocessing.pool
-import os
 import shutil
-import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,9 +62,10 @@ from netsiam.trainer.prototypes import calibrate_thresholds, fit_prototypes
 from netsiam.trainer.scores import pair_scores, roc_auc
 from netsiam.trainer.split import AFTERMATH_S, aftermath_of, class_order, clean_normal, split_windows
 from netsiam.trainer.tblog import ScalarLog
+from netsiam.trainer.workers import side_by_side, workers_for
 from netsiam.versions import is_shipped
 
-__all__ = ["CANDIDATES_DIR", "CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "candidate_pool", "candidate_workers", "cli_train", "train",
+__all__ = ["CANDIDATES_DIR", "CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "train",
            "training_evidence"]
 
 SNAPSHOTS_FILE, HISTORY_FILE, CHECKPOINT_FILE = "snapshots.npz", "history.json", "checkpoint.weights.h5"
@@ -81,11 +76,11 @@ VAL_BATCHES = (4, 16)     # fixed validation batches: at least 4, at most 16, el
 MIN_TRAIN_WINDOWS = 2     # per class: a prototype and a spread need at least two
 
 
-def _sayer(quiet: bool, tag: str = "") -> Any:
+def _sayer(quiet: bool, tag: str = "") -> Callable[[str], None]:
     """Progress lines on stderr, each starting with ``tag``, or nothing."""
     if quiet:
-        return lambda *_a, **_k: None
-    return lambda msg, **k: print(f"{tag}{msg}", file=sys.stderr, flush=True, **k)
+        return lambda _msg: None
+    return lambda msg: print(f"{tag}{msg}", file=sys.stderr, flush=True)
 
 
 def _stratified(rng: np.random.Generator, labels: np.ndarray, n: int) -> np.ndarray:
@@ -108,33 +103,30 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     """Train an encoder, fit prototypes, write the artifact to ``out_dir`` and return it loaded.
 
     With ``training.candidates`` N > 1: N encoders with seeds ``seed`` .. ``seed + N - 1``, each in
-    ``out_dir/candidates/seed-S``; the one the input-shift probe (``trainer.probe``) scores highest on
-    validation windows is copied to ``out_dir``, its manifest listing every candidate."""
+    ``out_dir/candidates/seed-S``, side by side where there are cores for it (:mod:`netsiam.trainer.workers`:
+    a calling script needs an ``if __name__ == "__main__":`` guard); the one the input-shift probe
+    (``trainer.probe``) scores highest on validation windows is copied to ``out_dir``, its manifest listing
+    every candidate."""
     cfg = override(cfg, {"training.epochs": epochs, "training.seed": seed})
     say = _sayer(quiet)
     n, seed0 = cfg.training.candidates, cfg.training.seed
     if n == 1:
         return _train_one(cfg, data_paths, label_paths, Path(out_dir), exclude_labels, logdir, quiet)
     t_start, out = time.perf_counter(), Path(out_dir)
-    refuse_verdicts({iv.label for p in label_paths for iv in read_labels(p)} - set(exclude_labels),
-                    hint=", or --exclude-label them")
+    labelled = {iv.label for p in label_paths for iv in read_labels(p)} - set(exclude_labels)
+    refuse_verdicts(labelled, hint=", or --exclude-label them")
     split = split_windows(cfg, data_paths, label_paths, exclude_labels)     # the same for every seed: once
+    _classes(split[0].labels, split[2], split[3], labelled)                 # refused before any candidate starts
     shutil.rmtree(out / CANDIDATES_DIR, ignore_errors=True)                 # no candidate of an earlier run
     jobs = [(override(cfg, {"training.seed": s}), data_paths, label_paths, out / CANDIDATES_DIR / f"seed-{s}",
              exclude_labels, Path(logdir) / f"seed-{s}" if logdir else None, quiet, split, f"seed {s}: ")
             for s in range(seed0, seed0 + n)]
-    workers = candidate_workers(n)
+    workers = workers_for(n)
     say(f"{n} candidates (seeds {seed0}-{seed0 + n - 1}), {workers} at a time")
     if workers == 1:
         arts = [_train_one(*job) for job in jobs]
-    else:
-        # One process per candidate, one thread each: a training at these batch sizes keeps one core
-        # busy (two threads measured 6 % faster than one), and the weights are the same either way.
-        # spawn, not fork: the caller may have TensorFlow's thread pools running already. Leaving the
-        # block on an error or Ctrl-C terminates the workers instead of waiting for their trainings.
-        with candidate_pool(workers) as pool:
-            dirs = pool.map(_train_candidate, jobs, chunksize=1)
-        arts = [load_artifact(d) for d in dirs]
+    else:   # side by side (trainer.workers): the same weights, an artifact loaded back from its directory
+        arts = [load_artifact(d) for d in side_by_side(_train_candidate, jobs, workers)]
     table = [candidate_row(a) for a in arts]
     best = pick_candidate(table)
     for row in table:
@@ -149,31 +141,6 @@ def train(cfg: Config, data_paths: Sequence[str | Path], label_paths: Sequence[s
     say("candidates: " + ", ".join(f"seed {r['seed']} probe {_f(r['shift_probe'])} val_loss {r['val_loss']:.4f}"
                                    f"{' (chosen)' if r['chosen'] else ''}" for r in table))
     return load_artifact(out)
-
-
-def candidate_workers(n: int) -> int:
-    """How many candidates train at once: one per core, at most ``n``."""
-    return max(1, min(n, os.cpu_count() or 1))
-
-
-def candidate_pool(workers: int) -> multiprocessing.pool.Pool:
-    """``workers`` training processes: spawned, one TensorFlow thread each, dying with this process; leaving
-    the pool's ``with`` block terminates them."""
-    return multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_start)
-
-
-def _worker_start() -> None:
-    """A candidate process: TensorFlow quiet and on one thread (the cores go to the other candidates); on
-    Linux it dies with the training that started it (killed, it would leave its workers training on)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)          # PR_SET_PDEATHSIG
-    from netsiam import quiet
-
-    quiet.install()
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 def _train_candidate(job: tuple[Any, ...]) -> Path:
@@ -202,16 +169,7 @@ def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Seque
     aftermath = after != ""
     va_aftermath = aftermath[in_val]
     evidence = _evidence(lw, in_train, after, cfg)                            # before any thinned copies
-    classes = class_order(np.array(sorted(set(lw.labels.tolist()) | labelled), dtype=object))
-    if len(classes) < 2:
-        raise NetsiamError(f"training needs windows of at least two classes, found {classes or 'none'}")
-    need = {c: (int(np.sum(tr.labels == c)), int(np.sum(va.labels == c))) for c in classes}
-    short = [f"{c} has {n_tr} training and {n_va} validation windows" for c, (n_tr, n_va) in need.items()
-             if n_tr < MIN_TRAIN_WINDOWS or n_va < 1]
-    if short:
-        raise NetsiamError(f"too few windows: {'; '.join(short)} (each class needs {MIN_TRAIN_WINDOWS} for training "
-                           f"and 1 for validation: label a longer episode, or --exclude-label it)")
-    counts = {c: n for c, (n, _) in need.items()}
+    classes, counts = _classes(lw.labels, in_train, in_val, labelled)
     if overlapping:
         say(f"validation windows of {', '.join(overlapping)} share samples with training windows "
             "(too few windows for a clean split)")
@@ -341,6 +299,22 @@ def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Seque
     say(f"validation: n-way accuracy {metrics['val_n_way_accuracy']:.4f}, pair AUC {_f(metrics['val_pair_auc'])}, "
         f"accuracy with unknown {metrics['val_window_accuracy']:.4f}")
     return artifact
+
+
+def _classes(labels: np.ndarray, in_train: np.ndarray, in_val: np.ndarray, labelled: set[str]
+             ) -> tuple[list[str], dict[str, int]]:
+    """-> the classes (every labelled one, even one no window ends in) and their training windows; a
+    NetsiamError naming each class with too few windows."""
+    classes = class_order(np.array(sorted(set(labels.tolist()) | labelled), dtype=object))
+    if len(classes) < 2:
+        raise NetsiamError(f"training needs windows of at least two classes, found {classes or 'none'}")
+    need = {c: (int(np.sum(labels[in_train] == c)), int(np.sum(labels[in_val] == c))) for c in classes}
+    short = [f"{c} has {n_tr} training and {n_va} validation windows" for c, (n_tr, n_va) in need.items()
+             if n_tr < MIN_TRAIN_WINDOWS or n_va < 1]
+    if short:
+        raise NetsiamError(f"too few windows: {'; '.join(short)} (each class needs {MIN_TRAIN_WINDOWS} for training "
+                           f"and 1 for validation: label a longer episode, or --exclude-label it)")
+    return classes, {c: n for c, (n, _) in need.items()}
 
 
 def _evidence(lw: LabelledWindows, in_train: np.ndarray, after: np.ndarray, cfg: Config) -> dict[str, Any]:
