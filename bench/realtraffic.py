@@ -161,6 +161,11 @@ def judge_sim_novel(art: Any, files: tuple[Path, Path], cfg: Config | None = Non
             "false_raises": enc["false_raises"]}
 
 
+def _train_fold(job: tuple[Any, ...]) -> Any:
+    """:func:`train_without` of one fold: (cfg, held_out, traces, sim, out, seed, splice)."""
+    return train_without(*job)
+
+
 def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
         models: Path, seed: int, splice: str | None = None, sim_novel: tuple[Path, Path] | None = None) -> dict[str, Any]:
     from netsiam.trainer.simulate import SLOW_ANSWERS
@@ -170,11 +175,21 @@ def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim:
     if unseen and len(unseen) == len(held):
         raise SystemExit("an unseen_ recording is judged by the models trained without a validation one: "
                          "hold out a val_ recording too (--select does)")
-    for name in (n for n in held if n not in unseen):
+    from netsiam.serving import load_artifact
+    from netsiam.trainer.workers import side_by_side, workers_for
+
+    folds = [n for n in held if n not in unseen]
+    jobs = [(cfg, {name}, traces, sim, models / f"model-{name}", seed, splice) for name in folds]
+    workers = workers_for(len(jobs))
+    if workers > 1:                      # every fold's model first, one per core: the same weights
         t0 = time.perf_counter()
-        art = train_without(cfg, {name}, traces, sim, models / f"model-{name}", seed, splice)
+        side_by_side(_train_fold, jobs, workers)
+        print(f"{len(jobs)} models trained, {workers} at a time, in {time.perf_counter() - t0:.0f} s", flush=True)
+    for name, job in zip(folds, jobs, strict=True):
+        t0 = time.perf_counter()
+        art = load_artifact(job[4]) if workers > 1 else _train_fold(job)
         res = evaluate_recording(art, traces[name], cfg=cfg)
-        res["train_seconds"] = round(time.perf_counter() - t0, 1)
+        res["train_seconds"] = round(time.perf_counter() - t0, 1)    # its training here only if not side by side
         res["epochs"] = art.manifest["metrics"]["epochs_run"]
         out[name] = res
         print(_line(name, res), flush=True)

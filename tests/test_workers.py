@@ -42,6 +42,12 @@ def test_a_job_error_comes_back_as_itself() -> None:
         side_by_side(_fail, [1, 2, 3], 2)
 
 
-def test_one_training_never_needs_a_second_process() -> None:
+def _workers_inside(n: int) -> int:
+    return workers_for(n)
+
+
+def test_one_training_never_needs_a_second_process_and_a_worker_starts_none() -> None:
     assert workers_for(1) == 1
     assert 1 <= workers_for(100) <= MAX_WORKERS
+    # a worker's own candidates (a leave-one-out model with training.candidates 3) train in turn
+    assert side_by_side(_workers_inside, [4, 4], 2) == [1, 1]

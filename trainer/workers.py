@@ -26,6 +26,7 @@ __all__ = ["MAX_WORKERS", "side_by_side", "workers_for"]
 
 # Each process holds TensorFlow and its own copy of the training windows (~1 GB for make model's data).
 MAX_WORKERS = 8
+_IN_WORKER = "NETSIAM_TRAINING_WORKER"
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -33,9 +34,10 @@ R = TypeVar("R")
 
 def workers_for(n: int) -> int:
     """How many of ``n`` trainings run at once: one per core this process may use, at most ``n`` and
-    :data:`MAX_WORKERS`; 1 under a backend other than TensorFlow or with a GPU visible."""
+    :data:`MAX_WORKERS`; 1 under a backend other than TensorFlow, with a GPU visible, or in a worker (its
+    own candidates train in turn: the cores are taken)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if min(n, cores) < 2 or not _tensorflow_on_cpu():
+    if min(n, cores) < 2 or os.environ.get(_IN_WORKER) or not _tensorflow_on_cpu():
         return 1
     return min(n, cores, MAX_WORKERS)
 
@@ -76,6 +78,7 @@ def _start() -> None:
     """A worker: Ctrl-C is the parent's to handle (it terminates us), TensorFlow quiet and on one thread;
     on Linux it dies with the process that started it (killed, it would leave its workers training on)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ[_IN_WORKER] = "1"
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)          # PR_SET_PDEATHSIG
     from netsiam import quiet
