@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="training seed (default: training.seed)")
     p.add_argument("--loss", choices=["triplet", "lossless"], default=None, help="loss (default: training.loss)")
     p.add_argument("--candidates", type=positive, default=None,
-                   help="train seeds SEED..SEED+N-1, keep the one the input-shift probe scores highest "
+                   help="train seeds SEED..SEED+N-1 (side by side, one per core), keep the one the input-shift probe scores highest "
                         "(default: training.candidates)")
     p.add_argument("--exclude-label", action="append", default=[],
                    help="leave this class out of training (to test novelty); repeatable")
