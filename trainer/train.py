@@ -221,7 +221,7 @@ def _train_one(cfg: Config, data_paths: Sequence[str | Path], label_paths: Seque
                               [:MONITOR_PER_CLASS] for c in range(len(classes))])
     snap_idx = _stratified(np.random.default_rng([tc.seed, 3]), va.labels, tc.snapshot_points)
     monitor = EpochMonitor(encoder, tr.x[fit_idx], tr.labels[fit_idx], va.x, va.labels, snap_idx, tc.epochs,
-                       say, classes, cfg.prototypes)
+                           say, classes, cfg.prototypes)
     monitor.snapshot()                                                         # epoch 0: the untrained encoder
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / CHECKPOINT_FILE
