@@ -131,24 +131,17 @@ def _train_missing(cfg: Config, names: list[str], seeds: list[int], traces: dict
     """Train every leave-one-out model (held-out name x seed) not yet in ``root``, side by side, one process per
     core (:mod:`netsiam.trainer.workers`: the same weights as one after another); -> the (name, seed) trained
     here. Where they cannot run side by side nothing is trained here: :func:`_candidate` trains each in turn."""
+    from bench.realtraffic import train_fold
     from netsiam.trainer.workers import side_by_side, workers_for
 
-    jobs = [(cfg, name, s, traces, sim, _loro_dir(root, name, s)) for s in seeds for name in names
-            if not (_loro_dir(root, name, s) / "manifest.json").is_file()]
-    workers = workers_for(len(jobs))
+    missing = [(name, s) for s in seeds for name in names if not (_loro_dir(root, name, s) / "manifest.json").is_file()]
+    workers = workers_for(len(missing))
     if workers < 2:
         return set()
-    print(f"training {len(jobs)} leave-one-out models, {workers} at a time", flush=True)
-    side_by_side(_train_job, jobs, workers)
-    return {(name, s) for _, name, s, *_ in jobs}
-
-
-def _train_job(job: tuple[Any, ...]) -> None:
-    """One leave-one-out model in a worker process (:func:`_train_missing`)."""
-    from bench.realtraffic import train_without
-
-    cfg, name, seed, traces, sim, out_dir = job
-    train_without(cfg, {name}, traces, sim, out_dir, seed=seed)
+    print(f"training {len(missing)} leave-one-out models, {workers} at a time", flush=True)
+    side_by_side(train_fold, [(cfg, {name}, traces, sim, _loro_dir(root, name, s), s, None) for name, s in missing],
+                 workers)
+    return set(missing)
 
 
 def _candidate(cfg: Config, name: str, seed: int, traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path],

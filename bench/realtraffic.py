@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from netsiam.config import Config, override  # noqa: E402
 from netsiam.trainer.corpus import role_of  # noqa: E402
 
-__all__ = ["DETECTORS", "evaluate_recording", "judge_sim_novel", "main", "slow_answers", "train_without", "training_files",
+__all__ = ["DETECTORS", "evaluate_recording", "judge_sim_novel", "main", "slow_answers", "train_fold", "train_without", "training_files",
            "write_simulation"]
 
 HERE = Path(__file__).resolve().parent
@@ -161,9 +161,11 @@ def judge_sim_novel(art: Any, files: tuple[Path, Path], cfg: Config | None = Non
             "false_raises": enc["false_raises"]}
 
 
-def _train_fold(job: tuple[Any, ...]) -> Any:
-    """:func:`train_without` of one fold: (cfg, held_out, traces, sim, out, seed, splice)."""
-    return train_without(*job)
+def train_fold(job: tuple[Any, ...]) -> None:
+    """:func:`train_without` of one job ``(cfg, held_out, traces, sim, out, seed, splice)`` in a worker of
+    :func:`netsiam.trainer.workers.side_by_side` (a fold here, a leave-one-out model in ``bench.accuracy``):
+    the model stays in its folder, as an artifact does not pickle."""
+    train_without(*job)
 
 
 def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim: tuple[Path, Path] | None,
@@ -183,11 +185,11 @@ def run(cfg: Config, held: list[str], traces: dict[str, tuple[Path, Path]], sim:
     workers = workers_for(len(jobs))
     if workers > 1:                      # every fold's model first, one per core: the same weights
         t0 = time.perf_counter()
-        side_by_side(_train_fold, jobs, workers)
+        side_by_side(train_fold, jobs, workers)
         print(f"{len(jobs)} models trained, {workers} at a time, in {time.perf_counter() - t0:.0f} s", flush=True)
     for name, job in zip(folds, jobs, strict=True):
         t0 = time.perf_counter()
-        art = load_artifact(job[4]) if workers > 1 else _train_fold(job)
+        art = load_artifact(job[4]) if workers > 1 else train_without(*job)   # job[4]: its folder
         res = evaluate_recording(art, traces[name], cfg=cfg)
         res["train_seconds"] = round(time.perf_counter() - t0, 1)    # its training here only if not side by side
         res["epochs"] = art.manifest["metrics"]["epochs_run"]

@@ -65,7 +65,7 @@ EXCLUDED_LABELS = (NOVEL_LABEL,)
 # turn, ten models each (two seeds of this recipe and four variants), the probe's rank matched the
 # simulated never-seen fault's unknown share with Spearman 0.66 / 0.88 / 0.85 / 0.82 / 0.52 / -0.06, and
 # the highest-probe model read it unknown in 0.92-0.94 of windows on every fold (0.00-0.94 over seed 0's).
-# Not the config default: three trainings instead of one (side by side, one per core: trainer.train).
+# Not the config default: three trainings instead of one (side by side, one per core: trainer.workers).
 TRAIN_OVERRIDES: dict[str, object] = {"training.outlier_shift": (2.0, 8.0), "prototypes.min_threshold": 0.6,
                                       "training.candidates": 3}
 SHIPPED = ("encoder.keras", "prototypes.json", "manifest.json", "history.json", "snapshots.npz")
