@@ -122,7 +122,8 @@ class DetectorMetrics:
         self.windows_embedded = Counter(
             "netsiam_windows_embedded_total", "Windows embedded by the encoder.", registry=r)
         self.classifications = Counter(
-            "netsiam_classifications_total", "Windows classified, by class (unknown = beyond every threshold).",
+            "netsiam_classifications_total",
+            "Windows classified, by class (unknown = beyond every threshold, or answered slower than its source's own).",
             ["class"], registry=r)
         self.fault_events = Counter(
             "netsiam_fault_events_total", "Fault events published and acknowledged, by fault and state.",

@@ -20,8 +20,9 @@ Restart rule (:mod:`.sources`): the daemon stores, beside each commit, the minim
 with publishing suppressed below the committed offset: every event at or after it is published again
 with the same ``started_at``, hence the same ``event_id``. Exact unless the replay treats a record
 differently: the per-partition stream clock (``max_clock_skew_s``) is rebuilt from the replayed records
-only, ``max_sources`` evicts by what is in memory, and a silence seen by the wall clock is not in the
-records (a replay raises it again only if the partition is quiet again, or the records show the gap).
+only, ``max_sources`` evicts by what is in memory, a silence seen by the wall clock is not in the
+records (a replay raises it again only if the partition is quiet again, or the records show the gap), and
+a source's answer-time level (:mod:`netsiam.slowanswers`) starts from the first window replayed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from netsiam.features import RAW_METRICS
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import RecordError, decode_record
 from netsiam.serving import Artifact, debounce_view
+from netsiam.slowanswers import factor_for, flag_slow
 
 from .batch import EVICTED, SILENT_CLEARED, SILENT_RAISED, Batch, BatchResult, Marker, WindowRef
 from .liveness import Liveness
@@ -331,15 +333,19 @@ class Pipeline:
         """Debounce the batch's windows and markers in order; returns the number of events put in the outbox."""
         m = self.metrics
         n = batch.n_windows
+        names = res.names
+        factor = factor_for(self.det.debounce, getattr(batch.artifact, "manifest", None)) if n else 0.0
+        if factor > 0:
+            names = flag_slow([w.state.level for w in batch.items if not isinstance(w, Marker)], names, batch.raw,
+                              factor)
         if n:
             m.windows_embedded.inc(n)
             m.embed_batch_size.observe(n)
             m.embed_batch_seconds.observe(res.seconds)
-            for cls, cnt in zip(*np.unique(res.names.astype(str), return_counts=True), strict=True):
+            for cls, cnt in zip(*np.unique(names.astype(str), return_counts=True), strict=True):
                 m.classifications.labels(**{"class": str(cls)}).inc(int(cnt))
         classes = list(batch.artifact.prototypes.classes)
         version = batch.artifact.version
-        names = res.names
         nearest, added = debounce_view(batch.artifact, names, res.dists, self.det.debounce) if n else (names, None)
         within = batch.artifact.prototypes.within(res.dists) if n else names
         manifest = getattr(batch.artifact, "manifest", None)

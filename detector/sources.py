@@ -9,7 +9,9 @@ whatever came before; tests/test_pipeline.py checks this property). With ``detec
 set, a long episode is replayed from a later window instead, one after which every tracker, wherever
 it started, makes the same transitions but for ``started_at``
 (:attr:`~netsiam.debounce.FaultTracker.restart_span`): the replayed tracker raises (or switches to)
-the fault again there, unpublished, and its later events carry that start.
+the fault again there, unpublished, and its later events carry that start. The one thing a replay
+rebuilds otherwise is the source's answer-time level (:mod:`netsiam.slowanswers`), which it starts
+afresh from the first window it replays: the level of the source's traffic before the episode.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import NamedTuple
 from netsiam.config import DebounceConfig, WindowConfig
 from netsiam.debounce import FaultTracker
 from netsiam.features import RAW_METRICS
+from netsiam.slowanswers import AnswerLevel
 from netsiam.windowing import WindowBuffer
 
 __all__ = ["TP", "Evicted", "SourceState"]
@@ -41,13 +44,14 @@ class SourceState:
     """Everything held for one source: window ring buffer, debounce state, rewind bookkeeping."""
 
     __slots__ = ("alive", "anchor", "anchor_ts", "buf", "cand", "cand_run", "cand_ts", "epoch", "first_offset",
-                 "last_ts", "last_win_start", "name", "offsets", "silence", "silent_fault", "tp", "tracker")
+                 "last_ts", "last_win_start", "level", "name", "offsets", "silence", "silent_fault", "tp", "tracker")
 
     def __init__(self, name: str, tp: TP, offset: int, window: WindowConfig, debounce: DebounceConfig) -> None:
         self.name = name
         self.tp = tp
         self.buf = WindowBuffer(window, len(RAW_METRICS))
         self.tracker = FaultTracker(debounce)
+        self.level = AnswerLevel()              # its answer times' level (netsiam.slowanswers)
         self.offsets: deque[int] = deque(maxlen=window.length)  # offsets of the last T records
         self.first_offset = offset
         self.last_ts = -math.inf

@@ -139,6 +139,7 @@ class DebounceConfig:
     hold_signature: bool = True     # a window showing the active fault's signature inputs still carries it
     name_on_signature: bool = True  # no fault active: an unknown window nearest a fault showing its signature is it
     name_on_mark: bool = True       # a window showing one fault's mark (what no other fault shows) is that fault
+    slow_answer_factor: float = 2.0  # a normal window answered this many times slower than its source usually is: unknown
 
     def __post_init__(self) -> None:
         _check(self.aftermath_s >= 0, "detector.debounce.aftermath_s", "must be >= 0")
@@ -147,6 +148,8 @@ class DebounceConfig:
         _check(self.unknown_after >= 1, "detector.debounce.unknown_after", "must be >= 1")
         _check(self.clear_m >= 1, "detector.debounce.clear_m", "must be >= 1")
         _check(self.switch_after >= 1, "detector.debounce.switch_after", "must be >= 1")
+        _check(self.slow_answer_factor == 0 or self.slow_answer_factor > 1, "detector.debounce.slow_answer_factor",
+               "must be 0 (off) or > 1")
 
 
 MIN_REPLAY_S = 120.0

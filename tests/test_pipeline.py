@@ -129,6 +129,28 @@ def test_a_class_added_after_training_is_debounced_as_the_offline_evaluation_doe
     assert added is not None and 0 < added.sum() < len(added)
 
 
+def test_answers_slower_than_the_source_s_own_raise_unknown_as_the_offline_evaluation_does(model: Model) -> None:
+    """Far ends answering 100-400 ms late on testbeds that answer in 2-8 ms: the test encoder reads them
+    normal; each source's own answer-time level (netsiam.slowanswers) makes them ``unknown``, alike in the
+    daemon and in ``detect_events``."""
+    from netsiam.trainer.simulate import SLOW_ANSWERS
+
+    lines, labels = labelled_trace(params=replace(easy_sim_params(), faults=("blocked", "capacity_limit", SLOW_ANSWERS)))
+    slow = [iv for iv in labels if iv.label == SLOW_ANSWERS]
+    assert slow
+    art = model.fake()
+
+    def raised(factor: float) -> list[str]:
+        cfg = override(Config(), {"detector.debounce.hold_within": False, "detector.debounce.slow_answer_factor": factor})
+        evs = events(run_all(Pipeline(cfg, art), partitioned(lines)))
+        assert_as_offline(evs, lines, labels, art, model.window, cfg)
+        return [next((e["fault"] for e in evs if e["state"] == "raised" and e["source"] == iv.source
+                      and iv.start <= e["window_end"] <= iv.end + 15), "") for iv in slow]
+
+    assert raised(3.0) == ["unknown"] * len(slow)
+    assert "unknown" not in raised(0.0)
+
+
 def labelled_windows_from_lines(lines: Sequence[bytes], labels: Any, window: WindowConfig) -> Any:
     from netsiam.traceio import Record
 

@@ -38,6 +38,7 @@ from netsiam.errors import NetsiamError, UsageError
 from netsiam.evidence import debounce_inputs
 from netsiam.schemas.classes import NORMAL, UNKNOWN
 from netsiam.serving import Artifact, debounce_view, load_artifact
+from netsiam.slowanswers import factor_for, flag_slow, source_levels
 from netsiam.traceio import LabelInterval, atomic_write_bytes, read_labels
 from netsiam.trainer.baselines import (
     ExpertRule,
@@ -214,6 +215,8 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     protos = artifact.prototypes
     classes = list(protos.classes)
     pred, _, dists = protos.classify(emb)
+    pred = flag_slow(source_levels(lw.sources), pred, lw.raw, factor_for(cfg.detector.debounce, artifact.manifest),
+                     lw.end_ts)   # as the daemon does
     nway = protos.nearest(dists)
     nearest, added = debounce_view(artifact, pred, dists, cfg.detector.debounce)   # as the daemon's debounce
     within = protos.within(dists)

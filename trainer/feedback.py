@@ -13,7 +13,8 @@
 4. The change: a new label becomes a class (:func:`~netsiam.trainer.prototypes.add_support`); a known one
    gains points fitted on the support (its threshold never shrinks). What raised the episode loses the
    windows now nearer the new points, since the nearest prototype wins; its threshold is left as
-   calibrated, so its other windows are judged as before.
+   calibrated, so its other windows are judged as before. A false alarm whose windows were answered slower
+   than their source's own (:mod:`netsiam.slowanswers`) also raises the model's slow-answer factor above them.
 5. A new artifact version where the daemon serves from (:func:`netsiam.versions.publish`), with its
    lineage in the manifest; a daemon serving that directory hot-reloads it.
 
@@ -49,6 +50,8 @@ from netsiam.schemas.event import event_id as make_event_id
 from netsiam.schemas.feedback import Feedback
 from netsiam.schemas.record import RecordError, decode_record
 from netsiam.serving import Artifact, debounce_view, load_artifact
+from netsiam.slowanswers import MANIFEST_KEY as SLOW_KEY
+from netsiam.slowanswers import factor_for, flag_slow, source_levels, taught_factor
 from netsiam.versions import lineage, locked, publish, writable_model
 from netsiam.windowing import Windows, windows_from_records
 
@@ -85,6 +88,7 @@ class Outcome:
     version: str          # the version served now
     parent: str
     left_out: tuple[str, ...] = ()   # classes whose prototype part of the episode sat on (that part not learned)
+    slow_factor: float | None = None  # a false alarm of slow answers: the model's slow-answer factor now
 
 
 def episode_from_events(events: Sequence[dict[str, Any]], event_id: str) -> Episode:
@@ -133,6 +137,7 @@ def trace_events(rows: Rows, art: Artifact, cfg: Config) -> list[Event]:
 
 def _events(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config) -> list[Event]:
     names, _, dist = art.prototypes.classify(emb)
+    names = flag_slow(source_levels(w.sources), names, w.raw, factor_for(cfg.detector.debounce, art.manifest), w.end_ts)
     nearest, added = debounce_view(art, names, dist, cfg.detector.debounce)
     in_range, held, marked = debounce_inputs(x, w.raw, art.features, art.manifest, classes=art.prototypes.classes)
     return detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, nearest, art.prototypes.within(dist),
@@ -238,14 +243,31 @@ def teach(model: Path, fb: Feedback, cfg: Config, *, bootstrap: str | None = Non
         sel = support_windows(x[mine], names, ep, fb.label, cfg.prototypes.min_support)
         known = fb.label in art.prototypes.classes
         new, left_out = update_prototypes(art, fb.label, emb[sel], cfg)
+        slow = _slow_taught(w, x, emb_all, new, cfg, mine) if fb.label == NORMAL else None
+        if slow is not None:
+            new.manifest[SLOW_KEY] = {"normal_up_to": slow}
         action = "false_alarm" if fb.label == NORMAL else "support" if known else "new_class"
         used = new.prototypes.support[new.prototypes.classes.index(fb.label)] - (
             art.prototypes.support[art.prototypes.classes.index(fb.label)] if known else 0)
         entry = {**fb.to_json(), "action": action, "source": ep.source, "fault": ep.fault,
                  "started_at": ep.started_at, "windows": used, "left_out": left_out,
-                 "applied_at": round(time.time(), 3)}
+                 "applied_at": round(time.time(), 3), **({"slow_answer_factor": slow} if slow is not None else {})}
         version = publish(model, new, art, entry)
-        return Outcome(action, fb.label, ep, used, version, art.version, tuple(left_out))
+        return Outcome(action, fb.label, ep, used, version, art.version, tuple(left_out), slow)
+
+
+def _slow_taught(w: Windows, x: np.ndarray, emb_all: np.ndarray | None, art: Artifact, cfg: Config,
+                 mine: np.ndarray) -> float | None:
+    """A false alarm whose windows are answered slower than their source's own (:mod:`netsiam.slowanswers`):
+    the factor that lets them all pass, judged over the source's windows as the daemon would judge them with
+    the taught model ``art`` (windows it now reads normal may be slow); None if none is flagged."""
+    factor = factor_for(cfg.detector.debounce, art.manifest)
+    if factor <= 0:
+        return None
+    names = art.prototypes.classify(art.embed(x) if emb_all is None else emb_all)[0]
+    excess = np.full(len(w), np.nan)
+    flag_slow(source_levels(w.sources), names, w.raw, factor, w.end_ts, excess)
+    return taught_factor(excess[mine], factor)
 
 
 def describe(out: Outcome, model: Path) -> str:
@@ -257,6 +279,8 @@ def describe(out: Outcome, model: Path) -> str:
     used = f" from {out.windows} windows" if out.windows else ""
     left = (f" (part of the episode sits on the prototype of {', '.join(out.left_out)}: that part is left as it was)"
             if out.left_out else "")
+    if out.slow_factor is not None:
+        left += f"; answers up to {out.slow_factor:g} times slower than a source's own now pass"
     return (f"feedback: {what}{used} of the {ep.fault} episode on {ep.source} ({span}){left}; model {out.version} "
             f"(parent {out.parent}) in {model}")
 

@@ -1,0 +1,157 @@
+"""Answers slower than the source's own: a window the encoder reads ``normal`` is ``unknown`` when its far end
+answers several times slower than that source usually does.
+
+The encoder sees a 30-s window and nothing older, and testbeds differ: far ends answer in 1 ms on one and
+in 50 ms on another, so a window cannot tell a far end that slowed down from one that is slow by nature.
+A source's own history can. Each source keeps the level of its answer times (``log1p`` of SIPp's
+``ResponseTime1``, ms), a running median. A window that the encoder reads ``normal`` and the median of whose
+clean seconds among its last :data:`TAIL` lies more than ``log(slow_answer_factor)`` above the level is
+``unknown`` (its nearest class stays ``normal``, so the debounce's aftermath rules apply to it as to any such
+window: a freeze's backlog answered late raises nothing).
+
+* The level is a running median: each second moves it by :data:`STEP` towards the sample, so one slow
+  second moves it by no more than a fast one. Only clean seconds are judged and learnt from: answered, with no
+  retransmission and failed calls under a tenth of those offered (a freeze answers nothing and must not drag
+  the level to 0, and its backlog is answered on resends; one INVITE answered on its resend doubles the mean
+  answer time of a second of 100 calls answered in 5 ms; a limit refuses calls fast).
+* A second slower than the level by more than the factor teaches it a tenth as fast (a far end that stays
+  slower becomes the source's normal in tens of minutes; an episode of a few minutes stays ``unknown``).
+  The level reads the counters only, never the model: a new model version keeps it.
+* A source starts from its first window: the median answer time of the clean seconds among its last
+  :data:`SEED`. It is judged once :data:`WARM` clean seconds taught it (those learnt ten times as fast).
+  A restarted daemon replays each source from a window before its current episode (``detector/sources.py``)
+  and starts its level there, from the source's traffic before the episode, near the level it lost but
+  not always equal to it: a window whose answers lie near the bound may be judged otherwise after a restart.
+* A false alarm an operator marks ``normal`` (``netsiam feedback``) raises the model's factor above the
+  episode's slowest window (:data:`HEADROOM`), in its manifest (:data:`MANIFEST_KEY`): the same slowdown
+  later raises nothing. The factor in force is the larger of the config's and the model's.
+
+Chosen on the validation recordings (``docs/method.md``). ``slow_answer_factor`` 0 turns it off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from netsiam.config import DebounceConfig
+from netsiam.features import RAW_METRICS
+from netsiam.schemas.classes import NORMAL, UNKNOWN
+
+__all__ = ["CLEAN_SHARE", "HEADROOM", "MANIFEST_KEY", "SEED", "STEP", "TAIL", "WARM", "AnswerLevel", "answer_times",
+           "factor_for", "flag_slow", "source_levels", "taught_factor"]
+
+TAIL = 5          # seconds at the window's end whose clean ones' median is compared with the level
+STEP = 0.01       # the median's move per second, log units: 0.6 a minute at most
+WARM = 10         # clean seconds before a source is judged
+SEED = 10         # the seconds at the end of a source's first window that give its first level
+MANIFEST_KEY = "slow_answers"   # {"normal_up_to": factor}: slowdowns an operator marked normal (feedback)
+HEADROOM = 1.25   # a taught factor lies this far above the slowest window of the false alarm
+CLEAN_SHARE = 0.1  # failed calls per call offered in a second judged and learnt from
+_RT, _OFFERED, _FAILED, _RETRANS = (RAW_METRICS.index(m) for m in
+                                    ("ResponseTime1", "OutgoingCall", "FailedCall", "Retransmissions"))
+
+
+def _clean(raw: np.ndarray) -> np.ndarray:
+    """Raw samples (..., R) -> which had answers, no retransmission and failed calls under :data:`CLEAN_SHARE` of
+    those offered: seconds whose mean answer time is the far end's (an INVITE answered on its resend adds 0.5 s,
+    which doubles the mean of a second of 100 calls answered in 5 ms; a refusing limit answers fast), the only
+    ones judged and learnt from."""
+    return ((raw[..., _RT] > 0) & (raw[..., _RETRANS] == 0)
+            & (raw[..., _FAILED] < CLEAN_SHARE * np.maximum(raw[..., _OFFERED], 1.0)))
+
+
+def answer_times(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw windows (N, T, R) -> per window the median ``log1p`` answer time (ms) of the clean seconds
+    (:func:`_clean`) among its last :data:`TAIL`, and that of its last second if clean; NaN where none."""
+    tail_raw = np.asarray(raw[:, -TAIL:], dtype=np.float64)
+    lg = np.where(_clean(tail_raw), np.log1p(np.maximum(tail_raw[..., _RT], 0.0)), np.nan)
+    tail = np.full(len(lg), np.nan)
+    some = ~np.isnan(lg).all(axis=1)
+    if some.any():
+        tail[some] = np.nanmedian(lg[some], axis=1)
+    return tail, lg[:, -1]
+
+
+class AnswerLevel:
+    """One source's answer-time level (``log1p`` ms) and how many clean seconds taught it."""
+
+    __slots__ = ("level", "n")
+
+    def __init__(self) -> None:
+        self.level = 0.0
+        self.n = 0
+
+    def seed(self, raw: np.ndarray) -> None:
+        """Start from the source's first window (T, R): the median answer time of the clean seconds
+        (:func:`_clean`) among its last :data:`SEED`."""
+        tail = raw[-SEED:]
+        lg = np.log1p(tail[_clean(tail), _RT])
+        if lg.size:
+            self.level, self.n = float(np.median(lg)), int(lg.size)
+
+    def judge(self, cls: str, tail: float, last: float, margin: float) -> bool:
+        """One window, in the source's order (its class as the encoder reads it, :func:`answer_times`' two
+        values): is it slow for this source? Then learn its last second."""
+        slow = (cls == NORMAL and self.n >= WARM and not math.isnan(tail) and tail - self.level > margin)
+        if not math.isnan(last):
+            step = STEP * 10 if self.n < WARM else STEP / 10 if last - self.level > margin else STEP
+            self.level += step if last > self.level else -step
+            self.n += 1
+        return slow
+
+
+def source_levels(sources: np.ndarray) -> list[AnswerLevel]:
+    """Per window (N,), its source's level: one fresh :class:`AnswerLevel` per source (``evaluate``, feedback)."""
+    by: dict[str, AnswerLevel] = {}
+    out = []
+    for s in np.asarray(sources).tolist():
+        lv = by.get(s)
+        if lv is None:
+            lv = by[s] = AnswerLevel()
+        out.append(lv)
+    return out
+
+
+def factor_for(cfg: DebounceConfig, manifest: Mapping[str, Any] | None) -> float:
+    """The factor in force: the config's (0: off), raised to what feedback taught the model, if more."""
+    if cfg.slow_answer_factor <= 0:
+        return 0.0
+    taught = (manifest or {}).get(MANIFEST_KEY) or {}
+    return max(cfg.slow_answer_factor, float(taught.get("normal_up_to", 0.0)))
+
+
+def flag_slow(levels: Sequence[AnswerLevel], names: np.ndarray, raw: np.ndarray, factor: float,
+              end_ts: np.ndarray | None = None, excess: np.ndarray | None = None) -> np.ndarray:
+    """Classes (N,) of raw windows (N, T, R), each window's source level (N,) -> the same classes with the
+    windows answered more than ``factor`` times slower than their level ``unknown`` (a copy; ``names`` itself
+    when off: ``factor`` 0, :func:`factor_for`). Each source's windows are judged by end time (``end_ts``), or
+    in the order given (the daemon's). ``excess`` (N,), if given, gets each judged window's answer time
+    above its level (log units; NaN where not judged)."""
+    if factor <= 0 or len(names) == 0:
+        return names
+    margin = math.log(factor)
+    tail, last = answer_times(raw)
+    order = range(len(names)) if end_ts is None else np.argsort(end_ts, kind="stable").tolist()
+    out = np.array(names, dtype=object)
+    for i in order:
+        lv = levels[i]
+        if lv.n == 0:
+            lv.seed(raw[i])
+        if excess is not None:
+            excess[i] = tail[i] - lv.level if out[i] == NORMAL and lv.n >= WARM else np.nan
+        if lv.judge(out[i], float(tail[i]), float(last[i]), margin):
+            out[i] = UNKNOWN
+    return out.astype(str) if np.asarray(names).dtype.kind == "U" else out
+
+
+def taught_factor(excess: np.ndarray, factor: float) -> float | None:
+    """A false alarm's windows' ``excess`` (:func:`flag_slow`) -> the factor that lets them all pass, if the
+    one in force (``factor``) flagged any; else None."""
+    worst = float(np.nanmax(excess)) if np.isfinite(excess).any() else -math.inf
+    if factor <= 0 or worst <= math.log(factor):
+        return None
+    return math.ceil(math.exp(worst) * HEADROOM * 100) / 100
