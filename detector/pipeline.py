@@ -42,7 +42,7 @@ from netsiam.features import RAW_METRICS
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import RecordError, decode_record
 from netsiam.serving import Artifact, debounce_view
-from netsiam.slowanswers import factor_for, flag_slow
+from netsiam.slowanswers import factor_for, flag_slow, slow_evidence
 
 from .batch import EVICTED, SILENT_CLEARED, SILENT_RAISED, Batch, BatchResult, Marker, WindowRef
 from .liveness import Liveness
@@ -335,9 +335,11 @@ class Pipeline:
         n = batch.n_windows
         names = res.names
         factor = factor_for(self.det.debounce, getattr(batch.artifact, "manifest", None)) if n else 0.0
+        slowed = None
         if factor > 0:
             names = flag_slow([w.state.level for w in batch.items if not isinstance(w, Marker)], names, batch.raw,
                               factor)
+            slowed = names != res.names   # (N,): the windows read unknown for their slow answers
         if n:
             m.windows_embedded.inc(n)
             m.embed_batch_size.observe(n)
@@ -372,8 +374,11 @@ class Pipeline:
             row = res.dists[i]
             distances = {c: round(float(row[j]), 6) for j, c in enumerate(classes)}
             emb = tuple(round(float(v), 6) for v in res.emb[i])
+            explain = explainer(batch.raw[i], None if x is None else x[i], batch.artifact, ranges)
+            if slowed is not None and slowed[i]:
+                explain = slow_evidence(explain, st.level, batch.raw[i], factor)
             n_events += self._emitter.emit(st, trans, w, version, round(float(res.nearest[i]), 6), distances, emb,
-                                           explainer(batch.raw[i], None if x is None else x[i], batch.artifact, ranges))
+                                           explain)
         batch.seq = self._seq  # the snapshot this batch completes includes its evictions
         return n_events
 

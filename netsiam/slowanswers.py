@@ -22,6 +22,8 @@ window: a freeze's backlog answered late raises nothing).
   A restarted daemon replays each source from a window before its current episode (``detector/sources.py``)
   and starts its level there, from the source's traffic before the episode, near the level it lost but
   not always equal to it: a window whose answers lie near the bound may be judged otherwise after a restart.
+* The event such a window raises quotes, first, its answer time against the range its source's level allows
+  (:func:`slow_evidence`).
 * A false alarm an operator marks ``normal`` (``netsiam feedback``) raises the model's factor above the
   episode's slowest window (:data:`HEADROOM`), in its manifest (:data:`MANIFEST_KEY`): the same slowdown
   later raises nothing. The factor in force is the larger of the config's and the model's.
@@ -32,17 +34,18 @@ Chosen on the validation recordings (``docs/method.md``). ``slow_answer_factor``
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from netsiam.config import DebounceConfig
+from netsiam.evidence import DECIMALS, K
 from netsiam.features import RAW_METRICS
 from netsiam.schemas.classes import NORMAL, UNKNOWN
 
 __all__ = ["CLEAN_SHARE", "HEADROOM", "MANIFEST_KEY", "SEED", "STEP", "TAIL", "WARM", "AnswerLevel", "answer_times",
-           "factor_for", "flag_slow", "source_levels", "taught_factor"]
+           "factor_for", "flag_slow", "slow_evidence", "source_levels", "taught_factor"]
 
 TAIL = 5          # seconds at the window's end whose clean ones' median is compared with the level
 STEP = 0.01       # the median's move per second, log units: 0.6 a minute at most
@@ -51,6 +54,7 @@ SEED = 10         # the seconds at the end of a source's first window that give 
 MANIFEST_KEY = "slow_answers"   # {"normal_up_to": factor}: slowdowns an operator marked normal (feedback)
 HEADROOM = 1.25   # a taught factor lies this far above the slowest window of the false alarm
 CLEAN_SHARE = 0.1  # failed calls per call offered in a second judged and learnt from
+FEATURE = "log_response_ms"  # what an event's evidence calls the answer time (netsiam.features: log1p ms)
 _RT, _OFFERED, _FAILED, _RETRANS = (RAW_METRICS.index(m) for m in
                                     ("ResponseTime1", "OutgoingCall", "FailedCall", "Retransmissions"))
 
@@ -155,3 +159,15 @@ def taught_factor(excess: np.ndarray, factor: float) -> float | None:
     if factor <= 0 or worst <= math.log(factor):
         return None
     return math.ceil(math.exp(worst) * HEADROOM * 100) / 100
+
+
+def slow_evidence(explain: Callable[[], list[dict[str, Any]]], level: AnswerLevel, raw: np.ndarray,
+                  factor: float) -> Callable[[], list[dict[str, Any]]]:
+    """The evidence of a window (T, R) flagged slow: first its answer time (the median of its last clean
+    seconds) against the range its source's own level allows (``factor`` times either way), then ``explain``'s
+    (the model's inputs against their normal ranges). The range is taken now: the level moves on."""
+    tail = float(answer_times(raw[None])[0][0])
+    margin = math.log(factor)
+    item = {"feature": FEATURE, "value": round(tail, DECIMALS),
+            "normal": [round(max(level.level - margin, 0.0), DECIMALS), round(level.level + margin, DECIMALS)]}
+    return lambda: [item, *(e for e in explain() if e["feature"] != FEATURE)][:K]

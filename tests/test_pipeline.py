@@ -140,15 +140,20 @@ def test_answers_slower_than_the_source_s_own_raise_unknown_as_the_offline_evalu
     assert slow
     art = model.fake()
 
-    def raised(factor: float) -> list[str]:
+    def raised(factor: float) -> list[dict[str, Any]]:
         cfg = override(Config(), {"detector.debounce.hold_within": False, "detector.debounce.slow_answer_factor": factor})
         evs = events(run_all(Pipeline(cfg, art), partitioned(lines)))
         assert_as_offline(evs, lines, labels, art, model.window, cfg)
-        return [next((e["fault"] for e in evs if e["state"] == "raised" and e["source"] == iv.source
-                      and iv.start <= e["window_end"] <= iv.end + 15), "") for iv in slow]
+        return [next((e for e in evs if e["state"] == "raised" and e["source"] == iv.source
+                      and iv.start <= e["window_end"] <= iv.end + 15), {}) for iv in slow]
 
-    assert raised(3.0) == ["unknown"] * len(slow)
-    assert "unknown" not in raised(0.0)
+    first = raised(3.0)
+    assert [e["fault"] for e in first] == ["unknown"] * len(slow)
+    for e in first:   # why: the answer time against the range the source's own level allows, 3x either way
+        why = e["evidence"][0]
+        lo, hi = why["normal"]
+        assert why["feature"] == "log_response_ms" and why["value"] > hi and hi - lo == pytest.approx(2 * np.log(3), abs=0.02)
+    assert "unknown" not in [e.get("fault") for e in raised(0.0)]
 
 
 def labelled_windows_from_lines(lines: Sequence[bytes], labels: Any, window: WindowConfig) -> Any:
