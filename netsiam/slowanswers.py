@@ -17,8 +17,8 @@ window: a freeze's backlog answered late raises nothing).
 * A second slower than the level by more than the factor teaches it a tenth as fast (a far end that stays
   slower becomes the source's normal in tens of minutes; an episode of a few minutes stays ``unknown``).
   The level reads the counters only, never the model: a new model version keeps it.
-* A source starts from its first window: the median answer time of the clean seconds among its last
-  :data:`SEED`. It is judged once :data:`WARM` clean seconds taught it (those learnt ten times as fast).
+* A source starts from its first window whose last second is clean: the median answer time of the clean
+  seconds among its last :data:`SEED`. It is judged once :data:`WARM` clean seconds taught it (those learnt ten times as fast).
   A restarted daemon replays each source from a window before its current episode (``detector/sources.py``)
   and starts its level there, from the source's traffic before the episode, near the level it lost but
   not always equal to it: a window whose answers lie near the bound may be judged otherwise after a restart.
@@ -143,7 +143,7 @@ def flag_slow(levels: Sequence[AnswerLevel], names: np.ndarray, raw: np.ndarray,
     out = np.array(names, dtype=object)
     for i in order:
         lv = levels[i]
-        if lv.n == 0:
+        if lv.n == 0 and not math.isnan(last[i]):   # a source answering nothing (idle, frozen) tries no seed
             lv.seed(raw[i])
         if excess is not None:
             excess[i] = tail[i] - lv.level if out[i] == NORMAL and lv.n >= WARM else np.nan
