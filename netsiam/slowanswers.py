@@ -45,7 +45,7 @@ from netsiam.features import RAW_METRICS
 from netsiam.schemas.classes import NORMAL, UNKNOWN
 
 __all__ = ["CLEAN_SHARE", "HEADROOM", "MANIFEST_KEY", "SEED", "STEP", "TAIL", "WARM", "AnswerLevel", "answer_times",
-           "factor_for", "flag_slow", "slow_evidence", "source_levels", "taught_factor"]
+           "factor_for", "flag_slow", "flag_trace", "slow_evidence", "source_levels", "taught_factor"]
 
 TAIL = 5          # seconds at the window's end whose clean ones' median is compared with the level
 STEP = 0.01       # the median's move per second, log units: 0.6 a minute at most
@@ -150,6 +150,13 @@ def flag_slow(levels: Sequence[AnswerLevel], names: np.ndarray, raw: np.ndarray,
         if lv.judge(out[i], float(tail[i]), float(last[i]), margin):
             out[i] = UNKNOWN
     return out.astype(str) if np.asarray(names).dtype.kind == "U" else out
+
+
+def flag_trace(names: np.ndarray, sources: np.ndarray, raw: np.ndarray, end_ts: np.ndarray, cfg: DebounceConfig,
+               manifest: Mapping[str, Any] | None, excess: np.ndarray | None = None) -> np.ndarray:
+    """:func:`flag_slow` over whole traces (``evaluate``, feedback): each source from a fresh level, its windows
+    by end time, under the factor in force for the model whose ``manifest`` is given (:func:`factor_for`)."""
+    return flag_slow(source_levels(sources), names, raw, factor_for(cfg, manifest), end_ts, excess)
 
 
 def taught_factor(excess: np.ndarray, factor: float) -> float | None:

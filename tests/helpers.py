@@ -98,12 +98,11 @@ def detect_offline(art: Any, emb: np.ndarray, x: np.ndarray, w: Any, debounce: A
     fault signatures and marks shown; -> (events, the ``added`` mask)."""
     from netsiam.evidence import debounce_inputs
     from netsiam.serving import debounce_view
-    from netsiam.slowanswers import factor_for, flag_slow, source_levels
+    from netsiam.slowanswers import flag_trace
     from netsiam.trainer.detection import detect_events
 
     names, _, dists = art.prototypes.classify(emb)
-    names = flag_slow(source_levels(w.sources), names, w.raw, factor_for(debounce, getattr(art, "manifest", None)),
-                      w.end_ts)
+    names = flag_trace(names, w.sources, w.raw, w.end_ts, debounce, getattr(art, "manifest", None))
     nearest, added = debounce_view(art, names, dists, debounce)
     in_range, held, marked = debounce_inputs(x, w.raw, list(getattr(art, "features", ())), getattr(art, "manifest", None),
                                              classes=art.prototypes.classes)

@@ -38,7 +38,7 @@ from netsiam.errors import NetsiamError, UsageError
 from netsiam.evidence import debounce_inputs
 from netsiam.schemas.classes import NORMAL, UNKNOWN
 from netsiam.serving import Artifact, debounce_view, load_artifact
-from netsiam.slowanswers import factor_for, flag_slow, source_levels
+from netsiam.slowanswers import flag_trace
 from netsiam.traceio import LabelInterval, atomic_write_bytes, read_labels
 from netsiam.trainer.baselines import (
     ExpertRule,
@@ -215,8 +215,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     protos = artifact.prototypes
     classes = list(protos.classes)
     pred, _, dists = protos.classify(emb)
-    pred = flag_slow(source_levels(lw.sources), pred, lw.raw, factor_for(cfg.detector.debounce, artifact.manifest),
-                     lw.end_ts)   # as the daemon does
+    pred = flag_trace(pred, lw.sources, lw.raw, lw.end_ts, cfg.detector.debounce, artifact.manifest)   # as the daemon
     nway = protos.nearest(dists)
     nearest, added = debounce_view(artifact, pred, dists, cfg.detector.debounce)   # as the daemon's debounce
     within = protos.within(dists)

@@ -51,7 +51,7 @@ from netsiam.schemas.feedback import Feedback
 from netsiam.schemas.record import RecordError, decode_record
 from netsiam.serving import Artifact, debounce_view, load_artifact
 from netsiam.slowanswers import MANIFEST_KEY as SLOW_KEY
-from netsiam.slowanswers import factor_for, flag_slow, source_levels, taught_factor
+from netsiam.slowanswers import factor_for, flag_trace, taught_factor
 from netsiam.versions import lineage, locked, publish, writable_model
 from netsiam.windowing import Windows, windows_from_records
 
@@ -137,7 +137,7 @@ def trace_events(rows: Rows, art: Artifact, cfg: Config) -> list[Event]:
 
 def _events(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config) -> list[Event]:
     names, _, dist = art.prototypes.classify(emb)
-    names = flag_slow(source_levels(w.sources), names, w.raw, factor_for(cfg.detector.debounce, art.manifest), w.end_ts)
+    names = flag_trace(names, w.sources, w.raw, w.end_ts, cfg.detector.debounce, art.manifest)
     nearest, added = debounce_view(art, names, dist, cfg.detector.debounce)
     in_range, held, marked = debounce_inputs(x, w.raw, art.features, art.manifest, classes=art.prototypes.classes)
     return detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, nearest, art.prototypes.within(dist),
@@ -266,7 +266,7 @@ def _slow_taught(w: Windows, x: np.ndarray, emb_all: np.ndarray | None, art: Art
         return None
     names = art.prototypes.classify(art.embed(x) if emb_all is None else emb_all)[0]
     excess = np.full(len(w), np.nan)
-    flag_slow(source_levels(w.sources), names, w.raw, factor, w.end_ts, excess)
+    flag_trace(names, w.sources, w.raw, w.end_ts, cfg.detector.debounce, art.manifest, excess)
     return taught_factor(excess[mine], factor)
 
 
