@@ -337,9 +337,9 @@ class Pipeline:
         factor = factor_for(self.det.debounce, getattr(batch.artifact, "manifest", None)) if n else 0.0
         slowed = None
         if factor > 0:
+            slowed = np.zeros(n, dtype=bool)   # (N,): unknown, and answered slower than their source's own level
             names = flag_slow([w.state.level for w in batch.items if not isinstance(w, Marker)], names, batch.raw,
-                              factor)
-            slowed = names != res.names   # (N,): the windows read unknown for their slow answers
+                              factor, slow=slowed)
         if n:
             m.windows_embedded.inc(n)
             m.embed_batch_size.observe(n)
@@ -367,7 +367,7 @@ class Pipeline:
             trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]), within[i],
                                       None if in_range is None else bool(in_range[i]),
                                       added is not None and bool(added[i]), None if held is None else held[i],
-                                      None if marked is None else marked[i])
+                                      None if marked is None else marked[i], slowed is not None and bool(slowed[i]))
             st.windowed(w.start, w.end_ts, half_replay)
             if not trans:
                 continue

@@ -140,6 +140,7 @@ class DebounceConfig:
     name_on_signature: bool = True  # no fault active: an unknown window nearest a fault showing its signature is it
     name_on_mark: bool = True       # a window showing one fault's mark (what no other fault shows) is that fault
     slow_answer_factor: float = 2.0  # a normal window answered this many times slower than its source usually is: unknown
+    slow_unknown_after: int = 3     # ... and this many such windows in a row raise unknown (0: as any, unknown_after)
 
     def __post_init__(self) -> None:
         _check(self.aftermath_s >= 0, "detector.debounce.aftermath_s", "must be >= 0")
@@ -150,6 +151,7 @@ class DebounceConfig:
         _check(self.switch_after >= 1, "detector.debounce.switch_after", "must be >= 1")
         _check(self.slow_answer_factor == 0 or self.slow_answer_factor > 1, "detector.debounce.slow_answer_factor",
                "must be 0 (off) or > 1")
+        _check(self.slow_unknown_after >= 0, "detector.debounce.slow_unknown_after", "must be >= 0 (0: off)")
 
 
 MIN_REPLAY_S = 120.0

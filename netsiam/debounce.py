@@ -6,7 +6,9 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   of the last ``raise_n`` windows carry it.
 - ``unknown`` is a weaker claim: windows that straddle a fault's edges are often far from every
   prototype, so ``unknown`` is raised only when a run of anomalous windows has lasted
-  ``unknown_after`` windows and no named class has reached ``raise_k`` of ``raise_n``.
+  ``unknown_after`` windows and no named class has reached ``raise_k`` of ``raise_n``, or, where the
+  counters themselves show it (``slow``: read ``unknown`` for its slow answers,
+  :mod:`netsiam.slowanswers`), after ``slow_unknown_after`` such windows in a row.
 - An active fault clears after ``clear_m`` consecutive normal windows. An active fault switches
   (clear the old, raise the new) only to a named class that carried the last ``switch_after``
   windows in a row; a named fault never turns into ``unknown``. A long ``switch_after`` keeps one
@@ -84,7 +86,8 @@ class FaultTracker:
 
     __slots__ = ("_active", "_added_until", "_after_fault", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak",
                  "_given", "_given_run", "_n", "_named", "_normal_streak", "_plain_streak", "_recent", "_run_len",
-                 "_run_start", "_seen", "_settle_at", "_since_added", "_started_at", "_tail", "_tail_len", "_tail_start")
+                 "_run_start", "_seen", "_settle_at", "_since_added", "_slow_run", "_started_at", "_tail", "_tail_len",
+                 "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
         self._cfg = cfg
@@ -111,6 +114,7 @@ class FaultTracker:
         self._named: tuple[tuple[int, str], ...] = ()
         self._given, self._given_run = NORMAL, 0
         self._since_added = 1 << 30           # windows since the last one of a class added after training
+        self._slow_run = 0                    # unknown windows in a row read so for their slow answers
 
     @property
     def active(self) -> str | None:
@@ -143,7 +147,7 @@ class FaultTracker:
         one started at any earlier window (or any of these) holds that fault after this one and makes
         this one's transitions from then on, its episode's ``started_at`` aside; 0 while that is not so.
         ``max(raise_n, switch_after)`` windows of a named class raise it in a tracker with no fault (or
-        with ``unknown``, raised first where ``unknown_after`` < ``raise_k``) and switch any other to it;
+        with ``unknown``, raised first where ``unknown_after`` or ``slow_unknown_after`` < ``raise_k``) and switch any other to it;
         then the recent windows agree, no aftermath is pending, and every other count is reset before it
         is read again. Never for ``unknown``: a tracker that raised a named fault does not turn into it.
         tests/test_pipeline.py checks it on random sequences."""
@@ -209,11 +213,12 @@ class FaultTracker:
     def update(self, cls: str, window_end: float, nearest: str | None = None,
                within: Collection[str] | None = None, in_range: bool | None = None,
                added: bool = False, held: Collection[str] | None = None,
-               marked: Collection[str] | None = None) -> list[Transition]:
+               marked: Collection[str] | None = None, slow: bool = False) -> list[Transition]:
         """One window's class (``nearest``: its nearest class ignoring thresholds, of the trained classes only
         where ``added``: the window's class was added after training; ``within``: the classes whose threshold
         it is within; ``in_range``: every input's last seconds inside its normal range; ``held``: the faults whose
-        signature it shows; ``marked``: those whose mark it shows; each when known)."""
+        signature it shows; ``marked``: those whose mark it shows; ``slow``: read ``unknown`` for its slow answers,
+        :mod:`netsiam.slowanswers`; each when known)."""
         if self._cfg.name_on_mark and marked and len(marked) == 1 and not added:
             cls = next(iter(marked))   # stateless: every tracker, wherever it started, reads the window so
         self._n += 1
@@ -255,6 +260,7 @@ class FaultTracker:
             cls = NORMAL    # a named fault's aftermath: beyond every threshold, but nearer normal than the fault
         elif cls != NORMAL and (cls != UNKNOWN or window_end >= self._aftermath_until):
             self._aftermath = False
+        self._slow_run = self._slow_run + 1 if slow and cls == UNKNOWN else 0
         self._recent.append((cls, window_end))
         if cls == self._tail:
             self._tail_len += 1
@@ -286,7 +292,8 @@ class FaultTracker:
             named = self._named_majority() if cls not in (NORMAL, UNKNOWN) else None
             if named is not None:
                 out.append(self._raise(named, window_end))
-            elif self._run_len >= self._cfg.unknown_after and cls != NORMAL:
+            elif cls != NORMAL and (self._run_len >= self._cfg.unknown_after
+                                    or 0 < self._cfg.slow_unknown_after <= self._slow_run):
                 out.append(self._raise(UNKNOWN, window_end))
         if self._normal_streak >= self._cfg.clear_m:
             self._run_start, self._run_len = None, 0

@@ -97,10 +97,10 @@ class AnswerLevel:
         if lg.size:
             self.level, self.n = float(np.median(lg)), int(lg.size)
 
-    def judge(self, cls: str, tail: float, last: float, margin: float) -> bool:
-        """One window, in the source's order (its class as the encoder reads it, :func:`answer_times`' two
-        values): is it slow for this source? Then learn its last second."""
-        slow = (cls == NORMAL and self.n >= WARM and not math.isnan(tail) and tail - self.level > margin)
+    def judge(self, tail: float, last: float, margin: float) -> bool:
+        """One window, in the source's order (:func:`answer_times`' two values): is it slow for this source?
+        Then learn its last second."""
+        slow = self.n >= WARM and not math.isnan(tail) and tail - self.level > margin
         if not math.isnan(last):
             step = STEP * 10 if self.n < WARM else STEP / 10 if last - self.level > margin else STEP
             self.level += step if last > self.level else -step
@@ -129,12 +129,17 @@ def factor_for(cfg: DebounceConfig, manifest: Mapping[str, Any] | None) -> float
 
 
 def flag_slow(levels: Sequence[AnswerLevel], names: np.ndarray, raw: np.ndarray, factor: float,
-              end_ts: np.ndarray | None = None, excess: np.ndarray | None = None) -> np.ndarray:
+              end_ts: np.ndarray | None = None, excess: np.ndarray | None = None,
+              slow: np.ndarray | None = None) -> np.ndarray:
     """Classes (N,) of raw windows (N, T, R), each window's source level (N,) -> the same classes with the
-    windows answered more than ``factor`` times slower than their level ``unknown`` (a copy; ``names`` itself
-    when off: ``factor`` 0, :func:`factor_for`). Each source's windows are judged by end time (``end_ts``), or
-    in the order given (the daemon's). ``excess`` (N,), if given, gets each judged window's answer time
-    above its level (log units; NaN where not judged)."""
+    ``normal`` windows answered more than ``factor`` times slower than their level ``unknown`` (a copy;
+    ``names`` itself when off: ``factor`` 0, :func:`factor_for`). Each source's windows are judged by end time
+    (``end_ts``), or in the order given (the daemon's). ``excess`` (N,), if given, gets each judged window's
+    answer time above its level (log units; NaN where not judged: read other than ``normal`` or warming up);
+    ``slow`` (N,) bool, if given, is set where a window is ``unknown`` now and answered that slowly, whether
+    the encoder or this read it so (the debounce's ``slow``)."""
+    if slow is not None:
+        slow[:] = False
     if factor <= 0 or len(names) == 0:
         return names
     margin = math.log(factor)
@@ -147,16 +152,19 @@ def flag_slow(levels: Sequence[AnswerLevel], names: np.ndarray, raw: np.ndarray,
             lv.seed(raw[i])
         if excess is not None:
             excess[i] = tail[i] - lv.level if out[i] == NORMAL and lv.n >= WARM else np.nan
-        if lv.judge(out[i], float(tail[i]), float(last[i]), margin):
+        if lv.judge(float(tail[i]), float(last[i]), margin) and out[i] in (NORMAL, UNKNOWN):
             out[i] = UNKNOWN
+            if slow is not None:
+                slow[i] = True
     return out.astype(str) if np.asarray(names).dtype.kind == "U" else out
 
 
 def flag_trace(names: np.ndarray, sources: np.ndarray, raw: np.ndarray, end_ts: np.ndarray, cfg: DebounceConfig,
-               manifest: Mapping[str, Any] | None, excess: np.ndarray | None = None) -> np.ndarray:
+               manifest: Mapping[str, Any] | None, excess: np.ndarray | None = None,
+               slow: np.ndarray | None = None) -> np.ndarray:
     """:func:`flag_slow` over whole traces (``evaluate``, feedback): each source from a fresh level, its windows
     by end time, under the factor in force for the model whose ``manifest`` is given (:func:`factor_for`)."""
-    return flag_slow(source_levels(sources), names, raw, factor_for(cfg, manifest), end_ts, excess)
+    return flag_slow(source_levels(sources), names, raw, factor_for(cfg, manifest), end_ts, excess, slow)
 
 
 def taught_factor(excess: np.ndarray, factor: float) -> float | None:

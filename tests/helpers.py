@@ -102,12 +102,13 @@ def detect_offline(art: Any, emb: np.ndarray, x: np.ndarray, w: Any, debounce: A
     from netsiam.trainer.detection import detect_events
 
     names, _, dists = art.prototypes.classify(emb)
-    names = flag_trace(names, w.sources, w.raw, w.end_ts, debounce, getattr(art, "manifest", None))
+    slow = np.zeros(len(names), dtype=bool)
+    names = flag_trace(names, w.sources, w.raw, w.end_ts, debounce, getattr(art, "manifest", None), slow=slow)
     nearest, added = debounce_view(art, names, dists, debounce)
     in_range, held, marked = debounce_inputs(x, w.raw, list(getattr(art, "features", ())), getattr(art, "manifest", None),
                                              classes=art.prototypes.classes)
     return detect_events(w.sources, w.end_ts, names, debounce, nearest, art.prototypes.within(dists),
-                         in_range, added, held, marked), added
+                         in_range, added, held, marked, slow), added
 
 # -- small artifacts built by hand ----------------------------------------------------------------
 class MeanEncoder:

@@ -113,6 +113,25 @@ def test_the_aftermath_lasts_aftermath_s_after_the_clear() -> None:
     assert _transitions(cfg, named)[2:] == [("raised", "unknown", 14.0)]
 
 
+def test_windows_read_unknown_for_their_slow_answers_raise_unknown_after_slow_unknown_after() -> None:
+    """The counters' own evidence (a far end answering slower than its source's level) needs no long run;
+    unknown windows without it still wait ``unknown_after``, and a named fault's aftermath holds both."""
+    def go(cfg: DebounceConfig, seq: list[tuple[str, str, bool]]) -> list[tuple[str, str, float]]:
+        t = FaultTracker(cfg)
+        return [(tr.state, tr.fault, tr.window_end) for i, (c, n, slow) in enumerate(seq)
+                for tr in t.update(c, float(i), nearest=n, slow=slow)]
+
+    cfg = replace(CFG, unknown_after=6, slow_unknown_after=2, aftermath_s=20.0)
+    slow, odd, norm = ("unknown", "normal", True), ("unknown", "normal", False), ("normal", "normal", False)
+    assert go(cfg, [norm] * 3 + [slow] * 4 + [norm] * 2) == [("raised", "unknown", 4.0), ("cleared", "unknown", 8.0)]
+    assert go(replace(cfg, slow_unknown_after=0), [norm] * 3 + [slow] * 4 + [norm] * 2) == []   # off: as any
+    # a slow window between others does not make a run; an unknown run still raises at unknown_after
+    assert go(cfg, [norm] * 3 + [slow, odd] * 3) == [("raised", "unknown", 8.0)]
+    # late answers after a freeze are its aftermath, not a new fault
+    after = [("blocked", "blocked", False)] * 3 + [norm] * 2 + [slow] * 6
+    assert go(cfg, after) == [("raised", "blocked", 1.0), ("cleared", "blocked", 4.0)]
+
+
 def test_an_unknown_window_nearest_a_fault_ends_the_grace_only_after_aftermath_s() -> None:
     """The recovery after a freeze sometimes lands nearer a fault than normal for a window or two; inside
     aftermath_s that window is still anomalous, but the unknown windows nearest normal around it stay graced."""

@@ -140,8 +140,9 @@ def test_answers_slower_than_the_source_s_own_raise_unknown_as_the_offline_evalu
     assert slow
     art = model.fake()
 
-    def raised(factor: float) -> list[dict[str, Any]]:
-        cfg = override(Config(), {"detector.debounce.hold_within": False, "detector.debounce.slow_answer_factor": factor})
+    def raised(factor: float, after: int = 3) -> list[dict[str, Any]]:
+        cfg = override(Config(), {"detector.debounce.hold_within": False, "detector.debounce.slow_answer_factor": factor,
+                                  "detector.debounce.slow_unknown_after": after})
         evs = events(run_all(Pipeline(cfg, art), partitioned(lines)))
         assert_as_offline(evs, lines, labels, art, model.window, cfg)
         return [next((e for e in evs if e["state"] == "raised" and e["source"] == iv.source
@@ -149,6 +150,24 @@ def test_answers_slower_than_the_source_s_own_raise_unknown_as_the_offline_evalu
 
     first = raised(3.0)
     assert [e["fault"] for e in first] == ["unknown"] * len(slow)
+    # 3 windows in a row answered slowly raise: no wait for 10 unknown ones (the simulated slowdown ramps up)
+    delay = [e["window_end"] - iv.start for e, iv in zip(first, slow, strict=True)]
+    waited = [e["window_end"] - iv.start for e, iv in zip(raised(3.0, after=0), slow, strict=True)]
+    assert all(w - d >= 7 for d, w in zip(delay, waited, strict=True)), (delay, waited)
+    # evaluate's encoder column (beside the baselines) debounces as its report does
+    from netsiam.trainer.dataset import LabelledWindows
+    from netsiam.trainer.evaluate import evaluate_detailed
+
+    w, x, lab, straddle = labelled_windows_from_lines(lines, labels, model.window)
+    lw = LabelledWindows(w.raw, x, w.end_ts, w.sources, lab, straddle)
+    art.manifest = {"classes": list(art.prototypes.classes),
+                    "normalisation": {"mean": [0.0] * x.shape[2], "std": [1.0] * x.shape[2]}}
+    rep = evaluate_detailed(art, lw, override(Config(), {"detector.debounce.hold_within": False,
+                                                         "detector.debounce.slow_answer_factor": 3.0}),
+                            intervals=labels, support=lw).report
+    col = rep["baselines"]["encoder"]["detection"]
+    assert [col[k] for k in ("first_label_correct", "false_raises", "median_delay_s")] == [
+        rep["detection"][k] for k in ("first_label_correct", "false_raises", "median_delay_s")]
     for e in first:   # why: the answer time against the range the source's own level allows, 3x either way
         why = e["evidence"][0]
         lo, hi = why["normal"]
@@ -412,9 +431,9 @@ def test_a_bounded_replay_publishes_every_transition_at_its_window(model: Model,
 CLASSES = ["normal", "blocked", "capacity_limit", "unknown", "degraded"]   # degraded: a class added later
 # class, nearest class, the classes whose threshold it is within (None: not known), window end (s), every input
 # back in its normal range (None: not known), its class added after training, the faults whose signature it
-# shows and those whose mark it shows (None: not known)
+# shows and those whose mark it shows (None: not known), read unknown for its slow answers
 Window = tuple[str, str, "frozenset[str] | None", float, "bool | None", bool, "frozenset[str] | None",
-               "frozenset[str] | None"]
+               "frozenset[str] | None", bool]
 
 
 def transitions_after(seq: Sequence[Window], deb: DebounceConfig, first: int, q: int) -> list[tuple[int, Any]]:
@@ -424,8 +443,8 @@ def transitions_after(seq: Sequence[Window], deb: DebounceConfig, first: int, q:
     t = FaultTracker(deb)
     out = []
     for i in range(first, len(seq)):
-        cls, near, within, end, in_range, added, held, marked = seq[i]
-        out += [(i, tr) for tr in t.update(cls, end, near, within, in_range, added, held, marked)]
+        cls, near, within, end, in_range, added, held, marked, slow = seq[i]
+        out += [(i, tr) for tr in t.update(cls, end, near, within, in_range, added, held, marked, slow)]
     return [(i, tr) for i, tr in out if i > q]
 
 
@@ -434,8 +453,8 @@ def quiet_points(seq: Sequence[Window], deb: DebounceConfig) -> list[int]:
 
     t = FaultTracker(deb)
     out = []
-    for i, (cls, near, within, end, in_range, added, held, marked) in enumerate(seq):
-        t.update(cls, end, near, within, in_range, added, held, marked)
+    for i, (cls, near, within, end, in_range, added, held, marked, slow) in enumerate(seq):
+        t.update(cls, end, near, within, in_range, added, held, marked, slow)
         if t.quiet:
             out.append(i)
     return out
@@ -448,10 +467,11 @@ def assert_agree_after_every_quiet_window(seq: Sequence[Window], deb: DebounceCo
 
 
 def timed(windows: Sequence[tuple[Any, ...]], gaps: Sequence[float] | None = None) -> list[Window]:
-    """(class, nearest, within[, in_range[, added[, held[, marked]]]]) per window -> windows at their end times."""
+    """(class, nearest, within[, in_range[, added[, held[, marked[, slow]]]]]) per window -> windows at their end
+    times."""
     ends = np.cumsum(gaps if gaps is not None else np.ones(len(windows)))
     return [(w[0], w[1], w[2], float(e), w[3] if len(w) > 3 else None, len(w) > 4 and w[4],
-             w[5] if len(w) > 5 else None, w[6] if len(w) > 6 else None)
+             w[5] if len(w) > 5 else None, w[6] if len(w) > 6 else None, len(w) > 7 and w[7])
             for w, e in zip(windows, ends, strict=True)]
 
 
@@ -460,21 +480,23 @@ def timed(windows: Sequence[tuple[Any, ...]], gaps: Sequence[float] | None = Non
                                   st.none() | st.frozensets(st.sampled_from(CLASSES[:3])),
                                   st.sampled_from([0.5, 1.0, 1.0, 1.0, 2.5, 40.0]), st.none() | st.booleans(),
                                   st.booleans(), st.none() | st.frozensets(st.sampled_from(CLASSES[1:3])),
-                                  st.none() | st.frozensets(st.sampled_from(CLASSES[1:3]))),
+                                  st.none() | st.frozensets(st.sampled_from(CLASSES[1:3])), st.booleans()),
                         min_size=1, max_size=60),
        deb=st.builds(DebounceConfig, raise_k=st.integers(1, 3), raise_n=st.integers(3, 5),
                      clear_m=st.integers(1, 3), unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5),
                      hold_within=st.booleans(), aftermath_s=st.sampled_from([0.0, 4.0, 35.0]),
                      added_grace_s=st.sampled_from([0.0, 4.0, 65.0]),
                      release_in_range=st.booleans(), hold_signature=st.booleans(),
-                     name_on_signature=st.booleans(), name_on_mark=st.booleans()),
+                     name_on_signature=st.booleans(), name_on_mark=st.booleans(),
+                     slow_unknown_after=st.integers(0, 3)),
        data=st.data())
 def test_tracker_is_new_again_once_quiet(windows: list[Any], deb: DebounceConfig, data: Any) -> None:
     """The property the rewind rule rests on: once the tracker is quiet, a tracker that started at ANY
     earlier window acts like it from then on. Each window carries its class, its nearest class, the
     thresholds it is within, whether its inputs are back in range, whether its class was added after
-    training and the fault signatures and marks it shows, as the daemon feeds them, at irregular times."""
-    seq = timed([(*w[:3], w[4], w[5], w[6], w[7]) for w in windows], [w[3] for w in windows])
+    training, the fault signatures and marks it shows and whether it was read unknown for its slow answers, as
+    the daemon feeds them, at irregular times."""
+    seq = timed([(*w[:3], w[4], w[5], w[6], w[7], w[8]) for w in windows], [w[3] for w in windows])
     quiet = quiet_points(seq, deb)
     if not quiet:
         return
@@ -499,14 +521,14 @@ def unstarted(trans: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
                                st.sampled_from([0.5, 1.0, 1.0, 1.0, 2.5, 40.0]), st.integers(1, 10),
                                st.none() | st.booleans(), st.booleans(),
                                st.none() | st.frozensets(st.sampled_from(CLASSES[1:3])),
-                               st.none() | st.frozensets(st.sampled_from(CLASSES[1:3]))),
+                               st.none() | st.frozensets(st.sampled_from(CLASSES[1:3])), st.booleans()),
                      min_size=1, max_size=14),
        deb=st.integers(1, 3).flatmap(lambda k: st.builds(
            DebounceConfig, raise_k=st.just(k), raise_n=st.integers(k, 5), clear_m=st.integers(1, 3),
            unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5), hold_within=st.booleans(),
            aftermath_s=st.sampled_from([0.0, 4.0, 35.0]), added_grace_s=st.sampled_from([0.0, 4.0, 65.0]),
            release_in_range=st.booleans(), hold_signature=st.booleans(), name_on_signature=st.booleans(),
-           name_on_mark=st.booleans())),
+           name_on_mark=st.booleans(), slow_unknown_after=st.integers(0, 3))),
        data=st.data())
 def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs: list[Any], deb: DebounceConfig,
                                                                           data: Any) -> None:
@@ -517,10 +539,10 @@ def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs
     from netsiam.debounce import FaultTracker
 
     windows = [w for w in runs for _ in range(w[4])]
-    seq = timed([(*w[:3], w[5], w[6], w[7], w[8]) for w in windows], [w[3] for w in windows])
+    seq = timed([(*w[:3], w[5], w[6], w[7], w[8], w[9]) for w in windows], [w[3] for w in windows])
     t, spans = FaultTracker(deb), []
-    for q, (cls, near, within, end, in_range, added, held, marked) in enumerate(seq):
-        t.update(cls, end, near, within, in_range, added, held, marked)
+    for q, (cls, near, within, end, in_range, added, held, marked, slow) in enumerate(seq):
+        t.update(cls, end, near, within, in_range, added, held, marked, slow)
         if t.restart_span:
             assert t.restart_span <= t.given_run
             spans.append((q, t.restart_span, t.given_run, t.active))
@@ -530,8 +552,8 @@ def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs
     want = unstarted(transitions_after(seq, deb, 0, q))
     for first in range(q - span + 2):
         fresh = FaultTracker(deb)
-        for cls, near, within, end, in_range, added, held, marked in seq[first:q + 1]:
-            fresh.update(cls, end, near, within, in_range, added, held, marked)
+        for cls, near, within, end, in_range, added, held, marked, slow in seq[first:q + 1]:
+            fresh.update(cls, end, near, within, in_range, added, held, marked, slow)
         assert fresh.active == active, first
         assert unstarted(transitions_after(seq, deb, first, q)) == want, first
 

@@ -95,7 +95,24 @@ def test_only_normal_windows_are_flagged_and_off_changes_nothing() -> None:
     assert not flagged(rt, ["capacity_limit"] * (len(rt) - T + 1)).any()
     raw = windows(rt)
     cls = np.array(["normal"] * len(raw))
-    assert flag_slow(source_levels(np.array(["a"] * len(raw))), cls, raw, 0.0) is cls
+    slow = np.ones(len(raw), dtype=bool)
+    assert flag_slow(source_levels(np.array(["a"] * len(raw))), cls, raw, 0.0, slow=slow) is cls
+    assert not slow.any()
+
+
+def test_the_debounce_s_slow_mask_marks_every_unknown_window_answered_slowly() -> None:
+    """Whoever read it unknown (the level, or the encoder at a fault's onset), a window answered beyond the
+    bound is slow for the debounce; a named window never is, and its class stays."""
+    rt = [5.0] * 100 + [65.0] * 100
+    raw = windows(rt)
+    end = np.arange(len(raw)) + T - 1
+    cls = np.where(end % 3 == 0, "unknown", np.where(end % 3 == 1, "normal", "blocked")).astype(object)
+    slow = np.zeros(len(raw), dtype=bool)
+    out = flag_slow(source_levels(np.array(["a"] * len(raw))), cls, raw, ON, end.astype(float), slow=slow)
+    late = end >= 102                                  # the third slow second on
+    assert (out[cls == "blocked"] == "blocked").all() and not slow[cls == "blocked"].any()
+    assert slow[late & (cls != "blocked")].all() and (out[late & (cls != "blocked")] == "unknown").all()
+    assert not slow[~late].any() and (out[~late] == cls[~late]).all()
 
 
 def test_each_source_keeps_its_own_level() -> None:

@@ -56,7 +56,7 @@ def detect_events(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray,
                   debounce: DebounceConfig, nearest: np.ndarray | None = None,
                   within: np.ndarray | None = None, in_range: np.ndarray | None = None,
                   added: np.ndarray | None = None, held: Sequence[frozenset[str]] | None = None,
-                  marked: Sequence[frozenset[str]] | None = None) -> list[Event]:
+                  marked: Sequence[frozenset[str]] | None = None, slow: np.ndarray | None = None) -> list[Event]:
     """Run one FaultTracker per source over its windows in ``end_ts`` order (the daemon's loop)."""
     events: list[Event] = []
     for src in sorted(set(sources.tolist())):
@@ -70,7 +70,8 @@ def detect_events(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray,
                                      None if within is None else within[k],
                                      None if in_range is None else bool(in_range[k]),
                                      added is not None and bool(added[k]), None if held is None else held[int(k)],
-                                     None if marked is None else marked[int(k)]):
+                                     None if marked is None else marked[int(k)],
+                                     slow is not None and bool(slow[k])):
                 if tr.state == "raised":
                     open_[tr.fault] = (tr.started_at, tr.window_end)
                 else:
@@ -212,7 +213,7 @@ def score_detection(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray
                     known: Sequence[str] | None = None, nearest: np.ndarray | None = None,
                     within: np.ndarray | None = None, in_range: np.ndarray | None = None,
                     added: np.ndarray | None = None, held: Sequence[frozenset[str]] | None = None,
-                    marked: Sequence[frozenset[str]] | None = None
+                    marked: Sequence[frozenset[str]] | None = None, slow: np.ndarray | None = None
                     ) -> tuple[dict[str, Any], list[dict[str, Any]], list[Event]]:
     """One detector's per-window ``classes`` -> (summary, per-episode entries, events).
 
@@ -220,7 +221,7 @@ def score_detection(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray
     by; ``known``: the detector's classes (an episode of another label is right when raised ``unknown``).
     """
     events = detect_events(np.asarray(sources), np.asarray(end_ts, np.float64), np.asarray(classes), debounce, nearest,
-                           within, in_range, added, held, marked)
+                           within, in_range, added, held, marked, slow)
     entries, useful = match_episodes(episodes, events, grace_s, classes=known)
     n_false = useful.count(False)
     normal_hours = float(np.sum(np.asarray(labels) == NORMAL)) * seconds_per_window / 3600.0

@@ -125,10 +125,10 @@ class _Judge:
 
     def score(self, pred: np.ndarray, nway: np.ndarray, classes: Sequence[str], mask: np.ndarray,
               within: np.ndarray | None = None, nearest: np.ndarray | None = None,
-              added: np.ndarray | None = None) -> dict[str, Any]:
+              added: np.ndarray | None = None, slow: np.ndarray | None = None) -> dict[str, Any]:
         """Window scores on ``mask`` minus straddling windows, detection over every window of ``mask``
         (``nearest``, ``added``: what the debounce is given, :func:`~netsiam.serving.debounce_view`;
-        ``nearest`` defaults to ``nway``)."""
+        ``nearest`` defaults to ``nway``; ``slow``: read unknown for their slow answers)."""
         nearest = nway if nearest is None else nearest
         ok = mask & ~self.lw.straddle
         det, _, _ = score_detection(self.lw.sources[mask], self.lw.end_ts[mask], pred[mask], self.lw.labels[mask],
@@ -138,7 +138,8 @@ class _Judge:
                                     in_range=None if self.in_range is None else self.in_range[mask],
                                     added=None if added is None else added[mask],
                                     held=None if self.held is None else [self.held[i] for i in np.flatnonzero(mask)],
-                                    marked=None if self.marked is None else [self.marked[i] for i in np.flatnonzero(mask)])
+                                    marked=None if self.marked is None else [self.marked[i] for i in np.flatnonzero(mask)],
+                                    slow=None if slow is None else slow[mask])
         lab, p = self.lw.labels[ok], pred[ok]
         # the encoder's own figures, so every column of the report compares like with like
         return _scores(p, nway[ok], lab, classes) | {"per_class": _per_class(lab, p, classes),
@@ -148,7 +149,7 @@ class _Judge:
 
 def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.ndarray, within: np.ndarray,
                support: LabelledWindows | None, pcfg: PrototypeConfig, nearest: np.ndarray,
-               added: np.ndarray | None) -> dict[str, Any]:
+               added: np.ndarray | None, slow: np.ndarray) -> dict[str, Any]:
     """The encoder and the no-learning baselines, scored on the same windows and episodes.
 
     The raw-prototype and z-score baselines are fitted on the artifact's own training windows (stored
@@ -186,7 +187,7 @@ def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.nda
     out["support"], out["n_support"] = how, n_sup
     if not np.any(scored):
         return out | {"error": "no window left to score after the support split"}
-    out["encoder"] = judge.score(pred, nway, classes, scored, within, nearest, added)
+    out["encoder"] = judge.score(pred, nway, classes, scored, within, nearest, added, slow)
     rule = ExpertRule().predict(lw.raw)
     out["expert_rule"] = judge.score(rule, rule, list(ExpertRule.classes), scored) | {
         "rule": {"retrans_share": ExpertRule().retrans_share, "failed_share": ExpertRule().failed_share}}
@@ -215,7 +216,8 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     protos = artifact.prototypes
     classes = list(protos.classes)
     pred, _, dists = protos.classify(emb)
-    pred = flag_trace(pred, lw.sources, lw.raw, lw.end_ts, cfg.detector.debounce, artifact.manifest)   # as the daemon
+    slow = np.zeros(len(pred), dtype=bool)   # (N,): unknown, and answered slower than their source's own level
+    pred = flag_trace(pred, lw.sources, lw.raw, lw.end_ts, cfg.detector.debounce, artifact.manifest, slow=slow)
     nway = protos.nearest(dists)
     nearest, added = debounce_view(artifact, pred, dists, cfg.detector.debounce)   # as the daemon's debounce
     within = protos.within(dists)
@@ -242,7 +244,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     det, ep_report, events = score_detection(lw.sources, lw.end_ts, pred, labels, episodes, judge.debounce,
                                              judge.grace_s, judge.seconds_per_window, known=classes, nearest=nearest,
                                              within=within, in_range=in_range, added=added, held=held,
-                                             marked=marked)
+                                             marked=marked, slow=slow)
 
     novel = sorted(set(novel_labels) | (set(lab_ok.tolist()) - set(classes)))
     novelty: dict[str, Any] = {}
@@ -274,7 +276,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
             "grace_s": judge.grace_s, "debounce": dataclasses.asdict(cfg.detector.debounce),
         },
         "episodes": ep_report,
-        "baselines": _baselines(artifact, judge, pred, nway, within, support, cfg.prototypes, nearest, added),
+        "baselines": _baselines(artifact, judge, pred, nway, within, support, cfg.prototypes, nearest, added, slow),
         "window": dataclasses.asdict(w),
         "features": list(cfg.features),
     }

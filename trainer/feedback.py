@@ -137,11 +137,12 @@ def trace_events(rows: Rows, art: Artifact, cfg: Config) -> list[Event]:
 
 def _events(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config) -> list[Event]:
     names, _, dist = art.prototypes.classify(emb)
-    names = flag_trace(names, w.sources, w.raw, w.end_ts, cfg.detector.debounce, art.manifest)
+    slow = np.zeros(len(names), dtype=bool)
+    names = flag_trace(names, w.sources, w.raw, w.end_ts, cfg.detector.debounce, art.manifest, slow=slow)
     nearest, added = debounce_view(art, names, dist, cfg.detector.debounce)
     in_range, held, marked = debounce_inputs(x, w.raw, art.features, art.manifest, classes=art.prototypes.classes)
     return detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, nearest, art.prototypes.within(dist),
-                         in_range, added, held, marked)
+                         in_range, added, held, marked, slow)
 
 
 def _episode_from_trace(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config, eid: str) -> Episode:
