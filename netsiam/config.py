@@ -135,6 +135,7 @@ class DebounceConfig:
     hold_within: bool = True
     aftermath_s: float = 35.0
     release_in_range: bool = True   # inputs back in their normal ranges: an active fault holds no more
+    release_named: bool = True      # ... not even through windows the encoder still reads as that fault
     added_grace_s: float = 65.0     # a class added after training counts as unknown this long after another fault
     hold_signature: bool = True     # a window showing the active fault's signature inputs still carries it
     name_on_signature: bool = True  # no fault active: an unknown window nearest a fault showing its signature is it

@@ -30,9 +30,12 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   in its aftermath such an ``unknown`` window counts as normal whatever its nearest class (so such windows
   clear it as normal ones would), and hysteresis does not hold a ``normal`` one. A 30-s window remembers a
   fault long after its counters are back (a window nearest the fault, beyond every threshold, for up to 9 s;
-  chosen on the validation recordings, ``docs/method.md``). A named window is never released (one of a class
-  added after training may first count as ``unknown``, below), an active ``unknown`` is not cleared by it, and
+  chosen on the validation recordings, ``docs/method.md``). A named window is released only by
+  ``release_named`` (below; one of a class added after training may first count as ``unknown``), an active ``unknown`` is not cleared by it, and
   with no fault active and no aftermath it changes nothing.
+- ``release_named`` (on by default): a window of the active named fault, or of the fault whose aftermath it is,
+  back in range and showing none of that fault's signature, counts as normal too (it must not hold the fault or
+  raise it again); elsewhere it counts as named, so no ``restart_span`` covers it.
 - A class added after training (``prototypes add``, feedback; the window is given with ``added`` and, as
   ``nearest``, the trained class nearest it) is placed from a few windows, and it can take a fault's recovery (a
   freeze's held calls answered late look like a far end answering slowly). While another fault is active, or in
@@ -86,8 +89,8 @@ class FaultTracker:
 
     __slots__ = ("_active", "_added_until", "_after_fault", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak",
                  "_given", "_given_run", "_n", "_named", "_normal_streak", "_plain_streak", "_recent", "_run_len",
-                 "_run_start", "_seen", "_settle_at", "_since_added", "_slow_run", "_started_at", "_tail", "_tail_len",
-                 "_tail_start")
+                 "_run_start", "_seen", "_settle_at", "_since_added", "_since_releasable", "_slow_run", "_started_at",
+                 "_tail", "_tail_len", "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
         self._cfg = cfg
@@ -115,6 +118,7 @@ class FaultTracker:
         self._given, self._given_run = NORMAL, 0
         self._since_added = 1 << 30           # windows since the last one of a class added after training
         self._slow_run = 0                    # unknown windows in a row read so for their slow answers
+        self._since_releasable = 1 << 30      # windows since the last named one back in range (release_named)
 
     @property
     def active(self) -> str | None:
@@ -155,8 +159,9 @@ class FaultTracker:
         if a is None or a == UNKNOWN or self._given != a:
             return 0
         need = max(cfg.raise_n, cfg.switch_after)
-        # a window of a class added after training is read otherwise in some trackers' grace, not in others'
-        return need if self._given_run >= need and self._since_added >= need else 0
+        # a window of a class added after training is read otherwise in some trackers' grace, not in others'; so
+        # is a named one back in range (release_named: normal where its fault is active or just cleared)
+        return need if self._given_run >= need and self._since_added >= need and self._since_releasable >= need else 0
 
     def release(self, window_end: float) -> list[Transition]:
         """Start over as a new tracker; a fault still active ends with its ``cleared`` at ``window_end``
@@ -245,6 +250,14 @@ class FaultTracker:
                 self._active not in (None, UNKNOWN)
                 or (self._aftermath and window_end < self._added_until and cls != self._after_fault)):
             cls = UNKNOWN   # in another fault's grace: judged as an unknown window nearest that trained class
+        # a named window whose counters no longer show its fault: released where that fault is active or just
+        # cleared (it must not raise it again); other trackers read it as named, so no restart span covers it
+        releasable = (self._cfg.release_named and released and cls != NORMAL and cls != UNKNOWN and not added
+                      and not (held and cls in held))
+        self._since_releasable = 0 if releasable else self._since_releasable + 1
+        if releasable and (cls == self._active or (self._active is None and self._aftermath
+                                                   and cls == self._after_fault)):
+            cls = NORMAL
         if (self._cfg.hold_within and within is not None and cls == NORMAL and not released
                 and self._active not in (None, UNKNOWN) and self._active in within):
             cls = self._active

@@ -246,6 +246,26 @@ def test_inputs_back_in_range_end_hysteresis_but_raise_and_clear_nothing_alone()
         == [("raised", "unknown", 3.0)]
 
 
+def test_the_active_fault_s_own_windows_back_in_range_release_it_and_raise_it_no_more() -> None:
+    """Held calls stop failing, yet the window is still read as the limit: back in range with none of its
+    signature it counts as normal, also in the aftermath (no raise again); elsewhere it still raises."""
+    fault = [("capacity_limit", "capacity_limit", {"capacity_limit"}, False)] * 3
+    memory = [("capacity_limit", "capacity_limit", {"capacity_limit"}, True)] * 4
+    after = [("normal", "normal", {"normal"}, True)] * 2
+    off = replace(CFG, release_named=False)
+    assert _released(CFG, fault + memory + after) == [("raised", "capacity_limit", 1.0), ("cleared", "capacity_limit", 4.0)]
+    assert _released(off, fault + memory + after) == [("raised", "capacity_limit", 1.0),
+                                                       ("cleared", "capacity_limit", 8.0)]
+    # with no fault before them, named windows in range raise as any
+    assert _released(CFG, memory)[:1] == [("raised", "capacity_limit", 1.0)]
+    # a window showing the fault's signature is not released
+    t = FaultTracker(CFG)
+    sig = frozenset({"capacity_limit"})
+    out = [(tr.state, tr.window_end) for i, r in enumerate([False] * 3 + [True] * 4)
+           for tr in t.update("capacity_limit", float(i), "capacity_limit", {"capacity_limit"}, r, held=sig)]
+    assert out == [("raised", 1.0)]
+
+
 def _signed(cfg: DebounceConfig, seq: list[tuple[str, str, frozenset[str]]]) -> list[tuple[str, str, float]]:
     t = FaultTracker(cfg)
     return [(tr.state, tr.fault, tr.window_end) for i, (c, n, h) in enumerate(seq)

@@ -488,7 +488,7 @@ def timed(windows: Sequence[tuple[Any, ...]], gaps: Sequence[float] | None = Non
                      added_grace_s=st.sampled_from([0.0, 4.0, 65.0]),
                      release_in_range=st.booleans(), hold_signature=st.booleans(),
                      name_on_signature=st.booleans(), name_on_mark=st.booleans(),
-                     slow_unknown_after=st.integers(0, 3)),
+                     slow_unknown_after=st.integers(0, 3), release_named=st.booleans()),
        data=st.data())
 def test_tracker_is_new_again_once_quiet(windows: list[Any], deb: DebounceConfig, data: Any) -> None:
     """The property the rewind rule rests on: once the tracker is quiet, a tracker that started at ANY
@@ -528,7 +528,7 @@ def unstarted(trans: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
            unknown_after=st.integers(1, 8), switch_after=st.integers(1, 5), hold_within=st.booleans(),
            aftermath_s=st.sampled_from([0.0, 4.0, 35.0]), added_grace_s=st.sampled_from([0.0, 4.0, 65.0]),
            release_in_range=st.booleans(), hold_signature=st.booleans(), name_on_signature=st.booleans(),
-           name_on_mark=st.booleans(), slow_unknown_after=st.integers(0, 3))),
+           name_on_mark=st.booleans(), slow_unknown_after=st.integers(0, 3), release_named=st.booleans())),
        data=st.data())
 def test_a_tracker_started_within_the_restart_span_agrees_but_for_the_start(runs: list[Any], deb: DebounceConfig,
                                                                           data: Any) -> None:
