@@ -22,8 +22,10 @@ window: a freeze's backlog answered late raises nothing).
   A restarted daemon replays each source from a window before its current episode (``detector/sources.py``)
   and starts its level there, from the source's traffic before the episode, near the level it lost but
   not always equal to it: a window whose answers lie near the bound may be judged otherwise after a restart.
-* The event such a window raises quotes, first, its answer time against the range its source's level allows
-  (:func:`slow_evidence`).
+* Windows ``unknown`` and answered that slowly (whether the encoder or the level read them so) are ``slow`` for
+  the debounce: ``detector.debounce.slow_unknown_after`` of them in a row raise ``unknown`` without the wait
+  for ``unknown_after`` (:mod:`netsiam.debounce`). The event such a window raises quotes, first, its answer time
+  against the range its source's level allows (:func:`slow_evidence`).
 * A false alarm an operator marks ``normal`` (``netsiam feedback``) raises the model's factor above the
   episode's slowest window (:data:`HEADROOM`), in its manifest (:data:`MANIFEST_KEY`): the same slowdown
   later raises nothing. The factor in force is the larger of the config's and the model's.
