@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry
 from netsiam.config import Config
 from netsiam.evidence import debounce_inputs, ranges_from_manifest
 from netsiam.features import RAW_METRICS
+from netsiam.schemas.classes import UNKNOWN
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import RecordError, decode_record
 from netsiam.serving import Artifact, debounce_view
@@ -375,8 +376,8 @@ class Pipeline:
             distances = {c: round(float(row[j]), 6) for j, c in enumerate(classes)}
             emb = tuple(round(float(v), 6) for v in res.emb[i])
             explain = explainer(batch.raw[i], None if x is None else x[i], batch.artifact, ranges)
-            if slowed is not None and slowed[i]:
-                explain = slow_evidence(explain, st.level, batch.raw[i], factor)
+            if slowed is not None and slowed[i] and any(t.fault == UNKNOWN for t in trans):
+                explain = slow_evidence(explain, st.level, batch.raw[i], factor)   # not for a fault it was named
             n_events += self._emitter.emit(st, trans, w, version, round(float(res.nearest[i]), 6), distances, emb,
                                            explain)
         batch.seq = self._seq  # the snapshot this batch completes includes its evictions

@@ -8,7 +8,8 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   prototype, so ``unknown`` is raised only when a run of anomalous windows has lasted
   ``unknown_after`` windows and no named class has reached ``raise_k`` of ``raise_n``, or, where the
   counters themselves show it (``slow``: read ``unknown`` for its slow answers,
-  :mod:`netsiam.slowanswers`), after ``slow_unknown_after`` such windows in a row.
+  :mod:`netsiam.slowanswers`), after ``slow_unknown_after`` such windows in a row outside a named fault's
+  aftermath.
 - An active fault clears after ``clear_m`` consecutive normal windows. An active fault switches
   (clear the old, raise the new) only to a named class that carried the last ``switch_after``
   windows in a row; a named fault never turns into ``unknown``. A long ``switch_after`` keeps one
@@ -34,8 +35,10 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   ``release_named`` (below; one of a class added after training may first count as ``unknown``), an active ``unknown`` is not cleared by it, and
   with no fault active and no aftermath it changes nothing.
 - ``release_named`` (on by default): a window of the active named fault, or of the fault whose aftermath it is,
-  back in range and showing none of that fault's signature, counts as normal too (it must not hold the fault or
-  raise it again); elsewhere it counts as named, so no ``restart_span`` covers it.
+  back in range and showing none of that fault's signature or mark, counts as normal too (it must not hold the
+  fault or raise it again), once a window out of range was seen since the fault was raised (a fault whose inputs
+  stay in range would otherwise clear and be raised again); elsewhere it counts as named, so no ``restart_span``
+  covers it.
 - A class added after training (``prototypes add``, feedback; the window is given with ``added`` and, as
   ``nearest``, the trained class nearest it) is placed from a few windows, and it can take a fault's recovery (a
   freeze's held calls answered late look like a far end answering slowly). While another fault is active, or in
@@ -89,8 +92,8 @@ class FaultTracker:
 
     __slots__ = ("_active", "_added_until", "_after_fault", "_aftermath", "_aftermath_until", "_cfg", "_clean_streak",
                  "_given", "_given_run", "_n", "_named", "_normal_streak", "_plain_streak", "_recent", "_run_len",
-                 "_run_start", "_seen", "_settle_at", "_since_added", "_since_releasable", "_slow_run", "_started_at",
-                 "_tail", "_tail_len", "_tail_start")
+                 "_out_seen", "_run_start", "_seen", "_settle_at", "_since_added", "_since_releasable", "_slow_run",
+                 "_started_at", "_tail", "_tail_len", "_tail_start")
 
     def __init__(self, cfg: DebounceConfig) -> None:
         self._cfg = cfg
@@ -119,6 +122,7 @@ class FaultTracker:
         self._since_added = 1 << 30           # windows since the last one of a class added after training
         self._slow_run = 0                    # unknown windows in a row read so for their slow answers
         self._since_releasable = 1 << 30      # windows since the last named one back in range (release_named)
+        self._out_seen = False                # a window out of range since the last raise (release_named)
 
     @property
     def active(self) -> str | None:
@@ -151,7 +155,7 @@ class FaultTracker:
         one started at any earlier window (or any of these) holds that fault after this one and makes
         this one's transitions from then on, its episode's ``started_at`` aside; 0 while that is not so.
         ``max(raise_n, switch_after)`` windows of a named class raise it in a tracker with no fault (or
-        with ``unknown``, raised first where ``unknown_after`` or ``slow_unknown_after`` < ``raise_k``) and switch any other to it;
+        with ``unknown``, raised first where ``unknown_after`` < ``raise_k``) and switch any other to it;
         then the recent windows agree, no aftermath is pending, and every other count is reset before it
         is read again. Never for ``unknown``: a tracker that raised a named fault does not turn into it.
         tests/test_pipeline.py checks it on random sequences."""
@@ -181,7 +185,7 @@ class FaultTracker:
         return next(c for c, _ in reversed(self._recent) if counts.get(c) == best)
 
     def _raise(self, fault: str, window_end: float) -> Transition:
-        self._active = fault
+        self._active, self._out_seen = fault, False
         self._aftermath = False   # a raised fault is no aftermath: nearest-normal windows must not clear it
         self._started_at = self._run_start if self._run_start is not None else window_end
         return Transition("raised", fault, self._started_at, window_end)
@@ -253,10 +257,11 @@ class FaultTracker:
         # a named window whose counters no longer show its fault: released where that fault is active or just
         # cleared (it must not raise it again); other trackers read it as named, so no restart span covers it
         releasable = (self._cfg.release_named and released and cls != NORMAL and cls != UNKNOWN and not added
-                      and not (held and cls in held))
+                      and not (held and cls in held) and not (marked and cls in marked))
         self._since_releasable = 0 if releasable else self._since_releasable + 1
-        if releasable and (cls == self._active or (self._active is None and self._aftermath
-                                                   and cls == self._after_fault)):
+        # only a fault its counters showed (a fault whose inputs stay in range would clear and be raised again)
+        if releasable and self._out_seen and (cls == self._active or (self._active is None and self._aftermath
+                                                                      and cls == self._after_fault)):
             cls = NORMAL
         if (self._cfg.hold_within and within is not None and cls == NORMAL and not released
                 and self._active not in (None, UNKNOWN) and self._active in within):
@@ -273,7 +278,8 @@ class FaultTracker:
             cls = NORMAL    # a named fault's aftermath: beyond every threshold, but nearer normal than the fault
         elif cls != NORMAL and (cls != UNKNOWN or window_end >= self._aftermath_until):
             self._aftermath = False
-        self._slow_run = self._slow_run + 1 if slow and cls == UNKNOWN else 0
+        # a fault's aftermath hides late answers as it hides any recovery (a window nearest the fault stays unknown)
+        self._slow_run = self._slow_run + 1 if slow and cls == UNKNOWN and not self._aftermath else 0
         self._recent.append((cls, window_end))
         if cls == self._tail:
             self._tail_len += 1
@@ -311,4 +317,6 @@ class FaultTracker:
         if self._normal_streak >= self._cfg.clear_m:
             self._run_start, self._run_len = None, 0
             self._recent.clear()
+        if self._active not in (None, UNKNOWN) and in_range is False:
+            self._out_seen = True
         return out

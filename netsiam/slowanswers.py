@@ -7,7 +7,8 @@ A source's own history can. Each source keeps the level of its answer times (``l
 ``ResponseTime1``, ms), a running median. A window that the encoder reads ``normal`` and the median of whose
 clean seconds among its last :data:`TAIL` lies more than ``log(slow_answer_factor)`` above the level is
 ``unknown`` (its nearest class stays ``normal``, so the debounce's aftermath rules apply to it as to any such
-window: a freeze's backlog answered late raises nothing).
+window: a freeze's backlog answered late raises nothing; nor, in a fault's aftermath, do windows slow and
+``unknown`` that lie nearest the fault).
 
 * The level is a running median: each second moves it by :data:`STEP` towards the sample, so one slow
   second moves it by no more than a fast one. Only clean seconds are judged and learnt from: answered, with no

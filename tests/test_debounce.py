@@ -127,9 +127,11 @@ def test_windows_read_unknown_for_their_slow_answers_raise_unknown_after_slow_un
     assert go(replace(cfg, slow_unknown_after=0), [norm] * 3 + [slow] * 4 + [norm] * 2) == []   # off: as any
     # a slow window between others does not make a run; an unknown run still raises at unknown_after
     assert go(cfg, [norm] * 3 + [slow, odd] * 3) == [("raised", "unknown", 8.0)]
-    # late answers after a freeze are its aftermath, not a new fault
+    # late answers after a freeze are its aftermath, not a new fault, whether nearest normal or the freeze
     after = [("blocked", "blocked", False)] * 3 + [norm] * 2 + [slow] * 6
     assert go(cfg, after) == [("raised", "blocked", 1.0), ("cleared", "blocked", 4.0)]
+    near_fault = [("blocked", "blocked", False)] * 3 + [norm] * 2 + [("unknown", "blocked", True)] * 4
+    assert go(cfg, near_fault) == [("raised", "blocked", 1.0), ("cleared", "blocked", 4.0)]   # not before 6
 
 
 def test_an_unknown_window_nearest_a_fault_ends_the_grace_only_after_aftermath_s() -> None:
@@ -256,8 +258,9 @@ def test_the_active_fault_s_own_windows_back_in_range_release_it_and_raise_it_no
     assert _released(CFG, fault + memory + after) == [("raised", "capacity_limit", 1.0), ("cleared", "capacity_limit", 4.0)]
     assert _released(off, fault + memory + after) == [("raised", "capacity_limit", 1.0),
                                                        ("cleared", "capacity_limit", 8.0)]
-    # with no fault before them, named windows in range raise as any
-    assert _released(CFG, memory)[:1] == [("raised", "capacity_limit", 1.0)]
+    # with no fault before them, named windows in range raise as any, and a fault its counters never showed
+    # (every window in range) is not released: one raise, not a raise every aftermath
+    assert _released(CFG, memory * 15) == [("raised", "capacity_limit", 1.0)]
     # a window showing the fault's signature is not released
     t = FaultTracker(CFG)
     sig = frozenset({"capacity_limit"})

@@ -166,8 +166,7 @@ def test_answers_slower_than_the_source_s_own_raise_unknown_as_the_offline_evalu
                                                          "detector.debounce.slow_answer_factor": 3.0}),
                             intervals=labels, support=lw).report
     col = rep["baselines"]["encoder"]["detection"]
-    assert [col[k] for k in ("first_label_correct", "false_raises", "median_delay_s")] == [
-        rep["detection"][k] for k in ("first_label_correct", "false_raises", "median_delay_s")]
+    assert {k: v for k, v in rep["detection"].items() if k in col} == col
     for e in first:   # why: the answer time against the range the source's own level allows, 3x either way
         why = e["evidence"][0]
         lo, hi = why["normal"]
