@@ -335,7 +335,8 @@ class Pipeline:
         m = self.metrics
         n = batch.n_windows
         names = res.names
-        factor = factor_for(self.det.debounce, getattr(batch.artifact, "manifest", None)) if n else 0.0
+        manifest = getattr(batch.artifact, "manifest", None)
+        factor = factor_for(self.det.debounce, manifest) if n else 0.0
         slowed = None
         if factor > 0:
             slowed = np.zeros(n, dtype=bool)   # (N,): unknown, and answered slower than their source's own level
@@ -351,7 +352,6 @@ class Pipeline:
         version = batch.artifact.version
         nearest, added = debounce_view(batch.artifact, names, res.dists, self.det.debounce) if n else (names, None)
         within = batch.artifact.prototypes.within(res.dists) if n else names
-        manifest = getattr(batch.artifact, "manifest", None)
         x, ranges = batch.x, ranges_from_manifest(manifest)   # the events' evidence quotes them too
         in_range, held, marked = ((None, None, None) if x is None or not n
                                   else debounce_inputs(x, batch.raw, batch.artifact.features, manifest, ranges,

@@ -32,7 +32,8 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   clear it as normal ones would), and hysteresis does not hold a ``normal`` one. A 30-s window remembers a
   fault long after its counters are back (a window nearest the fault, beyond every threshold, for up to 9 s;
   chosen on the validation recordings, ``docs/method.md``). A named window is released only by
-  ``release_named`` (below; one of a class added after training may first count as ``unknown``), an active ``unknown`` is not cleared by it, and
+  ``release_named`` (below; one of a class added after training may first count as ``unknown``), an active
+  ``unknown`` is not cleared by it, and
   with no fault active and no aftermath it changes nothing.
 - ``release_named`` (on by default): a window of the active named fault, or of the fault whose aftermath it is,
   back in range and showing none of that fault's signature or mark, counts as normal too (it must not hold the
