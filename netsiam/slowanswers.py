@@ -19,7 +19,8 @@ window: a freeze's backlog answered late raises nothing; nor, in a fault's after
   slower becomes the source's normal in tens of minutes; an episode of a few minutes stays ``unknown``).
   The level reads the counters only, never the model: a new model version keeps it.
 * A source starts from its first window whose last second is clean: the median answer time of the clean
-  seconds among its last :data:`SEED`. It is judged once :data:`WARM` clean seconds taught it (those learnt ten times as fast).
+  seconds among its last :data:`SEED`. It is judged once :data:`WARM` clean seconds taught it (those learnt ten
+  times as fast).
   A restarted daemon replays each source from a window before its current episode (``detector/sources.py``)
   and starts its level there, from the source's traffic before the episode, near the level it lost but
   not always equal to it: a window whose answers lie near the bound may be judged otherwise after a restart.
