@@ -94,21 +94,12 @@ def labelled_windows(records: Sequence[Record], labels: Sequence[LabelInterval],
 
 def detect_offline(art: Any, emb: np.ndarray, x: np.ndarray, w: Any, debounce: Any) -> tuple[list[Any], np.ndarray | None]:
     """The events ``netsiam evaluate`` finds over windows ``w`` (derived ``x``, embedded ``emb``), given all the
-    daemon's debounce is given: nearest trained class, thresholds within, inputs in range, added classes,
-    fault signatures and marks shown; -> (events, the ``added`` mask)."""
-    from netsiam.evidence import debounce_inputs
-    from netsiam.serving import debounce_view
-    from netsiam.slowanswers import flag_trace
-    from netsiam.trainer.detection import detect_events
+    daemon's debounce is given (:func:`~netsiam.trainer.detection.debounce_givens`); -> (events, the ``added``
+    mask)."""
+    from netsiam.trainer.detection import debounce_givens, givens_events
 
-    names, _, dists = art.prototypes.classify(emb)
-    slow = np.zeros(len(names), dtype=bool)
-    names = flag_trace(names, w.sources, w.raw, w.end_ts, debounce, getattr(art, "manifest", None), slow=slow)
-    nearest, added = debounce_view(art, names, dists, debounce)
-    in_range, held, marked = debounce_inputs(x, w.raw, list(getattr(art, "features", ())), getattr(art, "manifest", None),
-                                             classes=art.prototypes.classes)
-    return detect_events(w.sources, w.end_ts, names, debounce, nearest, art.prototypes.within(dists),
-                         in_range, added, held, marked, slow), added
+    g = debounce_givens(art, w.sources, w.end_ts, w.raw, x, emb, debounce)
+    return givens_events(w.sources, w.end_ts, g, debounce), g.added
 
 # -- small artifacts built by hand ----------------------------------------------------------------
 class MeanEncoder:

@@ -2,7 +2,8 @@
 labelled fault episodes, and score what an operator judges.
 
 * :func:`detect_events` runs one :class:`netsiam.debounce.FaultTracker` per source over its windows in
-  ``end_ts`` order, exactly as the daemon does.
+  ``end_ts`` order, exactly as the daemon does; :func:`debounce_givens` reads what the daemon gives it beside
+  each window's class from an artifact (``evaluate``, feedback and the tests' daemon-equals-offline checks).
 * :func:`match_episodes`: an event belongs to an episode when its ``[started_at, end]`` overlaps the
   episode or it is raised within ``[start, end + grace]``. Per episode: the first fault raised
   (``detected_label``), every fault raised (``raised``), the delay from the episode's start to the
@@ -17,17 +18,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from netsiam.config import DebounceConfig
 from netsiam.debounce import FaultTracker
+from netsiam.evidence import debounce_inputs
 from netsiam.schemas.classes import NORMAL, UNKNOWN
+from netsiam.serving import debounce_view
+from netsiam.slowanswers import flag_trace
 from netsiam.traceio import LabelInterval
 
-__all__ = ["GRACE_S", "Episode", "Event", "alarm_share", "detect_events", "episodes_from_intervals", "episodes_from_windows",
-           "false_alarms_per_hour", "match_episodes", "score_detection"]
+__all__ = ["GRACE_S", "Episode", "Event", "Givens", "alarm_share", "debounce_givens", "detect_events",
+           "episodes_from_intervals", "episodes_from_windows", "false_alarms_per_hour", "givens_events", "match_episodes",
+           "score_detection"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,41 @@ def detect_events(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray,
         for fault, (started, raised) in open_.items():
             events.append(Event(src, fault, started, raised, None, last_t))
     return sorted(events, key=lambda e: (e.source, e.raised_at))
+
+
+class Givens(NamedTuple):
+    """Per window (N,), what the daemon's debounce is given (:func:`detect_events` takes them in this order)."""
+
+    classes: np.ndarray                       # the class read, ``unknown`` where answered slower than the source's own
+    nearest: np.ndarray                       # the nearest class (of the trained ones for a class added later)
+    within: np.ndarray                        # frozensets: the classes whose threshold the window is within
+    in_range: np.ndarray | None               # every input's tail in its normal range
+    added: np.ndarray | None                  # of a class added after training
+    held: list[frozenset[str]] | None         # the faults whose signature it shows
+    marked: list[frozenset[str]] | None       # the faults whose mark it shows
+    slow: np.ndarray                          # unknown, and answered slower than its source's own level
+    dists: np.ndarray                         # (N, C) distance to every prototype
+
+
+def debounce_givens(art: Any, sources: np.ndarray, end_ts: np.ndarray, raw: np.ndarray, x: np.ndarray,
+                    emb: np.ndarray, debounce: DebounceConfig, features: Sequence[str] | None = None) -> Givens:
+    """Windows (raw (N, T, R), their inputs ``x`` (N, T, F) under ``features``, default the artifact's, embedded
+    ``emb``) of whole traces -> what the daemon serving ``art`` gives its debounce for each: one reading of the
+    artifact for every offline judge, so each judges as the daemon acts."""
+    manifest = getattr(art, "manifest", None)
+    names, _, dists = art.prototypes.classify(emb)
+    slow = np.zeros(len(names), dtype=bool)
+    names = flag_trace(names, sources, raw, end_ts, debounce, manifest, slow=slow)
+    nearest, added = debounce_view(art, names, dists, debounce)
+    feats = list(getattr(art, "features", ()) if features is None else features)
+    in_range, held, marked = debounce_inputs(x, raw, feats, manifest, classes=art.prototypes.classes)
+    return Givens(names, nearest, art.prototypes.within(dists), in_range, added, held, marked, slow, dists)
+
+
+def givens_events(sources: np.ndarray, end_ts: np.ndarray, g: Givens, debounce: DebounceConfig) -> list[Event]:
+    """:func:`detect_events` over what :func:`debounce_givens` read."""
+    return detect_events(sources, end_ts, g.classes, debounce, g.nearest, g.within, g.in_range, g.added, g.held,
+                         g.marked, g.slow)
 
 
 def episodes_from_intervals(intervals: Sequence[LabelInterval]) -> list[Episode]:

@@ -35,10 +35,8 @@ import orjson
 
 from netsiam.config import Config, DebounceConfig, PrototypeConfig
 from netsiam.errors import NetsiamError, UsageError
-from netsiam.evidence import debounce_inputs
 from netsiam.schemas.classes import NORMAL, UNKNOWN
-from netsiam.serving import Artifact, debounce_view, load_artifact
-from netsiam.slowanswers import flag_trace
+from netsiam.serving import Artifact, load_artifact
 from netsiam.traceio import LabelInterval, atomic_write_bytes, read_labels
 from netsiam.trainer.baselines import (
     ExpertRule,
@@ -53,6 +51,7 @@ from netsiam.trainer.detection import (
     Episode,
     Event,
     alarm_share,
+    debounce_givens,
     episodes_from_intervals,
     episodes_from_windows,
     score_detection,
@@ -215,12 +214,10 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
         raise NetsiamError(f"windows do not fit the model: {e}") from None
     protos = artifact.prototypes
     classes = list(protos.classes)
-    pred, _, dists = protos.classify(emb)
-    slow = np.zeros(len(pred), dtype=bool)   # (N,): unknown, and answered slower than their source's own level
-    pred = flag_trace(pred, lw.sources, lw.raw, lw.end_ts, cfg.detector.debounce, artifact.manifest, slow=slow)
-    nway = protos.nearest(dists)
-    nearest, added = debounce_view(artifact, pred, dists, cfg.detector.debounce)   # as the daemon's debounce
-    within = protos.within(dists)
+    # (N,) each: what the daemon's debounce is given, the class read first (unknown where answered slowly)
+    g = debounce_givens(artifact, lw.sources, lw.end_ts, lw.raw, lw.x, emb, cfg.detector.debounce, cfg.features)
+    pred, nearest, added, within, slow = g.classes, g.nearest, g.added, g.within, g.slow
+    nway = protos.nearest(g.dists)
     labels = np.asarray(lw.labels, dtype=object)
     ok = ~np.asarray(lw.straddle, dtype=bool)
 
@@ -237,8 +234,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     episodes = (episodes_from_intervals(intervals) if intervals is not None
                 else episodes_from_windows(lw.sources, lw.end_ts, labels, w.interval_s))
     episodes = _covered(episodes, lw, (w.length - 1) * w.interval_s)
-    in_range, held, marked = debounce_inputs(lw.x, lw.raw, list(cfg.features), getattr(artifact, "manifest", None),
-                                             classes=artifact.prototypes.classes)
+    in_range, held, marked = g.in_range, g.held, g.marked
     judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=GRACE_S,
                    seconds_per_window=w.stride * w.interval_s, in_range=in_range, held=held, marked=marked)
     det, ep_report, events = score_detection(lw.sources, lw.end_ts, pred, labels, episodes, judge.debounce,

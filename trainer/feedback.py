@@ -43,19 +43,18 @@ from netsiam.collect.dump import episodes_from_events as intervals_from_events
 from netsiam.collect.dump import read_topic_values
 from netsiam.config import Config
 from netsiam.errors import NetsiamError, UsageError
-from netsiam.evidence import debounce_inputs
 from netsiam.features import RAW_METRICS, derive, required_metrics
 from netsiam.schemas.classes import NORMAL, SILENT
 from netsiam.schemas.event import event_id as make_event_id
 from netsiam.schemas.feedback import Feedback
 from netsiam.schemas.record import RecordError, decode_record
-from netsiam.serving import Artifact, debounce_view, load_artifact
+from netsiam.serving import Artifact, load_artifact
 from netsiam.slowanswers import MANIFEST_KEY as SLOW_KEY
 from netsiam.slowanswers import factor_for, flag_trace, taught_factor
 from netsiam.versions import lineage, locked, publish, writable_model
 from netsiam.windowing import Windows, windows_from_records
 
-from .detection import Event, detect_events
+from .detection import Event, debounce_givens, givens_events
 from .prototypes import add_support, support_points
 
 __all__ = ["Episode", "Outcome", "cli_feedback", "describe", "episode_from_events", "support_windows", "teach",
@@ -136,13 +135,8 @@ def trace_events(rows: Rows, art: Artifact, cfg: Config) -> list[Event]:
 
 
 def _events(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config) -> list[Event]:
-    names, _, dist = art.prototypes.classify(emb)
-    slow = np.zeros(len(names), dtype=bool)
-    names = flag_trace(names, w.sources, w.raw, w.end_ts, cfg.detector.debounce, art.manifest, slow=slow)
-    nearest, added = debounce_view(art, names, dist, cfg.detector.debounce)
-    in_range, held, marked = debounce_inputs(x, w.raw, art.features, art.manifest, classes=art.prototypes.classes)
-    return detect_events(w.sources, w.end_ts, names, cfg.detector.debounce, nearest, art.prototypes.within(dist),
-                         in_range, added, held, marked, slow)
+    deb = cfg.detector.debounce
+    return givens_events(w.sources, w.end_ts, debounce_givens(art, w.sources, w.end_ts, w.raw, x, emb, deb), deb)
 
 
 def _episode_from_trace(w: Windows, x: np.ndarray, emb: np.ndarray, art: Artifact, cfg: Config, eid: str) -> Episode:
