@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from netsiam.schemas.record import REASONS
+from netsiam.schemas.record import RECORD_REASONS
 
 __all__ = ["DetectorMetrics", "RaisedFaults", "SourceTimes"]
 
@@ -113,7 +113,7 @@ class DetectorMetrics:
         self.records_invalid = Counter(
             "netsiam_records_invalid_total", "Records sent to the dead-letter topic, by reason.",
             ["reason"], registry=r)
-        for reason in REASONS:  # export zeros so rate() works before the first bad record
+        for reason in RECORD_REASONS:  # export zeros so rate() works before the first bad record
             self.records_invalid.labels(reason=reason)
         self.metric_values_ignored = Counter(
             "netsiam_metric_values_ignored_total",

@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
     p.add_argument("--model", default=None, help="artifact directory the daemon serves from (default: detector.model)")
     p.add_argument("--group", default=None, help="consumer group (default: kafka.group_id + '-learn')")
+    p.add_argument("--metrics-port", type=port, default=None,
+                   help="serve /metrics on this port (bound to metrics.host; 0 = any free port; default: none)")
 
     p = sub.add_parser("model", help="versions of a served model: history, rollback, copy")
     msub = p.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -23,9 +23,10 @@ import orjson
 
 from netsiam.schemas.timeparse import parse_ts
 
-__all__ = ["REASONS", "DecodedRecord", "RecordError", "decode_record", "validate_record_obj"]
+__all__ = ["REASONS", "RECORD_REASONS", "DecodedRecord", "RecordError", "decode_record", "validate_record_obj"]
 
-# Every reason a record can be dead-lettered for (a Prometheus label value, keep the set small).
+# Every reason a message can be dead-lettered for (a Prometheus label value, keep the set small): a record's
+# (RECORD_REASONS, the daemon's), and a feedback message's (not_json or schema as a record's, or refused).
 REASONS: tuple[str, ...] = (
     "not_json",          # undecodable bytes or invalid JSON
     "too_large",         # message over detector.max_record_bytes
@@ -38,6 +39,7 @@ REASONS: tuple[str, ...] = (
     "out_of_order",      # older than the source's last sample, or too far from the stream clock
     "refused",           # a feedback message `netsiam learn` could not apply (unknown event, too few windows, ...)
 )
+RECORD_REASONS: tuple[str, ...] = REASONS[:-1]
 
 MAX_SOURCE_LEN = 256
 MAX_METRICS = 512
@@ -60,7 +62,7 @@ _WELL_FORMED = msgspec.json.Decoder(_WellFormed)
 
 class RecordError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
-        assert reason in REASONS, reason
+        assert reason in RECORD_REASONS, reason
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail

@@ -425,6 +425,15 @@ def test_scrape_config_targets_the_detector() -> None:
     assert "netsiam.rules.yml" in cfg["rule_files"]
 
 
+def test_scrape_config_targets_learn_where_its_unit_serves_metrics() -> None:
+    cfg = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    jobs = {sc["job_name"]: sc for sc in cfg["scrape_configs"]}
+    unit = (DEPLOY / "systemd" / "netsiam-learn.service").read_text()
+    m = re.search(r"^ExecStart=\S+ learn .*--metrics-port (\d+)", unit, re.M)
+    assert m, "netsiam-learn.service serves no /metrics"
+    assert [f"127.0.0.1:{m.group(1)}"] in [sc["targets"] for sc in jobs["netsiam-learn"]["static_configs"]]
+
+
 def test_every_required_alert_is_defined_and_unit_tested() -> None:
     doc = yaml.safe_load(RULES.read_text())
     alerts = {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}

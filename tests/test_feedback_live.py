@@ -5,13 +5,24 @@ running daemon hot-reloading the new model version, and the later traffic judged
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from helpers import events_of, make_config, read_topic, running, start_netsiam, wait_until, write_config
+from helpers import (
+    events_of,
+    http_get,
+    make_config,
+    read_topic,
+    running,
+    start_netsiam,
+    wait_until,
+    write_config,
+)
+from prometheus_client.parser import text_string_to_metric_families
 
 from netsiam.cli import main
 from netsiam.config import DebounceConfig
@@ -128,7 +139,7 @@ def test_learn_applies_feedback_messages_and_dead_letters_bad_ones(
     slow = [iv for iv in labels if iv.label == "degraded"]    # the far end answering 200-300 ms late
     cut = slow[0].end + 30
     log = tmp_path / "learn.log"
-    learn = start_netsiam(["learn", "--config", str(config), "--model", str(served)], log)
+    learn = start_netsiam(["learn", "--config", str(config), "--model", str(served), "--metrics-port", "0"], log)
     try:
         with running(cfg, served) as d:
             replay_lines(lines_between(trace, 0, cut), broker.bootstrap, topics.samples)
@@ -154,6 +165,17 @@ def test_learn_applies_feedback_messages_and_dead_letters_bad_ones(
                               until=lambda m: any(e["fault"] == "capacity_limit" for e in events_of(m)))
         dead = [orjson.loads(m.value) for m in read_topic(broker.bootstrap, topics.deadletter,
                                                           until=lambda m: len(m) >= 2, timeout_s=30)]
+        # what an operator's Prometheus sees of it: three read, one applied, two dead-lettered by reason
+        port = int(re.findall(r"metrics listening on http://[^:]+:(\d+)/", log.read_text())[-1])
+        want = {("netsiam_feedback_consumed_total", ()): 3.0,
+                ("netsiam_feedback_applied_total", (("action", "false_alarm"),)): 1.0,
+                ("netsiam_feedback_applied_total", (("action", "new_class"),)): 0.0,
+                ("netsiam_feedback_dead_letters_total", (("reason", "not_json"),)): 1.0,
+                ("netsiam_feedback_dead_letters_total", (("reason", "refused"),)): 1.0,
+                ("netsiam_feedback_dead_letters_total", (("reason", "schema"),)): 0.0}
+        wait_until(lambda: {k: v for k, v in learn_samples(port).items() if k in want} == want, 30,
+                   "netsiam learn's /metrics counting the three messages")
+        assert learn_samples(port)[("netsiam_feedback_last_applied_timestamp_seconds", ())] > 0
     finally:
         learn.terminate()
         assert learn.wait(60) == 0, log.read_text()[-3000:]
@@ -167,3 +189,10 @@ def test_learn_applies_feedback_messages_and_dead_letters_bad_ones(
     assert [f for _, f in first_raises(evs, slow, source)] == ["unknown", None]
     assert first_raises(evs, [cap], source) == [("capacity_limit", "capacity_limit")]
     assert "feedback: a false alarm" in log.read_text()
+
+
+def learn_samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on ``netsiam learn``'s /metrics: (name, sorted labels) -> value."""
+    _, text = http_get(port, "/metrics")
+    return {(x.name, tuple(sorted(x.labels.items()))): x.value
+            for f in text_string_to_metric_families(text) for x in f.samples}

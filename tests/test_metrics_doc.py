@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 from netsiam.collect.metrics import ERROR_REASONS, SKIP_REASONS, CollectMetrics
 from netsiam.detector.metrics import DetectorMetrics, RaisedFaults, SourceTimes
 from netsiam.schemas.record import REASONS
+from netsiam.trainer.learnmetrics import ACTIONS, FEEDBACK_REASONS, LearnMetrics
 
 DOC = REPO / "docs" / "metrics.md"
 
@@ -38,7 +39,7 @@ def collector_rows(c: Collector) -> list[str]:
 def expected_rows() -> list[str]:
     daemon = [*collector_rows(SourceTimes(list)), *collector_rows(RaisedFaults()),
               *rows(DetectorMetrics(CollectorRegistry()))]
-    return daemon + rows(CollectMetrics(CollectorRegistry(), "sipp"))
+    return daemon + rows(CollectMetrics(CollectorRegistry(), "sipp")) + rows(LearnMetrics(CollectorRegistry()))
 
 
 def test_every_metric_is_documented_as_the_code_defines_it() -> None:
@@ -53,5 +54,5 @@ def test_every_metric_is_documented_as_the_code_defines_it() -> None:
 
 def test_every_reason_label_value_is_documented() -> None:
     text = DOC.read_text()
-    missing = [r for r in (*REASONS, *ERROR_REASONS, *SKIP_REASONS) if f"`{r}`" not in text]
+    missing = [r for r in (*REASONS, *ERROR_REASONS, *SKIP_REASONS, *ACTIONS, *FEEDBACK_REASONS) if f"`{r}`" not in text]
     assert not missing, missing

@@ -7,7 +7,8 @@ version. A message that is not feedback, or that is refused (unknown event, too 
 would swallow another class), goes to the dead-letter topic with the reason and changes nothing. The
 offset is committed only once the message is applied or its dead letter acknowledged, so a crash
 re-reads it; a feedback already in the model's lineage is not applied twice. SIGTERM/SIGINT: finish the
-message at hand, commit, stop.
+message at hand, commit, stop. With ``--metrics-port`` it serves ``/metrics`` (:mod:`.learnmetrics`): messages
+read, applied by what they did, and dead-lettered by reason.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from netsiam.schemas.feedback import FeedbackError, parse_feedback
 from netsiam.versions import writable_model
 
 from .feedback import describe, teach
+from .learnmetrics import LearnMetrics
 
 __all__ = ["cli_learn", "handle"]
 
 log = logging.getLogger("netsiam.learn")
 
 
-def handle(msg: Any, cfg: Config, model: Any, bootstrap: str) -> DeadLetter | None:
-    """Apply one feedback message; the dead letter to publish if it is refused."""
+def handle(msg: Any, cfg: Config, model: Any, bootstrap: str, metrics: LearnMetrics | None = None) -> DeadLetter | None:
+    """Apply one feedback message (counted in ``metrics`` by what it did); the dead letter to publish if it is
+    refused."""
     try:
         fb = parse_feedback(msg.value or b"")
     except FeedbackError as e:
@@ -47,12 +50,16 @@ def handle(msg: Any, cfg: Config, model: Any, bootstrap: str) -> DeadLetter | No
         log.warning("feedback refused (event %s, label %s): %s", fb.event_id, fb.label, e)
         return DeadLetter(msg.topic, msg.partition, msg.offset, msg.timestamp, msg.key, msg.value, "refused", str(e))
     log.info("%s", describe(out, model))
+    if metrics is not None:
+        metrics.applied.labels(action=out.action).inc()
+        metrics.last_applied.set_to_current_time()
     return None
 
 
 def cli_learn(args: argparse.Namespace, cfg: Config) -> int:
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.errors import KafkaError
+    from prometheus_client import CollectorRegistry, start_http_server
 
     from netsiam.kafka_io import consumer_kwargs, producer_kwargs, quiet_kafka_logs
     from netsiam.sdnotify import Watchdog, notify
@@ -64,7 +71,16 @@ def cli_learn(args: argparse.Namespace, cfg: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     quiet_kafka_logs()
+    metrics = LearnMetrics(CollectorRegistry())
     with ExitStack() as stack:
+        if args.metrics_port is not None:
+            try:
+                server, _ = start_http_server(args.metrics_port, addr=cfg.metrics.host, registry=metrics.registry)
+            except OSError as e:
+                raise ServiceError(f"cannot serve metrics on {cfg.metrics.host}:{args.metrics_port} (--metrics-port): "
+                                   f"{e.strerror or e}") from None
+            stack.callback(server.shutdown)
+            log.info("metrics listening on http://%s:%d/metrics", cfg.metrics.host, server.server_port)
         try:
             consumer = KafkaConsumer(topics.feedback, **{**consumer_kwargs(cfg.kafka, bootstrap,
                                                                             args.group or f"{cfg.kafka.group_id}-learn"),
@@ -81,11 +97,13 @@ def cli_learn(args: argparse.Namespace, cfg: Config) -> int:
             watchdog.ping()
             for msgs in consumer.poll(500).values():
                 for msg in msgs:
+                    metrics.consumed.inc()
                     while True:
                         try:
-                            dead = handle(msg, cfg, model, bootstrap)
+                            dead = handle(msg, cfg, model, bootstrap, metrics)
                             if dead is not None:
                                 producer.send(topics.deadletter, key=msg.key, value=dead.to_bytes(time.time())).get(30)
+                                metrics.dead_letters.labels(reason=dead.reason).inc()
                             break
                         except (ServiceError, KafkaError) as e:   # broker away: the same message again
                             log.warning("feedback at offset %d waits for the broker: %s", msg.offset, e)
