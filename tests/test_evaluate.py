@@ -351,6 +351,13 @@ def test_baselines_in_the_report_use_the_same_scored_windows() -> None:
         assert set(b[name]["per_class"]) >= {"normal", "blocked", "capacity_limit"}
     assert b["encoder"]["per_class"]["blocked"]["recall"] == 1.0
     assert sum(c["support"] for c in b["encoder"]["per_class"].values()) == b["encoder"]["n_windows"]
+    # ... and its confusion matrix and episodes: the same episodes, each judged by that column's detector
+    for name in ("encoder", "expert_rule", "raw_nearest_prototype", "zscore_rule"):
+        assert sum(map(sum, b[name]["confusion"]["matrix"])) == b[name]["n_windows"]
+        assert [(e["label"], e["start"]) for e in b[name]["episodes"]] == [
+            (e["label"], e["start"]) for e in b["encoder"]["episodes"]]
+        assert sum(e["detected"] for e in b[name]["episodes"]) == b[name]["detection"]["detected"]
+    assert b["encoder"]["episodes"] and all(e["detected_label"] == e["label"] for e in b["encoder"]["episodes"])
 
 
 # --------------------------------------------------------------------------- CLI

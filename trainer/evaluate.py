@@ -102,6 +102,13 @@ def _scores(pred: np.ndarray, nway: np.ndarray, labels: np.ndarray, classes: Seq
     }
 
 
+def _confusion(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """The confusion matrix over the model's classes, any other label or prediction, then ``unknown``."""
+    others = sorted((set(labels.tolist()) | set(pred.tolist())) - set(classes) - {UNKNOWN})
+    names = [*classes, *others, UNKNOWN]
+    return {"labels": names, "matrix": confusion(labels, pred, names).tolist()}
+
+
 def _per_class(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Precision, recall, f1, support per class, and for ``unknown`` when the truth or a prediction holds it."""
     truth = open_set_truth(labels, classes)
@@ -130,20 +137,21 @@ class _Judge:
         ``nearest`` defaults to ``nway``; ``slow``: read unknown for their slow answers)."""
         nearest = nway if nearest is None else nearest
         ok = mask & ~self.lw.straddle
-        det, _, _ = score_detection(self.lw.sources[mask], self.lw.end_ts[mask], pred[mask], self.lw.labels[mask],
-                                    _covered(self.episodes, self.lw.subset(mask), 0.0), self.debounce, self.grace_s,
-                                    self.seconds_per_window, known=classes, nearest=nearest[mask],
-                                    within=None if within is None else within[mask],
-                                    in_range=None if self.in_range is None else self.in_range[mask],
-                                    added=None if added is None else added[mask],
-                                    held=None if self.held is None else [self.held[i] for i in np.flatnonzero(mask)],
-                                    marked=None if self.marked is None else [self.marked[i] for i in np.flatnonzero(mask)],
-                                    slow=None if slow is None else slow[mask])
+        det, episodes, _ = score_detection(
+            self.lw.sources[mask], self.lw.end_ts[mask], pred[mask], self.lw.labels[mask],
+            _covered(self.episodes, self.lw.subset(mask), 0.0), self.debounce, self.grace_s, self.seconds_per_window,
+            known=classes, nearest=nearest[mask], within=None if within is None else within[mask],
+            in_range=None if self.in_range is None else self.in_range[mask],
+            added=None if added is None else added[mask],
+            held=None if self.held is None else [self.held[i] for i in np.flatnonzero(mask)],
+            marked=None if self.marked is None else [self.marked[i] for i in np.flatnonzero(mask)],
+            slow=None if slow is None else slow[mask])
         lab, p = self.lw.labels[ok], pred[ok]
         # the encoder's own figures, so every column of the report compares like with like
         return _scores(p, nway[ok], lab, classes) | {"per_class": _per_class(lab, p, classes),
+                                                     "confusion": _confusion(lab, p, classes),
                                                      "false_alarms_per_hour": det["false_raises_per_hour"],
-                                                     "detection": det}
+                                                     "detection": det, "episodes": episodes}
 
 
 def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.ndarray, within: np.ndarray,
@@ -223,8 +231,6 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
 
     lab_ok, pred_ok = labels[ok], pred[ok]
     scores = _scores(pred_ok, nway[ok], lab_ok, classes)
-    others = sorted((set(lab_ok.tolist()) | set(pred_ok.tolist())) - set(classes) - {UNKNOWN})
-    conf_labels = [*classes, *others, UNKNOWN]
 
     s, positive = pair_scores(emb[ok], lab_ok)
     auc = roc_auc(s, positive)
@@ -260,7 +266,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
         "auc": auc,
         "n_pairs": int(len(s)),
         "per_class": _per_class(lab_ok, pred_ok, classes),
-        "confusion": {"labels": conf_labels, "matrix": confusion(lab_ok, pred_ok, conf_labels).tolist()},
+        "confusion": _confusion(lab_ok, pred_ok, classes),
         "straddling": {"n_windows": int(st.sum()),
                        "accuracy": accuracy(pred[st], open_set_truth(labels[st], classes))},
         "novelty": novelty,
