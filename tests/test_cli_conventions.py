@@ -155,10 +155,14 @@ def test_a_metrics_port_in_use_is_named(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        r = netsiam("detect", "--metrics-port", str(port), "--bootstrap", "127.0.0.1:1")
-    err = r.stderr.decode()
-    assert r.returncode == EXIT_RUNTIME and f"cannot serve metrics on 127.0.0.1:{port}" in err, err
-    assert "Traceback" not in err
+        model = tmp_path / "served"
+        assert netsiam("model", "copy", str(model)).returncode == 0      # learn writes: not the shipped model
+        runs = [netsiam(verb, "--metrics-port", str(port), "--bootstrap", "127.0.0.1:1", *extra)
+                for verb, extra in (("detect", ()), ("learn", ("--model", str(model))))]
+    for r in runs:
+        err = r.stderr.decode()
+        assert r.returncode == EXIT_RUNTIME and f"cannot serve metrics on 127.0.0.1:{port}" in err, err
+        assert "Traceback" not in err
 
 
 # -- configuration ----------------------------------------------------------------------------------------
