@@ -31,7 +31,8 @@ above their range in hardly any window of another fault or of any aftermath (a l
 held calls fail too, but by timing out, never answered with an error). With the debounce's ``name_on_mark``
 (on by default) a window showing one fault's mark is that fault whatever the encoder makes of it. A mark on a
 count of calls shows only where the calls behind it are more than chance could give (:data:`MARK_SHARE`): one
-rejected call in a second at 5 calls/s reads above the range but is no limit.
+rejected call in a second at 5 calls/s reads above the range but is no limit. A source whose window head
+answered every call it offered is held to less (:func:`chance_permille`): at 60 calls/s, a tenth refused for 2 s.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ import numpy as np
 
 from netsiam.features import RAW_METRICS, call_counts, derive
 
-__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "MARK_ALPHA", "MARK_KEY", "MARK_SECONDS", "MARK_SHARE", "QUANTILES",
-           "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY", "SIGNATURE_TAIL", "TAIL", "DebounceInputs",
-           "NormalRange", "binomial_tail", "debounce_inputs", "evidence", "evidence_text", "fault_marks",
+__all__ = ["DECIMALS", "K", "MANIFEST_KEY", "MARK_ALPHA", "MARK_FLOOR", "MARK_HEAD_ALPHA", "MARK_HEAD_K", "MARK_KEY",
+           "MARK_SECONDS", "MARK_SHARE", "QUANTILES", "SIGNATURE_AFTER", "SIGNATURE_DURING", "SIGNATURE_KEY",
+           "SIGNATURE_TAIL", "TAIL", "DebounceInputs", "NormalRange", "binomial_tail", "chance_permille",
+           "debounce_inputs", "evidence", "evidence_text", "fault_marks",
            "fault_signatures", "fewest_beyond_chance", "marks_counted", "normal_ranges", "ranges_from_manifest",
            "ranges_to_json", "signatures_from_manifest", "signatures_shown", "tails_in_range", "window_evidence"]
 
@@ -78,7 +80,16 @@ SIGNATURE_TAIL = 1
 MARK_SHARE = 0.05
 MARK_ALPHA = 1e-4
 MARK_SECONDS = 3
-_OFFERED = RAW_METRICS.index("OutgoingCall")
+# A source whose window head (all but its last MARK_SECONDS samples) answered every call it offered, with no failed
+# call and no retransmission, is held to less: MARK_HEAD_K times the largest share n_head calls with none refused
+# leave likely (1 - MARK_HEAD_ALPHA ** (1 / n_head)), never under MARK_FLOOR nor over MARK_SHARE: 2 % from ~38
+# calls/s up, 5 % below ~15 (a head refusing one call, failing or resending any, says nothing: MARK_SHARE). A
+# freeze's head answers nothing; its backlog is answered at once afterwards, with the far end's usual rejections
+# against one second of new calls. Chosen on validation only, docs/method.md.
+MARK_FLOOR = 0.02
+MARK_HEAD_K = 3.0
+MARK_HEAD_ALPHA = 1e-3
+_OFFERED, _FAILED, _RETRANS = (RAW_METRICS.index(m) for m in ("OutgoingCall", "FailedCall", "Retransmissions"))
 _SCALE_FLOOR = 10.0 ** -DECIMALS  # a feature constant in normal traffic: deviations below the precision mean nothing
 
 
@@ -241,24 +252,38 @@ def signatures_from_manifest(manifest: Mapping[str, Any] | None, key: str = SIGN
 
 def marks_counted(raw: np.ndarray, feature: str) -> np.ndarray | None:
     """Raw windows (N, T, R) -> (N,) whether the calls ``feature`` counts, over the window's last 1..MARK_SECONDS
-    samples, are beyond chance at a MARK_SHARE share of the calls offered; None for a feature that counts no calls."""
+    samples, are beyond chance at the share the window's head allows (:func:`chance_permille`); None for a feature
+    that counts no calls."""
     counts = call_counts(raw, feature)                                      # (N, T) or None
     if counts is None:
         return None
+    permille = chance_permille(raw)                                         # (N,)
     out = np.zeros(len(raw), dtype=bool)
     for k in range(1, MARK_SECONDS + 1):
         c = np.rint(counts[:, -k:].sum(axis=1))                             # (N,)
         n = np.maximum(np.rint(raw[:, -k:, _OFFERED].sum(axis=1)), c)       # a counter behind by a second: never < c
-        sizes, at = np.unique(n.astype(np.int64), return_inverse=True)
-        out |= c >= np.array([fewest_beyond_chance(int(v)) for v in sizes])[at.reshape(-1)]
+        keys, at = np.unique(n.astype(np.int64) * 1024 + permille, return_inverse=True)   # a few (calls, share)
+        need = [fewest_beyond_chance(int(key) >> 10, (int(key) & 1023) / 1000) for key in keys]
+        out |= c >= np.array(need)[at.reshape(-1)]
     return out
 
 
+def chance_permille(raw: np.ndarray) -> np.ndarray:
+    """Raw windows (N, T, R) -> (N,) the share of calls (per mille, int) a mark's chance test assumes refused:
+    MARK_SHARE, or less where the head answered every call (none failed or resent): MARK_HEAD_K times the bound
+    its calls with no refusal leave, at least MARK_FLOOR; rounded up (a few cached counts)."""
+    head = np.asarray(raw[:, :-MARK_SECONDS], dtype=np.float64)             # (N, T - MARK_SECONDS, R)
+    n_head = head[..., _OFFERED].sum(axis=1)
+    clean = (n_head > 0) & (head[..., _FAILED].sum(axis=1) == 0) & (head[..., _RETRANS].sum(axis=1) == 0)
+    bound = MARK_HEAD_K * -np.expm1(math.log(MARK_HEAD_ALPHA) / np.maximum(n_head, 1.0))
+    share = np.where(clean, np.clip(bound, MARK_FLOOR, MARK_SHARE), MARK_SHARE)
+    return np.ceil(np.round(share * 1000, 6)).astype(np.int64)
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def fewest_beyond_chance(n: int) -> int:
-    """The fewest of ``n`` offered calls that a MARK_SHARE share gives with probability under MARK_ALPHA
-    (n + 1 where none can): worked out once per call count and cached, so a window costs a lookup."""
-    p = MARK_SHARE
+def fewest_beyond_chance(n: int, p: float = MARK_SHARE) -> int:
+    """The fewest of ``n`` offered calls that a share ``p`` gives with probability under MARK_ALPHA (n + 1 where
+    none can): worked out once per call count and share and cached, so a window costs a lookup."""
     c = math.floor(n * p) + 1            # at or below the mean is never beyond chance
     if c > n:
         return n + 1

@@ -30,6 +30,7 @@ from netsiam.detector.pipeline import EventOut, Pipeline
 from netsiam.evidence import (
     MANIFEST_KEY,
     MARK_ALPHA,
+    MARK_FLOOR,
     MARK_KEY,
     MARK_SECONDS,
     MARK_SHARE,
@@ -38,6 +39,7 @@ from netsiam.evidence import (
     TAIL,
     NormalRange,
     binomial_tail,
+    chance_permille,
     debounce_inputs,
     evidence,
     evidence_text,
@@ -241,6 +243,26 @@ def test_a_mark_on_refused_calls_needs_more_of_them_than_chance_gives() -> None:
     assert marks_counted(raw, "retrans_log") is None                       # no count of calls: shown as it reads
 
 
+def test_a_source_that_answered_every_call_is_held_to_a_smaller_share() -> None:
+    """A tenth of 60 calls/s refused for 2 s is chance at a 5 % share (12 of 120: p 0.02), not at 2 %: the share a
+    window's head allows when it answered every call; one refusal, failure or resend there, and it is 5 % again."""
+    clean = calls(60, 0)
+    clean[-2:] = calls(60, 6, t=2)
+    resent, refused, failed = clean.copy(), clean.copy(), clean.copy()
+    resent[5, RAW_METRICS.index("Retransmissions")] = 1       # a freeze's head resends, then its backlog is answered
+    refused[5] = calls(60, 1, t=1)[0]
+    failed[5, RAW_METRICS.index("FailedCall")] = 1
+    failed[5, RAW_METRICS.index("FailedTimeoutOnRecv")] = 1   # timed out: no refusal, yet the head failed a call
+    slow = calls(10, 0)                                        # 270 calls with none refused bound the share to 7.6 %
+    slow[-2:] = calls(10, 1, t=2)
+    raw = np.stack([clean, resent, refused, failed, slow, calls(0, 0)])
+    assert chance_permille(raw).tolist() == [20, 50, 50, 50, 50, 50]
+    assert marks_counted(raw, "refused_log").tolist() == [True, False, False, False, False, False]
+    short = clean.copy()
+    short[-2] = calls(60, 0, t=1)[0]                           # one such second is still chance at 2 %
+    assert not marks_counted(short[None], "refused_log")[0]
+
+
 def test_the_binomial_tail_is_scipys() -> None:
     from scipy.stats import binom
 
@@ -250,8 +272,10 @@ def test_the_binomial_tail_is_scipys() -> None:
                 assert binomial_tail(c, n, p) == pytest.approx(binom.sf(c - 1, n, p), abs=1e-9)
     # the cached count a mark needs is the first beyond chance
     for n in (0, 1, 10, 30, 180, 600, 5000):
-        c = fewest_beyond_chance(n)
-        assert binom.sf(c - 1, n, MARK_SHARE) < MARK_ALPHA <= (binom.sf(c - 2, n, MARK_SHARE) if c > 1 else 1.0)
+        for p in (MARK_FLOOR, 0.037, MARK_SHARE):
+            c = fewest_beyond_chance(n, p)
+            assert binom.sf(c - 1, n, p) < MARK_ALPHA <= (binom.sf(c - 2, n, p) if c > 1 else 1.0)
+    assert fewest_beyond_chance(180) == fewest_beyond_chance(180, MARK_SHARE)
 
 
 def test_a_window_shows_the_faults_whose_signature_input_is_above_its_range() -> None:
