@@ -80,8 +80,8 @@ SIGNATURE_TAIL = 1
 MARK_SHARE = 0.05
 MARK_ALPHA = 1e-4
 MARK_SECONDS = 3
-# A source whose window head (all but its last MARK_SECONDS samples) answered every call it offered, with no failed
-# call and no retransmission, is held to less: MARK_HEAD_K times the largest share n_head calls with none refused
+# A source whose window head (all but its last MARK_SECONDS samples) answered every call it offered (an answer time
+# in every second that offered calls, no failed call, no retransmission) is held to less: MARK_HEAD_K times the largest share n_head calls with none refused
 # leave likely (1 - MARK_HEAD_ALPHA ** (1 / n_head)), never under MARK_FLOOR nor over MARK_SHARE: 2 % from ~38
 # calls/s up, 5 % below ~15 (a head refusing one call, failing or resending any, says nothing: MARK_SHARE). A
 # freeze's head answers nothing; its backlog is answered at once afterwards, with the far end's usual rejections
@@ -89,7 +89,9 @@ MARK_SECONDS = 3
 MARK_FLOOR = 0.02
 MARK_HEAD_K = 3.0
 MARK_HEAD_ALPHA = 1e-3
-_OFFERED, _FAILED, _RETRANS = (RAW_METRICS.index(m) for m in ("OutgoingCall", "FailedCall", "Retransmissions"))
+_OFFERED, _FAILED, _RETRANS, _RT = (RAW_METRICS.index(m) for m in ("OutgoingCall", "FailedCall", "Retransmissions",
+                                                                     "ResponseTime1"))
+assert MARK_SHARE * 1000 < 1024   # marks_counted packs (calls, share per mille) into one key
 _SCALE_FLOOR = 10.0 ** -DECIMALS  # a feature constant in normal traffic: deviations below the precision mean nothing
 
 
@@ -270,11 +272,15 @@ def marks_counted(raw: np.ndarray, feature: str) -> np.ndarray | None:
 
 def chance_permille(raw: np.ndarray) -> np.ndarray:
     """Raw windows (N, T, R) -> (N,) the share of calls (per mille, int) a mark's chance test assumes refused:
-    MARK_SHARE, or less where the head answered every call (none failed or resent): MARK_HEAD_K times the bound
-    its calls with no refusal leave, at least MARK_FLOOR; rounded up (a few cached counts)."""
+    MARK_SHARE, or less where the head answered every call (answers in every second that offered calls, none
+    failed or resent): MARK_HEAD_K times the bound its calls with no refusal leave, at least MARK_FLOOR; rounded up
+    (a few cached counts). A metric the model does not need reads 0: no answer time, no smaller share."""
     head = np.asarray(raw[:, :-MARK_SECONDS], dtype=np.float64)             # (N, T - MARK_SECONDS, R)
-    n_head = head[..., _OFFERED].sum(axis=1)
-    clean = (n_head > 0) & (head[..., _FAILED].sum(axis=1) == 0) & (head[..., _RETRANS].sum(axis=1) == 0)
+    offered = head[..., _OFFERED]
+    n_head = offered.sum(axis=1)
+    answered = ~np.any((offered > 0) & ~(head[..., _RT] > 0), axis=1)      # a stalled far end answers nothing
+    clean = ((n_head > 0) & answered & (head[..., _FAILED].sum(axis=1) == 0)
+             & (head[..., _RETRANS].sum(axis=1) == 0))
     bound = MARK_HEAD_K * -np.expm1(math.log(MARK_HEAD_ALPHA) / np.maximum(n_head, 1.0))
     share = np.where(clean, np.clip(bound, MARK_FLOOR, MARK_SHARE), MARK_SHARE)
     return np.ceil(np.round(share * 1000, 6)).astype(np.int64)

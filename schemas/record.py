@@ -39,7 +39,7 @@ REASONS: tuple[str, ...] = (
     "out_of_order",      # older than the source's last sample, or too far from the stream clock
     "refused",           # a feedback message `netsiam learn` could not apply (unknown event, too few windows, ...)
 )
-RECORD_REASONS: tuple[str, ...] = REASONS[:-1]
+RECORD_REASONS: tuple[str, ...] = tuple(r for r in REASONS if r != "refused")
 
 MAX_SOURCE_LEN = 256
 MAX_METRICS = 512

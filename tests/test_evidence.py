@@ -245,19 +245,25 @@ def test_a_mark_on_refused_calls_needs_more_of_them_than_chance_gives() -> None:
 
 def test_a_source_that_answered_every_call_is_held_to_a_smaller_share() -> None:
     """A tenth of 60 calls/s refused for 2 s is chance at a 5 % share (12 of 120: p 0.02), not at 2 %: the share a
-    window's head allows when it answered every call; one refusal, failure or resend there, and it is 5 % again."""
+    window's head allows when it answered every call; one refusal, failure, resend or second without an answer
+    there, and it is 5 % again."""
+    rt = RAW_METRICS.index("ResponseTime1")
     clean = calls(60, 0)
     clean[-2:] = calls(60, 6, t=2)
-    resent, refused, failed = clean.copy(), clean.copy(), clean.copy()
+    clean[:, rt] = 4.0                                         # answered in 4 ms, every second
+    resent, refused, failed, stalled = clean.copy(), clean.copy(), clean.copy(), clean.copy()
     resent[5, RAW_METRICS.index("Retransmissions")] = 1       # a freeze's head resends, then its backlog is answered
     refused[5] = calls(60, 1, t=1)[0]
+    refused[5, rt] = 4.0
     failed[5, RAW_METRICS.index("FailedCall")] = 1
     failed[5, RAW_METRICS.index("FailedTimeoutOnRecv")] = 1   # timed out: no refusal, yet the head failed a call
+    stalled[5:8, rt] = 0.0                                     # offered and answered nothing for 3 s, resending none
     slow = calls(10, 0)                                        # 270 calls with none refused bound the share to 7.6 %
     slow[-2:] = calls(10, 1, t=2)
-    raw = np.stack([clean, resent, refused, failed, slow, calls(0, 0)])
-    assert chance_permille(raw).tolist() == [20, 50, 50, 50, 50, 50]
-    assert marks_counted(raw, "refused_log").tolist() == [True, False, False, False, False, False]
+    slow[:, rt] = 4.0
+    raw = np.stack([clean, resent, refused, failed, stalled, slow, calls(0, 0)])
+    assert chance_permille(raw).tolist() == [20, 50, 50, 50, 50, 50, 50]
+    assert marks_counted(raw, "refused_log").tolist() == [True, False, False, False, False, False, False]
     short = clean.copy()
     short[-2] = calls(60, 0, t=1)[0]                           # one such second is still chance at 2 %
     assert not marks_counted(short[None], "refused_log")[0]

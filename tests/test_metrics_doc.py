@@ -56,3 +56,19 @@ def test_every_reason_label_value_is_documented() -> None:
     text = DOC.read_text()
     missing = [r for r in (*REASONS, *ERROR_REASONS, *SKIP_REASONS, *ACTIONS, *FEEDBACK_REASONS) if f"`{r}`" not in text]
     assert not missing, missing
+
+
+def test_learn_exports_every_action_and_reason_it_can_count() -> None:
+    """Zeros exported for what ``netsiam learn`` can meet: every feedback outcome, every reason a message is
+    refused for (a reason or action missing here would first appear with its first message)."""
+    import pytest
+
+    from netsiam.schemas.feedback import FeedbackError, parse_feedback
+    from netsiam.trainer.feedback import ACTIONS as FEEDBACK_ACTIONS
+
+    assert ACTIONS == FEEDBACK_ACTIONS
+    for bad in (b"{not json", b"[1]", b'{"event_id": "e"}', b'{"event_id": "e", "label": "unknown"}'):
+        with pytest.raises(FeedbackError) as e:
+            parse_feedback(bad)
+        assert e.value.reason in FEEDBACK_REASONS, bad
+    assert "refused" in FEEDBACK_REASONS   # learn's own: feedback it could not apply

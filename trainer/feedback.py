@@ -57,8 +57,8 @@ from netsiam.windowing import Windows, windows_from_records
 from .detection import Event, debounce_givens, givens_events
 from .prototypes import add_support, support_points
 
-__all__ = ["Episode", "Outcome", "cli_feedback", "describe", "episode_from_events", "support_windows", "teach",
-           "trace_events", "update_prototypes"]
+__all__ = ["ACTIONS", "Episode", "Outcome", "cli_feedback", "describe", "episode_from_events", "support_windows",
+           "teach", "trace_events", "update_prototypes"]
 
 Rows = list[tuple[str, float, tuple[float, ...]]]
 # A false alarm says every window of the episode is normal, and an episode is a path through the
@@ -66,6 +66,7 @@ Rows = list[tuple[str, float, tuple[float, ...]]]
 # (one median left its ends nearer the fault). A class keeps prototypes.method (the median): robust to
 # the onset and recovery windows of the few episodes it learns from.
 FALSE_ALARM_POINTS = 4
+ACTIONS = ("new_class", "support", "false_alarm", "already_applied")   # what applying a feedback did
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Episode:
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str           # new_class | support | false_alarm | already_applied
+    action: str           # one of ACTIONS
     label: str
     episode: Episode
     windows: int          # support windows used

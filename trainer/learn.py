@@ -79,7 +79,8 @@ def cli_learn(args: argparse.Namespace, cfg: Config) -> int:
             except OSError as e:
                 raise ServiceError(f"cannot serve metrics on {cfg.metrics.host}:{args.metrics_port} (--metrics-port): "
                                    f"{e.strerror or e}") from None
-            stack.callback(server.shutdown)
+            stack.callback(server.server_close)
+            stack.callback(server.shutdown)      # the stack runs last first: stop serving, then close the socket
             log.info("metrics listening on http://%s:%d/metrics", cfg.metrics.host, server.server_port)
         try:
             consumer = KafkaConsumer(topics.feedback, **{**consumer_kwargs(cfg.kafka, bootstrap,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from .feedback import ACTIONS
+
 __all__ = ["ACTIONS", "FEEDBACK_REASONS", "LearnMetrics"]
 
-# exported at zero from the start so rate() works at once
-ACTIONS = ("new_class", "support", "false_alarm", "already_applied")   # what an applied message did (feedback.py)
-FEEDBACK_REASONS = ("not_json", "schema", "refused")                  # a dead-lettered one's reason (formats.md)
+# exported at zero from the start so rate() works at once; ACTIONS: what an applied message did
+FEEDBACK_REASONS = ("not_json", "schema", "refused")   # a dead-lettered one's: FeedbackError's, or learn's refusal
 
 
 class LearnMetrics:
