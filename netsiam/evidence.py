@@ -81,11 +81,12 @@ MARK_SHARE = 0.05
 MARK_ALPHA = 1e-4
 MARK_SECONDS = 3
 # A source whose window head (all but its last MARK_SECONDS samples) answered every call it offered (an answer time
-# in every second that offered calls, no failed call, no retransmission) is held to less: MARK_HEAD_K times the largest share n_head calls with none refused
-# leave likely (1 - MARK_HEAD_ALPHA ** (1 / n_head)), never under MARK_FLOOR nor over MARK_SHARE: 2 % from ~38
-# calls/s up, 5 % below ~15 (a head refusing one call, failing or resending any, says nothing: MARK_SHARE). A
-# freeze's head answers nothing; its backlog is answered at once afterwards, with the far end's usual rejections
-# against one second of new calls. Chosen on validation only, docs/method.md.
+# in every second that offered calls, no failed call, no retransmission) is held to less: MARK_HEAD_K times the
+# largest share n_head calls with none refused leave likely (1 - MARK_HEAD_ALPHA ** (1 / n_head)), never under
+# MARK_FLOOR nor over MARK_SHARE: 2 % from ~38 calls/s up, 5 % below ~15 (a head refusing one call, failing or
+# resending any, says nothing: MARK_SHARE). A freeze's head answers nothing; its backlog is answered at once
+# afterwards, with the far end's usual rejections against one second of new calls. Chosen on validation only,
+# docs/method.md.
 MARK_FLOOR = 0.02
 MARK_HEAD_K = 3.0
 MARK_HEAD_ALPHA = 1e-3
