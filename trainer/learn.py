@@ -59,9 +59,10 @@ def handle(msg: Any, cfg: Config, model: Any, bootstrap: str, metrics: LearnMetr
 def cli_learn(args: argparse.Namespace, cfg: Config) -> int:
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.errors import KafkaError
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     from netsiam.kafka_io import consumer_kwargs, producer_kwargs, quiet_kafka_logs
+    from netsiam.metricsserver import serve_metrics
     from netsiam.sdnotify import Watchdog, notify
 
     model = writable_model(args.model or cfg.detector.model)
@@ -74,14 +75,9 @@ def cli_learn(args: argparse.Namespace, cfg: Config) -> int:
     metrics = LearnMetrics(CollectorRegistry())
     with ExitStack() as stack:
         if args.metrics_port is not None:
-            try:
-                server, _ = start_http_server(args.metrics_port, addr=cfg.metrics.host, registry=metrics.registry)
-            except OSError as e:
-                raise ServiceError(f"cannot serve metrics on {cfg.metrics.host}:{args.metrics_port} (--metrics-port): "
-                                   f"{e.strerror or e}") from None
+            server = serve_metrics(metrics.registry, cfg.metrics.host, args.metrics_port, log)
             stack.callback(server.server_close)
             stack.callback(server.shutdown)      # the stack runs last first: stop serving, then close the socket
-            log.info("metrics listening on http://%s:%d/metrics", cfg.metrics.host, server.server_port)
         try:
             consumer = KafkaConsumer(topics.feedback, **{**consumer_kwargs(cfg.kafka, bootstrap,
                                                                             args.group or f"{cfg.kafka.group_id}-learn"),

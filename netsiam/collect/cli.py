@@ -98,10 +98,11 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 def cli_collect(args: argparse.Namespace, cfg: Config) -> int:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     from netsiam.collect.metrics import CollectMetrics
     from netsiam.collect.sink import DEFAULT_MAX_PENDING, KafkaSink, Sink, StreamSink
+    from netsiam.metricsserver import serve_metrics
 
     _setup_logging()
     if args.kind == "sipp":
@@ -118,12 +119,7 @@ def cli_collect(args: argparse.Namespace, cfg: Config) -> int:
         port = DEFAULT_METRICS_PORTS[args.kind]
     server = None
     if port is not None:
-        try:
-            server, _ = start_http_server(port, addr=cfg.metrics.host, registry=metrics.registry)
-        except OSError as e:
-            raise ServiceError(f"cannot serve metrics on {cfg.metrics.host}:{port} (--metrics-port): "
-                               f"{e.strerror or e}") from None
-        log.info("metrics listening on http://%s:%d/metrics", cfg.metrics.host, server.server_port)
+        server = serve_metrics(metrics.registry, cfg.metrics.host, port, log)
     topic = args.topic or cfg.kafka.topics.samples
     one_shot = args.kind == "sipp" and not args.follow
     sink: Sink
