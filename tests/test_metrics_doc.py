@@ -4,7 +4,9 @@ the code defines it (name, type, labels, help): the reference operators write al
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import pytest
 from helpers import REPO
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
@@ -12,7 +14,9 @@ from prometheus_client.registry import Collector
 
 from netsiam.collect.metrics import ERROR_REASONS, SKIP_REASONS, CollectMetrics
 from netsiam.detector.metrics import DetectorMetrics, RaisedFaults, SourceTimes
+from netsiam.schemas.feedback import FeedbackError, parse_feedback
 from netsiam.schemas.record import REASONS
+from netsiam.trainer.feedback import Episode, Outcome, describe
 from netsiam.trainer.learnmetrics import ACTIONS, FEEDBACK_REASONS, LearnMetrics
 
 DOC = REPO / "docs" / "metrics.md"
@@ -59,14 +63,11 @@ def test_every_reason_label_value_is_documented() -> None:
 
 
 def test_learn_exports_every_action_and_reason_it_can_count() -> None:
-    """Zeros exported for what ``netsiam learn`` can meet: every feedback outcome, every reason a message is
-    refused for (a reason or action missing here would first appear with its first message)."""
-    import pytest
-
-    from netsiam.schemas.feedback import FeedbackError, parse_feedback
-    from netsiam.trainer.feedback import ACTIONS as FEEDBACK_ACTIONS
-
-    assert ACTIONS == FEEDBACK_ACTIONS
+    """Zeros exported for what ``netsiam learn`` can meet: every feedback outcome (each one it can describe), every
+    reason a message is refused for (a reason or action missing here would first appear with its first message)."""
+    ep = Episode("sbc-1", "unknown", 10.0, 20.0)
+    for action in ACTIONS:
+        assert describe(Outcome(action, "degraded", ep, 5, "v2", "v1"), Path("m")).startswith("feedback: ")
     for bad in (b"{not json", b"[1]", b'{"event_id": "e"}', b'{"event_id": "e", "label": "unknown"}'):
         with pytest.raises(FeedbackError) as e:
             parse_feedback(bad)
