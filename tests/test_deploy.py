@@ -39,11 +39,12 @@ from helpers import needs_systemd_analyze, unit_directives
 
 from netsiam.dashboard.cli import main as dashboard_main
 from netsiam.dashboard.grafana import grafana_json
-from netsiam.dashboard.panels import ANNOTATIONS, DASHBOARD_UID, DETECTOR_JOB, PANELS, VARIABLES
+from netsiam.dashboard.panels import ANNOTATIONS, DASHBOARD_UID, DETECTOR_JOB, LEARN_JOB, PANELS, VARIABLES
 from netsiam.dashboard.picture import cli_plot_dashboard, render_dashboard
 from netsiam.dashboard.prometheus import expand, fetch_panels
 from netsiam.dashboard.prometheus import scrape_interval as prometheus_scrape_interval
 from netsiam.errors import NetsiamError
+from netsiam.trainer.learnmetrics import ACTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -53,6 +54,7 @@ PROM_DIR = DEPLOY / "prometheus"
 RULES = PROM_DIR / "netsiam.rules.yml"
 DASHBOARD_JSON = DEPLOY / "grafana" / "dashboards" / "netsiam.json"
 METRICS_PY = ROOT / "detector" / "metrics.py"
+LEARN_METRICS_PY = ROOT / "trainer" / "learnmetrics.py"
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 PROMTOOL = shutil.which("promtool")
@@ -65,7 +67,7 @@ needs_prometheus = pytest.mark.skipif(PROMETHEUS is None,
 REQUIRED_ALERTS = {
     "NetsiamFaultActive", "NetsiamDetectorDown", "NetsiamConsumerLagGrowing", "NetsiamDeadLetterRateHigh",
     "NetsiamModelReloadFailing", "NetsiamRecordToEventLatencyHigh", "NetsiamBrokerUnreachable",
-    "NetsiamMassFault", "NetsiamInputStalled",
+    "NetsiamMassFault", "NetsiamInputStalled", "NetsiamLearnDown", "NetsiamFeedbackDeadLettered",
 }
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
                 "unless", "offset", "inf", "nan", "atan2"}
@@ -78,10 +80,16 @@ TARGET_LABELS = {"job", "instance"}
 # ---------------------------------------------------------------------------------------------
 
 
-def metric_catalogue() -> dict[str, set[str]]:
-    """Exported series name -> label names, parsed from detector/metrics.py (no import needed)."""
+def metric_catalogue(files: Sequence[Path] = (METRICS_PY, LEARN_METRICS_PY)) -> dict[str, set[str]]:
+    """Exported series name -> label names, parsed from the daemon's and learn's metrics modules (no import)."""
     out: dict[str, set[str]] = {}
-    tree = ast.parse(METRICS_PY.read_text())
+    for f in files:
+        out |= _catalogue(ast.parse(f.read_text()))
+    return out
+
+
+def _catalogue(tree: ast.Module) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
     for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
         # a custom collector: GaugeMetricFamily(self.NAME, ..., labels=[...]) or GaugeMetricFamily(*self.X,
         # labels=[...]), NAME a class constant "name" and X a class constant ("name", "help"), read at scrape time
@@ -213,14 +221,15 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None
 class LocalPrometheus:
     """A real Prometheus on a free 127.0.0.1 port with its TSDB in ``workdir``.
 
-    ``targets``: host:port list scraped as job ``netsiam-detector`` every ``scrape_interval``;
+    ``targets``: host:port list scraped as job ``netsiam-detector`` every ``scrape_interval``, and
+    ``learn_targets`` as job ``netsiam-learn``;
     ``rule_files``: copied next to the generated config. Use as a context manager: the server
     is always stopped on exit, and its log is kept in ``workdir/prometheus.log``.
     """
 
     def __init__(self, workdir: Path, targets: Sequence[str] = (), rule_files: Sequence[Path] = (),
                  scrape_interval: str = "1s", job: str = DETECTOR_JOB,
-                 ready_timeout_s: float = 30.0) -> None:
+                 ready_timeout_s: float = 30.0, learn_targets: Sequence[str] = ()) -> None:
         if PROMETHEUS is None:
             raise RuntimeError("prometheus is not installed")
         self.workdir = workdir
@@ -236,8 +245,8 @@ class LocalPrometheus:
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval,
                        "scrape_timeout": scrape_interval},
             "rule_files": rules,
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]}]
-            if targets else [],
+            "scrape_configs": [{"job_name": name, "static_configs": [{"targets": list(t)}]}
+                               for name, t in ((job, targets), (LEARN_JOB, learn_targets)) if t],
         }
         self.config = workdir / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(cfg))
@@ -513,8 +522,13 @@ def test_grafana_dashboard_structure() -> None:
                    "netsiam_records_valid_total", "netsiam_embed_batch_seconds_bucket",
                    "netsiam_record_to_event_seconds_bucket", "netsiam_consumer_lag",
                    "netsiam_records_invalid_total", "netsiam_model_info", "netsiam_model_reload_failures_total",
-                   "netsiam_broker_up"):
+                   "netsiam_broker_up", "netsiam_feedback_applied_total", "netsiam_feedback_dead_letters_total"):
         assert metric in exprs, f"no panel shows {metric}"
+    # learn is one service beside the detectors: its panels select its job, never the detector's $instance
+    for p in dash["panels"]:
+        learn = any("netsiam_feedback_" in t["expr"] or LEARN_JOB in t["expr"] for t in p["targets"])
+        assert not learn or all(f'job="{LEARN_JOB}"' in t["expr"] and "$instance" not in t["expr"]
+                                for t in p["targets"]), p["title"]
     kinds = {p["title"]: p["type"] for p in dash["panels"]}
     assert kinds["Fault timeline"] == "state-timeline" and kinds["Active faults"] == "stat"
 
@@ -546,19 +560,25 @@ def test_panel_exprs_use_only_exported_metrics_and_labels() -> None:
         assert m and m.group(1) in known and m.group(2) in known[m.group(1)] | TARGET_LABELS, query
 
 
-def test_catalogue_matches_the_live_registry() -> None:
-    """The parse of metrics.py agrees with what DetectorMetrics really registers."""
+@pytest.mark.parametrize("which", ["detector", "learn"])
+def test_catalogue_matches_the_live_registry(which: str) -> None:
+    """The parse of each metrics module agrees with what its class really registers."""
     from prometheus_client import CollectorRegistry
 
     from netsiam.detector.metrics import DetectorMetrics
+    from netsiam.trainer.learnmetrics import LearnMetrics
 
     reg = CollectorRegistry()
-    DetectorMetrics(reg).track_sources(lambda: [("sbc-1", 1795384000.0)])
-    catalogue = metric_catalogue()
+    if which == "detector":
+        DetectorMetrics(reg).track_sources(lambda: [("sbc-1", 1795384000.0)])
+    else:
+        LearnMetrics(reg)
+    catalogue = metric_catalogue([METRICS_PY if which == "detector" else LEARN_METRICS_PY])
     families = list(reg.collect())
     suffix = {"counter": "_total", "histogram": "_bucket", "gauge": "", "summary": "_sum"}
     for fam in families:
         assert fam.name + suffix[fam.type] in catalogue, fam.name
+        assert {lbl for smp in fam.samples for lbl in smp.labels} <= catalogue[fam.name + suffix[fam.type]]
     main_names = {n for n in catalogue if not n.endswith(("_created", "_sum", "_count"))}
     assert len(families) == len(main_names)
 
@@ -619,17 +639,22 @@ def test_every_expression_is_valid_promql(tmp_path: Path) -> None:
 
 
 class SyntheticDetector:
-    """A prometheus_client HTTP server exporting DetectorMetrics, with traffic ticking in a thread."""
+    """prometheus_client HTTP servers exporting DetectorMetrics and LearnMetrics (``port``, ``learn_port``),
+    with traffic and feedback ticking in a thread."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, start_http_server
 
         from netsiam.detector.metrics import DetectorMetrics
+        from netsiam.trainer.learnmetrics import LearnMetrics
 
         self.registry = CollectorRegistry()
         self.m = DetectorMetrics(self.registry)
         self.port = free_port()
         self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+        self.learn = LearnMetrics(CollectorRegistry())
+        self.learn_port = free_port()
+        self.learn_server, _ = start_http_server(self.learn_port, addr="127.0.0.1", registry=self.learn.registry)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, daemon=True)
         m = self.m
@@ -670,19 +695,25 @@ class SyntheticDetector:
             if i % 10 == 0:
                 m.fault_events.labels(fault="capacity_limit", state="raised").inc()
                 m.sources_evicted.inc()
+                self.learn.consumed.inc(2)
+                self.learn.applied.labels(action="false_alarm").inc()
+                self.learn.dead_letters.labels(reason="refused").inc()
+                self.learn.last_applied.set_to_current_time()
 
     def close(self) -> None:
         self._stop.set()
         self._ticker.join(timeout=5)
-        self.server.shutdown()
-        self.server.server_close()
+        for server in (self.server, self.learn_server):
+            server.shutdown()
+            server.server_close()
 
 
 @needs_prometheus
 def test_render_dashboard_against_real_prometheus(tmp_path: Path) -> None:
     det = SyntheticDetector()
     try:
-        with LocalPrometheus(tmp_path / "prom", targets=[f"127.0.0.1:{det.port}"], rule_files=[RULES]) as prom:
+        with LocalPrometheus(tmp_path / "prom", targets=[f"127.0.0.1:{det.port}"], rule_files=[RULES],
+                             learn_targets=[f"127.0.0.1:{det.learn_port}"]) as prom:
             prom.wait_for(lambda: prom.value("count_over_time(netsiam_records_consumed_total[1m])") >= 6,
                           "six scrapes of the synthetic detector")
             data = fetch_panels(prom.url, range_s=60, step_s=1, scrape_interval_s=1)
@@ -693,6 +724,8 @@ def test_render_dashboard_against_real_prometheus(tmp_path: Path) -> None:
             assert timeline == {"sbc-1 blocked", "sbc-2 capacity_limit"}
             version = [s.name(t.legend) for t, s in by_key["model_version"].series]
             assert version == ["2026.11.22-abc123"]
+            learned = {s.name(t.legend): s.values for t, s in by_key["feedback_applied"].series}
+            assert set(learned) == set(ACTIONS) and max(learned["false_alarm"]) > 0 == max(learned["support"])
             # $source lists every tracked source, sbc-3 (no fault) too
             (_, query, _), = [v for v in VARIABLES if v[0] == "source"]
             metric = re.fullmatch(r"label_values\((\w+), source\)", query).group(1)  # type: ignore[union-attr]
@@ -757,12 +790,14 @@ def test_live_daemon_every_panel_has_data(tmp_path: Path) -> None:
     subprocess.run(_netsiam("simulate", "--sources", "3", "--minutes", "6", "--seed", "3", "-o", str(trace),
                             "--labels", str(labels), "--quiet"), check=True, timeout=120)
     n_records = sum(1 for line in trace.read_text().splitlines() if line.strip())
-    broker_port, metrics_port = free_port(), free_port()
+    broker_port, metrics_port, learn_port = free_port(), free_port(), free_port()
+    served = tmp_path / "served"   # learn changes only a copy, never the shipped model
+    shutil.copytree(model, served)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({
         "kafka": {"bootstrap_servers": f"127.0.0.1:{broker_port}", "group_id": f"live-{broker_port}"},
         "metrics": {"host": "127.0.0.1", "port": metrics_port},
-        "detector": {"model": str(model)},
+        "detector": {"model": str(served)},
     }))
     procs: list[subprocess.Popen[bytes]] = []
     logs = tmp_path / "logs"
@@ -782,16 +817,27 @@ def test_live_daemon_every_panel_has_data(tmp_path: Path) -> None:
         broker = spawn("broker", "broker", "--config", str(cfg), "--port", str(broker_port))
         wait_port(broker_port, 60, broker)
         time.sleep(1.0)  # the broker accepts before its topics exist
-        with LocalPrometheus(tmp_path / "prom", targets=[f"127.0.0.1:{metrics_port}"], rule_files=[RULES]) as prom:
+        with LocalPrometheus(tmp_path / "prom", targets=[f"127.0.0.1:{metrics_port}"], rule_files=[RULES],
+                             learn_targets=[f"127.0.0.1:{learn_port}"]) as prom:
             detect = spawn("detect", "detect", "--config", str(cfg), "--metrics-port", str(metrics_port))
+            learn = spawn("learn", "learn", "--config", str(cfg), "--metrics-port", str(learn_port))
             deadline = time.monotonic() + 90
-            while True:
-                assert detect.poll() is None, f"detector exited: {tail('detect')}"
-                with contextlib.suppress(OSError):
-                    if http_get(f"http://127.0.0.1:{metrics_port}/healthz", 1.0)[0] == 200:
-                        break
-                assert time.monotonic() < deadline, f"/healthz never answered 200: {tail('detect')}"
-                time.sleep(0.5)
+            for name, proc, url in (("detect", detect, f"http://127.0.0.1:{metrics_port}/healthz"),
+                                    ("learn", learn, f"http://127.0.0.1:{learn_port}/metrics")):
+                while True:
+                    assert proc.poll() is None, f"{name} exited: {tail(name)}"
+                    with contextlib.suppress(OSError):
+                        if http_get(url, 1.0)[0] == 200:
+                            break
+                    assert time.monotonic() < deadline, f"{url} never answered 200: {tail(name)}"
+                    time.sleep(0.5)
+            # feedback that is not JSON: learn dead-letters it, the feedback panel shows it
+            from kafka import KafkaProducer
+            producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{broker_port}")
+            try:
+                producer.send("netsiam.feedback", b"not json").get(30)
+            finally:
+                producer.close()
             # 6 simulated minutes at 20x: 18 s, so each fault (>= 30 s) is active for >= 1.5 s of scrapes
             replay = subprocess.run(_netsiam("replay", str(trace), "--config", str(cfg), "--bootstrap",
                                              f"127.0.0.1:{broker_port}", "--speed", "20", "--quiet"),
@@ -799,6 +845,8 @@ def test_live_daemon_every_panel_has_data(tmp_path: Path) -> None:
             assert replay.returncode == 0, replay.stderr[-3000:]
             prom.wait_for(lambda: prom.value("sum(netsiam_records_consumed_total)") >= n_records,
                           f"{n_records} records consumed", timeout_s=60)
+            prom.wait_for(lambda: prom.value('sum(netsiam_feedback_dead_letters_total{reason="not_json"})') == 1,
+                          "learn's dead letter scraped", timeout_s=30)
             time.sleep(3)  # a few more scrapes after the last record
             data = fetch_panels(prom.url, range_s=time.time() - t0, step_s=1, scrape_interval_s=1)
             empty = [pd.panel.title for pd in data if not pd.has_data or pd.errors]
@@ -809,6 +857,7 @@ def test_live_daemon_every_panel_has_data(tmp_path: Path) -> None:
             if os.environ.get("NETSIAM_DASHBOARD_PNG"):  # how README's picture is made
                 shutil.copyfile(png, os.environ["NETSIAM_DASHBOARD_PNG"])
             assert detect.poll() is None, tail("detect")
+            assert learn.poll() is None, tail("learn")
     finally:
         for p in reversed(procs):
             stop_process(p)

@@ -1,7 +1,7 @@
 """The netsiam dashboard's panels: one list that both the Grafana JSON and the picture are built from.
 
-Every query uses only metrics defined in detector/metrics.py (plus Prometheus' own ``up``); the
-Grafana variables in them (``$source``, ``$instance``, ``$__rate_interval``, ``$__range``) are
+Every query uses only metrics defined in detector/metrics.py and, in the feedback row,
+trainer/learnmetrics.py (plus Prometheus' own ``up``); the Grafana variables in them (``$source``, ``$instance``, ``$__rate_interval``, ``$__range``) are
 expanded by :func:`netsiam.dashboard.prometheus.expand` for the picture.
 """
 
@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ANNOTATIONS", "DASHBOARD_UID", "DETECTOR_JOB", "PANELS", "VARIABLES", "Annotation", "Panel", "PanelKind",
-           "Target"]
+__all__ = ["ANNOTATIONS", "DASHBOARD_UID", "DETECTOR_JOB", "LEARN_JOB", "PANELS", "VARIABLES", "Annotation", "Panel",
+           "PanelKind", "Target"]
 
 DASHBOARD_UID = "netsiam"
-DETECTOR_JOB = "netsiam-detector"  # job_name in deploy/prometheus/prometheus.yml
+DETECTOR_JOB = "netsiam-detector"  # job_names in deploy/prometheus/prometheus.yml
+LEARN_JOB = "netsiam-learn"
 
 PanelKind = Literal["timeseries", "stat", "state-timeline"]
 
@@ -53,6 +54,15 @@ def _rate(metric: str, *matchers: str) -> str:
 
 def _quantile(q: float, histogram: str) -> str:
     return f"histogram_quantile({q}, sum by (le) ({_rate(histogram + '_bucket')}))"
+
+
+# `netsiam learn` is one service beside any number of detectors: its panels select it by job, not by
+# the detector's $instance
+_L = f'job="{LEARN_JOB}"'
+
+
+def _learn_increase(metric: str) -> str:
+    return f"increase({metric}{{{_L}}}[$__rate_interval])"
 
 
 _UPDOWN = ((0.0, "DOWN", "red"), (1.0, "UP", "green"))
@@ -152,6 +162,21 @@ PANELS: tuple[Panel, ...] = (
           (Target(f'sum({_rate("netsiam_sources_evicted_total")})', "evicted/s"),),
           (16, 36, 8, 7), unit="ops",
           description="Sources whose window state was dropped (idle or over detector.max_sources)."),
+    # --- row 6: operators' feedback (netsiam learn) -----------------------------------------------
+    Panel("learn_up", "Learn up", "stat",
+          (Target(f"up{{{_L}}}", "{{instance}}"),),
+          (0, 43, 4, 7), unit="none", mappings=_UPDOWN,
+          description="Prometheus can scrape netsiam learn's /metrics (feedback topic -> served model)."),
+    Panel("feedback_applied", "Feedback applied by action", "timeseries",
+          (Target(f'sum by (action) ({_learn_increase("netsiam_feedback_applied_total")})', "{{action}}"),),
+          (4, 43, 10, 7), unit="short",
+          description="Feedback messages applied to the served model: a new class, more support for one, a "
+                      "false alarm taught normal, or one already applied."),
+    Panel("feedback_dead_letters", "Feedback dead letters by reason", "timeseries",
+          (Target(f'sum by (reason) ({_learn_increase("netsiam_feedback_dead_letters_total")})', "{{reason}}"),),
+          (14, 43, 10, 7), unit="short",
+          description="Feedback messages netsiam learn could not apply, sent to netsiam.deadletter: not JSON, "
+                      "not a feedback message (schema), or refused (the reason is in the dead letter)."),
 )
 
 # Template variables: name -> (query, label). DS_PROMETHEUS is the datasource variable. $source lists
