@@ -284,6 +284,18 @@ def test_evaluate_detection_through_the_debounce() -> None:
     assert [(e["start"], e["end"], e["detected"]) for e in rep3["episodes"]] == [(120.0, 131.0, True)]
 
 
+def test_the_report_and_its_encoder_column_judge_the_same_episodes() -> None:
+    # the recording began in a fault that ended before the first window did: no column judges it
+    lab = ["normal"] * 10 + ["blocked"] * 6 + ["normal"] * 10
+    lw = windows([POINTS[x] for x in lab], lab, ["s"] * len(lab), [100.0 + 2 * k for k in range(len(lab))])
+    ivs = [LabelInterval("s", 95.0, 99.0, "blocked"), LabelInterval("s", 119.5, 131.5, "blocked")]
+    rep = evaluate(stub_artifact(POINTS), lw, cfg(), intervals=ivs, support=lw)   # every window scored
+    enc = rep["baselines"]["encoder"]
+    assert [e["start"] for e in rep["episodes"]] == [119.5] and rep["episodes"] == enc["episodes"]
+    assert {k: rep["detection"][k] for k in enc["detection"]} == enc["detection"]
+    assert rep["baselines"]["expert_rule"]["detection"]["episodes"] == 1
+
+
 # --------------------------------------------------------------------------- baselines
 
 

@@ -30,7 +30,7 @@ from netsiam.serving import debounce_view
 from netsiam.slowanswers import flag_trace
 from netsiam.traceio import LabelInterval
 
-__all__ = ["GRACE_S", "Episode", "Event", "Givens", "alarm_share", "debounce_givens", "detect_events",
+__all__ = ["GRACE_S", "Detected", "Episode", "Event", "Givens", "alarm_share", "debounce_givens", "detect_events",
            "episodes_from_intervals", "episodes_from_windows", "false_alarms_per_hour", "givens_events", "match_episodes",
            "score_detection"]
 
@@ -248,13 +248,17 @@ def _max(v: Sequence[float]) -> float | None:
     return float(np.max(v)) if len(v) else None
 
 
+# what score_detection returns: (summary, per-episode entries, events raised and cleared)
+Detected = tuple[dict[str, Any], list[dict[str, Any]], list[Event]]
+
+
 def score_detection(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray, labels: np.ndarray,
                     episodes: Sequence[Episode], debounce: DebounceConfig, grace_s: float, seconds_per_window: float,
                     known: Sequence[str] | None = None, nearest: np.ndarray | None = None,
                     within: np.ndarray | None = None, in_range: np.ndarray | None = None,
                     added: np.ndarray | None = None, held: Sequence[frozenset[str]] | None = None,
                     marked: Sequence[frozenset[str]] | None = None, slow: np.ndarray | None = None
-                    ) -> tuple[dict[str, Any], list[dict[str, Any]], list[Event]]:
+                    ) -> Detected:
     """One detector's per-window ``classes`` -> (summary, per-episode entries, events).
 
     ``labels`` (the windows' own labels) give the hours of normal stream the false raises are divided

@@ -48,6 +48,7 @@ from netsiam.trainer.baselines import (
 from netsiam.trainer.dataset import LabelledWindows, build_windows, refuse_verdicts
 from netsiam.trainer.detection import (
     GRACE_S,
+    Detected,
     Episode,
     Event,
     alarm_share,
@@ -129,15 +130,13 @@ class _Judge:
     held: list[frozenset[str]] | None = None   # (N,) the faults whose signature each window shows (its hold)
     marked: list[frozenset[str]] | None = None   # (N,) the faults whose mark each window shows
 
-    def score(self, pred: np.ndarray, nway: np.ndarray, classes: Sequence[str], mask: np.ndarray,
-              within: np.ndarray | None = None, nearest: np.ndarray | None = None,
-              added: np.ndarray | None = None, slow: np.ndarray | None = None) -> dict[str, Any]:
-        """Window scores on ``mask`` minus straddling windows, detection over every window of ``mask``
-        (``nearest``, ``added``: what the debounce is given, :func:`~netsiam.serving.debounce_view`;
-        ``nearest`` defaults to ``nway``; ``slow``: read unknown for their slow answers)."""
-        nearest = nway if nearest is None else nearest
-        ok = mask & ~self.lw.straddle
-        det, episodes, _ = score_detection(
+    def detect(self, pred: np.ndarray, classes: Sequence[str], mask: np.ndarray, nearest: np.ndarray,
+               within: np.ndarray | None = None, added: np.ndarray | None = None,
+               slow: np.ndarray | None = None) -> Detected:
+        """The daemon's debounce over every window of ``mask``, judged on the episodes whose time those
+        windows' ends reach (``nearest``, ``added``: what the debounce is given,
+        :func:`~netsiam.serving.debounce_view`; ``slow``: read unknown for their slow answers)."""
+        return score_detection(
             self.lw.sources[mask], self.lw.end_ts[mask], pred[mask], self.lw.labels[mask],
             _covered(self.episodes, self.lw.subset(mask), 0.0), self.debounce, self.grace_s, self.seconds_per_window,
             known=classes, nearest=nearest[mask], within=None if within is None else within[mask],
@@ -146,6 +145,16 @@ class _Judge:
             held=None if self.held is None else [self.held[i] for i in np.flatnonzero(mask)],
             marked=None if self.marked is None else [self.marked[i] for i in np.flatnonzero(mask)],
             slow=None if slow is None else slow[mask])
+
+    def score(self, pred: np.ndarray, nway: np.ndarray, classes: Sequence[str], mask: np.ndarray,
+              within: np.ndarray | None = None, nearest: np.ndarray | None = None,
+              added: np.ndarray | None = None, slow: np.ndarray | None = None,
+              detected: Detected | None = None) -> dict[str, Any]:
+        """Window scores on ``mask`` minus straddling windows, and :meth:`detect` (``nearest`` defaults
+        to ``nway``; ``detected``: its result for this ``mask``, already at hand)."""
+        ok = mask & ~self.lw.straddle
+        det, episodes, _ = detected or self.detect(pred, classes, mask, nway if nearest is None else nearest,
+                                                   within, added, slow)
         lab, p = self.lw.labels[ok], pred[ok]
         # the encoder's own figures, so every column of the report compares like with like
         return _scores(p, nway[ok], lab, classes) | {"per_class": _per_class(lab, p, classes),
@@ -156,8 +165,10 @@ class _Judge:
 
 def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.ndarray, within: np.ndarray,
                support: LabelledWindows | None, pcfg: PrototypeConfig, nearest: np.ndarray,
-               added: np.ndarray | None, slow: np.ndarray) -> dict[str, Any]:
-    """The encoder and the no-learning baselines, scored on the same windows and episodes.
+               added: np.ndarray | None, slow: np.ndarray,
+               detected: Detected) -> dict[str, Any]:
+    """The encoder and the no-learning baselines, scored on the same windows and episodes (``detected``:
+    the encoder's :meth:`_Judge.detect` over every window, reused where every window is scored).
 
     The raw-prototype and z-score baselines are fitted on the artifact's own training windows (stored
     in its manifest by ``netsiam train``), on ``support`` when given, or else on the first half of each
@@ -194,7 +205,8 @@ def _baselines(artifact: Artifact, judge: _Judge, pred: np.ndarray, nway: np.nda
     out["support"], out["n_support"] = how, n_sup
     if not np.any(scored):
         return out | {"error": "no window left to score after the support split"}
-    out["encoder"] = judge.score(pred, nway, classes, scored, within, nearest, added, slow)
+    out["encoder"] = judge.score(pred, nway, classes, scored, within, nearest, added, slow,
+                                 detected if scored.all() else None)
     rule = ExpertRule().predict(lw.raw)
     out["expert_rule"] = judge.score(rule, rule, list(ExpertRule.classes), scored) | {
         "rule": {"retrans_share": ExpertRule().retrans_share, "failed_share": ExpertRule().failed_share}}
@@ -243,10 +255,9 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     in_range, held, marked = g.in_range, g.held, g.marked
     judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=GRACE_S,
                    seconds_per_window=w.stride * w.interval_s, in_range=in_range, held=held, marked=marked)
-    det, ep_report, events = score_detection(lw.sources, lw.end_ts, pred, labels, episodes, judge.debounce,
-                                             judge.grace_s, judge.seconds_per_window, known=classes, nearest=nearest,
-                                             within=within, in_range=in_range, added=added, held=held,
-                                             marked=marked, slow=slow)
+    # judged as every baseline column is: on the episodes the windows' ends reach
+    detected = judge.detect(pred, classes, np.ones(len(lw), dtype=bool), nearest, within, added, slow)
+    det, ep_report, events = detected
 
     novel = sorted(set(novel_labels) | (set(lab_ok.tolist()) - set(classes)))
     novelty: dict[str, Any] = {}
@@ -278,7 +289,8 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
             "grace_s": judge.grace_s, "debounce": dataclasses.asdict(cfg.detector.debounce),
         },
         "episodes": ep_report,
-        "baselines": _baselines(artifact, judge, pred, nway, within, support, cfg.prototypes, nearest, added, slow),
+        "baselines": _baselines(artifact, judge, pred, nway, within, support, cfg.prototypes, nearest, added, slow,
+                                detected),
         "window": dataclasses.asdict(w),
         "features": list(cfg.features),
     }
