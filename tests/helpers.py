@@ -393,6 +393,14 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
         c.close()
 
 
+def committed_total(bootstrap: str, group: str, topic: str, partitions: int, want: int, timeout_s: float) -> int:
+    """Offsets ``group`` committed on ``topic``, summed over partitions, once they reach ``want``."""
+    def total() -> int:
+        return sum(v or 0 for v in committed(bootstrap, group, topic, partitions).values())
+    wait_until(lambda: total() >= want, timeout_s, f"{want} records committed by {group}", step_s=0.3)
+    return total()
+
+
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     """True end offsets (Tansu's ListOffsets(latest) lags, so count by reading)."""
     msgs = read_topic(bootstrap, topic, idle_s=0.5)

@@ -16,6 +16,7 @@ from helpers import (
     background_replay,
     check_episodes,
     committed,
+    committed_total,
     http_get,
     labelled_trace,
     make_config,
@@ -125,13 +126,7 @@ def test_sigkill_mid_replay_then_restart_raises_every_episode_with_stable_ids(
     b.wait_for("partitions assigned", timeout_s=60)
     rep.join(60)
     total = len(lines)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done = committed(broker.bootstrap, cfg.kafka.group_id, topics.samples, 4)
-        if sum(v or 0 for v in done.values()) >= total:
-            break
-        time.sleep(0.3)
-    assert sum(v or 0 for v in done.values()) == total
+    assert committed_total(broker.bootstrap, cfg.kafka.group_id, topics.samples, 4, total, 60) == total
     assert b.stop(signal.SIGTERM) == 0
     assert "replaying from" in b.text(), b.text()[-2000:]
 

@@ -27,7 +27,7 @@ from helpers import (
     background_replay,
     bad_lines,
     check_episodes,
-    committed,
+    committed_total,
     labelled_trace,
     make_config,
     needs_confluent,
@@ -69,13 +69,7 @@ def test_sigkill_loop_loses_nothing(broker: Any, topics: Any, model_dir: Path, t
     daemons.append(last)
     last.wait_for("partitions assigned", timeout_s=90)
     total = len(stream)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        done = committed(broker.bootstrap, cfg.kafka.group_id, topics.samples, 4)
-        if sum(v or 0 for v in done.values()) >= total:
-            break
-        time.sleep(0.3)
-    assert sum(v or 0 for v in done.values()) == total
+    assert committed_total(broker.bootstrap, cfg.kafka.group_id, topics.samples, 4, total, 90) == total
     assert last.stop(signal.SIGTERM) == 0
     assert f"client={client} " in last.text()
     print(f"crash loop: {kills} SIGKILLs survived, {total} records")
