@@ -42,7 +42,7 @@ from netsiam.features import RAW_METRICS
 from netsiam.schemas.classes import UNKNOWN
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import RecordError, decode_record
-from netsiam.serving import Artifact, debounce_view
+from netsiam.serving import Artifact, debounce_view, slow_run_stride
 from netsiam.slowanswers import factor_for, flag_slow, slow_evidence
 
 from .batch import EVICTED, SILENT_CLEARED, SILENT_RAISED, Batch, BatchResult, Marker, WindowRef
@@ -339,9 +339,9 @@ class Pipeline:
         factor = factor_for(self.det.debounce, manifest) if n else 0.0
         slowed = None
         if factor > 0:
-            slowed = np.zeros(n, dtype=bool)   # (N,): unknown, and answered slower than their source's own level
+            slowed = np.zeros(n, dtype=np.int32)   # (N,): unknown, answered slower than their source's own level
             names = flag_slow([w.state.level for w in batch.items if not isinstance(w, Marker)], names, batch.raw,
-                              factor, slow=slowed)
+                              factor, slow=slowed, stride=slow_run_stride(batch.artifact))
         if n:
             m.windows_embedded.inc(n)
             m.embed_batch_size.observe(n)
@@ -368,7 +368,7 @@ class Pipeline:
             trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]), within[i],
                                       None if in_range is None else bool(in_range[i]),
                                       added is not None and bool(added[i]), None if held is None else held[i],
-                                      None if marked is None else marked[i], slowed is not None and bool(slowed[i]))
+                                      None if marked is None else marked[i], 0 if slowed is None else int(slowed[i]))
             st.windowed(w.start, w.end_ts, half_replay)
             if not trans:
                 continue

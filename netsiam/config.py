@@ -141,7 +141,7 @@ class DebounceConfig:
     name_on_signature: bool = True  # no fault active: an unknown window nearest a fault showing its signature is it
     name_on_mark: bool = True       # a window showing one fault's mark (what no other fault shows) is that fault
     slow_answer_factor: float = 2.0  # a normal window answered this many times slower than its source usually is: unknown
-    slow_unknown_after: int = 3     # ... and this many such windows in a row raise unknown (0: as any, unknown_after)
+    slow_unknown_after: int = 3     # ... and this many such windows (or seconds) in a row raise unknown (0: as unknown_after)
 
     def __post_init__(self) -> None:
         _check(self.aftermath_s >= 0, "detector.debounce.aftermath_s", "must be >= 0")

@@ -8,8 +8,8 @@ Per-window classes go in; ``raised``/``cleared`` transitions come out.
   prototype, so ``unknown`` is raised only when a run of anomalous windows has lasted
   ``unknown_after`` windows and no named class has reached ``raise_k`` of ``raise_n``, or, where the
   counters themselves show it (``slow``: read ``unknown`` for its slow answers,
-  :mod:`netsiam.slowanswers`), after ``slow_unknown_after`` such windows in a row outside a named fault's
-  aftermath.
+  :mod:`netsiam.slowanswers`), after ``slow_unknown_after`` such windows in a row, or one whose own last
+  seconds in a row were that slow as many windows' worth, outside a named fault's aftermath.
 - An active fault clears after ``clear_m`` consecutive normal windows. An active fault switches
   (clear the old, raise the new) only to a named class that carried the last ``switch_after``
   windows in a row; a named fault never turns into ``unknown``. A long ``switch_after`` keeps one
@@ -223,12 +223,13 @@ class FaultTracker:
     def update(self, cls: str, window_end: float, nearest: str | None = None,
                within: Collection[str] | None = None, in_range: bool | None = None,
                added: bool = False, held: Collection[str] | None = None,
-               marked: Collection[str] | None = None, slow: bool = False) -> list[Transition]:
+               marked: Collection[str] | None = None, slow: int = 0) -> list[Transition]:
         """One window's class (``nearest``: its nearest class ignoring thresholds, of the trained classes only
         where ``added``: the window's class was added after training; ``within``: the classes whose threshold
         it is within; ``in_range``: every input's last seconds inside its normal range; ``held``: the faults whose
         signature it shows; ``marked``: those whose mark it shows; ``slow``: read ``unknown`` for its slow answers,
-        :mod:`netsiam.slowanswers`; each when known)."""
+        how many windows' worth of its last seconds were slow in a row, :mod:`netsiam.slowanswers`; each when
+        known)."""
         if self._cfg.name_on_mark and marked and len(marked) == 1 and not added:
             cls = next(iter(marked))   # stateless: every tracker, wherever it started, reads the window so
         self._n += 1
@@ -281,6 +282,8 @@ class FaultTracker:
             self._aftermath = False
         # a fault's aftermath hides late answers as it hides any recovery (a window nearest the fault stays unknown)
         self._slow_run = self._slow_run + 1 if slow and cls == UNKNOWN and not self._aftermath else 0
+        # or the window's own slow seconds in a row: the counters already show that run
+        slow_now = self._slow_run and max(self._slow_run, slow)
         self._recent.append((cls, window_end))
         if cls == self._tail:
             self._tail_len += 1
@@ -313,7 +316,7 @@ class FaultTracker:
             if named is not None:
                 out.append(self._raise(named, window_end))
             elif cls != NORMAL and (self._run_len >= self._cfg.unknown_after
-                                    or 0 < self._cfg.slow_unknown_after <= self._slow_run):
+                                    or 0 < self._cfg.slow_unknown_after <= slow_now):
                 out.append(self._raise(UNKNOWN, window_end))
         if self._normal_streak >= self._cfg.clear_m:
             self._run_start, self._run_len = None, 0

@@ -40,6 +40,7 @@ __all__ = [
     "debounce_view",
     "default_model_path",
     "load_artifact",
+    "slow_run_stride",
     "trained_classes",
 ]
 
@@ -171,6 +172,16 @@ def trained_classes(protos: Prototypes, manifest: Mapping[str, Any] | None) -> t
     mine = (manifest or {}).get("classes")
     trained = tuple(c for c in protos.classes if not isinstance(mine, list) or c in mine)
     return trained or tuple(protos.classes)
+
+
+def slow_run_stride(artifact: Any) -> int | None:
+    """The ``stride`` :func:`netsiam.slowanswers.flag_slow` counts a slow window's own slow seconds in: the
+    artifact's, or None (each slow window counts one) while its prototypes hold a class added after training,
+    which may be about to name what the encoder is still moving towards (its ``unknown`` waits as before)."""
+    protos: Prototypes = artifact.prototypes
+    if set(protos.classes) - set(trained_classes(protos, getattr(artifact, "manifest", None))):
+        return None
+    return int(artifact.window.stride)
 
 
 def debounce_view(artifact: Any, names: np.ndarray, dist: np.ndarray,

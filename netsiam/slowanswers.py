@@ -26,7 +26,11 @@ window: a freeze's backlog answered late raises nothing; nor, in a fault's after
   not always equal to it: a window whose answers lie near the bound may be judged otherwise after a restart.
 * Windows ``unknown`` and answered that slowly (whether the encoder or the level read them so) are ``slow`` for
   the debounce: ``detector.debounce.slow_unknown_after`` of them in a row raise ``unknown`` without the wait
-  for ``unknown_after`` (:mod:`netsiam.debounce`). The event such a window raises quotes, first, its answer time
+  for ``unknown_after`` (:mod:`netsiam.debounce`). A slow window carries how many of its last seconds in a row
+  were each clean and that slow (in windows: divided by the stride, at least 1), and that many raise too:
+  three such seconds raise at the third, not two windows later once the median of five has seen them. Not
+  while the model holds a class added after training (:func:`netsiam.serving.slow_run_stride`): an
+  operator's class may be about to name the slowdown. The event such a window raises quotes, first, its answer time
   against the range its source's level allows (:func:`slow_evidence`).
 * A false alarm an operator marks ``normal`` (``netsiam feedback``) raises the model's factor above the
   episode's slowest window (:data:`HEADROOM`), in its manifest (:data:`MANIFEST_KEY`): the same slowdown
@@ -49,7 +53,8 @@ from netsiam.features import RAW_METRICS
 from netsiam.schemas.classes import NORMAL, UNKNOWN
 
 __all__ = ["CLEAN_SHARE", "HEADROOM", "MANIFEST_KEY", "SEED", "STEP", "TAIL", "WARM", "AnswerLevel", "answer_times",
-           "factor_for", "flag_slow", "flag_trace", "slow_evidence", "source_levels", "taught_factor"]
+           "factor_for", "flag_slow", "flag_trace", "slow_evidence", "slow_seconds", "source_levels",
+           "taught_factor"]
 
 TAIL = 5          # seconds at the window's end whose clean ones' median is compared with the level
 STEP = 0.01       # the median's move per second, log units: 0.6 a minute at most
@@ -132,16 +137,26 @@ def factor_for(cfg: DebounceConfig, manifest: Mapping[str, Any] | None) -> float
     return max(cfg.slow_answer_factor, float(taught.get("normal_up_to", 0.0)))
 
 
+def slow_seconds(raw: np.ndarray, level: float, margin: float) -> int:
+    """A window (T, R): how many of its last seconds in a row were clean (:func:`_clean`) and answered more than
+    ``margin`` (log units) above ``level``."""
+    lg = np.log1p(np.maximum(np.asarray(raw[:, _RT], dtype=np.float64), 0.0))
+    ok = _clean(raw) & (lg - level > margin)
+    return len(ok) if ok.all() else int(np.argmin(ok[::-1]))
+
+
 def flag_slow(levels: Sequence[AnswerLevel], names: np.ndarray, raw: np.ndarray, factor: float,
               end_ts: np.ndarray | None = None, excess: np.ndarray | None = None,
-              slow: np.ndarray | None = None) -> np.ndarray:
+              slow: np.ndarray | None = None, stride: int | None = 1) -> np.ndarray:
     """Classes (N,) of raw windows (N, T, R), each window's source level (N,) -> the same classes with the
     ``normal`` windows answered more than ``factor`` times slower than their level ``unknown`` (a copy;
     ``names`` itself when off: ``factor`` 0, :func:`factor_for`). Each source's windows are judged by end time
     (``end_ts``), or in the order given (the daemon's). ``excess`` (N,), if given, gets each judged window's
     answer time above its level (log units; NaN where not judged: read other than ``normal`` or warming up);
-    ``slow`` (N,) bool, if given, is set where a window is ``unknown`` now and answered that slowly, whether
-    the encoder or this read it so (the debounce's ``slow``)."""
+    ``slow`` (N,) int, if given, is set where a window is ``unknown`` now and answered that slowly, whether
+    the encoder or this read it so (the debounce's ``slow``), to its :func:`slow_seconds` in windows of
+    ``stride`` seconds, at least 1 (0 elsewhere; 1 where ``stride`` is None: not counted,
+    :func:`netsiam.serving.slow_run_stride`)."""
     if slow is not None:
         slow[:] = False
     if factor <= 0 or len(names) == 0:
@@ -156,19 +171,20 @@ def flag_slow(levels: Sequence[AnswerLevel], names: np.ndarray, raw: np.ndarray,
             lv.seed(raw[i])
         if excess is not None:
             excess[i] = tail[i] - lv.level if out[i] == NORMAL and lv.n >= WARM else np.nan
+        level = lv.level   # judge() learns the window's last second
         if lv.judge(float(tail[i]), float(last[i]), margin) and out[i] in (NORMAL, UNKNOWN):
             out[i] = UNKNOWN
             if slow is not None:
-                slow[i] = True
+                slow[i] = 1 if stride is None else max(1, slow_seconds(raw[i], level, margin) // stride)
     return out.astype(str) if np.asarray(names).dtype.kind == "U" else out
 
 
 def flag_trace(names: np.ndarray, sources: np.ndarray, raw: np.ndarray, end_ts: np.ndarray, cfg: DebounceConfig,
                manifest: Mapping[str, Any] | None, excess: np.ndarray | None = None,
-               slow: np.ndarray | None = None) -> np.ndarray:
+               slow: np.ndarray | None = None, stride: int | None = 1) -> np.ndarray:
     """:func:`flag_slow` over whole traces (``evaluate``, feedback): each source from a fresh level, its windows
     by end time, under the factor in force for the model whose ``manifest`` is given (:func:`factor_for`)."""
-    return flag_slow(source_levels(sources), names, raw, factor_for(cfg, manifest), end_ts, excess, slow)
+    return flag_slow(source_levels(sources), names, raw, factor_for(cfg, manifest), end_ts, excess, slow, stride)
 
 
 def taught_factor(excess: np.ndarray, factor: float) -> float | None:

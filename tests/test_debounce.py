@@ -134,6 +134,28 @@ def test_windows_read_unknown_for_their_slow_answers_raise_unknown_after_slow_un
     assert go(cfg, near_fault) == [("raised", "blocked", 1.0), ("cleared", "blocked", 4.0)]   # not before 6
 
 
+def test_a_window_whose_own_last_seconds_were_slow_completes_the_slow_run() -> None:
+    """``slow`` carries the window's slow seconds in a row (in windows): that many are a run already seen,
+    so the first slow window whose last ``slow_unknown_after`` seconds were all slow raises at once."""
+    def go(cfg: DebounceConfig, seq: list[tuple[str, str, int]]) -> list[tuple[str, str, float]]:
+        t = FaultTracker(cfg)
+        return [(tr.state, tr.fault, tr.window_end) for i, (c, n, slow) in enumerate(seq)
+                for tr in t.update(c, float(i), nearest=n, slow=slow)]
+
+    cfg = replace(CFG, unknown_after=6, slow_unknown_after=3, aftermath_s=20.0)
+    norm = ("normal", "normal", 0)
+    assert go(cfg, [norm] * 3 + [("unknown", "normal", 3)]) == [("raised", "unknown", 3.0)]
+    assert go(cfg, [norm] * 3 + [("unknown", "normal", 2), ("unknown", "normal", 3)]) == [("raised", "unknown", 4.0)]
+    assert go(cfg, [norm] * 3 + [("unknown", "normal", 1)] * 3) == [("raised", "unknown", 5.0)]   # as before
+    # the two counts do not add up: 2 slow seconds, then a window whose last second was not slow, is no run of 3
+    two_then_fast = [("unknown", "normal", 2), ("unknown", "normal", 1), norm]
+    assert go(cfg, [norm] * 3 + two_then_fast) == []
+    assert go(cfg, [norm] * 3 + two_then_fast[:2] + [("unknown", "normal", 1)]) == [("raised", "unknown", 5.0)]
+    # a fault's aftermath holds it all the same, however many seconds were slow
+    after = [("blocked", "blocked", 0)] * 3 + [norm] * 2 + [("unknown", "normal", 9)] * 3
+    assert go(cfg, after) == [("raised", "blocked", 1.0), ("cleared", "blocked", 4.0)]
+
+
 def test_an_unknown_window_nearest_a_fault_ends_the_grace_only_after_aftermath_s() -> None:
     """The recovery after a freeze sometimes lands nearer a fault than normal for a window or two; inside
     aftermath_s that window is still anomalous, but the unknown windows nearest normal around it stay graced."""

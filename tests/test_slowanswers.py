@@ -6,11 +6,21 @@ import math
 
 import numpy as np
 import pytest
+from helpers import MeanEncoder, manifest, prototypes_at, small_artifact
 
 from netsiam.config import DebounceConfig
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS
-from netsiam.slowanswers import TAIL, answer_times, factor_for, flag_slow, source_levels, taught_factor
+from netsiam.serving import slow_run_stride
+from netsiam.slowanswers import (
+    TAIL,
+    answer_times,
+    factor_for,
+    flag_slow,
+    slow_seconds,
+    source_levels,
+    taught_factor,
+)
 
 RT = RAW_METRICS.index("ResponseTime1")
 T = 30
@@ -107,12 +117,27 @@ def test_the_debounce_s_slow_mask_marks_every_unknown_window_answered_slowly() -
     raw = windows(rt)
     end = np.arange(len(raw)) + T - 1
     cls = np.where(end % 3 == 0, "unknown", np.where(end % 3 == 1, "normal", "blocked")).astype(object)
-    slow = np.zeros(len(raw), dtype=bool)
+    slow = np.zeros(len(raw), dtype=np.int32)
     out = flag_slow(source_levels(np.array(["a"] * len(raw))), cls, raw, ON, end.astype(float), slow=slow)
     late = end >= 102                                  # the third slow second on
     assert (out[cls == "blocked"] == "blocked").all() and not slow[cls == "blocked"].any()
-    assert slow[late & (cls != "blocked")].all() and (out[late & (cls != "blocked")] == "unknown").all()
+    assert (slow[late & (cls != "blocked")] > 0).all() and (out[late & (cls != "blocked")] == "unknown").all()
     assert not slow[~late].any() and (out[~late] == cls[~late]).all()
+    # each carries its slow seconds in a row: 3 at the third slow second, one more a second, the window's T at most
+    assert (slow[late & (cls != "blocked")] == np.minimum(end - 99, T)[late & (cls != "blocked")]).all()
+    strided = np.zeros(len(raw), dtype=np.int32)   # in windows of 2 s: half as many
+    flag_slow(source_levels(np.array(["a"] * len(raw))), cls, raw, ON, end.astype(float), slow=strided, stride=2)
+    assert (strided == np.where(slow > 0, np.maximum(slow // 2, 1), 0)).all()
+
+
+def test_slow_seconds_counts_the_clean_slow_seconds_in_a_row_at_the_window_s_end() -> None:
+    raw = windows([5.0] * 25 + [65.0, 5.0, 65.0, 65.0, 65.0])[0]
+    lo = math.log1p(5.0)
+    assert slow_seconds(raw, lo, math.log(ON)) == 3                  # a fast second breaks the run
+    raw[-2, RAW_METRICS.index("Retransmissions")] = 1.0               # a resent INVITE: not clean
+    assert slow_seconds(raw, lo, math.log(ON)) == 1
+    assert slow_seconds(raw, lo, math.log(20.0)) == 0                 # 13 times slower is not 20 times
+    assert slow_seconds(windows([65.0] * 30)[0], lo, math.log(ON)) == T
 
 
 def test_each_source_keeps_its_own_level() -> None:
@@ -149,3 +174,19 @@ def test_a_false_alarm_taught_normal_lets_the_same_slowdown_pass() -> None:
     assert not (flag_slow(source_levels(np.array(["a"] * len(raw))), cls, raw, taught) == "unknown").any()
     assert taught_factor(excess, taught) is None                     # nothing left to teach
     assert taught_factor(np.full(3, np.nan), ON) is None
+
+
+def test_a_model_taught_a_class_counts_each_slow_window_once() -> None:
+    """The seconds count only while the model holds no class added after training (``slow_run_stride``)."""
+    points = {"normal": (0.1, 0.1, 0.1), "blocked": (0.9, 0.1, 0.1)}
+    trained = small_artifact(MeanEncoder(), prototypes_at(points), manifest(stride=2, classes=list(points)))
+    assert slow_run_stride(trained) == 2
+    taught = small_artifact(MeanEncoder(), prototypes_at({**points, "degraded": (0.1, 0.9, 0.1)}),
+                            manifest(stride=2, classes=list(points)))
+    assert slow_run_stride(taught) is None
+    rt = [5.0] * 100 + [65.0] * 100
+    raw = windows(rt)
+    cls = np.array(["normal"] * len(raw), dtype=object)
+    slow = np.zeros(len(raw), dtype=np.int32)
+    flag_slow(source_levels(np.array(["a"] * len(raw))), cls, raw, ON, slow=slow, stride=slow_run_stride(taught))
+    assert set(slow.tolist()) == {0, 1}

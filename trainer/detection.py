@@ -26,7 +26,7 @@ from netsiam.config import DebounceConfig
 from netsiam.debounce import FaultTracker
 from netsiam.evidence import debounce_inputs
 from netsiam.schemas.classes import NORMAL, UNKNOWN
-from netsiam.serving import debounce_view
+from netsiam.serving import debounce_view, slow_run_stride
 from netsiam.slowanswers import flag_trace
 from netsiam.traceio import LabelInterval
 
@@ -76,7 +76,7 @@ def detect_events(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray,
                                      None if in_range is None else bool(in_range[k]),
                                      added is not None and bool(added[k]), None if held is None else held[int(k)],
                                      None if marked is None else marked[int(k)],
-                                     slow is not None and bool(slow[k])):
+                                     0 if slow is None else int(slow[k])):
                 if tr.state == "raised":
                     open_[tr.fault] = (tr.started_at, tr.window_end)
                 else:
@@ -97,7 +97,8 @@ class Givens(NamedTuple):
     added: np.ndarray | None                  # of a class added after training
     held: list[frozenset[str]] | None         # the faults whose signature it shows
     marked: list[frozenset[str]] | None       # the faults whose mark it shows
-    slow: np.ndarray                          # unknown, and answered slower than its source's own level
+    slow: np.ndarray                          # unknown, and answered slower than its source's own level (int:
+                                              # its slow seconds in a row, in windows, flag_slow)
     dists: np.ndarray                         # (N, C) distance to every prototype
 
 
@@ -108,8 +109,8 @@ def debounce_givens(art: Any, sources: np.ndarray, end_ts: np.ndarray, raw: np.n
     artifact for every offline judge, so each judges as the daemon acts."""
     manifest = getattr(art, "manifest", None)
     names, _, dists = art.prototypes.classify(emb)
-    slow = np.zeros(len(names), dtype=bool)
-    names = flag_trace(names, sources, raw, end_ts, debounce, manifest, slow=slow)
+    slow = np.zeros(len(names), dtype=np.int32)
+    names = flag_trace(names, sources, raw, end_ts, debounce, manifest, slow=slow, stride=slow_run_stride(art))
     nearest, added = debounce_view(art, names, dists, debounce)
     feats = list(getattr(art, "features", ()) if features is None else features)
     in_range, held, marked = debounce_inputs(x, raw, feats, manifest, classes=art.prototypes.classes)
