@@ -30,8 +30,8 @@ window: a freeze's backlog answered late raises nothing; nor, in a fault's after
   were each clean and that slow (in windows: divided by the stride, at least 1), and that many raise too:
   three such seconds raise at the third, not two windows later once the median of five has seen them. Not
   while the model holds a class added after training (:func:`netsiam.serving.slow_run_stride`): an
-  operator's class may be about to name the slowdown. The event such a window raises quotes, first, its answer time
-  against the range its source's level allows (:func:`slow_evidence`).
+  operator's class may be about to name the slowdown. The event such a window raises quotes, first, its
+  answer time against the range its source's level allows (:func:`slow_evidence`).
 * A false alarm an operator marks ``normal`` (``netsiam feedback``) raises the model's factor above the
   episode's slowest window (:data:`HEADROOM`), in its manifest (:data:`MANIFEST_KEY`): the same slowdown
   later raises nothing. The factor in force is the larger of the config's and the model's.
@@ -158,7 +158,7 @@ def flag_slow(levels: Sequence[AnswerLevel], names: np.ndarray, raw: np.ndarray,
     ``stride`` seconds, at least 1 (0 elsewhere; 1 where ``stride`` is None: not counted,
     :func:`netsiam.serving.slow_run_stride`)."""
     if slow is not None:
-        slow[:] = False
+        slow[:] = 0
     if factor <= 0 or len(names) == 0:
         return names
     margin = math.log(factor)
