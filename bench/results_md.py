@@ -200,8 +200,8 @@ def render(res: dict[str, Any], bench: dict[str, Any] | None) -> str:
         f"cleared within {TARGETS['max_clear_s']:.0f} s, first raise right on every episode, no false raise, "
         f"within {TARGETS['delay_vs_rule_s']:.0f} s of the expert rule's median delay. Delays count every "
         "episode, a never-seen fault's `unknown` raise included (`unknown` waits for 10 anomalous windows by "
-        "design, 3 in a row read `unknown` and answered slowly): `sipp_c`'s shipped-model delays are its never-seen "
-        "fault's.",
+        "design; 3 in a row read `unknown` and answered slowly, or one whose last 3 seconds each were): `sipp_c`'s "
+        "shipped-model delays are its never-seen fault's.",
         "",
         "What the counters allow: a capacity limit that holds the calls it refuses until the caller gives up "
         "leaves every SIPp counter as in normal traffic until the first held call times out, and its held calls "

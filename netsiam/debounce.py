@@ -283,7 +283,7 @@ class FaultTracker:
         # a fault's aftermath hides late answers as it hides any recovery (a window nearest the fault stays unknown)
         self._slow_run = self._slow_run + 1 if slow and cls == UNKNOWN and not self._aftermath else 0
         # or the window's own slow seconds in a row: the counters already show that run
-        slow_now = self._slow_run and max(self._slow_run, slow)
+        slow_now = max(self._slow_run, slow) if self._slow_run else 0
         self._recent.append((cls, window_end))
         if cls == self._tail:
             self._tail_len += 1

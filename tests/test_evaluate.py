@@ -289,11 +289,13 @@ def test_the_report_and_its_encoder_column_judge_the_same_episodes() -> None:
     lab = ["normal"] * 10 + ["blocked"] * 6 + ["normal"] * 10
     lw = windows([POINTS[x] for x in lab], lab, ["s"] * len(lab), [100.0 + 2 * k for k in range(len(lab))])
     ivs = [LabelInterval("s", 95.0, 99.0, "blocked"), LabelInterval("s", 119.5, 131.5, "blocked")]
-    rep = evaluate(stub_artifact(POINTS), lw, cfg(), intervals=ivs, support=lw)   # every window scored
-    enc = rep["baselines"]["encoder"]
-    assert [e["start"] for e in rep["episodes"]] == [119.5] and rep["episodes"] == enc["episodes"]
-    assert {k: rep["detection"][k] for k in enc["detection"]} == enc["detection"]
-    assert rep["baselines"]["expert_rule"]["detection"]["episodes"] == 1
+    ev = evaluate_detailed(stub_artifact(POINTS), lw, cfg(), intervals=ivs, support=lw)   # every window scored
+    rep = ev.report
+    assert [e["start"] for e in rep["episodes"]] == [119.5] and [e.start for e in ev.episodes] == [119.5]
+    # each baseline column judges its own detector on those episodes
+    for name in ("expert_rule", "raw_nearest_prototype", "zscore_rule"):
+        assert [e["start"] for e in rep["baselines"][name]["episodes"]] == [119.5], name
+        assert rep["baselines"][name]["detection"]["episodes"] == rep["detection"]["episodes"] == 1
 
 
 # --------------------------------------------------------------------------- baselines

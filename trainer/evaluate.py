@@ -153,8 +153,9 @@ class _Judge:
         """Window scores on ``mask`` minus straddling windows, and :meth:`detect` (``nearest`` defaults
         to ``nway``; ``detected``: its result for this ``mask``, already at hand)."""
         ok = mask & ~self.lw.straddle
-        det, episodes, _ = detected or self.detect(pred, classes, mask, nway if nearest is None else nearest,
-                                                   within, added, slow)
+        if detected is None:
+            detected = self.detect(pred, classes, mask, nway if nearest is None else nearest, within, added, slow)
+        det, episodes = dict(detected[0]), [dict(e) for e in detected[1]]   # the top level keeps its own
         lab, p = self.lw.labels[ok], pred[ok]
         # the encoder's own figures, so every column of the report compares like with like
         return _scores(p, nway[ok], lab, classes) | {"per_class": _per_class(lab, p, classes),
@@ -294,7 +295,8 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
         "window": dataclasses.asdict(w),
         "features": list(cfg.features),
     }
-    return Evaluation(report, lw, emb, pred, nway, classes, list(protos.points), events, episodes, roc,
+    judged = _covered(episodes, lw, 0.0)   # the episodes detection judged (the plots shade these)
+    return Evaluation(report, lw, emb, pred, nway, classes, list(protos.points), events, judged, roc,
                       history=artifact.manifest.get("history"))
 
 

@@ -1,8 +1,9 @@
 """The netsiam dashboard's panels: one list that both the Grafana JSON and the picture are built from.
 
 Every query uses only metrics defined in detector/metrics.py and, in the feedback row,
-trainer/learnmetrics.py (plus Prometheus' own ``up``); the Grafana variables in them (``$source``, ``$instance``, ``$__rate_interval``, ``$__range``) are
-expanded by :func:`netsiam.dashboard.prometheus.expand` for the picture.
+trainer/learnmetrics.py (plus Prometheus' own ``up``); the Grafana variables in them (``$source``,
+``$instance``, ``$__rate_interval``, ``$__range``) are expanded by
+:func:`netsiam.dashboard.prometheus.expand` for the picture.
 """
 
 from __future__ import annotations
