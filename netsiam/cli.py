@@ -42,7 +42,7 @@ HANDLERS = {
     "simulate": "netsiam.trainer.simulate_cli:cli_simulate",
     "import": "netsiam.importers.cli:cli_import",
     "train": "netsiam.trainer.train:cli_train",
-    "evaluate": "netsiam.trainer.evaluate:cli_evaluate",
+    "evaluate": "netsiam.trainer.evaluate_cli:cli_evaluate",
     "prototypes": "netsiam.trainer.prototypes:cli_prototypes",
     "replay": "netsiam.replay:cli_replay",
     "detect": "netsiam.detector.cli:cli_detect",

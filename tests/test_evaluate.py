@@ -31,7 +31,8 @@ from netsiam.trainer.detection import (
     false_alarms_per_hour,
     match_episodes,
 )
-from netsiam.trainer.evaluate import evaluate, evaluate_detailed, per_class_lines
+from netsiam.trainer.evaluate import evaluate, evaluate_detailed
+from netsiam.trainer.evaluate_cli import per_class_lines
 from netsiam.trainer.scores import (
     accuracy,
     confusion,
