@@ -134,7 +134,8 @@ class _Judge:
         :func:`~netsiam.serving.debounce_view`; ``slow``: read unknown for their slow answers)."""
         return score_detection(
             self.lw.sources[mask], self.lw.end_ts[mask], pred[mask], self.lw.labels[mask],
-            _covered(self.episodes, self.lw.subset(mask), 0.0), self.debounce, self.grace_s, self.seconds_per_window,
+            _covered(self.episodes, self.lw.sources[mask], self.lw.end_ts[mask]), self.debounce, self.grace_s,
+            self.seconds_per_window,
             known=classes, nearest=nearest[mask], within=None if within is None else within[mask],
             in_range=None if self.in_range is None else self.in_range[mask],
             added=None if added is None else added[mask],
@@ -248,7 +249,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
     w = cfg.window
     episodes = (episodes_from_intervals(intervals) if intervals is not None
                 else episodes_from_windows(lw.sources, lw.end_ts, labels, w.interval_s))
-    episodes = _covered(episodes, lw, (w.length - 1) * w.interval_s)
+    episodes = _covered(episodes, lw.sources, lw.end_ts)   # every column judges these (the plots shade them)
     in_range, held, marked = g.in_range, g.held, g.marked
     judge = _Judge(lw, episodes, cfg.detector.debounce, grace_s=GRACE_S,
                    seconds_per_window=w.stride * w.interval_s, in_range=in_range, held=held, marked=marked)
@@ -291,8 +292,7 @@ def evaluate_detailed(artifact: Artifact, lw: LabelledWindows, cfg: Config, nove
         "window": dataclasses.asdict(w),
         "features": list(cfg.features),
     }
-    judged = _covered(episodes, lw, 0.0)   # the episodes detection judged (the plots shade these)
-    return Evaluation(report, lw, emb, pred, nway, classes, list(protos.points), events, judged, roc,
+    return Evaluation(report, lw, emb, pred, nway, classes, list(protos.points), events, episodes, roc,
                       history=artifact.manifest.get("history"))
 
 
@@ -303,12 +303,13 @@ def evaluate(artifact: Artifact, lw: LabelledWindows, cfg: Config, novel_labels:
     return evaluate_detailed(artifact, lw, cfg, novel_labels, intervals, support).report
 
 
-def _covered(episodes: list[Episode], lw: LabelledWindows, span_s: float) -> list[Episode]:
-    """Keep episodes of windowed sources that overlap the time their windows cover."""
+def _covered(episodes: list[Episode], sources: np.ndarray, end_ts: np.ndarray) -> list[Episode]:
+    """Keep episodes of windowed sources that some window's end reaches (one that ended before a source's first
+    window did is judged by no detector)."""
     lo: dict[str, float] = {}
     hi: dict[str, float] = {}
-    for s, t in zip(lw.sources.tolist(), lw.end_ts.tolist(), strict=True):
-        lo[s], hi[s] = min(lo.get(s, t), t - span_s), max(hi.get(s, t), t)
+    for s, t in zip(sources.tolist(), end_ts.tolist(), strict=True):
+        lo[s], hi[s] = min(lo.get(s, t), t), max(hi.get(s, t), t)
     return [e for e in episodes if e.source in lo and e.end > lo[e.source] and e.start <= hi[e.source]]
 
 
@@ -346,5 +347,4 @@ def load_labelled(data: Sequence[str], labels: Sequence[str],
         intervals.extend(ivs)
     if len(parts) == 1:
         return parts[0], intervals
-    cat = {f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(LabelledWindows)}
-    return LabelledWindows(**cat), intervals
+    return LabelledWindows.concat(parts), intervals
