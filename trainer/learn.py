@@ -75,9 +75,7 @@ def cli_learn(args: argparse.Namespace, cfg: Config) -> int:
     metrics = LearnMetrics(CollectorRegistry())
     with ExitStack() as stack:
         if args.metrics_port is not None:
-            server = serve_metrics(metrics.registry, cfg.metrics.host, args.metrics_port, log)
-            stack.callback(server.server_close)
-            stack.callback(server.shutdown)      # the stack runs last first: stop serving, then close the socket
+            stack.enter_context(serve_metrics(metrics.registry, cfg.metrics.host, args.metrics_port, log))
         try:
             consumer = KafkaConsumer(topics.feedback, **{**consumer_kwargs(cfg.kafka, bootstrap,
                                                                             args.group or f"{cfg.kafka.group_id}-learn"),

@@ -18,6 +18,7 @@ import logging
 import signal
 import sys
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -117,29 +118,25 @@ def cli_collect(args: argparse.Namespace, cfg: Config) -> int:
     port = args.metrics_port
     if port is None and args.bootstrap:
         port = DEFAULT_METRICS_PORTS[args.kind]
-    server = None
-    if port is not None:
-        server = serve_metrics(metrics.registry, cfg.metrics.host, port, log)
     topic = args.topic or cfg.kafka.topics.samples
     one_shot = args.kind == "sipp" and not args.follow
-    sink: Sink
-    if args.bootstrap:
-        # a one-shot run has no outage to ride out: it refuses below, without a warning first
-        sink = KafkaSink(args.bootstrap, topic, metrics, kafka=cfg.kafka,
-                         max_pending=args.buffer or DEFAULT_MAX_PENDING, stop=stop, ride_out=not one_shot)
-    else:
-        sink = StreamSink(args.output, metrics)
-    try:
+    with ExitStack() as stack:   # last in, first out: the sink flushes before metrics stop being served
+        if port is not None:
+            stack.enter_context(serve_metrics(metrics.registry, cfg.metrics.host, port, log))
+        sink: Sink
+        if args.bootstrap:
+            # a one-shot run has no outage to ride out: it refuses below, without a warning first
+            sink = KafkaSink(args.bootstrap, topic, metrics, kafka=cfg.kafka,
+                             max_pending=args.buffer or DEFAULT_MAX_PENDING, stop=stop, ride_out=not one_shot)
+        else:
+            sink = StreamSink(args.output, metrics)
+        stack.callback(sink.close)
         if isinstance(sink, KafkaSink) and one_shot and not sink.up:
             # a one-shot run has no outage to ride out: say so now, as replay does (the rows stay in the files)
             raise ServiceError(f"cannot publish to {args.bootstrap}: {sink.down_why}; nothing published")
         if args.kind == "sipp":
             return _collect_sipp(args, sink, metrics, stop)
         return _collect_pcap(args, cfg, sink, metrics, stop)
-    finally:
-        sink.close()
-        if server is not None:
-            server.shutdown()
 
 
 def _collect_sipp(args: argparse.Namespace, sink: Any, metrics: Any, stop: threading.Event) -> int:
