@@ -37,12 +37,13 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from netsiam.config import Config
-from netsiam.evidence import debounce_inputs, ranges_from_manifest
+from netsiam.evidence import ranges_from_manifest
 from netsiam.features import RAW_METRICS
+from netsiam.givens import read_givens
 from netsiam.schemas.classes import UNKNOWN
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import RecordError, decode_record
-from netsiam.serving import Artifact, debounce_view, slow_run_stride
+from netsiam.serving import Artifact, slow_run_stride
 from netsiam.slowanswers import factor_for, flag_slow, slow_evidence
 
 from .batch import EVICTED, SILENT_CLEARED, SILENT_RAISED, Batch, BatchResult, Marker, WindowRef
@@ -69,14 +70,6 @@ class Message(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
-
-
-def _utf8_ok(s: str) -> bool:
-    try:
-        s.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def same_windowing(a: Artifact, b: Artifact) -> bool:
@@ -171,11 +164,6 @@ class Pipeline:
             except RecordError as e:   # the only exception decode_record raises, whatever the bytes
                 if live:
                     self._dead(m, e.reason, e.detail)
-                continue
-            if not rec.source.isascii() and not _utf8_ok(rec.source):
-                # a lone surrogate (\ud800) parses but cannot be a Kafka key or go into a JSON event
-                if live:
-                    self._dead(m, "schema", "'source' is not valid Unicode (lone surrogate)")
                 continue
             ts = rec.ts
             # The stream clock is per partition (a replay rebuilds it from that partition alone).
@@ -337,9 +325,8 @@ class Pipeline:
         names = res.names
         manifest = getattr(batch.artifact, "manifest", None)
         factor = factor_for(self.det.debounce, manifest) if n else 0.0
-        slowed = None
+        slowed = np.zeros(n, dtype=np.int32)   # (N,): unknown, answered slower than their source's own level
         if factor > 0:
-            slowed = np.zeros(n, dtype=np.int32)   # (N,): unknown, answered slower than their source's own level
             names = flag_slow([w.state.level for w in batch.items if not isinstance(w, Marker)], names, batch.raw,
                               factor, slow=slowed, stride=slow_run_stride(batch.artifact))
         if n:
@@ -350,12 +337,9 @@ class Pipeline:
                 m.classifications.labels(**{"class": str(cls)}).inc(int(cnt))
         classes = list(batch.artifact.prototypes.classes)
         version = batch.artifact.version
-        nearest, added = debounce_view(batch.artifact, names, res.dists, self.det.debounce) if n else (names, None)
-        within = batch.artifact.prototypes.within(res.dists) if n else names
         x, ranges = batch.x, ranges_from_manifest(manifest)   # the events' evidence quotes them too
-        in_range, held, marked = ((None, None, None) if x is None or not n
-                                  else debounce_inputs(x, batch.raw, batch.artifact.features, manifest, ranges,
-                                                       batch.artifact.prototypes.classes))
+        g = read_givens(batch.artifact, names, slowed, res.dists, x if n else None, batch.raw, self.det.debounce,
+                        ranges=ranges) if n else None
         n_events = 0
         half_replay = self.det.max_replay_s / 2
         i = -1
@@ -365,10 +349,8 @@ class Pipeline:
                 continue
             i += 1
             st = w.state
-            trans = st.tracker.update(str(names[i]), w.end_ts, str(nearest[i]), within[i],
-                                      None if in_range is None else bool(in_range[i]),
-                                      added is not None and bool(added[i]), None if held is None else held[i],
-                                      None if marked is None else marked[i], 0 if slowed is None else int(slowed[i]))
+            assert g is not None   # a window, so n > 0
+            trans = g.step(st.tracker, i, w.end_ts)
             st.windowed(w.start, w.end_ts, half_replay)
             if not trans:
                 continue
@@ -376,7 +358,7 @@ class Pipeline:
             distances = {c: round(float(row[j]), 6) for j, c in enumerate(classes)}
             emb = tuple(round(float(v), 6) for v in res.emb[i])
             explain = explainer(batch.raw[i], None if x is None else x[i], batch.artifact, ranges)
-            if slowed is not None and slowed[i] and any(t.fault == UNKNOWN for t in trans):
+            if slowed[i] and any(t.fault == UNKNOWN for t in trans):
                 explain = slow_evidence(explain, st.level, batch.raw[i], factor)   # not for a fault it was named
             n_events += self._emitter.emit(st, trans, w, version, round(float(res.nearest[i]), 6), distances, emb,
                                            explain)

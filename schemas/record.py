@@ -95,6 +95,9 @@ def validate_record_obj(obj: Any, names: Sequence[str], required: frozenset[str]
     source = obj.get("source")
     if not isinstance(source, str) or not source or len(source) > MAX_SOURCE_LEN:
         raise RecordError("schema", f"'source' must be a string of 1..{MAX_SOURCE_LEN} characters")
+    if not _unicode_ok(source):
+        # a lone surrogate (\ud800) parses but cannot be a Kafka key or go into a JSON event or report
+        raise RecordError("schema", "'source' is not valid Unicode (lone surrogate)")
     if "ts" not in obj:
         raise RecordError("schema", "'ts' is missing")
     metrics = obj.get("metrics")
@@ -124,6 +127,16 @@ def validate_record_obj(obj: Any, names: Sequence[str], required: frozenset[str]
     if None in values or ignored:
         values = tuple(_value_or_default(get(n), n, ignored, required) for n in names)
     return DecodedRecord(source, ts, tuple(map(float, values)), len(ignored))
+
+
+def _unicode_ok(s: str) -> bool:
+    if s.isascii():
+        return True
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _value_or_default(v: Any, name: str, ignored: set[str], required: frozenset[str]) -> Any:
@@ -156,7 +169,7 @@ def decode_record(
     try:
         rec = _WELL_FORMED.decode(raw)
         values = tuple(map(rec.metrics.get, names))
-        if None not in values:   # absent metrics: the checks below say which are required
+        if None not in values and _unicode_ok(rec.source):   # else the checks below say why not
             return DecodedRecord(rec.source, parse_ts(rec.ts), cast(tuple[float, ...], values))
     except Exception:   # msgspec.DecodeError, parse_ts's ValueError, a RecursionError into an unknown key's
         pass            # nested value, or anything else: the checks below say why, or accept what this refused

@@ -62,6 +62,7 @@ def test_not_required_metric_defaults_to_zero() -> None:
         (enc({"ts": 1, "metrics": {}}), "schema"),
         (enc(dict(GOOD, source="")), "schema"),
         (enc(dict(GOOD, source=7)), "schema"),
+        (enc(dict(GOOD, source="\ud800x")), "schema"),     # a lone surrogate: not a Kafka key, not JSON out
         (enc({"source": "a", "metrics": {}}), "schema"),
         (enc(dict(GOOD, metrics=[1])), "schema"),
         (enc(dict(GOOD, metrics={**GOOD["metrics"], "OutgoingCall": "3"})), "schema"),

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from netsiam.config import DebounceConfig
 from netsiam.debounce import FaultTracker
-from netsiam.evidence import debounce_inputs
+from netsiam.givens import Givens, read_givens
 from netsiam.schemas.classes import NORMAL, UNKNOWN
-from netsiam.serving import debounce_view, slow_run_stride
+from netsiam.serving import slow_run_stride
 from netsiam.slowanswers import flag_trace
 from netsiam.traceio import LabelInterval
 
@@ -87,34 +87,16 @@ def detect_events(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray,
     return sorted(events, key=lambda e: (e.source, e.raised_at))
 
 
-class Givens(NamedTuple):
-    """Per window (N,), what the daemon's debounce is given (:func:`detect_events` takes them in this order)."""
-
-    classes: np.ndarray                       # the class read, ``unknown`` where answered slower than the source's own
-    nearest: np.ndarray                       # the nearest class (of the trained ones for a class added later)
-    within: np.ndarray                        # frozensets: the classes whose threshold the window is within
-    in_range: np.ndarray | None               # every input's tail in its normal range
-    added: np.ndarray | None                  # of a class added after training
-    held: list[frozenset[str]] | None         # the faults whose signature it shows
-    marked: list[frozenset[str]] | None       # the faults whose mark it shows
-    slow: np.ndarray                          # unknown, and answered slower than its source's own level (int:
-                                              # its slow seconds in a row, in windows, flag_slow)
-    dists: np.ndarray                         # (N, C) distance to every prototype
-
-
 def debounce_givens(art: Any, sources: np.ndarray, end_ts: np.ndarray, raw: np.ndarray, x: np.ndarray,
                     emb: np.ndarray, debounce: DebounceConfig, features: Sequence[str] | None = None) -> Givens:
     """Windows (raw (N, T, R), their inputs ``x`` (N, T, F) under ``features``, default the artifact's, embedded
     ``emb``) of whole traces -> what the daemon serving ``art`` gives its debounce for each: one reading of the
     artifact for every offline judge, so each judges as the daemon acts."""
-    manifest = getattr(art, "manifest", None)
     names, _, dists = art.prototypes.classify(emb)
     slow = np.zeros(len(names), dtype=np.int32)
-    names = flag_trace(names, sources, raw, end_ts, debounce, manifest, slow=slow, stride=slow_run_stride(art))
-    nearest, added = debounce_view(art, names, dists, debounce)
-    feats = list(getattr(art, "features", ()) if features is None else features)
-    in_range, held, marked = debounce_inputs(x, raw, feats, manifest, classes=art.prototypes.classes)
-    return Givens(names, nearest, art.prototypes.within(dists), in_range, added, held, marked, slow, dists)
+    names = flag_trace(names, sources, raw, end_ts, debounce, getattr(art, "manifest", None), slow=slow,
+                       stride=slow_run_stride(art))
+    return read_givens(art, names, slow, dists, x, raw, debounce, features)
 
 
 def givens_events(sources: np.ndarray, end_ts: np.ndarray, g: Givens, debounce: DebounceConfig) -> list[Event]:

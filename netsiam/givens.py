@@ -1,0 +1,55 @@
+"""What the debounce is given beside each window's class, read from the artifact serving it and the window's
+counters. The daemon (``detector/pipeline.py``) and every offline judge (``evaluate``, feedback, the tests'
+daemon-equals-offline checks, ``trainer/detection.py``) read it here, so each judges as the daemon acts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from netsiam.config import DebounceConfig
+from netsiam.debounce import FaultTracker, Transition
+from netsiam.evidence import NormalRange, debounce_inputs
+from netsiam.serving import debounce_view
+
+__all__ = ["Givens", "read_givens"]
+
+
+class Givens(NamedTuple):
+    """Per window (N,), what the daemon's debounce is given (``FaultTracker.update`` takes them in this order)."""
+
+    classes: np.ndarray                       # the class read, ``unknown`` where answered slower than the source's own
+    nearest: np.ndarray                       # the nearest class (of the trained ones for a class added later)
+    within: np.ndarray                        # frozensets: the classes whose threshold the window is within
+    in_range: np.ndarray | None               # every input's tail in its normal range
+    added: np.ndarray | None                  # of a class added after training
+    held: Sequence[frozenset[str]] | None     # the faults whose signature it shows
+    marked: Sequence[frozenset[str]] | None   # the faults whose mark it shows
+    slow: np.ndarray                          # unknown, and answered slower than its source's own level (int:
+                                              # its slow seconds in a row, in windows, flag_slow)
+    dists: np.ndarray                         # (N, C) distance to every prototype
+
+    def step(self, tracker: FaultTracker, i: int, window_end: float) -> list[Transition]:
+        """Window ``i``, ending at ``window_end``, through its source's ``tracker``."""
+        return tracker.update(str(self.classes[i]), window_end, str(self.nearest[i]), self.within[i],
+                              None if self.in_range is None else bool(self.in_range[i]),
+                              self.added is not None and bool(self.added[i]),
+                              None if self.held is None else self.held[i],
+                              None if self.marked is None else self.marked[i], int(self.slow[i]))
+
+
+def read_givens(art: Any, names: np.ndarray, slow: np.ndarray, dists: np.ndarray, x: np.ndarray | None,
+                raw: np.ndarray, debounce: DebounceConfig, features: Sequence[str] | None = None,
+                ranges: Mapping[str, NormalRange] | None = None) -> Givens:
+    """Windows' classes (N,) as served (slow answers already read ``unknown``, ``slow`` (N,) counting them),
+    distances (N, C), model inputs ``x`` (N, T, F) under ``features`` (default the artifact's; None: not
+    derived, nothing read of them) and raw windows (N, T, R) -> their :class:`Givens` under ``art``.
+    ``ranges``: the manifest's normal ranges, where the caller has read them already."""
+    nearest, added = debounce_view(art, names, dists, debounce)
+    feats = list(getattr(art, "features", ()) if features is None else features)
+    in_range, held, marked = ((None, None, None) if x is None else
+                              debounce_inputs(x, raw, feats, getattr(art, "manifest", None), ranges,
+                                              art.prototypes.classes))
+    return Givens(names, nearest, art.prototypes.within(dists), in_range, added, held, marked, slow, dists)
