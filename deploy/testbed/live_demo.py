@@ -166,7 +166,8 @@ class LiveBed:
         assert bed is not None
         apart_s = model_window_s() + 3.0
         _sleep_until(self.warm_start + warmup_s)
-        for fault in (Fault("blocked", "freeze"), Fault("capacity_limit", "surge")):
+        schedule = (Fault("blocked", "freeze"), Fault("capacity_limit", "surge"))
+        for fault in schedule:
             fault.start = time.time()
             if fault.how == "freeze":
                 bed.signal_uas(signal.SIGSTOP)
@@ -184,7 +185,10 @@ class LiveBed:
             fault.end = time.time()
             self._say(f"fault {fault.fault} ({fault.how}) ends")
             _wait(lambda f=fault: self._all_cleared(f.start), CLEAR_WAIT_S, "", quiet=True)
-            _sleep_until(max(time.time() + 3.0, fault.end + apart_s))
+            if fault is not schedule[-1]:   # the next fault starts once no window holds this one
+                _sleep_until(max(time.time() + 3.0, fault.end + apart_s))
+            else:                           # the last: past the 10 s after its end where a flap would show
+                _sleep_until(max(time.time() + 3.0, fault.end + 12.0))
 
     def _all_cleared(self, since: float) -> bool:
         raised = {(a.event["source"], a.event["fault"], a.event["started_at"]) for a in self.events
