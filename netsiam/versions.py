@@ -192,7 +192,8 @@ def rollback(path: Path, version: str, by: str = "") -> str:
     if version == served:
         return version
     src = path / VERSIONS_DIR / version
-    if not (src / MANIFEST_FILE).is_file():
+    # a version is a directory name under versions/, never a path that leads out of it
+    if Path(version).name != version or version.startswith(".") or not (src / MANIFEST_FILE).is_file():
         known = ", ".join(v.version for v in history(path))
         raise NetsiamError(f"no version {version!r} in {path / VERSIONS_DIR} (versions: {known})")
     load_artifact(src)                 # refuse a damaged copy before anything is replaced

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from netsiam.errors import NetsiamError
-from netsiam.schemas.classes import SILENT, UNKNOWN
+from netsiam.schemas.classes import LABEL_RULE, SILENT, UNKNOWN, is_label_name
 
 __all__ = ["Feedback", "FeedbackError", "parse_feedback"]
 
-_LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")   # the same names a labels CSV accepts
 _FIELDS = {"event_id", "label", "by", "note"}
 
 
@@ -35,8 +33,8 @@ class Feedback:
     def __post_init__(self) -> None:
         if not self.event_id or len(self.event_id) > 128:
             raise FeedbackError("schema", "event_id must be 1-128 characters")
-        if not _LABEL_RE.match(self.label):
-            raise FeedbackError("schema", f"bad label {self.label!r} (letters, digits, _ . -; starts with a letter)")
+        if not is_label_name(self.label):
+            raise FeedbackError("schema", f"bad label {self.label!r} ({LABEL_RULE})")
         if self.label in (UNKNOWN, SILENT):
             raise FeedbackError("schema", f"{self.label!r} is the detector's verdict, not a label")
         if len(self.by) > 256 or len(self.note) > 4096:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from netsiam.errors import NetsiamError
+from netsiam.schemas.classes import LABEL_RULE, is_label_name
 from netsiam.schemas.timeparse import parse_ts
 from netsiam.traceio import LabelInterval
 
 __all__ = ["parse_label_row"]
-
-_LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
 
 def parse_label_row(row: dict[str, str | None], where: str) -> LabelInterval:
@@ -19,8 +16,8 @@ def parse_label_row(row: dict[str, str | None], where: str) -> LabelInterval:
         label = (row.get("label") or "").strip()
         if not source:
             raise ValueError("empty source")
-        if not _LABEL_RE.match(label):
-            raise ValueError(f"bad label {label!r} (letters, digits, _ . -; starts with a letter)")
+        if not is_label_name(label):
+            raise ValueError(f"bad label {label!r} ({LABEL_RULE})")
         start = parse_ts((row.get("start") or "").strip())
         end = parse_ts((row.get("end") or "").strip())
         if end <= start:

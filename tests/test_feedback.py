@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,12 @@ def test_rollback_serves_a_kept_version_again(served: Path, recording: tuple[Pat
 
     assert main(["model", "rollback", "no-such-version", "--model", str(served)]) == 3
     assert "no version 'no-such-version'" in capsys.readouterr().err
+    other = served.parent / "other"   # another model directory: a path is never a version, however it is spelt
+    shutil.copytree(served / VERSIONS_DIR / parent, other)
+    for path in (f"../../{other.name}", f"{parent}/../../../{other.name}", str(other)):
+        assert main(["model", "rollback", path, "--model", str(served)]) == 3
+        assert f"no version {path!r}" in capsys.readouterr().err
+    assert load_artifact(served).version == taught
     for verb in (["history"], ["rollback", parent]):   # a mistyped model path: the same words every verb uses
         assert main(["model", *verb, "--model", str(served) + "-typo"]) == 3
         assert f"model artifact not found: {served}-typo" in capsys.readouterr().err

@@ -286,6 +286,8 @@ def test_cli_errors_are_one_line_and_leave_the_artifact_alone(model_dir: Path, t
         # the name alone is wrong: said before any window is read (the labels name no 'silent' either)
         (["add", "--model", str(model_dir), "--name", "silent", "--data", str(trace), "--labels", str(labels)],
          "'silent' is reserved"),
+        *[(["add", "--model", str(model_dir), "--name", bad, "--data", str(trace), "--labels", str(labels)],
+           f"bad class name {bad!r}") for bad in ("bad name", "日本", "x" * 65, "congestion\n")],
     ]
     for argv, message in cases:
         assert main(["prototypes", *argv]) == EXIT_DATA

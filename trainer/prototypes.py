@@ -28,7 +28,7 @@ import numpy as np
 
 from netsiam.config import Config, PrototypeConfig
 from netsiam.errors import NetsiamError, UsageError
-from netsiam.schemas.classes import NORMAL, VERDICTS
+from netsiam.schemas.classes import LABEL_RULE, NORMAL, VERDICTS, is_label_name
 from netsiam.serving import Artifact, Prototypes, load_artifact
 
 __all__ = [
@@ -145,9 +145,12 @@ def calibrate_thresholds(protos: Prototypes, emb: np.ndarray, labels: np.ndarray
 
 
 def check_class_name(name: str) -> None:
-    """A class may take any name but none and the detector's own verdicts (``unknown``, ``silent``)."""
-    if not name or name in VERDICTS:
-        raise NetsiamError(f"class name {name!r} is reserved (the detector's verdict) or empty")
+    """A class takes a name a labels CSV or a feedback message could give it, but the detector's own verdicts
+    (``unknown``, ``silent``)."""
+    if name in VERDICTS:
+        raise NetsiamError(f"class name {name!r} is reserved (the detector's verdict)")
+    if not is_label_name(name):
+        raise NetsiamError(f"bad class name {name!r} ({LABEL_RULE}): labels and feedback could never name it")
 
 
 def add_class(artifact: Artifact, name: str, x_windows: np.ndarray, pcfg: PrototypeConfig | None = None, *,
