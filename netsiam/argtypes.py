@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["finite", "port", "positive", "positive_finite"]
+__all__ = ["bootstrap", "finite", "port", "positive", "positive_finite", "seed"]
 
 T = TypeVar("T")
 
@@ -50,3 +50,21 @@ def positive(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
     return n
+
+
+def seed(text: str) -> int:
+    """A random seed, 0 to 2**32 - 1 (what numpy and Keras both take)."""
+    n = _parsed(text, int, "a whole number")
+    if not 0 <= n < 2**32:
+        raise argparse.ArgumentTypeError(f"must be 0 to 2**32 - 1, got {n}")
+    return n
+
+
+def bootstrap(text: str) -> str:
+    """A Kafka bootstrap list, ``HOST:PORT[,HOST:PORT...]`` (what ``kafka.bootstrap_servers`` takes)."""
+    from netsiam.config import bootstrap_problem
+
+    why = bootstrap_problem(text)
+    if why is not None:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT[,HOST:PORT...]: {why}")
+    return text

@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import Any
 
-from netsiam.argtypes import finite, port, positive, positive_finite
+from netsiam.argtypes import bootstrap, port, positive, positive_finite, seed
 from netsiam.collect.cli import add_parsers as add_collect_parsers
 
 __all__ = ["HelpFormatter", "build_parser", "iter_parsers", "version"]
@@ -73,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--sources", type=positive, default=8, help="monitored elements to simulate")
     p.add_argument("--minutes", type=positive_finite, default=30.0, help="length of the trace")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same trace)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (same seed, same trace)")
     p.add_argument("--faults", default=None,
                    help="comma-separated fault kinds to inject (default: blocked,capacity_limit)")
-    p.add_argument("--min-load", type=finite, default=None, help="lowest base offered load, calls/s "
+    p.add_argument("--min-load", type=positive_finite, default=None, help="lowest base offered load, calls/s "
                    "(default: the simulator's)")
-    p.add_argument("--max-load", type=finite, default=None, help="highest base offered load, calls/s "
+    p.add_argument("--max-load", type=positive_finite, default=None, help="highest base offered load, calls/s "
                    "(default: the simulator's)")
     p.add_argument("-o", "--output", required=True, help="trace JSONL to write; - = stdout")
     p.add_argument("--labels", required=True, help="labels CSV to write")
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", action="append", required=True, help="labels CSV (repeatable)")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
     p.add_argument("--epochs", type=positive, default=None, help="at most this many epochs (default: training.epochs)")
-    p.add_argument("--seed", type=int, default=None, help="training seed (default: training.seed)")
+    p.add_argument("--seed", type=seed, default=None, help="training seed (default: training.seed)")
     p.add_argument("--loss", choices=["triplet", "lossless"], default=None, help="loss (default: training.loss)")
     p.add_argument("--candidates", type=positive, default=None,
                    help="train seeds SEED..SEED+N-1 (side by side, one per core), keep the one the input-shift probe scores highest "
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("event_id", metavar="EVENT_ID", help="event_id of the episode's raised (or cleared) event")
     p.add_argument("--label", required=True, help="normal (a false alarm), a known class, or a new class name")
-    p.add_argument("--bootstrap", default=None,
+    p.add_argument("--bootstrap", type=bootstrap, default=None,
                    help="HOST:PORT to read the event and the samples from (default: kafka.bootstrap_servers, "
                         "unless --data is given)")
     p.add_argument("--model", default=None, help="artifact directory the daemon serves from (default: detector.model)")
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("learn", help="apply feedback messages from Kafka to the served model (a service)")
     _common(p)
-    p.add_argument("--bootstrap", default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
+    p.add_argument("--bootstrap", type=bootstrap, default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
     p.add_argument("--model", default=None, help="artifact directory the daemon serves from (default: detector.model)")
     p.add_argument("--group", default=None, help="consumer group (default: kafka.group_id + '-learn')")
     p.add_argument("--metrics-port", type=port, default=None,
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="publish a trace to Kafka")
     _common(p)
     p.add_argument("trace", help="trace JSONL (- = stdin)")
-    p.add_argument("--bootstrap", default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
+    p.add_argument("--bootstrap", type=bootstrap, default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
     p.add_argument("--topic", default=None, help="topic (default: kafka.topics.samples)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--speed", type=positive_finite, help="recorded pace x SPEED")
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="run the daemon")
     _common(p)
-    p.add_argument("--bootstrap", default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
+    p.add_argument("--bootstrap", type=bootstrap, default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
     p.add_argument("--model", default=None, help="artifact directory (default: detector.model, else the shipped model)")
     p.add_argument("--metrics-port", type=port, default=None, help="/metrics and /healthz port (default: metrics.port)")
     p.add_argument("--group", default=None, help="consumer group (default: kafka.group_id)")

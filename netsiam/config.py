@@ -8,6 +8,7 @@ values through :func:`override`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -89,6 +90,9 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         _check(self.loss in ("triplet", "lossless"), "training.loss", "must be 'triplet' or 'lossless'")
         _check(self.margin > 0, "training.margin", "must be > 0")
+        _check(self.learning_rate > 0, "training.learning_rate", "must be > 0")
+        _check(self.patience >= 0, "training.patience", "must be >= 0")
+        _check(0 <= self.seed < 2**32, "training.seed", "must be in [0, 2**32)")
         _check(self.epochs >= 1 and self.steps_per_epoch >= 1, "training", "epochs and steps must be >= 1")
         _check(self.batch_per_class >= 2, "training.batch_per_class", "must be >= 2")
         _check(0.0 <= self.semi_hard_fraction <= 1.0, "training.semi_hard_fraction", "must be in [0, 1]")
@@ -206,6 +210,27 @@ SECRET_KEYS = ("sasl_password", "ssl_password")
 KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
 
 
+def bootstrap_problem(text: str) -> str | None:
+    """Why ``text`` is not a Kafka bootstrap list, ``HOST[:PORT][,HOST[:PORT]...]`` (``[IPv6]:PORT`` too), or
+    None: said at start, not as a client library's ValueError once the first connection is tried."""
+    if not text.strip():
+        return "empty"
+    for part in (p.strip() for p in text.split(",")):
+        host, port = part, None
+        if part.startswith("["):            # [::1]:9092
+            host, _, rest = part[1:].partition("]")
+            if rest and not rest.startswith(":"):
+                return f"{part!r} is not [IPV6]:PORT"
+            port = rest[1:] if rest else None
+        elif ":" in part:
+            host, port = part.rsplit(":", 1)
+        if not host:
+            return f"{part!r} has no host"
+        if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+            return f"{part!r}: the port must be 1-65535"
+    return None
+
+
 @dataclass(frozen=True)
 class KafkaConfig:
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -234,6 +259,8 @@ class KafkaConfig:
     topics: TopicsConfig = field(default_factory=TopicsConfig)
 
     def __post_init__(self) -> None:
+        why = bootstrap_problem(self.bootstrap_servers)
+        _check(why is None, "kafka.bootstrap_servers", f"must be HOST:PORT[,HOST:PORT...] ({why})")
         _check(self.security_protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
                "kafka.security_protocol", "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
         _check(self.auto_offset_reset in ("earliest", "latest"), "kafka.auto_offset_reset",
@@ -319,6 +346,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"config {key}: expected null")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):   # YAML's .nan, .inf
+        raise ConfigError(f"config {key}: must be a finite number, got {value!r}")
     if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
         raise ConfigError(f"config {key}: expected {tp.__name__}, got {type(value).__name__} ({value!r})")
     return value

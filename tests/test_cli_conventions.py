@@ -139,7 +139,22 @@ def test_a_bad_value_is_a_usage_error_that_names_the_flag_before_any_work(tmp_pa
         (("replay", str(DATA / "sipp_b_stat.csv"), "--speed", "-2"), "--speed"),
         (("train", "--epochs", "0", "--data", out, "--labels", out, "-o", out), "--epochs"),
         (("dump", "--from", "yesterday", "-o", out), "bad time 'yesterday'"),
+        (("replay", str(DATA / "sipp_b_stat.csv"), "--bootstrap", "127.0.0.1:abc"), "--bootstrap"),
+        (("dump", "--bootstrap", "", "-o", out), "--bootstrap"),
+        (("simulate", "--seed", "-5", "-o", out, "--labels", out + ".csv"), "--seed"),
+        (("simulate", "--min-load", "-1", "-o", out, "--labels", out + ".csv"), "--min-load"),
+        (("train", "--seed", "-1", "--data", out, "--labels", out, "-o", out), "--seed"),
+        (("train", "--data", str(DATA / "sipp_b_stat.csv"), "--labels", str(DATA / "sipp_b_labels.csv"), "-o", "-"),
+         "-o -"),
+        (("train", "--data", str(DATA / "sipp_b_stat.csv"), "--labels", str(DATA / "sipp_b_labels.csv"), "-o", out,
+          "--logdir", str(DATA / "sipp_b_labels.csv")), "--logdir"),
+        (("collect", "sipp", str(DATA / "sipp_b_stat.csv"), "--source", "c", "--state", "none", "--bootstrap",
+          "127.0.0.1:1", "--buffer", "0"), "--buffer"),
     ]
+    served = tmp_path / "served"   # a taught model: training over it would orphan its kept versions
+    (served / "versions").mkdir(parents=True)
+    cases.append((("train", "--data", str(DATA / "sipp_b_stat.csv"), "--labels", str(DATA / "sipp_b_labels.csv"),
+                   "-o", str(served)), "kept versions"))
     for args, needle in cases:
         r = netsiam(*args)
         err = r.stderr.decode()

@@ -63,7 +63,7 @@ from netsiam.trainer.scores import pair_scores, roc_auc
 from netsiam.trainer.split import AFTERMATH_S, aftermath_of, class_order, clean_normal, split_windows
 from netsiam.trainer.tblog import ScalarLog
 from netsiam.trainer.workers import side_by_side, workers_for
-from netsiam.versions import is_shipped
+from netsiam.versions import VERSIONS_DIR, is_shipped
 
 __all__ = ["CANDIDATES_DIR", "CHECKPOINT_FILE", "HISTORY_FILE", "SNAPSHOTS_FILE", "cli_train", "train",
            "training_evidence"]
@@ -376,6 +376,14 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
     if is_shipped(args.output):   # package data: `make model` makes it
         raise UsageError(f"-o {args.output} is the model shipped in the package (`make model` regenerates it); "
                          "write yours to another directory and serve it with `netsiam detect --model DIR`")
+    out = Path(args.output)
+    if args.output == "-" or (out.exists() and not out.is_dir()):
+        raise UsageError(f"-o {args.output}: the model is a directory, and this is not one")
+    if (out / VERSIONS_DIR).is_dir():   # training over it would orphan the versions an operator may roll back to
+        raise UsageError(f"-o {out} is a served model with kept versions (netsiam model history --model {out}); "
+                         "train into another directory and serve that one")
+    if args.logdir and Path(args.logdir).exists() and not Path(args.logdir).is_dir():
+        raise UsageError(f"--logdir {args.logdir}: a file, not a directory")
     for p in [*args.data, *args.labels]:   # fail before the (slow, noisy) TensorFlow import
         if not Path(p).is_file():
             raise NetsiamError(f"{'trace' if p in args.data else 'labels'} file not found: {p}")

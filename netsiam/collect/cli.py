@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from netsiam.argtypes import port
+from netsiam.argtypes import bootstrap, port, positive
 from netsiam.config import Config
 from netsiam.errors import ServiceError
 
@@ -37,13 +37,13 @@ DEFAULT_METRICS_PORTS = {"sipp": 9109, "pcap": 9110}
 
 def _outputs(q: argparse.ArgumentParser, kind: str) -> None:
     g = q.add_mutually_exclusive_group()
-    g.add_argument("--bootstrap", help="HOST:PORT of the Kafka cluster to publish to (default: kafka.bootstrap_servers)")
+    g.add_argument("--bootstrap", type=bootstrap, help="HOST:PORT of the Kafka cluster to publish to (default: kafka.bootstrap_servers)")
     g.add_argument("-o", "--output", help="append records to this JSON Lines file instead of publishing; - = stdout")
     q.add_argument("--topic", default=None, help="samples topic (default: kafka.topics.samples)")
     q.add_argument("--metrics-port", type=port, default=None,
                    help=f"/metrics port (default {DEFAULT_METRICS_PORTS[kind]} when publishing, none with -o; "
                         "0 = any free port)")
-    q.add_argument("--buffer", type=int, default=None,
+    q.add_argument("--buffer", type=positive, default=None,
                    help="records held while the broker is away before reading blocks (default 100000)")
 
 
@@ -73,7 +73,7 @@ def add_parsers(sub: Any, common: Any) -> None:
 
     p = sub.add_parser("dump", help="topics -> trace JSONL for a time range, fault events -> draft labels CSV")
     common(p)
-    p.add_argument("--bootstrap", default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
+    p.add_argument("--bootstrap", type=bootstrap, default=None, help="HOST:PORT (default: kafka.bootstrap_servers)")
     p.add_argument("--topic", default=None, help="samples topic (default: kafka.topics.samples)")
     p.add_argument("--faults-topic", default=None, help="fault events topic (default: kafka.topics.faults)")
     p.add_argument("--from", dest="start", default=None, help="first ts to keep (epoch or RFC 3339)")
