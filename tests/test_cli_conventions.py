@@ -130,6 +130,7 @@ def test_a_bad_value_is_a_usage_error_that_names_the_flag_before_any_work(tmp_pa
         (("simulate", "--min-load", "50", "--max-load", "10", "-o", out, "--labels", out + ".csv"), "--min-load"),
         (("simulate", "--min-load", "600", "-o", out, "--labels", out + ".csv"), "(its default)"),
         (("simulate", "--minutes", "1", "-o", out, "--labels", out), "same file"),
+        (("simulate", "--minutes", "1", "-o", "-", "--labels", "-"), "both stdout"),
         (("plot", "dashboard", "--range", "abc", "-o", out + ".png", "--prometheus", "http://127.0.0.1:1"), "--range"),
         (("plot", "embedding", "--data", str(DATA / "sipp_b_stat.csv"), "-o", out + ".txt"), "not an image"),
         (("evaluate", "--data", str(DATA / "sipp_b_stat.csv"), "--labels", str(DATA / "sipp_b_labels.csv"),

@@ -17,6 +17,8 @@ __all__ = ["cli_simulate"]
 
 def cli_simulate(args: argparse.Namespace, cfg: Config) -> int:
     same = os.path.abspath(args.output) == os.path.abspath(args.labels)
+    if args.output == args.labels == "-":
+        raise UsageError("-o and --labels are both stdout: the labels would follow the trace in one stream")
     if same and args.output != "-" and (not os.path.exists(args.output) or os.path.isfile(args.output)):
         raise UsageError(f"-o and --labels name the same file: {args.output}")
     params = SimParams()

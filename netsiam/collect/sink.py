@@ -89,7 +89,7 @@ class StreamSink:
             self._out.flush()  # a pipe reader sees each record as soon as it is made
         except BrokenPipeError:  # `-o - | head`: the reader has what it wanted; stop quietly
             if not self._own:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._out.fileno())   # stdout: no error at exit
             raise Stopped from None
         self.metrics.acked(ts, time.time())
         self._done.append(token)
