@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["bootstrap", "finite", "port", "positive", "positive_finite", "seed"]
+__all__ = ["bootstrap", "finite", "port", "positive", "positive_finite", "seed", "source"]
 
 T = TypeVar("T")
 
@@ -67,4 +67,14 @@ def bootstrap(text: str) -> str:
     why = bootstrap_problem(text)
     if why is not None:
         raise argparse.ArgumentTypeError(f"not HOST:PORT[,HOST:PORT...]: {why}")
+    return text
+
+
+def source(text: str) -> str:
+    """A source name a record may carry (1-256 characters of valid Unicode)."""
+    from netsiam.schemas.record import source_problem
+
+    why = source_problem(text)
+    if why is not None:
+        raise argparse.ArgumentTypeError(why.replace("'source'", "a source name"))
     return text

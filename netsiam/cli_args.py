@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import Any
 
-from netsiam.argtypes import bootstrap, port, positive, positive_finite, seed
+from netsiam.argtypes import bootstrap, port, positive, positive_finite, seed, source
 from netsiam.collect.cli import add_parsers as add_collect_parsers
 
 __all__ = ["HelpFormatter", "build_parser", "iter_parsers", "version"]
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = isub.add_parser("sipp", help="SIPp -trace_stat CSV files")
     _common(q)
     q.add_argument("files", nargs="+", help="statistics files of one source (.gz allowed; - = stdin)")
-    q.add_argument("--source", required=True, help="source name of the records")
+    q.add_argument("--source", type=source, required=True, help="source name of the records")
     q.add_argument("-o", "--output", required=True, help="trace JSONL to write; - = stdout")
     q = isub.add_parser("pcap", help="a SIP capture (pcap/pcapng), via tshark")
     _common(q)

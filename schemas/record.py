@@ -23,7 +23,8 @@ import orjson
 
 from netsiam.schemas.timeparse import parse_ts
 
-__all__ = ["REASONS", "RECORD_REASONS", "DecodedRecord", "RecordError", "decode_record", "validate_record_obj"]
+__all__ = ["REASONS", "RECORD_REASONS", "DecodedRecord", "RecordError", "decode_record", "source_problem",
+           "validate_record_obj"]
 
 # Every reason a message can be dead-lettered for (a Prometheus label value, keep the set small): a record's
 # (RECORD_REASONS, the daemon's), and a feedback message's (not_json or schema as a record's, or refused).
@@ -93,11 +94,11 @@ def validate_record_obj(obj: Any, names: Sequence[str], required: frozenset[str]
     if not isinstance(obj, dict):
         raise RecordError("schema", f"record must be an object, got {type(obj).__name__}")
     source = obj.get("source")
-    if not isinstance(source, str) or not source or len(source) > MAX_SOURCE_LEN:
-        raise RecordError("schema", f"'source' must be a string of 1..{MAX_SOURCE_LEN} characters")
-    if not _unicode_ok(source):
-        # a lone surrogate (\ud800) parses but cannot be a Kafka key or go into a JSON event or report
-        raise RecordError("schema", "'source' is not valid Unicode (lone surrogate)")
+    if not isinstance(source, str):
+        raise RecordError("schema", _SOURCE_RULE)
+    why = source_problem(source)
+    if why is not None:
+        raise RecordError("schema", why)
     if "ts" not in obj:
         raise RecordError("schema", "'ts' is missing")
     metrics = obj.get("metrics")
@@ -127,6 +128,20 @@ def validate_record_obj(obj: Any, names: Sequence[str], required: frozenset[str]
     if None in values or ignored:
         values = tuple(_value_or_default(get(n), n, ignored, required) for n in names)
     return DecodedRecord(source, ts, tuple(map(float, values)), len(ignored))
+
+
+_SOURCE_RULE = f"'source' must be a string of 1..{MAX_SOURCE_LEN} characters"
+
+
+def source_problem(source: str) -> str | None:
+    """Why ``source`` cannot name a record's element, or None (the importers and collectors check their
+    ``--source`` with it, so they never write a record the daemon refuses)."""
+    if not source or len(source) > MAX_SOURCE_LEN:
+        return _SOURCE_RULE
+    if not _unicode_ok(source):
+        # a lone surrogate (\ud800) parses but cannot be a Kafka key or go into a JSON event or report
+        return "'source' is not valid Unicode (lone surrogate)"
+    return None
 
 
 def _unicode_ok(s: str) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from netsiam.argtypes import bootstrap, port, positive
+from netsiam.argtypes import bootstrap, port, positive, source
 from netsiam.config import Config
 from netsiam.errors import ServiceError
 
@@ -54,7 +54,7 @@ def add_parsers(sub: Any, common: Any) -> None:
     q = csub.add_parser("sipp", help="follow a running SIPp's -trace_stat file(s): one source")
     common(q)
     q.add_argument("files", nargs="+", help="SIPp statistics files of one source (parts of one run, or restarts)")
-    q.add_argument("--source", required=True, help="source name of these records")
+    q.add_argument("--source", type=source, required=True, help="source name of these records")
     q.add_argument("--follow", action="store_true",
                    help="keep following the files (like tail -F), riding out broker outages; without it, the files "
                         "are read once and a broker or topic that is not there is an error at start")
