@@ -111,6 +111,13 @@ def test_a_never_seen_fault_becomes_a_class_from_one_event(served: Path, recordi
     assert fb["windows"] >= PrototypeConfig().min_support
     vs = history(served)
     assert [(v.version, v.current) for v in vs] == [(parent, False), (art.version, True)]
+    capsys.readouterr()
+    # the same feedback again (a retry): said applied and nothing changes, though the taught model no longer
+    # raises the event it names (it named `degraded` at once)
+    assert main(["feedback", eid(ev), "--label", "degraded", "--model", str(served), "--data", str(trace)]) == 0
+    again = capsys.readouterr().out
+    assert "already applied ('degraded'): nothing changed" in again and f"on {ev.source}" in again, again
+    assert [(v.version, v.current) for v in history(served)] == [(parent, False), (art.version, True)]
 
 
 def test_a_false_alarm_marked_normal_does_not_recur(served: Path, recording: tuple[Path, list[Any]]) -> None:

@@ -76,7 +76,7 @@ class Episode:
     source: str
     fault: str
     started_at: float
-    end: float            # the cleared event's window end; inf while the fault is active
+    end: float            # the cleared event's window end; inf while the fault is active; nan: not known
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,12 @@ def teach(model: Path, fb: Feedback, cfg: Config, *, bootstrap: str | None = Non
     """Apply one feedback to the artifact in ``model`` (see the module docstring); returns what it did."""
     with locked(model):
         art = load_artifact(model)
+        # first: once taught, the model may no longer raise the event, so it would not be found again
+        done = next((e for e in lineage(model) if e.get("event_id") == fb.event_id and e.get("label") == fb.label), None)
+        if done is not None:
+            ep = Episode(str(done.get("source", "?")), str(done.get("fault", "?")), float(done.get("started_at", 0.0)),
+                         math.nan)   # its end is not kept in the lineage
+            return Outcome("already_applied", fb.label, ep, 0, art.version, str(art.manifest.get("parent")))
         rows: Rows | None = None
         if data is not None:
             from .dataset import load_trace
@@ -224,8 +230,6 @@ def teach(model: Path, fb: Feedback, cfg: Config, *, bootstrap: str | None = Non
             ep = _episode_from_trace(w, x, emb_all, art, cfg, fb.event_id)
         else:
             raise UsageError("feedback needs the episode's samples: --bootstrap HOST:PORT or --data TRACE.jsonl")
-        if any(e.get("event_id") == fb.event_id and e.get("label") == fb.label for e in lineage(model)):
-            return Outcome("already_applied", fb.label, ep, 0, art.version, str(art.manifest.get("parent")))
         if emb_all is None:
             if rows is None:
                 rows = _decode(read_topic_values(bootstrap or "", cfg.kafka.topics.samples, cfg.kafka,
@@ -271,7 +275,8 @@ def describe(out: Outcome, model: Path) -> str:
     what = {"new_class": f"{out.label!r} is a new class", "support": f"{out.label!r} gained support",
             "false_alarm": "a false alarm: normal gained support",
             "already_applied": f"already applied ({out.label!r}): nothing changed"}[out.action]
-    span = f"{ep.started_at:.0f}-{'active' if math.isinf(ep.end) else f'{ep.end:.0f}'}"
+    span = (f"from {ep.started_at:.0f}" if math.isnan(ep.end)
+            else f"{ep.started_at:.0f}-{'active' if math.isinf(ep.end) else f'{ep.end:.0f}'}")
     used = f" from {out.windows} windows" if out.windows else ""
     left = (f" (part of the episode sits on the prototype of {', '.join(out.left_out)}: that part is left as it was)"
             if out.left_out else "")
