@@ -31,7 +31,7 @@ from typing import Any
 
 from netsiam import quiet
 from netsiam.cli_args import build_parser
-from netsiam.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_RUNTIME, NetsiamError, UsageError
+from netsiam.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_RUNTIME, NetsiamError, UsageError, debugging
 
 __all__ = ["HANDLERS", "build_parser", "main"]
 
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(args.verb, str(e))   # e.g. a port in use, a full disk: the host, not the input
         return EXIT_RUNTIME
     except Exception as e:  # noqa: BLE001 - one line for users; NETSIAM_DEBUG=1 shows the traceback
-        if os.environ.get("NETSIAM_DEBUG"):
+        if debugging():
             raise
         _error(args.verb, f"internal error: {type(e).__name__}: {e} (NETSIAM_DEBUG=1 for details)", prefix=False)
         return EXIT_RUNTIME

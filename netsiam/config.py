@@ -368,7 +368,7 @@ def read_config_data(path: str | Path) -> dict[str, Any]:
     """The mapping a config file holds (not yet validated: :func:`from_dict` does that)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"config file {'is a directory' if p.is_dir() else 'not found'}: {p}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:

@@ -9,6 +9,8 @@ restart on 2, 3 or 4 (RestartPreventExitStatus): the same start would fail the s
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "EXIT_CONFIG",
     "EXIT_DATA",
@@ -20,6 +22,7 @@ __all__ = [
     "NetsiamError",
     "ServiceError",
     "UsageError",
+    "debugging",
 ]
 
 EXIT_OK = 0
@@ -28,6 +31,11 @@ EXIT_USAGE = 2          # argparse's own status for a bad command line
 EXIT_DATA = 3
 EXIT_CONFIG = 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def debugging() -> bool:
+    """``NETSIAM_DEBUG`` set to anything but empty, 0, false, no or off: tracebacks and every library line."""
+    return os.environ.get("NETSIAM_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 class NetsiamError(Exception):

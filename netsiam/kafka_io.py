@@ -7,14 +7,13 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from netsiam.config import KafkaConfig
-from netsiam.errors import ConfigError
+from netsiam.errors import ConfigError, debugging
 
 __all__ = ["FETCH_MAX_WAIT_MS", "ClosedTransportFilter", "ConsumedRecord", "KafkaNoiseFilter", "REPEAT_S", "RepeatFilter", "bootstrap_list", "client_kwargs", "consumer_kwargs", "install_log_filter", "producer_kwargs", "quiet_kafka_logs"]
 
@@ -195,7 +194,7 @@ class KafkaNoiseFilter(RepeatFilter):
     PLAIN = re.compile(r"ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|Unable to bootstrap|[Tt]imed? ?out")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("kafka.") or record.name == "kafka.rdkafka" or os.environ.get("NETSIAM_DEBUG"):
+        if not record.name.startswith("kafka.") or record.name == "kafka.rdkafka" or debugging():
             return True
         return not self.PLAIN.search(record.getMessage()) and super().filter(record)
 

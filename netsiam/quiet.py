@@ -22,6 +22,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
+from netsiam.errors import debugging
+
 __all__ = ["NOISE", "filter_noise", "install", "quiet_fd2"]
 
 # Lines TensorFlow prints on a normal start (CPU host, GPU host without drivers, oneDNN builds).
@@ -60,7 +62,7 @@ def quiet_fd2() -> Iterator[None]:
             os.close(saved)
             tmp.seek(0)
             lines = tmp.read().decode(errors="replace").splitlines()
-            keep = lines if os.environ.get("NETSIAM_DEBUG") else filter_noise(lines)
+            keep = lines if debugging() else filter_noise(lines)
             if keep:
                 sys.stderr.write("\n".join(keep) + "\n")
                 sys.stderr.flush()

@@ -92,9 +92,12 @@ def _typed(raw: str, tp: Any, var: str) -> Any:
 def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """``{"kafka.sasl_password": "..."}`` from ``NETSIAM_*__*`` variables (values typed per key)."""
     out: dict[str, Any] = {}
+    top = {f.name for f in dataclasses.fields(Config)}
     for var in sorted(env):
-        if not var.upper().startswith(ENV_PREFIX) or _SEP not in var:
+        if not var.upper().startswith(ENV_PREFIX):
             continue
+        if _SEP not in var and var[len(ENV_PREFIX):].lower().removesuffix(_FILE_SUFFIX.lower()) not in top:
+            continue   # NETSIAM_CONFIG, NETSIAM_DEBUG, NETSIAM_LOG_LEVEL: not overrides; NETSIAM_FEATURES is one
         name, raw = var[len(ENV_PREFIX):].lower(), env[var]
         from_file = name.endswith(_FILE_SUFFIX.lower())
         if from_file:

@@ -26,6 +26,7 @@ __all__ = [
     "LabelInterval",
     "Record",
     "atomic_write_bytes",
+    "missing_file",
     "read_labels",
     "read_trace",
     "write_labels",
@@ -52,6 +53,12 @@ class LabelInterval:
     start: float
     end: float
     label: str
+
+
+def missing_file(what: str, path: str | os.PathLike[str]) -> NetsiamError:
+    """The error for an input file that is not there, or is a directory (``what``: trace, labels, ...)."""
+    p = Path(path)
+    return NetsiamError(f"{what} file {'is a directory' if p.is_dir() else 'not found'}: {p}")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -106,7 +113,7 @@ def read_trace(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
         return
     p = Path(path)
     if not p.is_file():
-        raise NetsiamError(f"trace file not found: {p}")
+        raise missing_file("trace", p)
     with p.open("rb") as f:
         yield from _lines(f)
 
@@ -133,11 +140,11 @@ def write_labels(path: str | os.PathLike[str], intervals: Iterable[LabelInterval
 def read_labels(path: str | os.PathLike[str]) -> list[LabelInterval]:
     """Read and validate a labels CSV (see schemas.labels for the row rules)."""
     if os.fspath(path) == STDIO:
-        return _labels(io.TextIOWrapper(sys.stdin.buffer, newline="", encoding="utf-8"), "<stdin>")
+        return _labels(io.TextIOWrapper(sys.stdin.buffer, newline="", encoding="utf-8-sig"), "<stdin>")
     p = Path(path)
     if not p.is_file():
-        raise NetsiamError(f"labels file not found: {p}")
-    with p.open(newline="") as f:
+        raise missing_file("labels", p)
+    with p.open(newline="", encoding="utf-8-sig") as f:   # -sig: a spreadsheet's byte-order mark is not the header
         return _labels(f, str(p))
 
 
@@ -147,4 +154,10 @@ def _labels(f: Iterable[str], name: str) -> list[LabelInterval]:
     reader = csv.DictReader(f)
     if reader.fieldnames is None or [h.strip() for h in reader.fieldnames] != list(LABEL_FIELDS):
         raise NetsiamError(f"{name}: not a labels CSV (header must be {','.join(LABEL_FIELDS)})")
-    return [parse_label_row(row, where=f"{name}:{i}") for i, row in enumerate(reader, start=2)]
+    out = []
+    for i, row in enumerate(reader, start=2):
+        if None in row or None in row.values():   # DictReader's marks for a row with more or fewer fields
+            n = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
+            raise NetsiamError(f"{name}:{i}: {n} field(s), a row has 4: {','.join(LABEL_FIELDS)}")
+        out.append(parse_label_row(row, where=f"{name}:{i}"))
+    return out

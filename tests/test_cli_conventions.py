@@ -219,16 +219,17 @@ def test_environment_overrides_single_keys_with_their_types(tmp_path: Path) -> N
            "NETSIAM_DETECTOR__DEBOUNCE__RAISE_K": "1",
            "NETSIAM_DETECTOR__SILENT_AFTER_S": "45",                 # int accepted for a float
            "netsiam_kafka__ssl_check_hostname": "false",             # any case
-           "NETSIAM_FEATURES": "ignored: no double underscore",
-           "NETSIAM_DEBUG": "1",
+           "NETSIAM_FEATURES": "[offered_rel, success_rel]",          # a top-level key: its name alone
+           "NETSIAM_DEBUG": "1",                                      # not an override, nor is NETSIAM_CONFIG
            "NETSIAM_KAFKA__SSL_PASSWORD_FILE": str(secret)}          # from a file (systemd credentials)
     assert env_overrides(env) == {"detector.debounce.raise_k": 1, "detector.silent_after_s": 45,
                                   "kafka.sasl_password": "12345", "kafka.ssl_check_hostname": False,
-                                  "kafka.ssl_password": "s3cr3t"}
+                                  "kafka.ssl_password": "s3cr3t", "features": ["offered_rel", "success_rel"]}
     cfg, choice = resolve_config(None, env, tmp_path / "absent.yaml")
     assert cfg.kafka.sasl_password == "12345" and cfg.kafka.ssl_password == "s3cr3t"
     assert cfg.detector.debounce.raise_k == 1 and cfg.detector.debounce.raise_n == 2  # the rest stays
     assert cfg.detector.silent_after_s == 45.0 and cfg.kafka.ssl_check_hostname is False
+    assert cfg.features == ("offered_rel", "success_rel")
     assert "s3cr3t" not in repr(cfg) and cfg.to_dict()["kafka"]["ssl_password"] == "***"
     # over a file: the file's other keys stay
     f = tmp_path / "c.yaml"
@@ -239,7 +240,9 @@ def test_environment_overrides_single_keys_with_their_types(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"NETSIAM_KAFKA__SASL_PASWORD": "x"}, "NETSIAM_KAFKA__SASL_PASWORD: unknown key kafka.sasl_pasword"),
-    ({"NETSIAM_KAFKA": "x", "NETSIAM_KAFKA__": "x"}, "empty key part"),
+    ({"NETSIAM_KAFKA__": "x"}, "empty key part"),
+    ({"NETSIAM_WINDOW": "5"}, "NETSIAM_WINDOW: window is a section"),
+    ({"NETSIAM_FEATURES": "abc"}, "features: expected a list"),
     ({"NETSIAM_KAFKA__TOPICS": "x"}, "is a section"),
     ({"NETSIAM_WINDOW__LENGTH__X": "1"}, "window.length has no sub-keys"),
     ({"NETSIAM_WINDOW__LENGTH": "2.5"}, "window.length: expected int"),

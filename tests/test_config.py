@@ -93,3 +93,13 @@ def test_load_config_errors(tmp_path: Path) -> None:
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(NetsiamError, match="top level must be a mapping"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(("value", "on"), [("", False), ("0", False), ("false", False), ("No", False), ("off", False),
+                                           ("1", True), ("yes", True), ("true", True)])
+def test_netsiam_debug_is_off_for_the_usual_spellings_of_off(value: str, on: bool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from netsiam.errors import debugging
+
+    monkeypatch.setenv("NETSIAM_DEBUG", value)
+    assert debugging() is on

@@ -292,6 +292,9 @@ def test_gzip_compressed_statistics_import_the_same(tmp_path: Path) -> None:
     (tmp_path / "junk.gz").write_bytes(b"not gzip")
     with pytest.raises(NetsiamError, match="not a gzip file"):
         import_sipp([tmp_path / "junk.gz"], "x")
+    (tmp_path / "cut.gz").write_bytes(gz.read_bytes()[:300])   # a copy cut short: not "not a gzip file"
+    with pytest.raises(NetsiamError, match="a truncated gzip file"):
+        import_sipp([tmp_path / "cut.gz"], "x")
 
 
 # -- the recorder itself ---------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, fields, replace
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -275,6 +276,23 @@ def test_label_rows() -> None:
         with pytest.raises(NetsiamError, match=msg):
             parse_label_row(bad, where="f.csv:3")
     assert math.isfinite(iv.end)
+
+
+def test_labels_files_from_spreadsheets_and_rows_of_the_wrong_width(tmp_path: Path) -> None:
+    """A byte-order mark (a spreadsheet's UTF-8 CSV) is not part of the header; a row with more or fewer
+    fields than four says so, not "bad label ''"; a directory is not "not found"."""
+    from netsiam.traceio import read_labels
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfsource,start,end,label\r\ns,1,2,blocked\r\n")
+    assert [(iv.source, iv.label) for iv in read_labels(bom)] == [("s", "blocked")]
+    for name, row, n in (("few", "s,1", 2), ("many", "s,1,2,blocked,x", 5)):
+        f = tmp_path / f"{name}.csv"
+        f.write_text(f"source,start,end,label\n{row}\n")
+        with pytest.raises(NetsiamError, match=f"{name}.csv:2: {n} field.s., a row has 4"):
+            read_labels(f)
+    with pytest.raises(NetsiamError, match="labels file is a directory"):
+        read_labels(tmp_path)
 
 
 @pytest.mark.parametrize("msg, ok", [

@@ -50,7 +50,7 @@ from netsiam.evidence import (
 )
 from netsiam.features import required_metrics
 from netsiam.serving import FORMAT, Artifact, Prototypes, load_artifact
-from netsiam.traceio import atomic_write_bytes, read_labels
+from netsiam.traceio import atomic_write_bytes, missing_file, read_labels
 from netsiam.trainer.augment import thinned_copies
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule
 from netsiam.trainer.dataset import LabelledWindows, refuse_verdicts
@@ -386,7 +386,7 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
         raise UsageError(f"--logdir {args.logdir}: a file, not a directory")
     for p in [*args.data, *args.labels]:   # fail before the (slow, noisy) TensorFlow import
         if not Path(p).is_file():
-            raise NetsiamError(f"{'trace' if p in args.data else 'labels'} file not found: {p}")
+            raise missing_file("trace" if p in args.data else "labels", p)
     artifact = train(cfg, args.data, args.labels, args.output, epochs=args.epochs, seed=args.seed,
                      exclude_labels=args.exclude_label, logdir=args.logdir, quiet=args.quiet)
     mt = artifact.manifest["metrics"]

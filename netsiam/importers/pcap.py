@@ -70,7 +70,7 @@ def read_sip_messages(path: str | os.PathLike[str], sip_ports: Sequence[int] = (
             "tshark not found on PATH; install it (Debian: apt-get install tshark) to import pcap"
         )
     if str(p) != "-" and not p.is_file():  # "-": tshark reads the capture from our standard input
-        raise NetsiamError(f"{p}: no such capture file")
+        raise NetsiamError(f"{p}: {'a directory, not a capture file' if p.is_dir() else 'no such capture file'}")
     cmd = [tshark, "-r", str(p), *tshark_fields_args(sip_ports)]
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, errors="replace")

@@ -170,8 +170,10 @@ def _read_text(p: Path) -> str:
             data = p.read_bytes()
             if p.suffix == ".gz":
                 data = gzip.decompress(data)
-    except (gzip.BadGzipFile, EOFError):
+    except gzip.BadGzipFile:
         raise NetsiamError(f"{p}: not a gzip file") from None
+    except EOFError:
+        raise NetsiamError(f"{p}: a truncated gzip file (it ends before its compressed stream does)") from None
     except FileNotFoundError:
         raise NetsiamError(f"{p}: no such file") from None
     except IsADirectoryError:
