@@ -39,11 +39,11 @@ from prometheus_client import CollectorRegistry
 from netsiam.config import Config
 from netsiam.evidence import ranges_from_manifest
 from netsiam.features import RAW_METRICS
-from netsiam.givens import read_givens
+from netsiam.givens import read_givens, slow_run_stride
 from netsiam.schemas.classes import UNKNOWN
 from netsiam.schemas.deadletter import DeadLetter
 from netsiam.schemas.record import RecordError, decode_record
-from netsiam.serving import Artifact, slow_run_stride
+from netsiam.serving import Artifact
 from netsiam.slowanswers import factor_for, flag_slow, slow_evidence
 
 from .batch import EVICTED, SILENT_CLEARED, SILENT_RAISED, Batch, BatchResult, Marker, WindowRef

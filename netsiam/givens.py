@@ -12,9 +12,9 @@ import numpy as np
 from netsiam.config import DebounceConfig
 from netsiam.debounce import FaultTracker, Transition
 from netsiam.evidence import NormalRange, debounce_inputs
-from netsiam.serving import debounce_view
+from netsiam.serving import Prototypes, trained_classes
 
-__all__ = ["Givens", "read_givens"]
+__all__ = ["Givens", "debounce_view", "read_givens", "slow_run_stride"]
 
 
 class Givens(NamedTuple):
@@ -38,6 +38,31 @@ class Givens(NamedTuple):
                               self.added is not None and bool(self.added[i]),
                               None if self.held is None else self.held[i],
                               None if self.marked is None else self.marked[i], int(self.slow[i]))
+
+
+def slow_run_stride(artifact: Any) -> int | None:
+    """The ``stride`` :func:`netsiam.slowanswers.flag_slow` counts a slow window's own slow seconds in: the
+    artifact's, or None (each slow window counts one) while its prototypes hold a class added after training,
+    which may be about to name what the encoder is still moving towards (its ``unknown`` waits as before)."""
+    protos: Prototypes = artifact.prototypes
+    if set(protos.classes) - set(trained_classes(protos, getattr(artifact, "manifest", None))):
+        return None
+    return int(artifact.window.stride)
+
+
+def debounce_view(artifact: Any, names: np.ndarray, dist: np.ndarray,
+                  cfg: DebounceConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Classes (N,) and distances (N, C) -> what the debounce is given beside them: the nearest class
+    (N,), and which windows are of a class added after training (N,) bool, None if none can be (a mark
+    never renames them). Where ``added_grace_s`` is on and the prototypes hold such a class, the nearest
+    is that of the trained classes, so such a window says how the trained classes alone read it."""
+    protos: Prototypes = artifact.prototypes
+    trained = trained_classes(protos, getattr(artifact, "manifest", None))
+    extra = [c for c in protos.classes if c not in trained]
+    if not extra:
+        return protos.nearest(dist), None
+    added = np.isin(np.asarray(names, dtype=object), extra)
+    return (protos.nearest(dist) if cfg.added_grace_s <= 0 else protos.nearest(dist, trained)), added
 
 
 def read_givens(art: Any, names: np.ndarray, slow: np.ndarray, dists: np.ndarray, x: np.ndarray | None,

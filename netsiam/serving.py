@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Collection, Mapping
@@ -22,7 +23,7 @@ import numpy as np
 import orjson
 
 from netsiam.compiled import BUCKETS, CompiledEncoder, CompileError, compile_encoder
-from netsiam.config import DebounceConfig, WindowConfig
+from netsiam.config import WindowConfig
 from netsiam.errors import NetsiamError
 from netsiam.features import FEATURES, RAW_METRICS, required_metrics
 from netsiam.schemas.classes import UNKNOWN
@@ -37,10 +38,8 @@ __all__ = [
     "Artifact",
     "Prototypes",
     "artifact_version",
-    "debounce_view",
     "default_model_path",
     "load_artifact",
-    "slow_run_stride",
     "trained_classes",
 ]
 
@@ -172,31 +171,6 @@ def trained_classes(protos: Prototypes, manifest: Mapping[str, Any] | None) -> t
     mine = (manifest or {}).get("classes")
     trained = tuple(c for c in protos.classes if not isinstance(mine, list) or c in mine)
     return trained or tuple(protos.classes)
-
-
-def slow_run_stride(artifact: Any) -> int | None:
-    """The ``stride`` :func:`netsiam.slowanswers.flag_slow` counts a slow window's own slow seconds in: the
-    artifact's, or None (each slow window counts one) while its prototypes hold a class added after training,
-    which may be about to name what the encoder is still moving towards (its ``unknown`` waits as before)."""
-    protos: Prototypes = artifact.prototypes
-    if set(protos.classes) - set(trained_classes(protos, getattr(artifact, "manifest", None))):
-        return None
-    return int(artifact.window.stride)
-
-
-def debounce_view(artifact: Any, names: np.ndarray, dist: np.ndarray,
-                  cfg: DebounceConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """Classes (N,) and distances (N, C) -> what the debounce is given beside them: the nearest class
-    (N,), and which windows are of a class added after training (N,) bool, None if none can be (a mark
-    never renames them). Where ``added_grace_s`` is on and the prototypes hold such a class, the nearest
-    is that of the trained classes, so such a window says how the trained classes alone read it."""
-    protos: Prototypes = artifact.prototypes
-    trained = trained_classes(protos, getattr(artifact, "manifest", None))
-    extra = [c for c in protos.classes if c not in trained]
-    if not extra:
-        return protos.nearest(dist), None
-    added = np.isin(np.asarray(names, dtype=object), extra)
-    return (protos.nearest(dist) if cfg.added_grace_s <= 0 else protos.nearest(dist, trained)), added
 
 
 class Artifact:
@@ -343,6 +317,22 @@ def _read_json(path: Path) -> Any:
     return _parse_json(data, path)
 
 
+def _check_manifest_types(manifest: dict[str, Any], where: Path) -> None:
+    """The manifest's values every load and every batch reads, of the right type (a hand-edited manifest is a
+    data error here, not an internal one later in the daemon's loop). Ranges, signatures and marks need no
+    check: a malformed entry there is skipped where it is read (:mod:`netsiam.evidence`)."""
+    files, feats = manifest["files"], manifest["features"]
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise NetsiamError(f"{where}: 'files' must map each file name to its SHA-256")
+    if not isinstance(feats, list) or not all(isinstance(f, str) for f in feats):
+        raise NetsiamError(f"{where}: 'features' must be a list of feature names")
+    taught = manifest.get("slow_answers")   # netsiam.slowanswers.MANIFEST_KEY: what feedback taught
+    if taught is not None:
+        up_to = taught.get("normal_up_to", 0.0) if isinstance(taught, dict) else None
+        if isinstance(up_to, bool) or not isinstance(up_to, int | float) or not 0 <= up_to < math.inf:
+            raise NetsiamError(f"{where}: 'slow_answers' must be {{\"normal_up_to\": a finite factor >= 0}}")
+
+
 def load_artifact(path: str | Path | None = None, reuse: Artifact | None = None) -> Artifact:
     """Load and validate an artifact directory (default: the shipped model).
 
@@ -361,6 +351,7 @@ def load_artifact(path: str | Path | None = None, reuse: Artifact | None = None)
     for key in ("version", "features", "window", "normalisation", "files"):
         if key not in manifest:
             raise NetsiamError(f"{p / MANIFEST_FILE}: missing {key!r}")
+    _check_manifest_types(manifest, p / MANIFEST_FILE)
     unknown = [f for f in manifest["features"] if f not in FEATURES]
     if unknown:
         raise NetsiamError(f"{p / MANIFEST_FILE}: unknown feature(s) {unknown}")

@@ -29,7 +29,7 @@ window: a freeze's backlog answered late raises nothing; nor, in a fault's after
   for ``unknown_after`` (:mod:`netsiam.debounce`). A slow window carries how many of its last seconds in a row
   were each clean and that slow (in windows: divided by the stride, at least 1), and that many raise too:
   three such seconds raise at the third, not two windows later once the median of five has seen them. Not
-  while the model holds a class added after training (:func:`netsiam.serving.slow_run_stride`): an
+  while the model holds a class added after training (:func:`netsiam.givens.slow_run_stride`): an
   operator's class may be about to name the slowdown. The event such a window raises quotes, first, its
   answer time against the range its source's level allows (:func:`slow_evidence`).
 * A false alarm an operator marks ``normal`` (``netsiam feedback``) raises the model's factor above the
@@ -156,7 +156,7 @@ def flag_slow(levels: Sequence[AnswerLevel], names: np.ndarray, raw: np.ndarray,
     ``slow`` (N,) int, if given, is set where a window is ``unknown`` now and answered that slowly, whether
     the encoder or this read it so (the debounce's ``slow``), to its :func:`slow_seconds` in windows of
     ``stride`` seconds, at least 1 (0 elsewhere; 1 where ``stride`` is None: not counted,
-    :func:`netsiam.serving.slow_run_stride`)."""
+    :func:`netsiam.givens.slow_run_stride`)."""
     if slow is not None:
         slow[:] = 0
     if factor <= 0 or len(names) == 0:

@@ -84,6 +84,24 @@ def test_feature_list_changed_in_the_manifest_is_refused(tmp_path: Path) -> None
         load_artifact(tmp_path / "m")
 
 
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"files": None}, "'files' must map"),
+    ({"files": {"encoder.keras": 7}}, "'files' must map"),
+    ({"features": "offered_rel"}, "'features' must be a list"),
+    ({"slow_answers": {"normal_up_to": "x"}}, "'slow_answers' must be"),
+    ({"slow_answers": {"normal_up_to": -1}}, "'slow_answers' must be"),
+    ({"slow_answers": [3]}, "'slow_answers' must be"),
+    ({"window": None}, "bad window"),
+])
+def test_a_hand_edited_manifest_of_the_wrong_types_is_a_data_error(tmp_path: Path, changes: dict[str, object],
+                                                                   says: str) -> None:
+    """Refused at load (a hot reload keeps the model served), not an internal error in the daemon's loop."""
+    make_artifact(tmp_path / "m")
+    _edit_manifest(tmp_path / "m", **changes)
+    with pytest.raises(NetsiamError, match=says):
+        load_artifact(tmp_path / "m")
+
+
 def test_truncated_encoder_fails_the_hash_check(tmp_path: Path) -> None:
     make_artifact(tmp_path / "m")
     enc = tmp_path / "m" / "encoder.keras"

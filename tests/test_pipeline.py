@@ -102,7 +102,7 @@ def test_records_to_events_match_labels_and_offline_evaluation(model: Model, tra
 def assert_as_offline(evs: list[dict[str, Any]], lines: Sequence[bytes], labels: Any, art: Any, window: WindowConfig,
                       cfg: Config) -> tuple[Any, np.ndarray | None]:
     """The daemon's events ``evs`` are those ``detect_events`` finds over the same windows, given what the
-    daemon's debounce is given (:func:`~netsiam.serving.debounce_view`); -> (the windows, their ``added``)."""
+    daemon's debounce is given (:func:`~netsiam.givens.debounce_view`); -> (the windows, their ``added``)."""
     w, x, _, _ = labelled_windows_from_lines(lines, labels, window)
     offline, added = detect_offline(art, art.head.embed(x), x, w, cfg.detector.debounce)
     ends = {(e["source"], e["fault"], e["started_at"], e["state"]): e["window_end"] for e in evs}

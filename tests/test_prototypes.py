@@ -13,8 +13,9 @@ from netsiam.cli import main
 from netsiam.config import PrototypeConfig, WindowConfig
 from netsiam.errors import EXIT_DATA, EXIT_USAGE, NetsiamError
 from netsiam.features import RAW_METRICS
+from netsiam.givens import debounce_view
 from netsiam.schemas.classes import KNOWN_LABELS, SILENT, UNKNOWN
-from netsiam.serving import Prototypes, debounce_view, load_artifact, trained_classes
+from netsiam.serving import Prototypes, load_artifact, trained_classes
 from netsiam.traceio import LabelInterval, Record, write_labels, write_trace
 from netsiam.trainer.prototypes import (
     add_class,

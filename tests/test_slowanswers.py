@@ -11,7 +11,7 @@ from helpers import MeanEncoder, manifest, prototypes_at, small_artifact
 from netsiam.config import DebounceConfig
 from netsiam.errors import NetsiamError
 from netsiam.features import RAW_METRICS
-from netsiam.serving import slow_run_stride
+from netsiam.givens import slow_run_stride
 from netsiam.slowanswers import (
     TAIL,
     answer_times,

@@ -24,9 +24,8 @@ import numpy as np
 
 from netsiam.config import DebounceConfig
 from netsiam.debounce import FaultTracker
-from netsiam.givens import Givens, read_givens
+from netsiam.givens import Givens, read_givens, slow_run_stride
 from netsiam.schemas.classes import NORMAL, UNKNOWN
-from netsiam.serving import slow_run_stride
 from netsiam.slowanswers import flag_trace
 from netsiam.traceio import LabelInterval
 

@@ -131,7 +131,7 @@ class _Judge:
                slow: np.ndarray | None = None) -> Detected:
         """The daemon's debounce over every window of ``mask``, judged on the episodes whose time those
         windows' ends reach (``nearest``, ``added``: what the debounce is given,
-        :func:`~netsiam.serving.debounce_view`; ``slow``: read unknown for their slow answers)."""
+        :func:`~netsiam.givens.debounce_view`; ``slow``: read unknown for their slow answers)."""
         return score_detection(
             self.lw.sources[mask], self.lw.end_ts[mask], pred[mask], self.lw.labels[mask],
             _covered(self.episodes, self.lw.sources[mask], self.lw.end_ts[mask]), self.debounce, self.grace_s,
