@@ -120,6 +120,15 @@ def test_exit_status_says_which_kind_of_error(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("netsiam replay: error: cannot reach the broker"), lines
 
 
+def test_an_excluded_label_no_interval_names_is_warned_of(tmp_path: Path) -> None:
+    """A typo in --exclude-label would exclude nothing: said before the data is read (here it is not a trace)."""
+    r = netsiam("train", "--data", str(DATA / "sipp_b_stat.csv"), "--labels", str(DATA / "sipp_b_labels.csv"),
+                "-o", str(tmp_path / "m"), "--exclude-label", "blokced", "--exclude-label", "blocked")
+    err = r.stderr.decode()
+    assert "warning: --exclude-label blokced: no label interval names it" in err, err
+    assert "--exclude-label blocked:" not in err and r.returncode == EXIT_DATA, err
+
+
 def test_a_bad_value_is_a_usage_error_that_names_the_flag_before_any_work(tmp_path: Path) -> None:
     """What a typo gives: exit 2 and the flag, not an internal error after loading a model or embedding."""
     out = str(tmp_path / "x")
@@ -150,6 +159,8 @@ def test_a_bad_value_is_a_usage_error_that_names_the_flag_before_any_work(tmp_pa
         (("train", "--seed", "-1", "--data", out, "--labels", out, "-o", out), "--seed"),
         (("train", "--data", str(DATA / "sipp_b_stat.csv"), "--labels", str(DATA / "sipp_b_labels.csv"), "-o", "-"),
          "-o -"),
+        (("train", "--data", str(DATA / "sipp_b_stat.csv"), "--labels", str(DATA / "sipp_b_labels.csv"), "-o", out,
+          "--exclude-label", "normal"), "--exclude-label normal"),
         (("train", "--data", str(DATA / "sipp_b_stat.csv"), "--labels", str(DATA / "sipp_b_labels.csv"), "-o", out,
           "--logdir", str(DATA / "sipp_b_labels.csv")), "--logdir"),
         (("collect", "sipp", str(DATA / "sipp_b_stat.csv"), "--source", "c", "--state", "none", "--bootstrap",

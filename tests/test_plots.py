@@ -10,7 +10,7 @@ from helpers import MeanEncoder, lstm_encoder, manifest, prototypes_at, small_ar
 
 from netsiam.cli import main
 from netsiam.config import Config, WindowConfig
-from netsiam.errors import EXIT_DATA, EXIT_RUNTIME, EXIT_USAGE, NetsiamError
+from netsiam.errors import EXIT_DATA, EXIT_RUNTIME, EXIT_USAGE, NetsiamError, UsageError
 from netsiam.features import RAW_METRICS
 from netsiam.traceio import LabelInterval, write_labels, write_trace
 from netsiam.trainer.dataset import LabelledWindows
@@ -73,8 +73,9 @@ def test_animation_writes_a_gif(tmp_path: Path) -> None:
 def test_animation_refuses_bad_input(tmp_path: Path) -> None:
     with pytest.raises(NetsiamError, match="no embedding snapshots"):
         animate_snapshots(tmp_path / "missing.npz", tmp_path / "a.gif")
-    with pytest.raises(NetsiamError, match=r"\.gif or \.mp4"):
-        animate_snapshots(snapshots(tmp_path / "s.npz"), tmp_path / "a.png")
+    for out in (tmp_path / "a.png", tmp_path):   # a usage error, as `plot embedding -o e.txt` is
+        with pytest.raises(UsageError, match=r"\.gif or \.mp4"):
+            animate_snapshots(snapshots(tmp_path / "s.npz"), out)
     np.savez(tmp_path / "obj.npz", emb=np.zeros((1, 2, 3)), labels=np.array(["a", "b"], dtype=object),
              epochs=np.array([1]))
     with pytest.raises(NetsiamError, match="str array"):   # object arrays would need unpickling

@@ -286,10 +286,10 @@ def animate_snapshots(snapshots: str | Path, out: str | Path, fps: int = 4) -> P
     """Embedding of fixed probe windows per epoch -> GIF (Pillow) or MP4 (ffmpeg)."""
     out = Path(out)
     suffix = out.suffix.lower()
-    if suffix not in (".gif", ".mp4"):
-        raise NetsiamError(f"animation output must end in .gif or .mp4, got {out.name}")
+    if suffix not in (".gif", ".mp4") or out.is_dir():   # the command line's mistake, as for the other plots
+        raise UsageError(f"-o {out}: an animation is a .gif or .mp4 file")
     if suffix == ".mp4" and not animation.FFMpegWriter.isAvailable():
-        raise NetsiamError("writing .mp4 needs ffmpeg on PATH; use a .gif output instead")
+        raise UsageError("writing .mp4 needs ffmpeg on PATH; use a .gif output instead")
     emb, labels, epochs = _load_snapshots(Path(snapshots))
     three = emb.shape[2] >= 3
     colours = class_colours(labels.tolist())

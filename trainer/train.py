@@ -49,6 +49,7 @@ from netsiam.evidence import (
     ranges_to_json,
 )
 from netsiam.features import required_metrics
+from netsiam.schemas.classes import NORMAL
 from netsiam.serving import FORMAT, Artifact, Prototypes, load_artifact
 from netsiam.traceio import atomic_write_bytes, missing_file, read_labels
 from netsiam.trainer.augment import thinned_copies
@@ -387,6 +388,11 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
     for p in [*args.data, *args.labels]:   # fail before the (slow, noisy) TensorFlow import
         if not Path(p).is_file():
             raise missing_file("trace" if p in args.data else "labels", p)
+    if NORMAL in args.exclude_label:
+        raise UsageError("--exclude-label normal: a model learns faults against normal traffic; it cannot go")
+    named = {iv.label for p in args.labels for iv in read_labels(p)}
+    for lab in sorted(set(args.exclude_label) - named):   # a typo would exclude nothing, silently
+        print(f"warning: --exclude-label {lab}: no label interval names it", file=sys.stderr)
     artifact = train(cfg, args.data, args.labels, args.output, epochs=args.epochs, seed=args.seed,
                      exclude_labels=args.exclude_label, logdir=args.logdir, quiet=args.quiet)
     mt = artifact.manifest["metrics"]
