@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["bootstrap", "finite", "port", "positive", "positive_finite", "seed", "source"]
+__all__ = ["bootstrap", "finite", "http_url", "port", "positive", "positive_finite", "seed", "source"]
 
 T = TypeVar("T")
 
@@ -77,4 +77,14 @@ def source(text: str) -> str:
     why = source_problem(text)
     if why is not None:
         raise argparse.ArgumentTypeError(why.replace("'source'", "a source name"))
+    return text
+
+
+def http_url(text: str) -> str:
+    """An http:// or https:// URL with a host (a Prometheus server)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(text)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise argparse.ArgumentTypeError(f"not an http:// or https:// URL: {text!r}")
     return text

@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import Any
 
-from netsiam.argtypes import bootstrap, port, positive, positive_finite, seed, source
+from netsiam.argtypes import bootstrap, http_url, port, positive, positive_finite, seed, source
 from netsiam.collect.cli import add_parsers as add_collect_parsers
 
 __all__ = ["HelpFormatter", "build_parser", "iter_parsers", "version"]
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", action="append", default=[], help="labels CSV for `plot embedding` (repeatable)")
     p.add_argument("--animate", action="store_true", help="same as `plot animate`")
     # defaults None, said in the help: a flag given for another kind of plot is a usage error (trainer/plots.py)
-    p.add_argument("--prometheus", default=None,
+    p.add_argument("--prometheus", type=http_url, default=None,
                    help="for `plot dashboard`: Prometheus URL (default: http://127.0.0.1:9090)")
     p.add_argument("--source", default=None, help="for `plot dashboard`: one source (default: all)")
     p.add_argument("--range", default=None, help="for `plot dashboard`: time range, e.g. 15m, 1h (default: 1h)")

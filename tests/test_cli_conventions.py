@@ -144,6 +144,7 @@ def test_a_bad_value_is_a_usage_error_that_names_the_flag_before_any_work(tmp_pa
         (("import", "sipp", str(DATA / "sipp_b_stat.csv"), "--source", "", "-o", out), "--source"),
         (("collect", "sipp", str(DATA / "sipp_b_stat.csv"), "--source", "x" * 300, "-o", out), "--source"),
         (("plot", "dashboard", "--range", "abc", "-o", out + ".png", "--prometheus", "http://127.0.0.1:1"), "--range"),
+        (("plot", "dashboard", "-o", out + ".png", "--prometheus", "notaurl"), "--prometheus"),
         (("plot", "embedding", "--data", str(DATA / "sipp_b_stat.csv"), "-o", out + ".txt"), "not an image"),
         (("evaluate", "--data", str(DATA / "sipp_b_stat.csv"), "--labels", str(DATA / "sipp_b_labels.csv"),
           "--plots", str(DATA / "sipp_b_labels.csv")), "--plots"),

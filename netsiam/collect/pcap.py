@@ -149,8 +149,10 @@ class PcapCollector:
         if failed and not self.stop.is_set():
             self.metrics.error("capture")
             why = _why(self._stderr)
-            raise ServiceError(f"capture on {self.interface} ended (dumpcap exit code {cap.returncode}, "
-                               f"tshark {dec.returncode}): {why or failed}")
+            # a filter that does not compile fails the same way at every start: a usage error (no restart)
+            error = UsageError if "Invalid capture filter" in why else ServiceError
+            raise error(f"capture on {self.interface} ended (dumpcap exit code {cap.returncode}, "
+                        f"tshark {dec.returncode}): {why or failed}")
         return self.published
 
     def _loop(self, fd: int) -> str:
