@@ -142,6 +142,7 @@ def test_a_bad_value_is_a_usage_error_that_names_the_flag_before_any_work(tmp_pa
         (("simulate", "--minutes", "1", "-o", "-", "--labels", "-"), "both stdout"),
         (("import", "sipp", str(DATA / "sipp_b_stat.csv"), "--source", "x" * 257, "-o", out), "--source"),
         (("import", "sipp", str(DATA / "sipp_b_stat.csv"), "--source", "", "-o", out), "--source"),
+        (("import", "sipp", "-", "-", "--source", "s", "-o", out), "more than once"),
         (("collect", "sipp", str(DATA / "sipp_b_stat.csv"), "--source", "x" * 300, "-o", out), "--source"),
         (("plot", "dashboard", "--range", "abc", "-o", out + ".png", "--prometheus", "http://127.0.0.1:1"), "--range"),
         (("plot", "dashboard", "-o", out + ".png", "--prometheus", "notaurl"), "--prometheus"),

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from netsiam.config import Config
-from netsiam.traceio import write_trace
+from netsiam.errors import UsageError
+from netsiam.traceio import STDIO, write_trace
 
 __all__ = ["cli_import"]
 
@@ -14,6 +15,9 @@ __all__ = ["cli_import"]
 def cli_import(args: argparse.Namespace, cfg: Config) -> int:
     if args.kind == "sipp":
         from netsiam.importers.sipp import import_sipp
+
+        if args.files.count(STDIO) > 1:
+            raise UsageError("- (standard input) is given more than once: it can be read once")
 
         records = import_sipp(args.files, args.source)
     else:
