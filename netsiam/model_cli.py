@@ -27,8 +27,13 @@ def format_history(versions: list[VersionInfo]) -> str:
     lines = []
     for v in versions:
         fb = v.feedback or {}
-        why = (f"{fb.get('action', 'feedback')}: event {fb.get('event_id', '?')} -> {fb.get('label', '?')}"
-               f"{' by ' + fb['by'] if fb.get('by') else ''}") if fb else "trained"
+        if not fb:
+            why = "trained"
+        elif "event_id" in fb:   # feedback on an event
+            why = (f"{fb.get('action', 'feedback')}: event {fb['event_id']} -> {fb.get('label', '?')}"
+                   f"{' by ' + fb['by'] if fb.get('by') else ''}")
+        else:                    # prototypes add/remove
+            why = f"prototypes {fb.get('action', '?')} {fb.get('label', '?')}"
         lines.append(f"{'*' if v.current else ' '} {v.version}  {_when(v.created_at)}  {why}  "
                      f"[{', '.join(v.classes)}]" + (f"  parent {v.parent}" if v.parent else ""))
     return "\n".join(lines)

@@ -117,19 +117,20 @@ def _install(path: Path, files: dict[str, bytes]) -> None:
             atomic_write_bytes(path / name, files[name])
 
 
-def publish(path: Path, art: Artifact, parent: Artifact, entry: dict[str, Any]) -> str:
-    """Serve ``art`` (its prototypes changed from ``parent``, the one served now) from ``path``.
+def publish(path: Path, art: Artifact, parent: str, entry: dict[str, Any], action: str = "feedback") -> str:
+    """Serve ``art`` (its prototypes changed from version ``parent``, the one served from ``path`` now).
 
-    Keeps ``parent`` under ``versions/``, writes the lineage into the new manifest (``parent``:
-    its version; ``feedback``: ``entry``), logs the change and returns the new version.
+    Keeps ``parent`` under ``versions/``, writes the lineage into the new manifest (``parent``: its version;
+    ``feedback``: ``entry``, what changed), logs the change as ``action`` (``feedback``, ``prototypes``) and
+    returns the new version.
     """
-    _keep(path, parent.version)
-    art.manifest["parent"] = parent.version
+    _keep(path, parent)
+    art.manifest["parent"] = parent
     art.manifest["feedback"] = entry
     art.manifest["created_at"] = round(time.time(), 3)
     art.save_prototypes(path)          # prototypes.json, then manifest.json (with its hash)
     _keep(path, art.version)           # the new version is restorable too, whatever comes next
-    _log(path, {"action": "feedback", "version": art.version, "parent": parent.version, "feedback": entry})
+    _log(path, {"action": action, "version": art.version, "parent": parent, "feedback": entry})
     return art.version
 
 

@@ -253,6 +253,7 @@ def test_cli_list_add_remove(model_dir: Path, tmp_path: Path, capsys: pytest.Cap
     trace, labels = write_small_trace(tmp_path)
     assert main(["prototypes", "list", "--model", str(model_dir)]) == 0
     assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()[1:]] == ["normal", "blocked", "capacity_limit"]
+    trained = load_artifact(model_dir).version
 
     assert main(["prototypes", "add", "--model", str(model_dir), "--name", "congestion",
                  "--data", str(trace), "--labels", str(labels)]) == 0
@@ -269,6 +270,15 @@ def test_cli_list_add_remove(model_dir: Path, tmp_path: Path, capsys: pytest.Cap
 
     assert main(["prototypes", "remove", "--model", str(model_dir), "--name", "congestion"]) == 0
     assert load_artifact(model_dir).prototypes.classes == ["normal", "blocked", "capacity_limit", "storm"]
+
+    # every change kept a version, as feedback does: the model as trained is one rollback away
+    capsys.readouterr()
+    assert main(["model", "history", "--model", str(model_dir)]) == 0
+    text = capsys.readouterr().out
+    assert [ln.split()[0] for ln in text.splitlines()].count("*") == 1 and len(text.splitlines()) == 4, text
+    assert "prototypes add congestion" in text and "prototypes remove congestion" in text, text
+    assert main(["model", "rollback", trained, "--model", str(model_dir)]) == 0
+    assert load_artifact(model_dir).prototypes.classes == ["normal", "blocked", "capacity_limit"]
 
 
 def test_cli_errors_are_one_line_and_leave_the_artifact_alone(model_dir: Path, tmp_path: Path,

@@ -252,7 +252,7 @@ def teach(model: Path, fb: Feedback, cfg: Config, *, bootstrap: str | None = Non
         entry = {**fb.to_json(), "action": action, "source": ep.source, "fault": ep.fault,
                  "started_at": ep.started_at, "windows": used, "left_out": left_out,
                  "applied_at": round(time.time(), 3), **({"slow_answer_factor": slow} if slow is not None else {})}
-        version = publish(model, new, art, entry)
+        version = publish(model, new, art.version, entry)
         return Outcome(action, fb.label, ep, used, version, art.version, tuple(left_out), slow)
 
 

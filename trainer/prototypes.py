@@ -270,8 +270,10 @@ def cli_prototypes(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _change(args: argparse.Namespace, cfg: Config, model: Path) -> int:
+    from netsiam.versions import publish
+
     artifact = load_artifact(model)
-    protos = artifact.prototypes
+    protos, parent = artifact.prototypes, artifact.version
     if args.action == "remove":
         if args.name not in protos.classes:
             raise NetsiamError(f"no class {args.name!r} in {model} (classes: {', '.join(protos.classes)})")
@@ -280,16 +282,19 @@ def _change(args: argparse.Namespace, cfg: Config, model: Path) -> int:
         if args.name == NORMAL:
             raise UsageError("'normal' cannot be removed: every window would then be a fault or unknown")
         protos.remove(args.name)
-        artifact.save_prototypes(model)
-        print(f"removed {args.name!r}; classes: {', '.join(protos.classes)}")
+        version = publish(model, artifact, parent, {"action": "remove", "label": args.name}, action="prototypes")
+        print(f"removed {args.name!r}; classes: {', '.join(protos.classes)}; model {version} (was {parent}: "
+              "`netsiam model rollback` restores it)")
         return 0
     if args.action == "add":
         check_class_name(args.name)   # before reading any window: the name alone can be wrong
         x = _support_windows(args, cfg, artifact)
         replaced = args.name in protos.classes
         thr = add_class(artifact, args.name, x, cfg.prototypes)
-        artifact.save_prototypes(model)
+        version = publish(model, artifact, parent, {"action": "replace" if replaced else "add", "label": args.name,
+                                                    "windows": len(x)}, action="prototypes")
         print(f"{'replaced' if replaced else 'added'} {args.name!r} from {len(x)} windows "
-              f"(threshold {thr:.4f}); classes: {', '.join(protos.classes)}")
+              f"(threshold {thr:.4f}); classes: {', '.join(protos.classes)}; model {version} (was {parent}: "
+              "`netsiam model rollback` restores it)")
         return 0
     raise NetsiamError(f"unknown prototypes action {args.action!r}")
