@@ -92,7 +92,8 @@ class TrainingConfig:
         _check(self.margin > 0, "training.margin", "must be > 0")
         _check(self.learning_rate > 0, "training.learning_rate", "must be > 0")
         _check(self.patience >= 0, "training.patience", "must be >= 0")
-        _check(0 <= self.seed < 2**32, "training.seed", "must be in [0, 2**32)")
+        _check(self.seed >= 0 and self.seed + self.candidates <= 2**32, "training.seed",
+               "must be in [0, 2**32 - candidates]: each candidate trains with a seed of its own")
         _check(self.epochs >= 1 and self.steps_per_epoch >= 1, "training", "epochs and steps must be >= 1")
         _check(self.batch_per_class >= 2, "training.batch_per_class", "must be >= 2")
         _check(0.0 <= self.semi_hard_fraction <= 1.0, "training.semi_hard_fraction", "must be in [0, 1]")
@@ -211,19 +212,22 @@ KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
 
 
 def bootstrap_problem(text: str) -> str | None:
-    """Why ``text`` is not a Kafka bootstrap list, ``HOST[:PORT][,HOST[:PORT]...]`` (``[IPv6]:PORT`` too), or
-    None: said at start, not as a client library's ValueError once the first connection is tried."""
-    if not text.strip():
+    """Why ``text`` is not a Kafka bootstrap list, ``HOST[:PORT][,HOST[:PORT]...]`` (``[IPv6]:PORT`` too; empty
+    entries skipped, as the clients skip them), or None: said at start, not as a client library's ValueError
+    once the first connection is tried."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
         return "empty"
-    for part in (p.strip() for p in text.split(",")):
-        host, port = part, None
-        if part.startswith("["):            # [::1]:9092
-            host, _, rest = part[1:].partition("]")
+    for part in parts:
+        host, port = part.split("://", 1)[-1], None          # PLAINTEXT://host:9092 reads as host:9092
+        if host.startswith("["):            # [::1]:9092
+            host, _, rest = host[1:].partition("]")
             if rest and not rest.startswith(":"):
                 return f"{part!r} is not [IPV6]:PORT"
             port = rest[1:] if rest else None
-        elif ":" in part:
-            host, port = part.rsplit(":", 1)
+        elif host.count(":") == 1:
+            host, port = host.split(":")
+        # two colons or more, unbracketed: an IPv6 address alone (kafka-python's reading)
         if not host:
             return f"{part!r} has no host"
         if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
@@ -259,7 +263,8 @@ class KafkaConfig:
     topics: TopicsConfig = field(default_factory=TopicsConfig)
 
     def __post_init__(self) -> None:
-        why = bootstrap_problem(self.bootstrap_servers)
+        # empty is refused where a client is made (kafka_io.bootstrap_list): an offline verb needs no broker
+        why = bootstrap_problem(self.bootstrap_servers) if self.bootstrap_servers.strip() else None
         _check(why is None, "kafka.bootstrap_servers", f"must be HOST:PORT[,HOST:PORT...] ({why})")
         _check(self.security_protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
                "kafka.security_protocol", "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")

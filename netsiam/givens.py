@@ -1,6 +1,8 @@
 """What the debounce is given beside each window's class, read from the artifact serving it and the window's
 counters. The daemon (``detector/pipeline.py``) and every offline judge (``evaluate``, feedback, the tests'
-daemon-equals-offline checks, ``trainer/detection.py``) read it here, so each judges as the daemon acts."""
+daemon-equals-offline checks, ``trainer/detection.py``) read it here, so each judges as the daemon acts. The
+daemon feeds each window to its source's tracker with :meth:`Givens.step`; the offline replay
+(``trainer.detection.detect_events``) makes the same call, its arguments optional for the baselines."""
 
 from __future__ import annotations
 

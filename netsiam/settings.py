@@ -5,9 +5,10 @@ none (the built-in defaults, the values ``config.yaml`` lists). Then every envir
 ``NETSIAM_<SECTION>__<KEY>`` (double underscores between levels, any case) replaces that one key, e.g.
 ``NETSIAM_KAFKA__SASL_PASSWORD`` or ``NETSIAM_DETECTOR__DEBOUNCE__RAISE_K=3``, so a secret never
 needs to be in a file; ``NETSIAM_<...>_FILE=/path`` reads the value from a file instead (systemd
-``LoadCredential=`` hands such files to a service). Other ``NETSIAM_*`` variables without ``__``
-(``NETSIAM_CONFIG``, ``NETSIAM_DEBUG``) are not overrides. The result is validated like a file,
-and an override of a key that does not exist is an error naming the variable.
+``LoadCredential=`` hands such files to a service). A top-level key takes its name alone
+(``NETSIAM_FEATURES``); a section's name alone (``NETSIAM_WINDOW``) is refused. Other ``NETSIAM_*`` variables
+without ``__`` (``NETSIAM_CONFIG``, ``NETSIAM_DEBUG``, ``NETSIAM_LOG_LEVEL``) are not overrides. The result is
+validated like a file, and an override of a key that does not exist is an error naming the variable.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def _field_type(cls: Any, path: list[str], var: str) -> Any:
                               f"(known: {', '.join(sorted(hints))})")
         tp = hints[name]
     if dataclasses.is_dataclass(tp):
-        raise ConfigError(f"{var}: {'.'.join(path)} is a section; set its keys one by one")
+        hint = " (the model served is detector.model: NETSIAM_DETECTOR__MODEL)" if path == ["model"] else ""
+        raise ConfigError(f"{var}: {'.'.join(path)} is a section; set its keys one by one{hint}")
     return tp
 
 
@@ -90,7 +92,8 @@ def _typed(raw: str, tp: Any, var: str) -> Any:
 
 
 def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """``{"kafka.sasl_password": "..."}`` from ``NETSIAM_*__*`` variables (values typed per key)."""
+    """``{"kafka.sasl_password": "..."}`` from ``NETSIAM_*__*`` variables and ``NETSIAM_<TOP-LEVEL KEY>`` (values
+    typed per key)."""
     out: dict[str, Any] = {}
     top = {f.name for f in dataclasses.fields(Config)}
     for var in sorted(env):

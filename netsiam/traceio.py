@@ -151,13 +151,20 @@ def read_labels(path: str | os.PathLike[str]) -> list[LabelInterval]:
 def _labels(f: Iterable[str], name: str) -> list[LabelInterval]:
     from netsiam.schemas.labels import parse_label_row
 
-    reader = csv.DictReader(f)
-    if reader.fieldnames is None or [h.strip() for h in reader.fieldnames] != list(LABEL_FIELDS):
+    reader = csv.reader(f)
+    header = [h.strip() for h in next(reader, [])]
+    while header and not header[-1]:   # a spreadsheet's empty trailing columns
+        header.pop()
+    if header != list(LABEL_FIELDS):
         raise NetsiamError(f"{name}: not a labels CSV (header must be {','.join(LABEL_FIELDS)})")
     out = []
-    for i, row in enumerate(reader, start=2):
-        if None in row or None in row.values():   # DictReader's marks for a row with more or fewer fields
-            n = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
-            raise NetsiamError(f"{name}:{i}: {n} field(s), a row has 4: {','.join(LABEL_FIELDS)}")
+    for i, fields in enumerate(reader, start=2):
+        if not fields:
+            continue   # a blank line
+        while len(fields) > len(LABEL_FIELDS) and not fields[-1].strip():
+            fields.pop()
+        if len(fields) != len(LABEL_FIELDS):
+            raise NetsiamError(f"{name}:{i}: {len(fields)} field(s), a row has 4: {','.join(LABEL_FIELDS)}")
+        row: dict[str, str | None] = dict(zip(LABEL_FIELDS, fields, strict=True))
         out.append(parse_label_row(row, where=f"{name}:{i}"))
     return out

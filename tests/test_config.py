@@ -42,7 +42,8 @@ def test_config_yaml_mentions_every_key_with_a_comment() -> None:
         ({"window": {"length": 2.5}}, "window.length: expected int, got float"),
         ({"kafka": {"bootstrap_servers": 9092}}, "kafka.bootstrap_servers: expected str"),
         ({"kafka": {"bootstrap_servers": "host:abc"}}, "kafka.bootstrap_servers: must be HOST:PORT"),
-        ({"kafka": {"bootstrap_servers": "a:1,,b:2"}}, "kafka.bootstrap_servers: must be HOST:PORT"),
+        ({"kafka": {"bootstrap_servers": "a:1,:2"}}, "kafka.bootstrap_servers: must be HOST:PORT"),
+        ({"training": {"seed": 2**32 - 2, "candidates": 3}}, "training.seed: must be in"),
         ({"training": {"learning_rate": -1}}, "training.learning_rate: must be > 0"),
         ({"training": {"learning_rate": float("nan")}}, "training.learning_rate: must be a finite number"),
         ({"training": {"seed": -1}}, "training.seed"),
@@ -103,3 +104,14 @@ def test_netsiam_debug_is_off_for_the_usual_spellings_of_off(value: str, on: boo
 
     monkeypatch.setenv("NETSIAM_DEBUG", value)
     assert debugging() is on
+
+
+def test_bootstrap_lists_the_kafka_clients_take_are_accepted() -> None:
+    from netsiam.config import bootstrap_problem
+
+    for ok in ("127.0.0.1:9092", "kafka-1:9093, kafka-2:9093", "a:9092,", "[::1]:9092", "::1", "2001:db8::",
+               "PLAINTEXT://h:9092", "host"):
+        assert bootstrap_problem(ok) is None, ok
+        assert from_dict(Config, {"kafka": {"bootstrap_servers": ok}}).kafka.bootstrap_servers == ok
+    # empty: refused where a client is made, not by an offline verb's config
+    assert from_dict(Config, {"kafka": {"bootstrap_servers": ""}}).kafka.bootstrap_servers == ""

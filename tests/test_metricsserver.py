@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import urllib.error
 import urllib.request
 
 import pytest
@@ -23,8 +24,9 @@ def test_served_inside_the_block_and_port_freed_after() -> None:
         port = server.server_port
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "netsiam_test_things_total 3.0" in body
-    with pytest.raises(OSError):   # nobody listens any more
+    with pytest.raises(urllib.error.URLError) as e:   # refused at once: the socket is closed, not left to hang
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    assert isinstance(e.value.reason, ConnectionRefusedError), e.value
     with serve_metrics(reg, "127.0.0.1", port, LOG):   # and its socket is closed: a restart binds the port again
         pass
 

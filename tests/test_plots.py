@@ -73,7 +73,8 @@ def test_animation_writes_a_gif(tmp_path: Path) -> None:
 def test_animation_refuses_bad_input(tmp_path: Path) -> None:
     with pytest.raises(NetsiamError, match="no embedding snapshots"):
         animate_snapshots(tmp_path / "missing.npz", tmp_path / "a.gif")
-    for out in (tmp_path / "a.png", tmp_path):   # a usage error, as `plot embedding -o e.txt` is
+    (tmp_path / "d.gif").mkdir()
+    for out in (tmp_path / "a.png", tmp_path / "d.gif"):   # a usage error, as `plot embedding -o e.txt` is
         with pytest.raises(UsageError, match=r"\.gif or \.mp4"):
             animate_snapshots(snapshots(tmp_path / "s.npz"), out)
     np.savez(tmp_path / "obj.npz", emb=np.zeros((1, 2, 3)), labels=np.array(["a", "b"], dtype=object),

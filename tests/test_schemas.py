@@ -286,6 +286,9 @@ def test_labels_files_from_spreadsheets_and_rows_of_the_wrong_width(tmp_path: Pa
     bom = tmp_path / "bom.csv"
     bom.write_bytes(b"\xef\xbb\xbfsource,start,end,label\r\ns,1,2,blocked\r\n")
     assert [(iv.source, iv.label) for iv in read_labels(bom)] == [("s", "blocked")]
+    trailing = tmp_path / "trailing.csv"   # a spreadsheet's empty trailing columns
+    trailing.write_text("source,start,end,label,,\ns,1,2,blocked,,\n")
+    assert [(iv.source, iv.label) for iv in read_labels(trailing)] == [("s", "blocked")]
     for name, row, n in (("few", "s,1", 2), ("many", "s,1,2,blocked,x", 5)):
         f = tmp_path / f"{name}.csv"
         f.write_text(f"source,start,end,label\n{row}\n")

@@ -289,7 +289,7 @@ def animate_snapshots(snapshots: str | Path, out: str | Path, fps: int = 4) -> P
     if suffix not in (".gif", ".mp4") or out.is_dir():   # the command line's mistake, as for the other plots
         raise UsageError(f"-o {out}: an animation is a .gif or .mp4 file")
     if suffix == ".mp4" and not animation.FFMpegWriter.isAvailable():
-        raise UsageError("writing .mp4 needs ffmpeg on PATH; use a .gif output instead")
+        raise NetsiamError("writing .mp4 needs ffmpeg on PATH; use a .gif output instead")
     emb, labels, epochs = _load_snapshots(Path(snapshots))
     three = emb.shape[2] >= 3
     colours = class_colours(labels.tolist())

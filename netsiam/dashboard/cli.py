@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from netsiam.argtypes import http_url
 from netsiam.errors import NetsiamError
 
 from .grafana import grafana_json
@@ -21,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = sub.add_parser("grafana", help="write the Grafana dashboard JSON")
     g.add_argument("-o", "--output", default="-")
     r = sub.add_parser("png", help="render the dashboard from a Prometheus to a PNG")
-    r.add_argument("--prometheus", default=DEFAULT_PROMETHEUS)
+    r.add_argument("--prometheus", type=http_url, default=DEFAULT_PROMETHEUS)
     r.add_argument("--source", default=None)
     r.add_argument("--instance", default=None)
     r.add_argument("--range", default="1h")
