@@ -1,8 +1,8 @@
 """What the debounce is given beside each window's class, read from the artifact serving it and the window's
 counters. The daemon (``detector/pipeline.py``) and every offline judge (``evaluate``, feedback, the tests'
 daemon-equals-offline checks, ``trainer/detection.py``) read it here, so each judges as the daemon acts. The
-daemon feeds each window to its source's tracker with :meth:`Givens.step`; the offline replay
-(``trainer.detection.detect_events``) makes the same call, its arguments optional for the baselines."""
+daemon (:meth:`Givens.step`) and the offline replay (``trainer.detection.detect_events``, whose baselines
+know less) feed each window to its source's tracker through one :func:`feed_window`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from netsiam.debounce import FaultTracker, Transition
 from netsiam.evidence import NormalRange, debounce_inputs
 from netsiam.serving import Prototypes, trained_classes
 
-__all__ = ["Givens", "debounce_view", "read_givens", "slow_run_stride"]
+__all__ = ["Givens", "debounce_view", "feed_window", "read_givens", "slow_run_stride"]
 
 
 class Givens(NamedTuple):
@@ -35,11 +35,21 @@ class Givens(NamedTuple):
 
     def step(self, tracker: FaultTracker, i: int, window_end: float) -> list[Transition]:
         """Window ``i``, ending at ``window_end``, through its source's ``tracker``."""
-        return tracker.update(str(self.classes[i]), window_end, str(self.nearest[i]), self.within[i],
-                              None if self.in_range is None else bool(self.in_range[i]),
-                              self.added is not None and bool(self.added[i]),
-                              None if self.held is None else self.held[i],
-                              None if self.marked is None else self.marked[i], int(self.slow[i]))
+        return feed_window(tracker, i, window_end, self.classes, self.nearest, self.within, self.in_range,
+                           self.added, self.held, self.marked, self.slow)
+
+
+def feed_window(tracker: FaultTracker, i: int, window_end: float, classes: np.ndarray,
+                nearest: np.ndarray | None = None, within: np.ndarray | None = None,
+                in_range: np.ndarray | None = None, added: np.ndarray | None = None,
+                held: Sequence[frozenset[str]] | None = None, marked: Sequence[frozenset[str]] | None = None,
+                slow: np.ndarray | None = None) -> list[Transition]:
+    """Window ``i`` of per-window arrays through its source's ``tracker`` (None: not known, as for a baseline
+    that reads classes alone): the one call the daemon and the offline replay make."""
+    return tracker.update(str(classes[i]), window_end, None if nearest is None else str(nearest[i]),
+                          None if within is None else within[i], None if in_range is None else bool(in_range[i]),
+                          added is not None and bool(added[i]), None if held is None else held[i],
+                          None if marked is None else marked[i], 0 if slow is None else int(slow[i]))
 
 
 def slow_run_stride(artifact: Any) -> int | None:

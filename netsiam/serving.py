@@ -27,6 +27,7 @@ from netsiam.config import WindowConfig
 from netsiam.errors import NetsiamError
 from netsiam.features import FEATURES, RAW_METRICS, required_metrics
 from netsiam.schemas.classes import UNKNOWN
+from netsiam.slowanswers import MANIFEST_KEY as SLOW_KEY
 from netsiam.torchpath import TorchEncoder, torch_encoder
 from netsiam.traceio import atomic_write_bytes
 
@@ -326,11 +327,11 @@ def _check_manifest_types(manifest: dict[str, Any], where: Path) -> None:
         raise NetsiamError(f"{where}: 'files' must map each file name to its SHA-256")
     if not isinstance(feats, list) or not all(isinstance(f, str) for f in feats):
         raise NetsiamError(f"{where}: 'features' must be a list of feature names")
-    taught = manifest.get("slow_answers")   # netsiam.slowanswers.MANIFEST_KEY: what feedback taught
+    taught = manifest.get(SLOW_KEY)   # what feedback taught
     if taught is not None:
         up_to = taught.get("normal_up_to", 0.0) if isinstance(taught, dict) else None
         if isinstance(up_to, bool) or not isinstance(up_to, int | float) or not 0 <= up_to < math.inf:
-            raise NetsiamError(f"{where}: 'slow_answers' must be {{\"normal_up_to\": a finite factor >= 0}}")
+            raise NetsiamError(f"{where}: '{SLOW_KEY}' must be {{\"normal_up_to\": a finite factor >= 0}}")
 
 
 def load_artifact(path: str | Path | None = None, reuse: Artifact | None = None) -> Artifact:

@@ -12,7 +12,7 @@ import io
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,9 @@ __all__ = [
     "LabelInterval",
     "Record",
     "atomic_write_bytes",
-    "missing_file",
     "read_labels",
     "read_trace",
+    "require_inputs",
     "write_labels",
     "write_trace",
 ]
@@ -55,10 +55,19 @@ class LabelInterval:
     label: str
 
 
-def missing_file(what: str, path: str | os.PathLike[str]) -> NetsiamError:
+def _missing_file(what: str, path: str | os.PathLike[str]) -> NetsiamError:
     """The error for an input file that is not there, or is a directory (``what``: trace, labels, ...)."""
     p = Path(path)
     return NetsiamError(f"{what} file {'is a directory' if p.is_dir() else 'not found'}: {p}")
+
+
+def require_inputs(traces: Sequence[str | os.PathLike[str]], labels: Sequence[str | os.PathLike[str]]) -> None:
+    """Every trace and labels file a verb was given is a file (``-`` is spooled to one first), said before a
+    slow import or model load: a typo fails in a moment."""
+    for what, paths in (("trace", traces), ("labels", labels)):
+        for p in paths:
+            if not Path(p).is_file():
+                raise _missing_file(what, p)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -113,7 +122,7 @@ def read_trace(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
         return
     p = Path(path)
     if not p.is_file():
-        raise missing_file("trace", p)
+        raise _missing_file("trace", p)
     with p.open("rb") as f:
         yield from _lines(f)
 
@@ -143,7 +152,7 @@ def read_labels(path: str | os.PathLike[str]) -> list[LabelInterval]:
         return _labels(io.TextIOWrapper(sys.stdin.buffer, newline="", encoding="utf-8-sig"), "<stdin>")
     p = Path(path)
     if not p.is_file():
-        raise missing_file("labels", p)
+        raise _missing_file("labels", p)
     with p.open(newline="", encoding="utf-8-sig") as f:   # -sig: a spreadsheet's byte-order mark is not the header
         return _labels(f, str(p))
 

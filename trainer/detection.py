@@ -24,7 +24,7 @@ import numpy as np
 
 from netsiam.config import DebounceConfig
 from netsiam.debounce import FaultTracker
-from netsiam.givens import Givens, read_givens, slow_run_stride
+from netsiam.givens import Givens, feed_window, read_givens, slow_run_stride
 from netsiam.schemas.classes import NORMAL, UNKNOWN
 from netsiam.slowanswers import flag_trace
 from netsiam.traceio import LabelInterval
@@ -70,12 +70,8 @@ def detect_events(sources: np.ndarray, end_ts: np.ndarray, classes: np.ndarray,
         open_: dict[str, tuple[float, float]] = {}   # fault -> (started_at, raised_at)
         last_t = float(end_ts[idx[-1]])
         for k in idx:
-            for tr in tracker.update(str(classes[k]), float(end_ts[k]), None if nearest is None else str(nearest[k]),
-                                     None if within is None else within[k],
-                                     None if in_range is None else bool(in_range[k]),
-                                     added is not None and bool(added[k]), None if held is None else held[int(k)],
-                                     None if marked is None else marked[int(k)],
-                                     0 if slow is None else int(slow[k])):
+            for tr in feed_window(tracker, int(k), float(end_ts[k]), classes, nearest, within, in_range, added, held,
+                                  marked, slow):
                 if tr.state == "raised":
                     open_[tr.fault] = (tr.started_at, tr.window_end)
                 else:

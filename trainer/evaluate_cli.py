@@ -15,7 +15,7 @@ import orjson
 from netsiam.config import Config
 from netsiam.errors import UsageError
 from netsiam.serving import load_artifact
-from netsiam.traceio import LabelInterval, atomic_write_bytes, missing_file, read_labels
+from netsiam.traceio import LabelInterval, atomic_write_bytes, read_labels, require_inputs
 from netsiam.trainer.dataset import LabelledWindows, refuse_verdicts
 from netsiam.trainer.evaluate import config_for_artifact, evaluate_detailed, load_labelled
 
@@ -121,10 +121,7 @@ def _warn_unmatched(lw: LabelledWindows, intervals: Sequence[LabelInterval], nov
 
 def cli_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     # check inputs before loading the model: a typo fails in a moment, not after importing Keras
-    for kind, paths in (("trace", args.data), ("labels", args.labels)):
-        for p in paths:
-            if not Path(p).is_file():
-                raise missing_file(kind, p)
+    require_inputs(args.data, args.labels)
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise UsageError(f"--plots {args.plots}: a file, not a folder to write the plots into")
     refuse_verdicts(iv.label for p in args.labels for iv in read_labels(p))   # before the slow model load

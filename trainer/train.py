@@ -51,7 +51,7 @@ from netsiam.evidence import (
 from netsiam.features import required_metrics
 from netsiam.schemas.classes import NORMAL
 from netsiam.serving import FORMAT, Artifact, Prototypes, load_artifact
-from netsiam.traceio import atomic_write_bytes, missing_file, read_labels
+from netsiam.traceio import atomic_write_bytes, read_labels, require_inputs
 from netsiam.trainer.augment import thinned_copies
 from netsiam.trainer.baselines import RawNearestPrototype, ZScoreRule
 from netsiam.trainer.dataset import LabelledWindows, refuse_verdicts
@@ -385,9 +385,7 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
                          "train into another directory and serve that one")
     if args.logdir and Path(args.logdir).exists() and not Path(args.logdir).is_dir():
         raise UsageError(f"--logdir {args.logdir}: a file, not a directory")
-    for p in [*args.data, *args.labels]:   # fail before the (slow, noisy) TensorFlow import
-        if not Path(p).is_file():
-            raise missing_file("trace" if p in args.data else "labels", p)
+    require_inputs(args.data, args.labels)   # before the (slow, noisy) TensorFlow import
     if NORMAL in args.exclude_label:
         raise UsageError("--exclude-label normal: a model learns faults against normal traffic; it cannot go")
     named = {iv.label for p in args.labels for iv in read_labels(p)}
